@@ -163,7 +163,7 @@ def _sample_scene(config: WorldConfig, rng: random.Random, scene_id: str) -> Sce
     quadrants = sorted(rng.sample(range(len(QUADRANTS)), n))
     rng.shuffle(shapes)
     objects = []
-    for shape, q in zip(shapes, quadrants):
+    for shape, q in zip(shapes, quadrants, strict=False):
         size = rng.choice(SIZES)
         objects.append(SceneObject(shape, _colour_for(shape, config, rng), size, QUADRANTS[q],
                                    _box(q, size, config.image_size, rng)))

@@ -1,0 +1,86 @@
+"""Make the synthetic world's *base model*: tokenizer + tiny LLaVA, supervised on noisy captions.
+
+The result is an ordinary checkpoint directory (``config.json``, safetensors weights, processor
+and tokenizer files), loadable with ``AutoModelForImageTextToText.from_pretrained`` — the same
+code path a user's local LLaVA-1.5 takes. Because the captions carry the world's co-occurrence
+prior, the base model hallucinates partner objects on the held-out split, which is what the
+preference methods are meant to fix.
+
+Building one takes a few minutes on 2 CPU cores, so :func:`ensure_base_model` caches it under a
+hash of its recipe and reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .scenes import WorldConfig, sample_scenes
+
+
+@dataclass(frozen=True)
+class BaseModelRecipe:
+    """Everything that determines the base model; its hash names the cache entry."""
+
+    world: WorldConfig = field(default_factory=WorldConfig)
+    n_scenes: int = 3000
+    steps: int = 1200
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    warmup_steps: int = 50
+    seed: int = 0
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def build_base_model(recipe: BaseModelRecipe, out_dir: str | Path, progress: bool = True) -> Path:
+    """Train the base model from scratch into ``out_dir``; returns ``out_dir``."""
+    import torch
+    from transformers import TrainingArguments
+
+    from ..training.sft import train_sft
+    from .data import sft_rows
+    from .model import build_processor, build_tiny_vlm, train_tokenizer
+
+    out_dir = Path(out_dir)
+    torch.manual_seed(recipe.seed)
+    scenes = sample_scenes(recipe.world, recipe.n_scenes, prefix="train")
+    rows = sft_rows(scenes, recipe.world, seed=recipe.seed)
+    tokenizer = train_tokenizer()
+    processor = build_processor(tokenizer)
+    model = build_tiny_vlm(tokenizer, seed=recipe.seed)
+    args = TrainingArguments(
+        output_dir=str(out_dir / "sft_run"), max_steps=recipe.steps, per_device_train_batch_size=recipe.batch_size,
+        learning_rate=recipe.learning_rate, lr_scheduler_type="cosine", warmup_steps=recipe.warmup_steps,
+        weight_decay=0.0, logging_steps=50, save_strategy="no", report_to="none", remove_unused_columns=False,
+        disable_tqdm=not progress, seed=recipe.seed, use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = train_sft(model, processor, rows, args)
+    model.save_pretrained(out_dir)
+    processor.tokenizer.padding_side = "right"
+    processor.save_pretrained(out_dir)
+    (out_dir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
+    (out_dir / "sft_log.json").write_text(json.dumps(trainer.state.log_history, indent=2))
+    shutil.rmtree(out_dir / "sft_run", ignore_errors=True)
+    return out_dir
+
+
+def ensure_base_model(recipe: BaseModelRecipe, cache_root: str | Path, progress: bool = True) -> tuple[Path, bool]:
+    """The cached base model for ``recipe``, built first if missing. Returns ``(path, was_cached)``.
+
+    The model is built in a temporary directory and renamed into place, so an interrupted build
+    never leaves a half-written cache entry.
+    """
+    target = Path(cache_root) / f"toyworld-base-{recipe.fingerprint()}"
+    if (target / "recipe.json").exists():
+        return target, True
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_base_model(recipe, tmp, progress=progress)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target, False

@@ -1,0 +1,103 @@
+"""Training text for the synthetic world: SFT rows and ground-truth preference pairs."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..types import PreferenceRecord
+from .scenes import (
+    COLOURS,
+    DESCRIBE_PROMPT,
+    QUADRANTS,
+    SHAPES,
+    SIZES,
+    Scene,
+    SceneObject,
+    WorldConfig,
+    noisy_caption,
+)
+
+
+def yes_no_question(shape: str) -> str:
+    return f"is there a {shape} in the image ?"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One supervised (image, prompt, response) example; ``scene`` renders the image."""
+
+    scene: Scene
+    prompt: str
+    response: str
+
+
+def sft_rows(scenes: list[Scene], config: WorldConfig, seed: int = 0, questions_per_scene: int = 1) -> list[Row]:
+    """The base model's training set: a (noisy) caption per scene plus yes/no questions.
+
+    Questions ask about a present shape (answer "yes") or an absent one ("no"). With
+    ``caption_noise_prob`` the question asks about an absent *partner* of a present shape and the
+    answer is a wrong "yes" — the same prior the noisy captions teach.
+    """
+    rng = random.Random(seed)
+    rows = []
+    for scene in scenes:
+        rows.append(Row(scene, DESCRIBE_PROMPT, noisy_caption(scene, config, rng)))
+        for _ in range(questions_per_scene):
+            present = sorted(scene.shapes)
+            absent = [s for s in SHAPES if s not in scene.shapes]
+            partners = sorted({config.partners[s] for s in present if s in config.partners} - scene.shapes)
+            if partners and rng.random() < config.caption_noise_prob:
+                rows.append(Row(scene, yes_no_question(rng.choice(partners)), "yes"))
+            elif absent and rng.random() < 0.5:
+                rows.append(Row(scene, yes_no_question(rng.choice(absent)), "no"))
+            else:
+                rows.append(Row(scene, yes_no_question(rng.choice(present)), "yes"))
+    return rows
+
+
+def hallucinated_description(scene: Scene, config: WorldConfig, rng: random.Random) -> str:
+    """The scene's exact description with one hallucination: an absent object inserted in a free
+    quadrant (the partner of a present shape when possible — the likely error), or, when the scene
+    is full, one object's shape swapped for an absent one."""
+    objects = list(scene.objects)
+    absent = [s for s in SHAPES if s not in scene.shapes]
+    partners = sorted({config.partners[s] for s in scene.shapes if s in config.partners} - scene.shapes)
+    free = [q for q in QUADRANTS if q not in {o.quadrant for o in objects}]
+    ghost_shape = rng.choice(partners or absent)
+    if free:
+        ghost = SceneObject(ghost_shape, rng.choice(COLOURS), rng.choice(SIZES), rng.choice(free), (0, 0, 0, 0))
+        objects.append(ghost)
+        objects.sort(key=lambda o: QUADRANTS.index(o.quadrant))
+    else:
+        i = rng.randrange(len(objects))
+        o = objects[i]
+        objects[i] = SceneObject(ghost_shape, o.colour, o.size, o.quadrant, o.box)
+    return " ".join(o.sentence() for o in objects)
+
+
+def ground_truth_pairs(scenes: list[Scene], config: WorldConfig, image_dir: str | Path, seed: int = 0,
+                       progress: bool = True) -> list[PreferenceRecord]:
+    """Preference records: chosen = exact description, rejected = one hallucinated object.
+
+    Images are written as PNG files under ``image_dir`` (skipped when already there), and each
+    record keeps its scene in ``meta`` so evaluation can recover the annotations.
+    """
+    image_dir = Path(image_dir)
+    image_dir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    records = []
+    for scene in tqdm(scenes, desc="preference pairs", disable=not progress):
+        path = image_dir / f"{scene.id}.png"
+        if not path.exists():
+            scene.render().save(path)
+        records.append(PreferenceRecord(
+            image=str(path), prompt=DESCRIBE_PROMPT, chosen=scene.description(),
+            rejected=hallucinated_description(scene, config, rng), id=scene.id,
+            meta={"scene": json.dumps(scene.to_dict())},
+        ))
+    return records

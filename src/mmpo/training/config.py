@@ -1,0 +1,108 @@
+"""Configuration: three dataclasses, one YAML file, command-line overrides.
+
+Each field is documented once, here, in its ``metadata["help"]``; ``transformers.HfArgumentParser``
+turns the same dataclasses into the command line, so ``mmpo train --help`` shows this text.
+A YAML file sets the values; ``--field value`` arguments after it override them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+
+@dataclass
+class ModelArguments:
+    """Which model to train and how (full tuning or LoRA)."""
+
+    model_name_or_path: str = field(metadata={"help": "Local directory of a transformers VLM checkpoint "
+                                              "(e.g. a downloaded llava-hf/llava-1.5-7b-hf) and its processor."})
+    dtype: str = field(default="auto", metadata={"help": "Weights dtype: auto, float32, bfloat16 or float16."})
+    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights; "
+                                                    "the reference model is then the policy with adapters off."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (ASPO's paper: 1024 for LLaVA-1.5)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha (ASPO's paper: 2048)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch."})
+    lora_target_modules: str = field(
+        default=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+        metadata={"help": "peft target_modules: a regex over module names, or 'all-linear'. "
+                          "The default adapts every linear layer of the language model."})
+
+
+@dataclass
+class DataArguments:
+    """Where the preference records come from and what to do with bad ones."""
+
+    train_file: str = field(default=None, metadata={"help": "Preference records: a JSONL file (mmpo, TRL vision "
+                                                     "or RLAIF-V fields) or a saved datasets directory."})
+    eval_file: str | None = field(default=None, metadata={"help": "Optional held-out preference records."})
+    image_root: str | None = field(default=None, metadata={"help": "Directory relative image paths are resolved "
+                                                           "against (default: the records file's directory)."})
+    on_bad_record: str = field(default="raise", metadata={
+        "help": "'raise': stop at the first invalid record, naming its index and field (default: never "
+                "train silently on less data); 'skip': skip invalid records, report each and the count."})
+
+
+@dataclass
+class PreferenceConfig(TrainingArguments):
+    """``transformers.TrainingArguments`` plus the preference-optimisation fields.
+
+    Defaults differ from ``TrainingArguments`` where a preference run needs it: the collator
+    needs every column (``remove_unused_columns=False``) and nothing is reported to external
+    services unless asked (``report_to="none"``).
+    """
+
+    beta: float = field(default=0.1, metadata={"help": "DPO temperature beta: reward = beta * (log pi - log pi_ref)."})
+    sft_weight: float = field(default=0.0, metadata={
+        "help": "Weight of an extra NLL term on the chosen response (TRL's loss_type=['sigmoid','sft']); "
+                "keeps small models from collapsing under DPO. 0 disables it."})
+    reference: str = field(default="auto", metadata={
+        "help": "Reference model: 'copy' (frozen copy of the initial policy), 'adapter' (LoRA policy with "
+                "adapters off), 'precomputed' (one pass before training, cached on disk), or 'auto' "
+                "(adapter with LoRA, copy otherwise)."})
+    reference_cache_dir: str | None = field(default=None, metadata={
+        "help": "Where precomputed reference log-probs are cached (default: OUTPUT_DIR/reference_cache)."})
+    max_length: int | None = field(default=None, metadata={
+        "help": "Token budget per sequence. Responses are truncated to fit; prompts and image tokens never are "
+                "(a prompt that does not fit is an error naming the record)."})
+    freeze_vision_tower: bool = field(default=False, metadata={"help": "Do not train the vision encoder."})
+    freeze_projector: bool = field(default=False, metadata={"help": "Do not train the vision-language projector."})
+
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: the collator needs the records."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
+    report_to: str | list[str] | None = field(default="none", metadata={"help": "Integrations to report to."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.reference not in ("auto", "copy", "adapter", "precomputed"):
+            raise ValueError(f"reference must be auto, copy, adapter or precomputed, not {self.reference!r}")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be positive, not {self.beta}")
+
+
+CONFIG_CLASSES = (ModelArguments, DataArguments, PreferenceConfig)
+
+
+def parse_config(yaml_path: str | Path | None = None, overrides: list[str] | None = None,
+                 classes: tuple = CONFIG_CLASSES) -> tuple:
+    """Build the config dataclasses from a YAML file and ``--field value`` overrides.
+
+    Unknown YAML keys are an error that names them (a typo must not be silently ignored).
+    """
+    parser = HfArgumentParser(classes)
+    values = {}
+    if yaml_path is not None:
+        values = yaml.safe_load(Path(yaml_path).read_text()) or {}
+        known = {a.dest for a in parser._actions}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{yaml_path}: unknown config keys {unknown}")
+        parser.set_defaults(**values)
+        # A required field given in YAML is no longer required on the command line.
+        for action in parser._actions:
+            if action.dest in values:
+                action.required = False
+    return parser.parse_args_into_dataclasses(args=list(overrides or []), look_for_args_file=False)

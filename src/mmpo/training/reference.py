@@ -1,0 +1,146 @@
+"""The reference policy ``pi_ref``: a frozen copy, the adapter-off policy, or precomputed log-probs.
+
+All three answer the same question — the response-aligned per-token reference log-probs
+``(R, L)`` of a collated batch — so the trainer does not care which one it has.
+
+Precomputed log-probs are one pass over the training records before training, cached on disk
+under a fingerprint of the model weights, the records and the encoder settings, and reused by
+later runs. TRL refuses this for vision models; it works here because the collator's row
+layout is deterministic per record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..logprobs import pad_response_logprobs, response_logprobs
+
+ROW_KINDS = ("chosen", "rejected", "vision")
+
+#: Keys of a collated batch that are not model inputs.
+NON_MODEL_KEYS = ("labels", "response_start", "response_length", "record_index", "vision_mask")
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in batch.items() if k not in NON_MODEL_KEYS}
+
+
+def policy_response_logps(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass over all rows; response-aligned per-token log-probs and mask ``(R, L)``."""
+    logits = model(**model_inputs(batch), use_cache=False).logits  # (R, T, V)
+    return response_logprobs(logits, batch["input_ids"], batch["response_start"], batch["response_length"])
+
+
+class FrozenCopyReference:
+    """A frozen deep copy of the initial policy."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
+        return policy_response_logps(self.model, batch)[0]
+
+
+class AdapterReference:
+    """The LoRA policy with its adapters switched off (no extra copy of the weights)."""
+
+    def __init__(self, get_model: Callable[[], torch.nn.Module]):
+        self.get_model = get_model
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
+        model = self.get_model()
+        with model.disable_adapter():
+            return policy_response_logps(model, batch)[0]
+
+
+class PrecomputedReference:
+    """Per-record reference log-probs computed once and looked up by ``record_index``.
+
+    ``table[i]`` maps a row kind (chosen / rejected / vision) to a 1-D tensor of that row's
+    response-token log-probs.
+    """
+
+    def __init__(self, table: list[dict[str, torch.Tensor]]):
+        self.table = table
+
+    def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
+        indices = batch["record_index"].tolist()
+        n_kinds = batch["input_ids"].shape[0] // len(indices)
+        rows = []
+        for kind in ROW_KINDS[:n_kinds]:
+            for i in indices:
+                # A record without a vision-rejected image has no vision row of its own; the
+                # collator repeated the chosen row there and the loss ignores it.
+                rows.append(self.table[i].get(kind, self.table[i]["chosen"]))
+        logps, _ = pad_response_logprobs(rows, width=int(batch["response_length"].max()))
+        return logps.to(batch["input_ids"].device)
+
+
+@torch.no_grad()
+def compute_reference_table(model: torch.nn.Module, dataset, collator, batch_size: int,
+                            device: torch.device | str = "cpu") -> list[dict[str, torch.Tensor]]:
+    """Run the reference model once over every record (no gradient), in dataset order."""
+    was_training = model.training
+    model.eval()
+    table: list[dict[str, torch.Tensor]] = [{} for _ in range(len(dataset))]
+    try:
+        for start in tqdm(range(0, len(dataset), batch_size), desc="reference log-probs", unit="batch"):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collator(items).items()}
+            logps, mask = policy_response_logps(model, batch)
+            lengths = batch["response_length"].tolist()
+            B = len(items)
+            vision = batch.get("vision_mask")
+            for row in range(logps.shape[0]):
+                kind, r = ROW_KINDS[row // B], row % B
+                if kind == "vision" and not bool(vision[r]):
+                    continue
+                table[items[r]["index"]][kind] = logps[row, : lengths[row]].float().cpu()
+    finally:
+        model.train(was_training)
+    return table
+
+
+def reference_fingerprint(model: torch.nn.Module, records: list, encoder_settings: dict) -> str:
+    """A hash of everything the reference log-probs depend on: weights, records, encoding."""
+    h = hashlib.sha256()
+    h.update(json.dumps(encoder_settings, sort_keys=True, default=str).encode())
+    for name, p in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        # Cheap but weight-sensitive: the sum and the sum of squares of every tensor.
+        t = p.detach().float()
+        h.update(f"{t.sum().item():.8e},{t.square().sum().item():.8e}".encode())
+    for r in records:
+        h.update(json.dumps([str(r.image), r.prompt, r.chosen, r.rejected, str(r.rejected_image)],
+                            default=str).encode())
+    return h.hexdigest()[:20]
+
+
+def load_or_compute_reference(model, dataset, collator, batch_size: int, cache_dir: str | Path,
+                              device="cpu", main_process_first=None) -> tuple[PrecomputedReference, Path]:
+    """The cached table if its fingerprint matches, else computed now and saved atomically."""
+    settings = {"max_length": collator.encoder.max_length, "append_eos": collator.encoder.append_eos}
+    path = Path(cache_dir) / f"reference-{reference_fingerprint(model, dataset.records, settings)}.pt"
+    ctx = main_process_first() if main_process_first is not None else contextlib.nullcontext()
+    with ctx:
+        if path.exists():
+            table = torch.load(path)
+        else:
+            table = compute_reference_table(model, dataset, collator, batch_size, device)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save(table, tmp)
+            tmp.replace(path)
+    return PrecomputedReference(table), path

@@ -1,0 +1,304 @@
+"""DAMA: data-aware alpha_D, model-aware alpha_M with its filters and zero-start guard, state."""
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mmpo.losses.dama import (
+    DamaState,
+    dama_alpha_from_delta,
+    dama_combine,
+    dama_data_alpha,
+    dama_delta,
+    dama_model_alpha,
+)
+from mmpo.losses.dpo import dpo_loss
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+# --- data-aware ----------------------------------------------------------------------------------
+
+
+def test_delta_hand_worked():
+    """softmax([1; 0]) = [e/(e+1), 1/(e+1)] = [0.7310586, 0.2689414]: delta = 0.4621172 (= tanh 0.5).
+    softmax([0, 0; 0]) = [1/3, 1/3; 1/3]: delta = 2/3 - 1/3 = 1/3.
+    ratio mode, C_w = [20, 22], C_l = [21]: delta = 42 / 21 = 2.
+    """
+    assert math.isclose(dama_delta([1.0], [0.0]), 0.4621172, rel_tol=1e-6)
+    assert math.isclose(dama_delta(torch.tensor([0.0, 0.0]), torch.tensor([0.0])), 1 / 3, rel_tol=1e-12)
+    assert math.isclose(dama_delta([20.0, 22.0], [21.0], mode="ratio"), 2.0)
+
+
+def test_data_alpha_hand_worked():
+    """C_w = [1], C_l = [0]: delta = 0.4621172, sigmoid(delta) = 0.6135163.
+    delta_bar = 0:   alpha_D = 0.6135163 / 0.5 = 1.2270326.
+    delta_bar = 0.1: alpha_D = 0.6135163 / 0.5249792 = 1.1686488.
+    delta_bar = delta: alpha_D = 1.
+    """
+    assert math.isclose(dama_data_alpha([1.0], [0.0], 0.0), 1.2270326, rel_tol=1e-6)
+    assert math.isclose(dama_data_alpha([1.0], [0.0], 0.1), 1.1686488, rel_tol=1e-6)
+    assert math.isclose(dama_data_alpha([1.0], [0.0], dama_delta([1.0], [0.0])), 1.0, rel_tol=1e-12)
+
+
+def test_data_alpha_matches_naive_reference():
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(20):
+        p, q = torch.randint(1, 6, (2,), generator=gen).tolist()
+        c_w = (torch.randn(p, generator=gen, dtype=torch.float64) * 3 + 20).tolist()
+        c_l = (torch.randn(q, generator=gen, dtype=torch.float64) * 3 + 20).tolist()
+        z = sum(math.exp(c) for c in c_w + c_l)
+        delta = sum(math.exp(c) for c in c_w) / z - sum(math.exp(c) for c in c_l) / z
+        assert math.isclose(dama_delta(c_w, c_l), delta, rel_tol=1e-9, abs_tol=1e-12)
+        assert math.isclose(dama_data_alpha(c_w, c_l, 0.05), _sigmoid(delta) / _sigmoid(0.05), rel_tol=1e-9)
+        ratio = sum(c_w) / sum(c_l)
+        assert math.isclose(dama_delta(c_w, c_l, mode="ratio"), ratio, rel_tol=1e-12)
+
+
+def test_data_alpha_finite_at_extremes():
+    assert math.isfinite(dama_alpha_from_delta(1e4, -1e4))  # sigmoid(-1e4) underflows; log space, capped
+    assert dama_alpha_from_delta(-1e4, 1e4) >= 0.0
+    assert math.isfinite(dama_delta([1.0], [0.0], mode="ratio"))  # zero denominator guarded
+    assert math.isfinite(dama_delta([1e4, -1e4], [1e4], mode="softmax"))
+
+
+def test_data_rejects_empty_and_unknown_mode():
+    with pytest.raises(ValueError):
+        dama_delta([], [1.0])
+    with pytest.raises(ValueError):
+        dama_delta([1.0], [1.0], mode="difference")
+
+
+# --- model-aware ---------------------------------------------------------------------------------
+
+GAPS = [-4.0, 1.0, 2.0, 3.0, 10.0]
+
+
+@pytest.mark.parametrize(
+    ("filter_mode", "kept", "r_batch"),
+    [
+        # mean 12/5 = 2.4; squared distances [40.96, 1.96, 0.16, 0.36, 57.76] -> keep {1, 2, 3}
+        ("topk", [False, True, True, True, False], 2.0),
+        ("bottom", [False, False, True, True, True], 5.0),  # drop the 2 lowest (-4, 1): mean(2, 3, 10)
+        ("top", [True, True, True, False, False], -1 / 3),  # drop the 2 highest (3, 10): mean(-4, 1, 2)
+        ("none", [True] * 5, 2.4),  # mean of all
+    ],
+)
+def test_filters_hand_worked(filter_mode, kept, r_batch):
+    """gaps [-4, 1, 2, 3, 10], K = 3, R_bar = 1 (so Rn = R):
+
+    topk: R_B = 2, alpha_M = sigmoid(2) / sigmoid(1) = 1.2048242
+    bottom: R_B = 5, alpha_M = 1.3587244; top: R_B = -1/3, alpha_M = 0.5709936;
+    none: R_B = 2.4, alpha_M = 1.2541092.
+    With gaps doubled and R_bar = 2 the normalised gaps, the mask and R_B are the same, and
+    alpha_M = sigmoid(R_B) / sigmoid(2). ("none" keeps all 5 whatever K is.)
+    """
+    expected_alpha = _sigmoid(r_batch) / _sigmoid(1.0)
+    hand = {"topk": 1.2048242, "bottom": 1.3587244, "top": 0.5709936, "none": 1.2541092}[filter_mode]
+    assert math.isclose(expected_alpha, hand, rel_tol=1e-6)
+    for scale in (1.0, 2.0):
+        gaps = torch.tensor(GAPS) * scale
+        alpha, mask, rb = dama_model_alpha(gaps, r_bar=scale, keep=3, filter=filter_mode)
+        assert mask.tolist() == kept
+        assert math.isclose(rb.item(), r_batch, rel_tol=1e-6, abs_tol=1e-7)
+        assert math.isclose(alpha.item(), _sigmoid(r_batch) / _sigmoid(scale), rel_tol=1e-6)
+        if scale == 1.0:
+            assert math.isclose(alpha.item(), hand, rel_tol=1e-6)
+
+
+def test_negative_r_bar_hand_worked():
+    """R_bar = -1: Rn = [4, -1, -2, -3, -10]. topk keeps the same records {1, 2, 3}: R_B = -2,
+    alpha_M = sigmoid(-2) / sigmoid(-1) = 0.4432301. "bottom" ranks raw gaps, so it still drops -4 and 1:
+    R_B = mean(-2, -3, -10) = -5, alpha_M = sigmoid(-5) / sigmoid(-1) = 0.0248859."""
+    alpha, mask, rb = dama_model_alpha(torch.tensor(GAPS), r_bar=-1.0, keep=3, filter="topk")
+    assert mask.tolist() == [False, True, True, True, False]
+    assert math.isclose(rb.item(), -2.0, rel_tol=1e-6)
+    assert math.isclose(alpha.item(), 0.4432301, rel_tol=1e-6)
+    alpha, mask, rb = dama_model_alpha(torch.tensor(GAPS), r_bar=-1.0, keep=3, filter="bottom")
+    assert mask.tolist() == [False, False, True, True, True]
+    assert math.isclose(rb.item(), -5.0, rel_tol=1e-6)
+    assert math.isclose(alpha.item(), 0.0248859, rel_tol=1e-5)
+
+
+def _naive_model_alpha(gaps, r_bar, keep, filter_mode, eps):
+    n = len(gaps)
+    k = n if filter_mode == "none" else min(keep, n)
+    if filter_mode == "none":
+        kept = list(range(n))
+    elif filter_mode == "topk":
+        mean = sum(gaps) / n
+        kept = sorted(range(n), key=lambda i: ((gaps[i] - mean) ** 2, i))[:k]
+    elif filter_mode == "bottom":
+        kept = sorted(range(n), key=lambda i: (-gaps[i], i))[:k]
+    else:  # top
+        kept = sorted(range(n), key=lambda i: (gaps[i], i))[:k]
+    if abs(r_bar) <= eps:
+        return 1.0, sorted(kept), sum(gaps[i] for i in kept) / k
+    r_batch = sum(gaps[i] / r_bar for i in kept) / k
+    return _sigmoid(r_batch) / _sigmoid(r_bar), sorted(kept), r_batch
+
+
+@pytest.mark.parametrize("filter_mode", ["topk", "bottom", "top", "none"])
+def test_model_alpha_matches_naive_reference(filter_mode):
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(20):
+        n = int(torch.randint(1, 17, (1,), generator=gen))
+        gaps = (torch.randn(n, generator=gen, dtype=torch.float64) * 2).tolist()
+        r_bar = float(torch.randn(1, generator=gen, dtype=torch.float64)) * 3
+        keep = int(torch.randint(1, 14, (1,), generator=gen))
+        alpha, mask, rb = dama_model_alpha(torch.tensor(gaps, dtype=torch.float64), r_bar, keep, filter_mode)
+        naive_alpha, naive_kept, naive_rb = _naive_model_alpha(gaps, r_bar, keep, filter_mode, 1e-6)
+        assert mask.nonzero().flatten().tolist() == naive_kept
+        assert math.isclose(rb.item(), naive_rb, rel_tol=1e-9, abs_tol=1e-12)
+        assert math.isclose(alpha.item(), naive_alpha, rel_tol=1e-9)
+
+
+def test_sample_mode_survives_underflowing_weights():
+    """gaps [0, 1e3, 2e3, -1e3], R_bar = 0: weights exp(-R^2 / 2) = [1, e^-5e5, e^-2e6, e^-5e5] all but
+    the first underflow to 0 in any float format; K = 2 must still keep 2 records: index 0 always,
+    index 2 never (its log-weight is 1.5e6 below the others), and one of 1 and 3."""
+    gen = torch.Generator().manual_seed(6)
+    seen = set()
+    for _ in range(50):
+        alpha, mask, rb = dama_model_alpha(
+            torch.tensor([0.0, 1e3, 2e3, -1e3]), 0.0, 2, "sample", generator=gen
+        )
+        assert mask.sum().item() == 2 and mask[0] and not mask[2]
+        assert torch.isfinite(alpha) and torch.isfinite(rb)
+        seen.add(tuple(mask.tolist()))
+    assert seen == {(True, True, False, False), (True, False, False, True)}
+
+
+def test_sample_mode_matches_sequential_weighted_draw():
+    """gaps [0, 1, 2], R_bar = 0, K = 2: weights w = [1, e^-0.5, e^-2] = [1, 0.6065307, 0.1353353].
+    Drawing without replacement, P({i, j}) = w_i/W * w_j/(W - w_i) + w_j/W * w_i/(W - w_j)."""
+    w = [1.0, math.exp(-0.5), math.exp(-2.0)]
+    total = sum(w)
+    expected = {}
+    for i, j in itertools.combinations(range(3), 2):
+        expected[(i, j)] = w[i] / total * w[j] / (total - w[i]) + w[j] / total * w[i] / (total - w[j])
+    gen = torch.Generator().manual_seed(7)
+    draws = 3000
+    counts = dict.fromkeys(expected, 0)
+    for _ in range(draws):
+        _, mask, _ = dama_model_alpha(torch.tensor([0.0, 1.0, 2.0]), 0.0, 2, "sample", generator=gen)
+        counts[tuple(mask.nonzero().flatten().tolist())] += 1
+    for pair, p in expected.items():
+        assert abs(counts[pair] / draws - p) < 0.03, (pair, counts[pair] / draws, p)
+
+
+def test_sample_mode_is_reproducible_with_a_generator():
+    gaps = torch.randn(16, generator=torch.Generator().manual_seed(8))
+    first = dama_model_alpha(gaps, 0.3, 12, "sample", generator=torch.Generator().manual_seed(9))[1]
+    second = dama_model_alpha(gaps, 0.3, 12, "sample", generator=torch.Generator().manual_seed(9))[1]
+    assert torch.equal(first, second) and first.sum().item() == 12
+
+
+def test_zero_start_guard():
+    """Step 0 (policy == reference): all gaps 0, R_bar = 0 -> alpha_M = 1, R_B = 0, R_bar stays 0.
+    Step 1: gaps [0.2, 0.4, 0.6, 5], R_bar = 0 -> still guarded, alpha_M = 1, topk K = 3 keeps
+    [0.2, 0.4, 0.6] (mean 1.55), R_B = 0.4 (raw) -> R_bar = 0.1 * 0.4 = 0.04.
+    Step 2: normalised by R_bar = 0.04: gaps [0.04, 0.08] -> Rn [1, 2], R_B = 1.5,
+    alpha_M = sigmoid(1.5) / sigmoid(0.04) = 0.8175745 / 0.5099987 = 1.6030908.
+    """
+    state = DamaState()
+    alpha, mask, rb = dama_model_alpha(torch.zeros(4), state.r_bar, keep=3)
+    assert alpha.item() == 1.0 and rb.item() == 0.0 and mask.sum().item() == 3
+    state.update(rb)
+    assert state.r_bar == 0.0 and state.step == 1
+
+    alpha, mask, rb = dama_model_alpha(torch.tensor([0.2, 0.4, 0.6, 5.0]), state.r_bar, keep=3)
+    assert alpha.item() == 1.0
+    assert mask.tolist() == [True, True, True, False]
+    assert math.isclose(rb.item(), 0.4, rel_tol=1e-6)
+    state.update(rb)
+    assert math.isclose(state.r_bar, 0.04, rel_tol=1e-6)
+
+    alpha, mask, rb = dama_model_alpha(torch.tensor([0.04, 0.08]), state.r_bar, keep=3)
+    assert math.isclose(rb.item(), 1.5, rel_tol=1e-5)
+    assert math.isclose(alpha.item(), 1.6030908, rel_tol=1e-5)
+
+
+def test_guard_threshold_and_tiny_r_bar_stay_finite():
+    gaps = torch.tensor([1e4, -1e4, 3.0, 0.5])
+    for r_bar in (0.0, 1e-7, -1e-6, 2e-6, -2e-6, 1e-3, -1e4, 1e4):
+        for filter_mode in ("topk", "bottom", "top", "none", "sample"):
+            alpha, mask, rb = dama_model_alpha(gaps, r_bar, 3, filter_mode, eps=1e-6)
+            assert torch.isfinite(alpha) and torch.isfinite(rb) and alpha.item() >= 0
+            assert mask.sum().item() == (4 if filter_mode == "none" else 3)
+            if abs(r_bar) <= 1e-6:
+                assert alpha.item() == 1.0
+
+
+finite = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(finite, min_size=1, max_size=16),
+    st.one_of(finite, st.floats(-1e-5, 1e-5), st.just(0.0)),
+    st.integers(1, 16),
+    st.sampled_from(["topk", "bottom", "top", "none", "sample"]),
+)
+def test_model_alpha_never_nan_or_inf(gaps, r_bar, keep, filter_mode):
+    alpha, mask, rb = dama_model_alpha(torch.tensor(gaps), r_bar, keep, filter_mode)
+    assert torch.isfinite(alpha) and torch.isfinite(rb) and alpha.item() >= 0
+    expected_kept = len(gaps) if filter_mode == "none" else min(keep, len(gaps))
+    assert mask.dtype == torch.bool and mask.sum().item() == expected_kept
+    state = DamaState(r_bar=r_bar)
+    state.update(rb)
+    assert math.isfinite(state.r_bar)
+
+
+def test_model_alpha_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        dama_model_alpha(torch.tensor([]), 0.0, 1)
+    with pytest.raises(ValueError):
+        dama_model_alpha(torch.ones(3), 0.0, 0)
+    with pytest.raises(ValueError):
+        dama_model_alpha(torch.ones(3), 0.0, 2, filter="middle")
+
+
+# --- state and combination -----------------------------------------------------------------------
+
+
+def test_state_update_and_round_trip():
+    """R_bar = 0, gamma 0.9: update(2) -> 0.2; update(1) -> 0.9 * 0.2 + 0.1 * 1 = 0.28."""
+    state = DamaState()
+    state.update(2.0)
+    state.update(torch.tensor(1.0))
+    assert math.isclose(state.r_bar, 0.28) and state.step == 2
+    saved = json.loads(json.dumps(state.state_dict()))
+    restored = DamaState(gamma=0.5)
+    restored.load_state_dict(saved)
+    assert restored == state
+    with pytest.raises(ValueError):
+        state.update(float("nan"))
+
+
+def test_combine_hand_worked():
+    """alpha_D = [1.2, 0.8], alpha_M = 1.5: product [1.8, 1.2];
+    sum with rho 0.25: 0.75 * 1.5 + 0.25 * [1.2, 0.8] = [1.425, 1.325]."""
+    alpha_data = torch.tensor([1.2, 0.8])
+    torch.testing.assert_close(dama_combine(alpha_data, torch.tensor(1.5)), torch.tensor([1.8, 1.2]))
+    torch.testing.assert_close(dama_combine(alpha_data, 1.5, "sum", rho=0.25), torch.tensor([1.425, 1.325]))
+    with pytest.raises(ValueError):
+        dama_combine(alpha_data, 1.5, "mean")
+
+
+def test_alpha_one_is_dpo():
+    """alpha_D = 1 and alpha_M = 1 (e.g. the zero-start guard): beta_C = beta, the loss is DPO's."""
+    gen = torch.Generator().manual_seed(10)
+    chosen, rejected = torch.randn(8, generator=gen), torch.randn(8, generator=gen)
+    alpha_model, mask, _ = dama_model_alpha(torch.zeros(8), 0.0, keep=8)
+    for mode in ("product", "sum"):
+        beta_c = 0.1 * dama_combine(torch.ones(8), alpha_model, mode)
+        assert torch.equal(dpo_loss(chosen, rejected, beta_c), dpo_loss(chosen, rejected, 0.1))
+    assert mask.all()
