@@ -6,11 +6,11 @@ Nothing here imports torch or transformers, so every layer can depend on it.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Union
+from typing import Any
 
 #: A user prompt: plain text (the image is placed before it), or a conversation in the
 #: transformers chat format (``[{"role": "user", "content": [{"type": "image"}, {"type": "text", ...}]}]``).
-Prompt = Union[str, list]
+Prompt = str | list
 
 #: An image reference: a path on disk (JSONL files) or an in-memory ``PIL.Image.Image``.
 ImageRef = Any
