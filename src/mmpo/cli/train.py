@@ -1,0 +1,24 @@
+"""``mmpo train CONFIG.yaml [--field value ...]``: preference training from a YAML config."""
+
+from __future__ import annotations
+
+import logging
+
+
+def main(argv: list[str]) -> int:
+    from ..training.config import parse_config
+    from ..training.run import run_training
+
+    if not argv or argv[0] in ("-h", "--help"):
+        from transformers import HfArgumentParser
+
+        from ..training.config import CONFIG_CLASSES
+
+        print(__doc__)
+        HfArgumentParser(CONFIG_CLASSES).print_help()
+        return 0
+    path, overrides = (argv[0], argv[1:]) if not argv[0].startswith("--") else (None, argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    model_args, data_args, args = parse_config(path, overrides)
+    run_training(model_args, data_args, args)
+    return 0

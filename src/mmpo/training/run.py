@@ -1,0 +1,41 @@
+"""One training run from the three config dataclasses: load, validate, train, save."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from ..data.collator import PreferenceDataset
+from ..data.records import load_records
+from .config import DataArguments, ModelArguments, PreferenceConfig
+from .model_loading import count_parameters, load_policy, prepare_policy
+from .trainer import PreferenceTrainer
+
+logger = logging.getLogger(__name__)
+
+
+def load_dataset(path: str, data_args: DataArguments) -> PreferenceDataset:
+    result = load_records(path, on_error=data_args.on_bad_record, image_root=data_args.image_root)
+    if result.errors:
+        logger.warning(result.summary())
+    return PreferenceDataset(result.records)
+
+
+def run_training(model_args: ModelArguments, data_args: DataArguments, args: PreferenceConfig,
+                 callbacks=None) -> PreferenceTrainer:
+    """Train and save the policy (and processor) to ``args.output_dir``; returns the trainer."""
+    if not data_args.train_file:
+        raise ValueError("train_file is required: a JSONL of preference records or a saved dataset directory")
+    train = load_dataset(data_args.train_file, data_args)
+    evaluation = load_dataset(data_args.eval_file, data_args) if data_args.eval_file else None
+    model, processor = load_policy(model_args)
+    model = prepare_policy(model, model_args, args)
+    trainable, total = count_parameters(model)
+    logger.info("policy: %d of %d parameters trainable", trainable, total)
+    trainer = PreferenceTrainer(model, args, processor, train, evaluation, callbacks=callbacks)
+    trainer.train()
+    trainer.save_model(args.output_dir)
+    processor.save_pretrained(args.output_dir)
+    Path(args.output_dir, "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))
+    return trainer

@@ -1,0 +1,30 @@
+"""Shared fixtures: a tiny LLaVA built from config, saved as a local checkpoint, and records."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmpo.toyworld.data import ground_truth_pairs
+from mmpo.toyworld.model import build_processor, build_tiny_vlm, train_tokenizer
+from mmpo.toyworld.scenes import WorldConfig, sample_scenes
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A local checkpoint directory of an untrained tiny LLaVA + LlavaProcessor."""
+    path = tmp_path_factory.mktemp("tiny_vlm")
+    tokenizer = train_tokenizer()
+    build_tiny_vlm(tokenizer, seed=0).save_pretrained(path)
+    build_processor(tokenizer).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_records(tmp_path_factory):
+    """Eight ground-truth preference records with PNG images on disk."""
+    world = WorldConfig(seed=3)
+    scenes = sample_scenes(world, 8, prefix="t")
+    return ground_truth_pairs(scenes, world, tmp_path_factory.mktemp("images"), seed=0, progress=False)

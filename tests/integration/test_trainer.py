@@ -1,0 +1,97 @@
+"""PreferenceTrainer on the tiny LLaVA: it trains, logs TRL's keys, and its references agree."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from mmpo.data.collator import PreferenceCollator, PreferenceDataset, RowEncoder
+from mmpo.training.config import ModelArguments, PreferenceConfig
+from mmpo.training.model_loading import prepare_policy
+from mmpo.training.reference import FrozenCopyReference, load_or_compute_reference
+from mmpo.training.trainer import PreferenceTrainer
+
+EXPECTED_KEYS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                 "logps/chosen", "logps/rejected"}
+
+
+def make_args(tmp_path, **kw) -> PreferenceConfig:
+    defaults = dict(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=4,
+                    per_device_eval_batch_size=4, learning_rate=1e-3, logging_steps=1, save_strategy="no",
+                    use_cpu=True, disable_tqdm=True, seed=0)
+    return PreferenceConfig(**{**defaults, **kw})
+
+
+def load(tiny_checkpoint):
+    return AutoModelForImageTextToText.from_pretrained(tiny_checkpoint), AutoProcessor.from_pretrained(tiny_checkpoint)
+
+
+@pytest.mark.parametrize("reference", ["copy", "precomputed"])
+def test_training_changes_weights_and_logs_trl_keys(tmp_path, tiny_checkpoint, tiny_records, reference):
+    model, processor = load(tiny_checkpoint)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = make_args(tmp_path, reference=reference, sft_weight=0.5)
+    trainer = PreferenceTrainer(model, args, processor, PreferenceDataset(tiny_records))
+    trainer.train()
+    unchanged = {n for n, p in trainer.model.named_parameters() if torch.equal(p.detach(), before[n])}
+    # LLaVA reads the vision tower's last hidden state, before CLIP's post-layernorm: only that is unused.
+    assert unchanged == {"model.vision_tower.post_layernorm.weight", "model.vision_tower.post_layernorm.bias"}
+    logs = [e for e in trainer.state.log_history if "rewards/margins" in e]
+    assert len(logs) == 3
+    for entry in logs:
+        assert EXPECTED_KEYS <= set(entry) and "loss/sft" in entry
+        assert all(math.isfinite(v) for v in entry.values() if isinstance(v, float))
+
+
+def test_precomputed_reference_gives_the_live_reference_loss(tmp_path, tiny_checkpoint, tiny_records):
+    """The same batch through the live frozen copy and through the cached table: same loss."""
+    model, processor = load(tiny_checkpoint)
+    with torch.no_grad():  # move the policy away from the reference so log-ratios are not all 0
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    reference_model, _ = load(tiny_checkpoint)
+    ds = PreferenceDataset(tiny_records)
+    collator = PreferenceCollator(RowEncoder(processor))
+    live = FrozenCopyReference(reference_model)
+    table, path = load_or_compute_reference(reference_model, ds, collator, batch_size=3, cache_dir=tmp_path)
+    assert path.exists()
+    batch = collator([ds[i] for i in (5, 2, 7)])
+    torch.testing.assert_close(table(batch), live(batch), rtol=1e-5, atol=1e-5)
+
+    args = make_args(tmp_path)
+    trainer = PreferenceTrainer(model, args, processor, ds)
+    trainer.model.eval()
+    trainer.reference = live
+    loss_live = trainer.compute_loss(trainer.model, batch)
+    trainer.reference = table
+    loss_table = trainer.compute_loss(trainer.model, batch)
+    torch.testing.assert_close(loss_live, loss_table, rtol=1e-5, atol=1e-6)
+    assert loss_live.item() != pytest.approx(math.log(2))  # log-ratios were really non-zero
+
+    # A second run finds the cache instead of recomputing it.
+    again, path2 = load_or_compute_reference(reference_model, ds, collator, batch_size=3, cache_dir=tmp_path)
+    assert path2 == path and torch.equal(again.table[3]["chosen"], table.table[3]["chosen"])
+
+
+def test_lora_uses_the_adapter_off_policy_as_reference(tmp_path, tiny_checkpoint, tiny_records):
+    model, processor = load(tiny_checkpoint)
+    model_args = ModelArguments(model_name_or_path=str(tiny_checkpoint), use_lora=True, lora_r=4, lora_alpha=8)
+    args = make_args(tmp_path, freeze_vision_tower=True, freeze_projector=True)
+    model = prepare_policy(model, model_args, args)
+    trainer = PreferenceTrainer(model, args, processor, PreferenceDataset(tiny_records))
+    assert trainer.reference_kind == "adapter"
+    lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert lora_before and all("lora_" in n for n in lora_before)
+    trainer.train()
+    assert any(not torch.equal(p.detach(), lora_before[n]) for n, p in model.named_parameters() if p.requires_grad)
+    assert "rewards/margins" in trainer.state.log_history[0]
+
+
+def test_freezing_an_unknown_architecture_is_an_error():
+    from mmpo.training.model_loading import freeze
+
+    with pytest.raises(ValueError, match="not known to mmpo"):
+        freeze(torch.nn.Linear(2, 2), vision_tower=True, projector=False)
