@@ -51,8 +51,7 @@ class PreferenceConfig(TrainingArguments):
     """``transformers.TrainingArguments`` plus the preference-optimisation fields.
 
     Defaults differ from ``TrainingArguments`` where a preference run needs it: the collator
-    needs every column (``remove_unused_columns=False``) and nothing is reported to external
-    services unless asked (``report_to="none"``).
+    needs every column (``remove_unused_columns=False``) and metrics are logged every 10 steps.
     """
 
     beta: float = field(default=0.1, metadata={"help": "DPO temperature beta: reward = beta * (log pi - log pi_ref)."})
@@ -73,7 +72,6 @@ class PreferenceConfig(TrainingArguments):
 
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: the collator needs the records."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
-    report_to: str | list[str] | None = field(default="none", metadata={"help": "Integrations to report to."})
 
     def __post_init__(self):
         super().__post_init__()

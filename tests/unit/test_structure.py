@@ -1,0 +1,48 @@
+"""Gates: every module imports without side effects, and the layering rules hold."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import subprocess
+import sys
+
+import mmpo
+
+MODULES = sorted(m.name for m in pkgutil.walk_packages(mmpo.__path__, "mmpo."))
+
+
+def test_every_module_imports():
+    assert len(MODULES) > 20
+    for name in MODULES:
+        importlib.import_module(name)
+
+
+def imported_after(module: str) -> set[str]:
+    """Top-level packages loaded by importing ``module`` in a fresh interpreter."""
+    code = f"import sys, {module}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def mmpo_modules_after(module: str) -> set[str]:
+    code = f"import sys, {module}; print(' '.join(sorted(m for m in sys.modules if m.startswith('mmpo'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def test_losses_need_only_torch():
+    loaded = imported_after("mmpo.losses")
+    assert not loaded & {"transformers", "peft", "accelerate", "datasets", "PIL"}
+
+
+def test_evaluation_does_not_import_training():
+    loaded = mmpo_modules_after("mmpo.evaluation.synthetic")
+    assert not any(m.startswith(("mmpo.training", "mmpo.cli")) for m in loaded)
+
+
+def test_nothing_imports_the_cli():
+    for name in MODULES:
+        if name.startswith("mmpo.cli"):
+            continue
+        assert not any(m.startswith("mmpo.cli") for m in mmpo_modules_after(name)), name
