@@ -23,7 +23,11 @@ from .scenes import WorldConfig, sample_scenes
 
 @dataclass(frozen=True)
 class BaseModelRecipe:
-    """Everything that determines the base model; its hash names the cache entry."""
+    """Everything that determines the base model; its hash names the cache entry.
+
+    ``version`` is bumped whenever the code that builds the model changes what it builds
+    (tokenizer corpus, architecture, SFT rows), so stale cache entries are not reused.
+    """
 
     world: WorldConfig = field(default_factory=WorldConfig)
     n_scenes: int = 3000
@@ -32,6 +36,7 @@ class BaseModelRecipe:
     learning_rate: float = 2e-3
     warmup_steps: int = 50
     seed: int = 0
+    version: int = 2
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]

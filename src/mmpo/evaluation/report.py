@@ -1,0 +1,96 @@
+"""Write an evaluation run's results (JSON + Markdown) and compare runs side by side.
+
+A run's results are ``{"run": name, "model": path, "benchmarks": {bench: result}}`` where each
+``result`` is a ``score_<bench>`` / ``run_<bench>`` dict. Tables show the *scalar* entries (ints
+and floats) of each result; lists and dicts (``definitions``, ``per_response``, ...) stay in the
+JSON only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+RESULTS_JSON = "results.json"
+RESULTS_MARKDOWN = "results.md"
+
+
+def scalar_metrics(results: Mapping[str, Any]) -> dict[tuple[str, str], float]:
+    """``{(benchmark, metric): value}`` for every int/float (not bool) of every benchmark, in order."""
+    out: dict[tuple[str, str], float] = {}
+    for bench, result in results.get("benchmarks", {}).items():
+        for metric, value in result.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[bench, metric] = value
+    return out
+
+
+def format_value(value: float | None) -> str:
+    """Ints as they are, floats to 4 decimals, missing as ``-``."""
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    return "nan" if math.isnan(value) else f"{value:.4f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured Markdown table (``|`` inside cells escaped)."""
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), line(["---"] * len(header)), *map(line, rows)]) + "\n"
+
+
+def run_table(results: Mapping[str, Any]) -> str:
+    """One run as ``| benchmark | metric | value |``."""
+    rows = [(bench, metric, format_value(v)) for (bench, metric), v in scalar_metrics(results).items()]
+    return markdown_table(("benchmark", "metric", "value"), rows)
+
+
+def write_run(results: Mapping[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``results.md`` into ``out_dir``; returns both paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / RESULTS_JSON, out_dir / RESULTS_MARKDOWN
+    json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    title = f"# {results.get('run', out_dir.name)}\n\n"
+    model = f"model: `{results['model']}`\n\n" if results.get("model") else ""
+    md_path.write_text(title + model + run_table(results))
+    return json_path, md_path
+
+
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """A run's results from its directory (or directly from a ``results.json`` path)."""
+    path = Path(run_dir)
+    return json.loads((path / RESULTS_JSON if path.is_dir() else path).read_text())
+
+
+def compare_table(runs: Sequence[Mapping[str, Any]], names: Sequence[str] | None = None) -> str:
+    """Several runs side by side: ``| benchmark | metric | run 1 | run 2 | ... |``.
+
+    Rows are the union of the runs' scalar metrics in first-seen order; a metric a run lacks is ``-``.
+    Column names are ``names``, else each run's ``run`` field, else ``run <i>``.
+    """
+    names = list(names) if names is not None else [r.get("run") or f"run {i + 1}" for i, r in enumerate(runs)]
+    if len(names) != len(runs):
+        raise ValueError(f"{len(runs)} runs but {len(names)} names")
+    tables = [scalar_metrics(r) for r in runs]
+    keys = list(dict.fromkeys(k for table in tables for k in table))
+    rows = [(bench, metric, *(format_value(t.get((bench, metric))) for t in tables)) for bench, metric in keys]
+    return markdown_table(("benchmark", "metric", *names), rows)
+
+
+def compare_runs(run_dirs: Sequence[str | Path], out_path: str | Path | None = None) -> str:
+    """Load runs from their directories, build :func:`compare_table` (columns named after each
+    run's ``run`` field, else its directory) and optionally write it to ``out_path``."""
+    runs = [load_run(d) for d in run_dirs]
+    names = [r.get("run") or Path(d).name for r, d in zip(runs, run_dirs, strict=True)]
+    table = compare_table(runs, names)
+    if out_path is not None:
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_path).write_text(table)
+    return table
