@@ -6,7 +6,7 @@ import logging
 
 
 def main(argv: list[str]) -> int:
-    from ..training.config import parse_config
+    from ..training.config import Methods, parse_config
     from ..training.run import run_training
 
     if not argv or argv[0] in ("-h", "--help"):
@@ -19,6 +19,7 @@ def main(argv: list[str]) -> int:
         return 0
     path, overrides = (argv[0], argv[1:]) if not argv[0].startswith("--") else (None, argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    model_args, data_args, args = parse_config(path, overrides)
-    run_training(model_args, data_args, args)
+    model_args, data_args, args, aspo, dama, adavip = parse_config(path, overrides)
+    run_training(model_args, data_args, args, Methods(aspo, dama, adavip),
+                 resume_from_checkpoint=args.resume_from_checkpoint)
     return 0

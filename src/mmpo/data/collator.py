@@ -130,27 +130,90 @@ class PreferenceDataset(torch.utils.data.Dataset):
 class PreferenceCollator:
     """Collates ``PreferenceDataset`` items into one ``2B``- or ``3B``-row batch.
 
-    Extra keys: ``record_index`` ``(B,)``; ``vision_mask`` ``(B,)`` (bool, True where the record has a
-    vision-rejected image; present only when some record of the batch has one — the vision rows of
-    the others repeat the original image and are ignored by the loss).
+    Args:
+        encoder: the :class:`RowEncoder`.
+        vision_rows: add ``B`` vision-rejected rows (AdaViP). Records without a ``rejected_image``
+            repeat their original image there; ``vision_mask`` tells the loss to ignore them.
+        sentence_splitter: when set (ASPO), add the chosen responses' unit spans (see ``granularity``).
+        granularity: ``"sentence"``, ``"token"`` (every response token a unit) or ``"response"`` (one unit).
+        need_sentence_scores: require each record's ``chosen_sentence_scores`` (one per sentence)
+            and add them per unit.
+        need_data_alpha: require each record's ``data_alpha`` (DAMA) and add it.
+
+    Extra keys: ``record_index`` ``(B,)``; ``vision_mask`` ``(B,)`` bool; ``unit_spans`` ``(B, S, 2)``
+    end-exclusive token spans into the response-aligned layout, ``unit_mask`` ``(B, S)``,
+    ``unit_scores`` ``(B, S)``; ``data_alpha`` ``(B,)``.
     """
 
     encoder: RowEncoder
+    vision_rows: bool = False
+    sentence_splitter: Any = None
+    granularity: str = "sentence"
+    need_sentence_scores: bool = False
+    need_data_alpha: bool = False
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         records: list[PreferenceRecord] = [it["record"] for it in items]
-        names = [f"record #{it['index']}" + (f" (id {r.id!r})" if r.id is not None else "")
-                 for it, r in zip(items, records, strict=False)]
+        names = [record_name(it["index"], r) for it, r in zip(items, records, strict=True)]
         images = [r.image for r in records] * 2
         prompts = [r.prompt for r in records] * 2
         responses = [r.chosen for r in records] + [r.rejected for r in records]
-        vision = [r.rejected_image is not None for r in records]
-        if any(vision):
+        if self.vision_rows:
             images += [r.rejected_image if r.rejected_image is not None else r.image for r in records]
             prompts += [r.prompt for r in records]
             responses += [r.chosen for r in records]
         batch = self.encoder(images, prompts, responses, row_names=names * (len(responses) // len(records)))
         batch["record_index"] = torch.tensor([it["index"] for it in items])
-        if any(vision):
-            batch["vision_mask"] = torch.tensor(vision)
+        if self.vision_rows:
+            batch["vision_mask"] = torch.tensor([r.rejected_image is not None for r in records])
+        if self.need_data_alpha:
+            missing = [n for n, r in zip(names, records, strict=True) if r.data_alpha is None]
+            if missing:
+                raise ValueError(f"{missing[0]}: field 'data_alpha' is missing; DAMA's data-aware beta needs "
+                                 "it (run `mmpo score-sentences --dama` on the records first)")
+            batch["data_alpha"] = torch.tensor([float(r.data_alpha) for r in records])
+        if self.sentence_splitter is not None:
+            lengths = batch["response_length"][: len(records)].tolist()
+            units = [self._units(r, n, name) for r, n, name in zip(records, lengths, names, strict=True)]
+            width = max(len(u) for u in units)
+            spans = torch.zeros(len(units), width, 2, dtype=torch.long)  # (B, S, 2)
+            scores = torch.zeros(len(units), width)  # (B, S)
+            mask = torch.zeros(len(units), width, dtype=torch.bool)  # (B, S)
+            for b, unit in enumerate(units):
+                for s, (start, end, score) in enumerate(unit):
+                    spans[b, s] = torch.tensor([start, end])
+                    scores[b, s] = score
+                    mask[b, s] = True
+            batch.update(unit_spans=spans, unit_mask=mask, unit_scores=scores)
         return batch
+
+    def _units(self, record: PreferenceRecord, n_tokens: int, name: str) -> list[tuple[int, int, float]]:
+        """``(token_start, token_end, similarity)`` per unit of the chosen response, clipped to the
+        ``n_tokens`` response tokens the encoder kept (a truncated response loses its tail)."""
+        from ..scoring.sentences import sentence_token_spans
+
+        sentences, _ = sentence_token_spans(record.chosen, self.encoder.tokenizer, self.sentence_splitter,
+                                            append_eos=self.encoder.append_eos)
+        scores = record.chosen_sentence_scores
+        if self.need_sentence_scores:
+            if scores is None:
+                raise ValueError(f"{name}: field 'chosen_sentence_scores' is missing; ASPO's similarity weight "
+                                 "needs it (run `mmpo score-sentences` first, or set aspo_alpha 0)")
+            if len(scores) != len(sentences):
+                raise ValueError(f"{name}: field 'chosen_sentence_scores' has {len(scores)} scores but the chosen "
+                                 f"response splits into {len(sentences)} sentences; re-score with the same splitter")
+        else:
+            scores = [0.0] * len(sentences)
+        pieces = [(min(s.token_start, n_tokens), min(s.token_end, n_tokens), float(c))
+                  for s, c in zip(sentences, scores, strict=True)]
+        pieces = [p for p in pieces if p[1] > p[0]]
+        if self.granularity == "response":
+            return [(0, n_tokens, sum(c for *_, c in pieces) / max(len(pieces), 1))]
+        if self.granularity == "token":
+            return [(t, t + 1, c) for start, end, c in pieces for t in range(start, end)]
+        return pieces
+
+
+def record_name(index: int, record: PreferenceRecord) -> str:
+    """How errors name a record: its index in the dataset and its id."""
+    return f"record #{index}" + (f" (id {record.id!r})" if record.id is not None else "")

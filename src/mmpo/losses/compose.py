@@ -2,40 +2,71 @@
 
 Every method changes one part of the DPO objective, so they compose: DAMA rescales ``beta`` per
 record, ASPO replaces the chosen log-ratio by a sentence-weighted one, AdaViP adds a third
-(vision-rejected) sample and changes the link function. This function takes the already-adjusted
-pieces and returns per-record losses plus detached diagnostics under TRL's metric names.
+(vision-rejected) sample and changes the link function. The trainer computes the adjusted
+pieces; this function turns them into per-record losses plus detached diagnostics under TRL's
+metric names (and ``adavip/...`` when the vision sample is present).
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
+from .adavip import adavip_loss, adavip_plus_vision_loss
 from .dpo import dpo_loss
+
+VisionLink = Literal["plackett_luce", "plus_vision"]
 
 
 def preference_loss(
     chosen_logratios: torch.Tensor,
     rejected_logratios: torch.Tensor,
     beta: float | torch.Tensor,
+    vision_logratios: torch.Tensor | None = None,
+    vision_mask: torch.Tensor | None = None,
+    vision_link: VisionLink = "plackett_luce",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-record preference losses and diagnostics.
 
     Args:
-        chosen_logratios: ``(B,)`` ``log pi(y_w) - log pi_ref(y_w)``.
+        chosen_logratios: ``(B,)`` ``log pi(y_w) - log pi_ref(y_w)`` (ASPO: the weighted version).
         rejected_logratios: ``(B,)`` the same for ``y_l``.
-        beta: a float or a per-record ``(B,)`` tensor.
+        beta: a float or a per-record ``(B,)`` tensor (DAMA's ``beta_C``).
+        vision_logratios: ``(B,)`` log-ratios of the chosen text on the vision-rejected image
+            (AdaViP), or None for two-sample DPO.
+        vision_mask: ``(B,)`` bool, True where a record has a vision-rejected sample.
+        vision_link: ``"plackett_luce"`` (AdaViP Eq. 11) or ``"plus_vision"`` (two DPO losses).
 
     Returns:
-        ``(losses (B,), diagnostics)`` where diagnostics hold ``(B,)`` detached tensors keyed
-        ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies``.
+        ``(losses (B,), diagnostics)``; diagnostics hold detached ``(B,)`` tensors keyed
+        ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies`` and,
+        with a vision sample, ``rewards/vision_rejected``, ``rewards/vision_margins``,
+        ``adavip/weight_vision`` and ``adavip/weight_language`` over the records that have one.
     """
-    losses = dpo_loss(chosen_logratios, rejected_logratios, beta)
-    chosen_rewards = (beta * chosen_logratios).detach()
-    rejected_rewards = (beta * rejected_logratios).detach()
+    chosen_rewards = beta * chosen_logratios  # (B,)
+    rejected_rewards = beta * rejected_logratios  # (B,)
     diag = {
-        "rewards/chosen": chosen_rewards,
-        "rewards/rejected": rejected_rewards,
-        "rewards/margins": chosen_rewards - rejected_rewards,
-        "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+        "rewards/chosen": chosen_rewards.detach(),
+        "rewards/rejected": rejected_rewards.detach(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).detach(),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().detach(),
     }
+    if vision_logratios is None:
+        return dpo_loss(chosen_logratios, rejected_logratios, beta), diag
+
+    vision_rewards = beta * vision_logratios  # (B,)
+    mask = torch.ones_like(chosen_rewards, dtype=torch.bool) if vision_mask is None else vision_mask.bool()
+    if vision_link == "plackett_luce":
+        losses, weight_vision = adavip_loss(chosen_rewards, rejected_rewards, vision_rewards, mask)
+    elif vision_link == "plus_vision":
+        losses = adavip_plus_vision_loss(chosen_rewards, rejected_rewards, vision_rewards, mask)
+        weight_vision = torch.sigmoid(vision_rewards - rejected_rewards).detach()
+    else:
+        raise ValueError(f"vision_link must be plackett_luce or plus_vision, not {vision_link!r}")
+    # Always the same keys (possibly empty), so every process logs the same metrics.
+    diag["rewards/vision_rejected"] = vision_rewards[mask].detach()
+    diag["rewards/vision_margins"] = (chosen_rewards - vision_rewards)[mask].detach()
+    diag["adavip/weight_vision"] = weight_vision[mask].detach()
+    diag["adavip/weight_language"] = 1.0 - weight_vision[mask].detach()
     return losses, diag

@@ -81,7 +81,86 @@ class PreferenceConfig(TrainingArguments):
             raise ValueError(f"beta must be positive, not {self.beta}")
 
 
-CONFIG_CLASSES = (ModelArguments, DataArguments, PreferenceConfig)
+@dataclass
+class AspoArguments:
+    """ASPO: sentence-level adaptive rewards on the chosen response (arXiv 2505.19100, section 3.2)."""
+
+    aspo: bool = field(default=False, metadata={"help": "Weight each chosen sentence's reward by CLIP similarity "
+                                                "and the policy's own perplexity."})
+    aspo_alpha: float = field(default=0.5, metadata={
+        "help": "w_i = alpha * S'_i + (1 - alpha) * PPL'_i. 1 = similarity only, 0 = perplexity only (Table 5). "
+                "alpha > 0 needs chosen_sentence_scores in the records (mmpo score-sentences)."})
+    aspo_normalizer: str = field(default="reward", metadata={
+        "help": "Stop-gradient scale of the re-weighted sum: 'reward' = sg(R_c / R*_c) (paper, Eq. 12), "
+                "'count' = sg(n / sum(1 + w_i)) (ablation)."})
+    aspo_granularity: str = field(default="sentence", metadata={
+        "help": "Unit that gets a weight: 'sentence' (paper), 'token' (each token, with its sentence's "
+                "similarity), or 'response' (one unit: the weight is 0, so this is exactly DPO). Table 6."})
+
+    def __post_init__(self):
+        if self.aspo_normalizer not in ("reward", "count"):
+            raise ValueError(f"aspo_normalizer must be reward or count, not {self.aspo_normalizer!r}")
+        if self.aspo_granularity not in ("sentence", "token", "response"):
+            raise ValueError(f"aspo_granularity must be sentence, token or response, not {self.aspo_granularity!r}")
+        if not 0.0 <= self.aspo_alpha <= 1.0:
+            raise ValueError(f"aspo_alpha must be in [0, 1], not {self.aspo_alpha}")
+
+
+@dataclass
+class DamaArguments:
+    """DAMA: data- and model-aware per-record beta (arXiv 2502.01943). D2PO = data only, MDPO = model only."""
+
+    dama_data: bool = field(default=False, metadata={
+        "help": "Scale beta per record by the offline alpha_D stored in the records (mmpo score-sentences --dama)."})
+    dama_model: bool = field(default=False, metadata={
+        "help": "Scale beta per batch by alpha_M from the filtered reward gaps and their running mean R_bar."})
+    dama_keep: float = field(default=0.75, metadata={
+        "help": "Fraction K/N of the global batch the model-aware filter keeps (paper: 12 of 16)."})
+    dama_filter: str = field(default="topk", metadata={
+        "help": "'topk' keeps the K gaps closest to the batch mean (paper); 'bottom'/'top' drop the lowest/highest; "
+                "'none' keeps all; 'sample' is the authors' code's weighted random draw."})
+    dama_gamma: float = field(default=0.9, metadata={"help": "Momentum of the running mean R_bar."})
+    dama_gap_uses_beta: bool = field(default=True, metadata={
+        "help": "Reward gap R_i = beta * (ratio_w - ratio_l) (paper); False uses the raw log-ratio margin "
+                "(the authors' code)."})
+    dama_combine: str = field(default="product", metadata={
+        "help": "'product': alpha = alpha_D * alpha_M (paper); 'sum': (1 - rho) alpha_M + rho alpha_D (ablation)."})
+    dama_rho: float = field(default=0.5, metadata={"help": "Weight of alpha_D when dama_combine = sum."})
+
+    def __post_init__(self):
+        if self.dama_filter not in ("topk", "bottom", "top", "none", "sample"):
+            raise ValueError(f"dama_filter must be topk, bottom, top, none or sample, not {self.dama_filter!r}")
+        if self.dama_combine not in ("product", "sum"):
+            raise ValueError(f"dama_combine must be product or sum, not {self.dama_combine!r}")
+        if not 0.0 < self.dama_keep <= 1.0:
+            raise ValueError(f"dama_keep must be in (0, 1], not {self.dama_keep}")
+
+
+@dataclass
+class AdavipArguments:
+    """AdaViP: vision-rejected images and the adaptive Plackett-Luce loss (section 3.3, Eq. 11)."""
+
+    adavip: bool = field(default=False, metadata={
+        "help": "Add a third sample per record, the chosen text on its rejected_image; records without one "
+                "are trained with plain DPO."})
+    adavip_loss: str = field(default="plackett_luce", metadata={
+        "help": "'plackett_luce' (paper, Eq. 11) or 'plus_vision' (ablation: sum of two equal-weight DPO losses)."})
+
+    def __post_init__(self):
+        if self.adavip_loss not in ("plackett_luce", "plus_vision"):
+            raise ValueError(f"adavip_loss must be plackett_luce or plus_vision, not {self.adavip_loss!r}")
+
+
+@dataclass
+class Methods:
+    """The method switches, each with its own sub-config; all off is plain DPO."""
+
+    aspo: AspoArguments = field(default_factory=AspoArguments)
+    dama: DamaArguments = field(default_factory=DamaArguments)
+    adavip: AdavipArguments = field(default_factory=AdavipArguments)
+
+
+CONFIG_CLASSES = (ModelArguments, DataArguments, PreferenceConfig, AspoArguments, DamaArguments, AdavipArguments)
 
 
 def parse_config(yaml_path: str | Path | None = None, overrides: list[str] | None = None,

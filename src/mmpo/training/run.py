@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..data.collator import PreferenceDataset
 from ..data.records import load_records
-from .config import DataArguments, ModelArguments, PreferenceConfig
+from .config import DataArguments, Methods, ModelArguments, PreferenceConfig
 from .model_loading import count_parameters, load_policy, prepare_policy
 from .trainer import PreferenceTrainer
 
@@ -23,7 +23,8 @@ def load_dataset(path: str, data_args: DataArguments) -> PreferenceDataset:
 
 
 def run_training(model_args: ModelArguments, data_args: DataArguments, args: PreferenceConfig,
-                 callbacks=None) -> PreferenceTrainer:
+                 methods: Methods | None = None, callbacks=None,
+                 resume_from_checkpoint: str | bool | None = None) -> PreferenceTrainer:
     """Train and save the policy (and processor) to ``args.output_dir``; returns the trainer."""
     if not data_args.train_file:
         raise ValueError("train_file is required: a JSONL of preference records or a saved dataset directory")
@@ -33,8 +34,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, args: Pre
     model = prepare_policy(model, model_args, args)
     trainable, total = count_parameters(model)
     logger.info("policy: %d of %d parameters trainable", trainable, total)
-    trainer = PreferenceTrainer(model, args, processor, train, evaluation, callbacks=callbacks)
-    trainer.train()
+    trainer = PreferenceTrainer(model, args, processor, train, evaluation, methods=methods, callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     trainer.save_model(args.output_dir)
     processor.save_pretrained(args.output_dir)
     Path(args.output_dir, "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))

@@ -1,55 +1,87 @@
 """``PreferenceTrainer``: a ``transformers.Trainer`` that optimises a preference loss for VLMs.
 
-The training step, top to bottom:
+The training step, top to bottom (``compute_loss``):
 
-1. one policy forward over the batch's ``2B`` rows (chosen then rejected) -> per-token log-probs;
+1. one policy forward over the batch's rows (chosen, rejected, and AdaViP's vision-rejected)
+   -> response-aligned per-token log-probs ``(R, L)``;
 2. the reference's per-token log-probs for the same rows (frozen copy, adapter-off, or table);
-3. per-record log-ratios ``log pi(y) - log pi_ref(y)`` summed over response tokens;
-4. ``mmpo.losses.compose.preference_loss`` turns them into per-record losses;
-5. an optional NLL term on the chosen response; the mean is the loss; TRL's metric names are logged.
+3. per-record log-ratios ``log pi(y) - log pi_ref(y)``; with ASPO the chosen one is re-weighted
+   per sentence (weights from CLIP similarity and the policy's perplexity on the same forward);
+4. with DAMA, ``beta`` becomes a per-record ``beta_C`` and outlier records are filtered out;
+5. :func:`mmpo.losses.compose.preference_loss` gives per-record losses (DPO, or AdaViP's
+   Plackett-Luce link when there is a vision-rejected sample);
+6. the mean over kept records, plus an optional NLL term on the chosen response.
 
-Only public ``Trainer`` hooks are overridden: ``compute_loss``, ``prediction_step`` and ``log``.
+Only public ``Trainer`` hooks are overridden: ``train`` (to restore DAMA's state on resume),
+``compute_loss``, ``prediction_step`` and ``log``; DAMA's running mean is updated and saved by
+a callback.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..data.collator import PreferenceCollator, PreferenceDataset, RowEncoder
+from ..logprobs import span_sums
+from ..losses import DamaState, aspo_chosen_logratio, aspo_scale, dama_combine, dama_model_alpha
 from ..losses.compose import preference_loss
-from .config import PreferenceConfig
+from ..scoring.weights import aspo_sentence_weights_batched
+from .config import Methods, PreferenceConfig
 from .reference import AdapterReference, FrozenCopyReference, load_or_compute_reference, policy_response_logps
+
+STATE_FILE = "mmpo_state.json"
 
 
 class PreferenceTrainer(Trainer):
-    """Preference optimisation (DPO and the methods built on it) for processor-based VLMs.
+    """Preference optimisation (DPO, ASPO, DAMA, AdaViP and their combinations) for VLMs.
 
     Args:
         model: the policy (a transformers VLM, optionally wrapped by peft).
         args: a :class:`PreferenceConfig`.
         processor: the model's processor (chat template, tokenizer, image processor).
         train_dataset / eval_dataset: :class:`PreferenceDataset`.
+        methods: the method switches (:class:`Methods`); default: plain DPO.
     """
 
     def __init__(self, model, args: PreferenceConfig, processor, train_dataset: PreferenceDataset,
-                 eval_dataset: PreferenceDataset | None = None, callbacks=None):
-        collator = PreferenceCollator(RowEncoder(processor, max_length=args.max_length))
+                 eval_dataset: PreferenceDataset | None = None, methods: Methods | None = None, callbacks=None):
+        self.methods = methods or Methods()
+        aspo, dama, adavip = self.methods.aspo, self.methods.dama, self.methods.adavip
+        splitter = None
+        if aspo.aspo:
+            from ..scoring.sentences import RuleSplitter
+
+            splitter = RuleSplitter()
+        collator = PreferenceCollator(
+            RowEncoder(processor, max_length=args.max_length), vision_rows=adavip.adavip,
+            sentence_splitter=splitter, granularity=aspo.aspo_granularity,
+            need_sentence_scores=aspo.aspo and aspo.aspo_alpha > 0, need_data_alpha=dama.dama_data,
+        )
+        self.dama_state = DamaState(gamma=dama.dama_gamma)
+        self._dama_pending: list[float] = []
+        self._dama_generator = torch.Generator().manual_seed(args.seed)
+        callbacks = list(callbacks or []) + ([_DamaCallback(self)] if dama.dama_model else [])
         super().__init__(model=model, args=args, data_collator=collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processor, callbacks=callbacks)
         # Our loss is a mean over records: let Trainer divide it by the accumulation steps.
         self.loss_is_scaled_for_ga = False
-        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(lambda: [0.0, 0.0]),
+                                                             "eval": defaultdict(lambda: [0.0, 0.0])}
         self.reference = self._build_reference(args, collator, train_dataset)
 
     def _build_reference(self, args: PreferenceConfig, collator, train_dataset):
         is_peft = hasattr(self.model, "disable_adapter") and hasattr(self.model, "peft_config")
         kind = args.reference if args.reference != "auto" else ("adapter" if is_peft else "copy")
         self.reference_kind = kind
+        self._eval_reference = None
         if kind == "adapter":
             if not is_peft:
                 raise ValueError("reference='adapter' needs a peft (LoRA) model; set use_lora or another reference")
@@ -59,13 +91,13 @@ class PreferenceTrainer(Trainer):
             ref.model.to(self.args.device)
             return ref
         cache_dir = args.reference_cache_dir or str(Path(args.output_dir) / "reference_cache")
-        batch = args.per_device_eval_batch_size
         datasets = [train_dataset] + ([self.eval_dataset] if isinstance(self.eval_dataset, PreferenceDataset) else [])
         tables, self.reference_cache_paths = [], []
         for ds in datasets:
-            ref, path = load_or_compute_reference(self.model, ds, collator, batch, cache_dir, device=self.args.device,
-                                                  main_process_first=self.args.main_process_first)
-            tables.append(ref)
+            table, path = load_or_compute_reference(self.model, ds, collator, args.per_device_eval_batch_size,
+                                                    cache_dir, device=self.args.device,
+                                                    main_process_first=self.args.main_process_first)
+            tables.append(table)
             self.reference_cache_paths.append(str(path))
         self._eval_reference = tables[1] if len(tables) > 1 else None
         return tables[0]
@@ -75,16 +107,33 @@ class PreferenceTrainer(Trainer):
         mode = "train" if model.training else "eval"
         B = inputs["record_index"].shape[0]
         policy, mask = policy_response_logps(model, inputs)  # (R, L), R = 2B or 3B
-        reference = self._reference_for(mode)
+        reference = self._eval_reference if mode == "eval" and self._eval_reference is not None else self.reference
         with torch.no_grad():
             ref = reference(inputs)  # (R, L)
-        logratios = ((policy - ref) * mask).sum(dim=1)  # (R,)
-        policy_sums = (policy * mask).sum(dim=1)  # (R,)
+        token_ratios = (policy - ref) * mask  # (R, L)
+        ratios = token_ratios.sum(dim=1)  # (R,)
+        chosen, rejected = ratios[:B], ratios[B : 2 * B]  # (B,)
+        vision = ratios[2 * B : 3 * B] if self.methods.adavip.adavip else None
+        diag: dict[str, torch.Tensor] = {}
 
-        losses, diag = preference_loss(
-            chosen_logratios=logratios[:B], rejected_logratios=logratios[B : 2 * B], beta=self.args.beta,
-        )
-        loss = losses.mean()
+        if self.methods.aspo.aspo:
+            chosen = self._aspo_chosen(token_ratios[:B], policy[:B].detach(), inputs, diag)
+        beta: float | torch.Tensor = self.args.beta
+        keep = None
+        if self.methods.dama.dama_data or self.methods.dama.dama_model:
+            beta, keep = self._dama_beta(chosen.detach(), rejected.detach(), inputs, mode, diag)
+
+        losses, loss_diag = preference_loss(chosen, rejected, beta, vision, inputs.get("vision_mask"),
+                                            self.methods.adavip.adavip_loss)
+        diag.update(loss_diag)
+        if keep is None:
+            loss = losses.mean()
+        else:
+            # Mean over the records kept in the *global* batch: DDP averages gradients over
+            # processes, so each process scales its kept sum by P / K_global.
+            kept_global = self._gather_sum(keep.float().sum())
+            loss = (losses * keep).sum() * self.accelerator.num_processes / kept_global.clamp(min=1)
+        policy_sums = (policy * mask).sum(dim=1)  # (R,)
         if self.args.sft_weight > 0:
             n_tokens = mask[:B].sum(dim=1).clamp(min=1)
             nll = -(policy_sums[:B] / n_tokens).mean()
@@ -95,10 +144,78 @@ class PreferenceTrainer(Trainer):
         self._record(mode, diag)
         return (loss, {"losses": losses.detach()}) if return_outputs else loss
 
-    def _reference_for(self, mode: str):
-        if mode == "eval" and getattr(self, "_eval_reference", None) is not None:
-            return self._eval_reference
-        return self.reference
+    def _aspo_chosen(self, token_ratios: torch.Tensor, policy: torch.Tensor, inputs: dict[str, Any],
+                     diag: dict[str, torch.Tensor]) -> torch.Tensor:
+        """ASPO's weighted chosen log-ratio ``(B,)`` from unit (sentence) spans of the chosen rows."""
+        aspo = self.methods.aspo
+        spans, unit_mask = inputs["unit_spans"], inputs["unit_mask"]  # (B, S, 2), (B, S)
+        unit_ratios = span_sums(token_ratios, spans)  # (B, S), differentiable
+        with torch.no_grad():
+            n_tokens = (spans[..., 1] - spans[..., 0]).clamp(min=1)  # (B, S)
+            mean_logp = span_sums(policy.double(), spans) / n_tokens  # (B, S)
+            perplexity = torch.exp(-mean_logp)  # (B, S), PPL_i under the policy, same forward pass
+            weights = aspo_sentence_weights_batched(inputs["unit_scores"].double(), perplexity, unit_mask,
+                                                    aspo.aspo_alpha).to(unit_ratios.dtype)  # (B, S)
+            valid = weights[unit_mask]
+            diag["aspo/weight_mean"] = valid
+            diag["aspo/weight_std"] = valid.std().reshape(1) if valid.numel() > 1 else torch.zeros(1)
+            diag["aspo/sentences_per_response"] = unit_mask.sum(dim=1).float()
+            diag["aspo/scale"] = aspo_scale(unit_ratios, weights, unit_mask, aspo.aspo_normalizer)
+        return aspo_chosen_logratio(unit_ratios, weights, unit_mask, aspo.aspo_normalizer)
+
+    def _dama_beta(self, chosen: torch.Tensor, rejected: torch.Tensor, inputs: dict[str, Any], mode: str,
+                   diag: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """DAMA's per-record ``beta_C`` ``(B,)`` and the model-aware keep mask ``(B,)`` (or None)."""
+        dama = self.methods.dama
+        B = chosen.shape[0]
+        alpha_data = inputs["data_alpha"].to(chosen) if dama.dama_data else torch.ones_like(chosen)  # (B,)
+        alpha_model: float | torch.Tensor = 1.0
+        keep = None
+        gaps = chosen - rejected  # (B,)
+        if dama.dama_gap_uses_beta:
+            gaps = self.args.beta * gaps
+        if dama.dama_model:
+            global_gaps, offset = self._gather_batch(gaps)  # (N,)
+            n = global_gaps.shape[0]
+            k = max(1, round(dama.dama_keep * n))
+            alpha_model, keep_global, r_batch = dama_model_alpha(
+                global_gaps, self.dama_state.r_bar, k, dama.dama_filter, generator=self._dama_generator)
+            keep = keep_global[offset : offset + B].to(chosen.device)  # (B,)
+            if mode == "train":
+                self._dama_pending.append(float(r_batch))
+            diag["dama/alpha_model"] = alpha_model.reshape(1)
+            diag["dama/r_bar"] = torch.tensor([self.dama_state.r_bar])
+            diag["dama/kept_fraction"] = keep.float()
+        alpha = dama_combine(alpha_data, alpha_model, dama.dama_combine, dama.dama_rho)  # (B,)
+        diag["dama/alpha_data_mean"] = alpha_data
+        diag["dama/beta_mean"] = self.args.beta * alpha
+        easy = alpha_data >= 1
+        if dama.dama_data:
+            diag["dama/gap_easy"] = gaps[easy]
+            diag["dama/gap_hard"] = gaps[~easy]
+        return self.args.beta * alpha, keep
+
+    def _gather_batch(self, values: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """All processes' ``(B_p,)`` values concatenated in process order, and this process's offset."""
+        if self.accelerator.num_processes == 1:
+            return values, 0
+        sizes = self.accelerator.gather(torch.tensor([values.shape[0]], device=values.device))  # (P,)
+        padded = self.accelerator.pad_across_processes(values, dim=0)  # (B_max,)
+        everything = self.accelerator.gather(padded).reshape(len(sizes), -1)  # (P, B_max)
+        parts = [everything[p, : int(sizes[p])] for p in range(len(sizes))]
+        offset = int(sizes[: self.accelerator.process_index].sum())
+        return torch.cat(parts), offset
+
+    def _gather_sum(self, value: torch.Tensor) -> torch.Tensor:
+        if self.accelerator.num_processes == 1:
+            return value
+        return self.accelerator.gather(value.reshape(1)).sum()
+
+    def dama_step_end(self) -> None:
+        """After each optimizer step: ``R_bar <- gamma R_bar + (1 - gamma) R_B`` (mean over micro-batches)."""
+        if self._dama_pending:
+            self.dama_state.update(sum(self._dama_pending) / len(self._dama_pending))
+            self._dama_pending.clear()
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
@@ -106,17 +223,58 @@ class PreferenceTrainer(Trainer):
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
 
+    # ------------------------------------------------------------------ state across checkpoints
+    def mmpo_state(self) -> dict[str, Any]:
+        return {"dama": self.dama_state.state_dict(), "dama_generator": self._dama_generator.get_state().tolist()}
+
+    def load_mmpo_state(self, state: dict[str, Any]) -> None:
+        self.dama_state.load_state_dict(state["dama"])
+        self._dama_generator.set_state(torch.tensor(state["dama_generator"], dtype=torch.uint8))
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """``Trainer.train``, restoring mmpo's own state (DAMA's ``R_bar``) when resuming."""
+        path = resume_from_checkpoint
+        if path is True:
+            path = get_last_checkpoint(self.args.output_dir)
+            if path is None:
+                raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} has no checkpoint")
+        if isinstance(path, str) and Path(path, STATE_FILE).exists():
+            self.load_mmpo_state(json.loads(Path(path, STATE_FILE).read_text()))
+        return super().train(resume_from_checkpoint=path if path else None, **kwargs)
+
     # ------------------------------------------------------------------ logging
     def _record(self, mode: str, diag: dict[str, torch.Tensor]) -> None:
+        """Accumulate (sum, count) per key over the logging window, summed over processes."""
         for key, value in diag.items():
-            value = self.accelerator.gather_for_metrics(value.detach().float().reshape(-1))
-            self._metrics[mode][key].append(value.mean().item())
+            value = value.detach().float().reshape(-1)
+            pair = torch.stack([value.sum(), torch.tensor(float(value.numel()), device=value.device)])
+            if self.accelerator.num_processes > 1:
+                pair = self.accelerator.gather(pair.reshape(1, 2)).sum(dim=0)
+            acc = self._metrics[mode][key]
+            acc[0] += pair[0].item()
+            acc[1] += pair[1].item()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
-        averaged = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        averaged = {k: s / n for k, (s, n) in self._metrics[mode].items() if n > 0 and math.isfinite(s / n)}
         if mode == "eval":
             averaged = {f"eval_{k}": v for k, v in averaged.items()}
         logs = {**logs, **averaged}
         self._metrics[mode].clear()
         super().log(logs, start_time)
+
+
+class _DamaCallback(TrainerCallback):
+    """Updates DAMA's running mean after each optimizer step and saves it in every checkpoint."""
+
+    def __init__(self, trainer: PreferenceTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer.dama_step_end()
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / STATE_FILE).write_text(json.dumps(self.trainer.mmpo_state()))

@@ -49,7 +49,7 @@ def test_vision_rejected_rows_come_third(processor, tiny_records):
     with_vision = PreferenceRecord(image=r0.image, prompt=r0.prompt, chosen=r0.chosen, rejected=r0.rejected,
                                    rejected_image=r1.image, id="v")
     ds = PreferenceDataset([with_vision, r1])
-    batch = PreferenceCollator(RowEncoder(processor))([ds[0], ds[1]])
+    batch = PreferenceCollator(RowEncoder(processor), vision_rows=True)([ds[0], ds[1]])
     assert batch["input_ids"].shape[0] == 6
     assert batch["vision_mask"].tolist() == [True, False]
     # The vision row of record 0 is the chosen text on the other image.

@@ -14,7 +14,7 @@ SHIPPED = sorted(CONFIG_DIR.rglob("*.yaml"))
 def test_yaml_values_and_command_line_overrides(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model_name_or_path: /m\ntrain_file: t.jsonl\noutput_dir: o\nbeta: 0.2\nuse_lora: true\n")
-    model_args, data_args, args = parse_config(cfg, ["--beta", "0.5", "--sft_weight", "1.0"])
+    model_args, data_args, args, *_ = parse_config(cfg, ["--beta", "0.5", "--sft_weight", "1.0"])
     assert model_args.model_name_or_path == "/m" and model_args.use_lora is True
     assert data_args.train_file == "t.jsonl"
     assert args.beta == 0.5 and args.sft_weight == 1.0 and args.remove_unused_columns is False
@@ -38,5 +38,5 @@ def test_every_shipped_config_parses():
     assert len(SHIPPED) == 3, SHIPPED  # update when a config is added or removed
     cpu = [] if torch.cuda.is_available() else ["--bf16", "false"]
     for path in SHIPPED:
-        model_args, data_args, args = parse_config(path, cpu)
+        model_args, data_args, args, *_ = parse_config(path, cpu)
         assert model_args.model_name_or_path and data_args.train_file and args.output_dir, path
