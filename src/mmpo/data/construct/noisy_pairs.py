@@ -1,0 +1,475 @@
+"""SeVa noisy-image preference pairs: the model's answer on the clean image is chosen, its answer
+on a diffusion-noised copy of the image is rejected (the data ASPO trains on).
+
+SeVa (Zhu et al., "Self-Supervised Visual Preference Alignment", 2024), as used by ASPO (see
+``docs/methods.md``, ASPO section, last paragraph):
+
+1. corrupt the image with forward diffusion, ``k = 500`` of ``T = 1000`` DDPM steps (``DiffusionNoise``);
+2. let the model being trained answer the same instruction on the clean image (chosen, ``y_w``)
+   and on the noisy image (rejected, ``y_l``), greedily;
+3. drop pairs whose two answers are identical; keep the rest as ``PreferenceRecord``s.
+
+``build_noisy_pairs`` does steps 2-3 in batches and writes JSONL that ``load_records`` reads. It is
+resumable: a run killed at any point (even mid-line) is continued by calling it again with the same
+arguments; items already written or dropped are skipped, and no record is ever written twice or in part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from mmpo.evaluation.generation import generate_responses
+from mmpo.types import ImageRef, PreferenceRecord, Prompt
+
+logger = logging.getLogger(__name__)
+
+#: ``meta["source"]`` of every record this module writes.
+SOURCE = "seva-noisy-image"
+#: Outcomes of an item, as listed in the progress file.
+WRITTEN, DROPPED_IDENTICAL, DROPPED_EMPTY = "written", "dropped:identical", "dropped:empty"
+#: Suffix of the sidecar progress file next to the output JSONL.
+PROGRESS_SUFFIX = ".progress.jsonl"
+
+Schedule = Literal["linear", "cosine", "sigmoid"]
+SCHEDULES: tuple[str, ...] = ("linear", "cosine", "sigmoid")
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward diffusion noise.
+
+
+def alphas_cumprod(schedule: Schedule = "linear", num_steps: int = 1000, beta_start: float = 1e-4,
+                   beta_end: float = 0.02) -> np.ndarray:
+    """``abar_k = prod_{s=1..k} (1 - beta_s)`` for ``k = 0..T``, shape ``(T + 1,)``, ``abar_0 = 1``.
+
+    Schedules of the betas ``beta_1..beta_T``:
+
+    * ``"linear"`` — DDPM (Ho et al. 2020, section 4): ``beta`` evenly spaced from ``beta_start``
+      to ``beta_end`` (1e-4 .. 0.02 over T = 1000);
+    * ``"cosine"`` — improved DDPM (Nichol & Dhariwal 2021, Eq. 17):
+      ``abar(t) = f(t) / f(0)``, ``f(t) = cos^2(((t / T + s) / (1 + s)) * pi / 2)``, ``s = 0.008``,
+      with each ``beta_t = 1 - abar(t) / abar(t - 1)`` clipped to 0.999 as in the paper;
+    * ``"sigmoid"`` — the schedule of the VCD/SeVa reference code: ``beta = sigmoid(linspace(-6, 6, T))
+      * (5e-3 - 1e-5) + 1e-5`` (``beta_start``/``beta_end`` unused). It is far milder: at k = 500,
+      abar is about 0.74 against 0.079 for ``"linear"``. That code indexes steps from 0, so its
+      ``noise_step = t`` is ``k = t + 1`` here.
+
+    ``abar`` is strictly decreasing in ``k`` for every schedule (every ``beta > 0``).
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if schedule == "linear":
+        if not 0 < beta_start <= beta_end < 1:
+            raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
+        betas = np.linspace(beta_start, beta_end, num_steps, dtype=np.float64)  # (T,)
+    elif schedule == "cosine":
+        s = 0.008
+        t = np.arange(num_steps + 1, dtype=np.float64) / num_steps  # (T + 1,)
+        f = np.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+        betas = np.clip(1 - f[1:] / f[:-1], 0.0, 0.999)  # (T,)
+    else:
+        betas = 1 / (1 + np.exp(-np.linspace(-6, 6, num_steps, dtype=np.float64))) * (5e-3 - 1e-5) + 1e-5
+    return np.concatenate([[1.0], np.cumprod(1 - betas)])  # (T + 1,)
+
+
+def diffuse(x0: np.ndarray, abar: float, eps: np.ndarray) -> np.ndarray:
+    """The DDPM forward marginal ``x_k = sqrt(abar_k) x_0 + sqrt(1 - abar_k) eps`` (Ho et al. 2020,
+    Eq. 4), elementwise on arrays of one shape; ``x0`` is scaled to ``[-1, 1]``, ``eps ~ N(0, I)``."""
+    return math.sqrt(abar) * x0 + math.sqrt(1 - abar) * eps
+
+
+def image_key(image: Image.Image) -> str:
+    """A content hash of an image's RGB pixels (and size): the default noise key."""
+    rgb = image.convert("RGB")
+    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())
+    digest.update(rgb.tobytes())
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionNoise:
+    """Forward-diffusion (DDPM) noise: ``q(x_k | x_0) = N(sqrt(abar_k) x_0, (1 - abar_k) I)``.
+
+    An image is scaled to ``x_0 = pixel / 127.5 - 1`` in ``[-1, 1]``, sampled as
+    ``x_k = sqrt(abar_k) x_0 + sqrt(1 - abar_k) eps`` with ``eps ~ N(0, I)`` (one draw per pixel and
+    channel), mapped back with ``round((x_k + 1) * 127.5)`` and clipped to ``[0, 255]``. At ``k = 0``
+    the image comes back unchanged.
+
+    The noise ``eps`` is seeded per image from ``(seed, key)``, where the key is a hash of the image's
+    pixels unless one is given: the same image always gets the same noise, in any order, batch or
+    run, which makes a construction run reproducible and resumable.
+
+    Attributes:
+        step: ``k``, the number of forward steps (0 = no noise, ``num_steps`` = almost pure noise).
+            SeVa/ASPO: 500.
+        num_steps: ``T``, the length of the schedule. SeVa/ASPO: 1000.
+        schedule: ``"linear"`` (DDPM), ``"cosine"`` (improved DDPM) or ``"sigmoid"`` (the VCD/SeVa
+            code); see ``alphas_cumprod``.
+        beta_start: first beta of the linear schedule.
+        beta_end: last beta of the linear schedule.
+        seed: global seed, combined with each image's key.
+    """
+
+    step: int = 500
+    num_steps: int = 1000
+    schedule: Schedule = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0 <= self.step <= self.num_steps:
+            raise ValueError(f"need 0 <= step <= num_steps, got step={self.step}, num_steps={self.num_steps}")
+        alphas_cumprod(self.schedule, self.num_steps, self.beta_start, self.beta_end)  # validates the rest
+
+    def alphas_cumprod(self) -> np.ndarray:
+        """``abar_k`` for ``k = 0..T``, shape ``(T + 1,)``."""
+        return alphas_cumprod(self.schedule, self.num_steps, self.beta_start, self.beta_end)
+
+    @property
+    def abar(self) -> float:
+        """``abar_k`` at this ``step``."""
+        return float(self.alphas_cumprod()[self.step])
+
+    def rng(self, key: str) -> np.random.Generator:
+        """The generator for the image with this key: seeded by a hash of ``(seed, key)``."""
+        digest = hashlib.sha256(f"mmpo-diffusion-noise:{self.seed}:{key}".encode()).digest()
+        return np.random.default_rng(int.from_bytes(digest[:16], "little"))
+
+    def __call__(self, image: Image.Image, key: str | None = None) -> Image.Image:
+        """The noisy copy of ``image`` (an RGB ``PIL.Image``); ``key`` defaults to ``image_key(image)``."""
+        rgb = image.convert("RGB")
+        x0 = np.asarray(rgb, dtype=np.float64) / 127.5 - 1.0  # (H, W, 3) in [-1, 1]
+        eps = self.rng(image_key(rgb) if key is None else key).standard_normal(x0.shape)
+        xk = diffuse(x0, self.abar, eps)
+        return Image.fromarray(np.clip(np.rint((xk + 1.0) * 127.5), 0, 255).astype(np.uint8))
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as JSON-ready values (stored in each record's ``meta``)."""
+        out = {"noise_step": self.step, "noise_steps_total": self.num_steps, "noise_schedule": self.schedule,
+               "noise_seed": self.seed}
+        if self.schedule == "linear":
+            out.update(noise_beta_start=self.beta_start, noise_beta_end=self.beta_end)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline.
+
+
+@dataclasses.dataclass
+class NoisyPairsReport:
+    """What one ``build_noisy_pairs`` call did.
+
+    Attributes:
+        out_path: the JSONL file of records.
+        total: items given.
+        written: records written by this call.
+        dropped: items dropped by this call, by reason (``"identical"``, ``"empty"``).
+        skipped_done: items skipped because an earlier run had already written or dropped them.
+        repaired_lines: truncated last lines (from a killed run) removed before appending.
+    """
+
+    out_path: Path
+    total: int = 0
+    written: int = 0
+    dropped: dict[str, int] = dataclasses.field(default_factory=lambda: {"identical": 0, "empty": 0})
+    skipped_done: int = 0
+    repaired_lines: int = 0
+
+    def summary(self) -> str:
+        """``"noisy pairs -> out.jsonl: 5 of 8 items written; dropped 2 (identical 2, empty 0); ..."``"""
+        n_dropped = sum(self.dropped.values())
+        reasons = ", ".join(f"{reason} {count}" for reason, count in self.dropped.items())
+        text = (f"noisy pairs -> {self.out_path}: {self.written} of {self.total} items written; "
+                f"dropped {n_dropped} ({reasons}); skipped {self.skipped_done} done by an earlier run")
+        if self.repaired_lines:
+            text += f"; removed {self.repaired_lines} truncated line(s) left by a killed run"
+        return text
+
+
+@dataclasses.dataclass(frozen=True)
+class _Item:
+    id: str
+    image: ImageRef
+    prompt: Prompt
+    meta: dict[str, Any]
+
+
+def progress_path_for(out_path: str | os.PathLike) -> Path:
+    """The sidecar progress file of an output file: ``out_path + ".progress.jsonl"``."""
+    return Path(str(out_path) + PROGRESS_SUFFIX)
+
+
+def build_noisy_pairs(
+    model: Any,
+    processor: Any,
+    items: Iterable[Sequence[Any]],
+    out_path: str | os.PathLike,
+    *,
+    noise: DiffusionNoise | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 256,
+    progress: bool = True,
+    image_dir: str | os.PathLike | None = None,
+    meta: dict[str, Any] | None = None,
+) -> NoisyPairsReport:
+    """Build SeVa preference pairs with ``model`` and append them to ``out_path`` (JSONL).
+
+    For each item the model answers the instruction greedily on the clean image (``chosen``) and on
+    ``noise(image)`` (``rejected``); both answers of a batch come from one ``generate_responses`` call
+    of ``2 * batch_size`` requests. A pair is dropped when an answer is empty (reason ``"empty"``) or
+    both are equal after whitespace normalisation (``"identical"``); the rest become
+    ``PreferenceRecord``s with ``image`` = the clean image's path and ``meta`` = ``{"source":
+    "seva-noisy-image", "noise_step", "noise_steps_total", "noise_schedule", "noise_seed", ...}``.
+
+    Resuming: records are appended one whole line per ``write`` call and fsynced per batch; then
+    each processed item id and its outcome (``written``, ``dropped:identical``, ``dropped:empty``)
+    is appended to ``out_path + ".progress.jsonl"``, whose first line holds the settings. Calling
+    again with the same arguments skips every item already written (found in the output itself) or
+    dropped (found in the progress file), first cutting off a truncated last line of either file.
+    A resume with other noise settings or ``max_new_tokens`` raises ``ValueError``; an existing
+    output without a progress file raises ``FileExistsError`` (it was not written by this function).
+
+    Args:
+        model: a ``generate``-capable VLM, ideally the policy about to be trained (SeVa's premise).
+        processor: its processor, with a chat template.
+        items: ``(id, image, instruction)`` triples, or ``(id, image, instruction, meta)`` with a dict
+            merged into that record's ``meta``. ``image`` is a path or a ``PIL.Image``; ids must be
+            unique and stable across runs (they are what a resume matches on).
+        out_path: the JSONL file to append to (created with its directory if missing).
+        noise: the corruption; default ``DiffusionNoise()`` (linear schedule, k = 500 of T = 1000).
+        batch_size: items per batch (one generate call of ``2 * batch_size`` requests, one fsync).
+        max_new_tokens: answer length limit.
+        progress: show a tqdm bar over items.
+        image_dir: where in-memory (PIL) images are saved as PNG, named by content hash; default
+            ``images/`` next to ``out_path``. Paths inside ``out_path``'s directory are stored relative
+            to it (``load_records`` resolves them), others absolute.
+        meta: extra ``meta`` for every record (e.g. ``{"model": "ckpt/"}``).
+
+    Returns:
+        the counts of this call (``NoisyPairsReport.summary()`` for one line).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    noise = DiffusionNoise() if noise is None else noise
+    out_path = Path(os.path.abspath(out_path))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    image_dir = out_path.parent / "images" if image_dir is None else Path(os.path.abspath(image_dir))
+    checked = _check_items(items)
+    record_meta = {"source": SOURCE, **noise.describe(), **(meta or {})}
+    settings = {**noise.describe(), "max_new_tokens": max_new_tokens}
+
+    report = NoisyPairsReport(out_path=out_path, total=len(checked))
+    done, report.repaired_lines = _resume(out_path, progress_path_for(out_path), settings)
+    pending = [item for item in checked if item.id not in done]
+    report.skipped_done = len(checked) - len(pending)
+    if report.skipped_done or report.repaired_lines:
+        logger.info("resuming %s: %d of %d items done before", out_path, report.skipped_done, len(checked))
+
+    records_fd = _open_append(out_path)
+    progress_fd = _open_append(progress_path_for(out_path))
+    try:
+        with tqdm(total=len(checked), initial=report.skipped_done, desc="noisy pairs", disable=not progress) as bar:
+            for start in range(0, len(pending), batch_size):
+                batch = pending[start:start + batch_size]
+                clean = [_load_rgb(item.image) for item in batch]
+                noisy = [noise(image) for image in clean]
+                prompts = [item.prompt for item in batch]
+                answers = generate_responses(model, processor, clean + noisy, prompts + prompts,
+                                             batch_size=2 * len(batch), max_new_tokens=max_new_tokens,
+                                             progress=False)  # (2B,): B clean answers, then B noisy
+                chosen, rejected = answers[:len(batch)], answers[len(batch):]
+                record_lines, progress_lines = [], []
+                for item, clean_image, y_w, y_l in zip(batch, clean, chosen, rejected, strict=True):
+                    outcome = _outcome(y_w, y_l)
+                    if outcome == WRITTEN:
+                        record = PreferenceRecord(
+                            image=_image_reference(item.image, clean_image, image_dir, out_path.parent),
+                            prompt=item.prompt, chosen=y_w, rejected=y_l, id=item.id,
+                            meta={**record_meta, **item.meta},
+                        )
+                        record_lines.append(json.dumps(record.to_dict(), ensure_ascii=False, allow_nan=False))
+                        report.written += 1
+                    else:
+                        report.dropped[outcome.split(":", 1)[1]] += 1
+                    progress_lines.append(json.dumps({"id": item.id, "outcome": outcome}, ensure_ascii=False))
+                # records first: a kill between the two leaves records the progress file lacks, which
+                # the next run reads back from the output itself (never a duplicate, never a loss)
+                _append_lines(records_fd, record_lines)
+                _append_lines(progress_fd, progress_lines)
+                bar.update(len(batch))
+    finally:
+        os.close(records_fd)
+        os.close(progress_fd)
+    return report
+
+
+def _check_items(items: Iterable[Sequence[Any]]) -> list[_Item]:
+    checked: list[_Item] = []
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        if not isinstance(item, (tuple, list)) or len(item) not in (3, 4):
+            raise ValueError(f"item #{index}: expected (id, image, instruction[, meta]), got {item!r:.200}")
+        item_id, image, prompt = item[:3]
+        extra = item[3] if len(item) == 4 else {}
+        if item_id is None or isinstance(item_id, bool) or str(item_id) == "":
+            raise ValueError(f"item #{index}: needs a non-empty id, got {item_id!r}")
+        item_id = str(item_id)
+        if item_id in seen:
+            raise ValueError(f"item #{index}: duplicate id {item_id!r}")
+        if not isinstance(image, (str, os.PathLike, Image.Image)):
+            raise ValueError(f"item {item_id!r}: image must be a path or a PIL image, got {type(image).__name__}")
+        if not (isinstance(prompt, list) and prompt) and not (isinstance(prompt, str) and prompt.strip()):
+            raise ValueError(f"item {item_id!r}: empty instruction")
+        if not isinstance(extra, dict):
+            raise ValueError(f"item {item_id!r}: meta must be a dict, got {type(extra).__name__}")
+        seen.add(item_id)
+        checked.append(_Item(item_id, image, prompt, dict(extra)))
+    return checked
+
+
+def _outcome(chosen: str, rejected: str) -> str:
+    chosen, rejected = " ".join(chosen.split()), " ".join(rejected.split())
+    if not chosen or not rejected:
+        return DROPPED_EMPTY
+    return DROPPED_IDENTICAL if chosen == rejected else WRITTEN
+
+
+def _load_rgb(image: ImageRef) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    with Image.open(image) as opened:
+        return opened.convert("RGB")
+
+
+def _image_reference(image: ImageRef, rgb: Image.Image, image_dir: Path, out_dir: Path) -> str:
+    """The record's ``image``: the file's path, or a PNG written for an in-memory image; relative to
+    ``out_dir`` when inside it."""
+    if isinstance(image, Image.Image):
+        path = _save_png(rgb, image_dir)
+    else:
+        path = Path(os.path.abspath(image))
+    try:
+        return path.relative_to(out_dir).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _save_png(image: Image.Image, image_dir: Path) -> Path:
+    """``image_dir/<content hash>.png``, written atomically unless already there."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    target = image_dir / f"{hashlib.sha256(data).hexdigest()[:16]}.png"
+    if not target.exists():
+        image_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=image_dir, prefix=f".{target.name}.", delete=False) as tmp:
+            tmp.write(data)
+        os.replace(tmp.name, target)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+# Append-only files that survive a kill.
+
+
+def _open_append(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+
+def _append_lines(fd: int, lines: list[str]) -> None:
+    """Append each line whole (one ``write`` per line; a short write is finished), then fsync."""
+    for line in lines:
+        data = (line + "\n").encode("utf-8")
+        while data:
+            data = data[os.write(fd, data):]
+    if lines:
+        os.fsync(fd)
+
+
+def _repair(path: Path) -> int:
+    """Cut a truncated last line (no final newline: a write cut short by a kill); 1 if one was cut."""
+    if not path.exists():
+        return 0
+    with path.open("rb+") as file:
+        size = file.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        file.seek(size - 1)
+        if file.read(1) == b"\n":
+            return 0
+        file.seek(0)
+        keep = file.read().rfind(b"\n") + 1  # 0 when the only line is truncated
+        file.truncate(keep)
+        file.flush()
+        os.fsync(file.fileno())
+    logger.warning("removed a truncated last line (%d bytes) from %s", size - keep, path)
+    return 1
+
+
+def _json_lines(path: Path) -> list[Any]:
+    rows = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path} line {number} is not JSON ({exc}); the file is damaged") from exc
+    return rows
+
+
+def _resume(out_path: Path, progress_path: Path, settings: dict[str, Any]) -> tuple[dict[str, str], int]:
+    """The outcome of every item an earlier run finished, and how many truncated lines were cut.
+
+    Starts a fresh progress file (its first line: the settings) when there is none.
+    """
+    repaired = _repair(progress_path) + _repair(out_path)
+    progress_rows = _json_lines(progress_path) if progress_path.exists() else []
+    record_ids = [str(row.get("id")) for row in _json_lines(out_path)] if out_path.exists() else []
+    if not progress_rows:
+        if record_ids:
+            raise FileExistsError(f"{out_path} holds records but has no progress file {progress_path.name}: "
+                                  "it was not written by build_noisy_pairs; remove it or choose another output")
+        with progress_path.open("w", encoding="utf-8") as file:
+            file.write(json.dumps({"settings": settings}) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        return {}, repaired
+
+    header, *entries = progress_rows
+    before = header.get("settings") if isinstance(header, dict) else None
+    if before != settings:
+        raise ValueError(f"{out_path} was built with other settings ({before}) than now "
+                         f"({settings}); resume with the same ones, or write to another output")
+    done = {str(row["id"]): row["outcome"] for row in entries if row.get("outcome") != WRITTEN}
+    written_before = {str(row["id"]) for row in entries if row.get("outcome") == WRITTEN}
+    if lost := written_before - set(record_ids):
+        logger.warning("%d items listed as written are missing from %s; they will be redone", len(lost), out_path)
+    # records whose progress line a kill prevented: list them now
+    unlisted = [record_id for record_id in dict.fromkeys(record_ids) if record_id not in written_before]
+    fd = _open_append(progress_path)
+    try:
+        _append_lines(fd, [json.dumps({"id": record_id, "outcome": WRITTEN}, ensure_ascii=False)
+                           for record_id in unlisted])
+    finally:
+        os.close(fd)
+    done.update(dict.fromkeys(record_ids, WRITTEN))
+    return done, repaired
