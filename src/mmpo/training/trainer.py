@@ -238,9 +238,38 @@ class PreferenceTrainer(Trainer):
             path = get_last_checkpoint(self.args.output_dir)
             if path is None:
                 raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} has no checkpoint")
-        if isinstance(path, str) and Path(path, STATE_FILE).exists():
-            self.load_mmpo_state(json.loads(Path(path, STATE_FILE).read_text()))
+        if isinstance(path, str):
+            if Path(path, STATE_FILE).exists():
+                self.load_mmpo_state(json.loads(Path(path, STATE_FILE).read_text()))
+            self._load_renamed_weights(path)
         return super().train(resume_from_checkpoint=path if path else None, **kwargs)
+
+    def _load_renamed_weights(self, checkpoint: str) -> None:
+        """Load checkpoint weights whose names ``Trainer`` cannot match.
+
+        transformers 5 saves some VLMs (LLaVA among them) under their legacy parameter names
+        (``language_model.model.*``) while the live module is ``model.language_model.*``.
+        ``Trainer``'s resume loads the file with ``load_state_dict(strict=False)``, which then
+        matches nothing and silently resumes from the *initial* weights. When the names differ,
+        the checkpoint is read back through ``from_pretrained`` (which knows the renaming) and
+        copied in; ``Trainer``'s own load that follows is then a no-op.
+        """
+        weights = Path(checkpoint, "model.safetensors")
+        model = self.accelerator.unwrap_model(self.model)
+        if not weights.exists() or not hasattr(model, "from_pretrained"):
+            return
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as f:
+            saved = set(f.keys())
+        if saved <= set(model.state_dict()):
+            return
+        loaded = type(model).from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
+        missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+        if missing or unexpected:
+            raise RuntimeError(f"{checkpoint}: checkpoint weights do not fit the model "
+                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        del loaded
 
     # ------------------------------------------------------------------ logging
     def _record(self, mode: str, diag: dict[str, torch.Tensor]) -> None:

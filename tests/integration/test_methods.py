@@ -1,0 +1,258 @@
+"""The method switches inside the trainer: ASPO, DAMA, AdaViP, their degenerate cases and state."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
+
+from mmpo.data.collator import PreferenceDataset
+from mmpo.training.config import AdavipArguments, AspoArguments, DamaArguments, Methods, PreferenceConfig
+from mmpo.training.trainer import STATE_FILE, PreferenceTrainer
+
+
+def make_args(tmp_path, **kw) -> PreferenceConfig:
+    defaults = dict(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4,
+                    per_device_eval_batch_size=4, learning_rate=1e-3, logging_steps=1, save_strategy="no",
+                    use_cpu=True, disable_tqdm=True, seed=0)
+    return PreferenceConfig(**{**defaults, **kw})
+
+
+def load(tiny_checkpoint, perturb: bool = False):
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint)
+    if perturb:
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.02 * torch.randn(p.shape, generator=g))
+    return model, AutoProcessor.from_pretrained(tiny_checkpoint)
+
+
+def with_fields(records, **fields):
+    return [dataclasses.replace(r, **fields(r) if callable(fields) else fields) for r in records]
+
+
+def scored(records):
+    """Records with one made-up CLIP score per chosen sentence (the sentences are ' .'-terminated)."""
+    return [dataclasses.replace(r, chosen_sentence_scores=[0.1 * (i + 1) for i in range(r.chosen.count(" ."))])
+            for r in records]
+
+
+def batch_loss(tmp_path, tiny_checkpoint, records, methods: Methods, reference_model=None) -> torch.Tensor:
+    """compute_loss on the first four records, with the policy moved away from the reference."""
+    model, processor = load(tiny_checkpoint, perturb=True)
+    trainer = PreferenceTrainer(model, make_args(tmp_path), processor, PreferenceDataset(records), methods=methods)
+    from mmpo.training.reference import FrozenCopyReference
+
+    trainer.reference = FrozenCopyReference(reference_model or load(tiny_checkpoint)[0])
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    trainer.model.eval()
+    with torch.no_grad():
+        return trainer.compute_loss(trainer.model, batch)
+
+
+def logged_keys(trainer) -> set[str]:
+    return {k for e in trainer.state.log_history for k in e}
+
+
+def assert_finite_logs(trainer):
+    for entry in trainer.state.log_history:
+        assert all(math.isfinite(v) for v in entry.values() if isinstance(v, float)), entry
+
+
+# ---------------------------------------------------------------------------------------------- ASPO
+def test_aspo_with_one_sentence_is_exactly_dpo(tmp_path, tiny_checkpoint, tiny_records):
+    one = [dataclasses.replace(r, chosen=r.chosen.split(" . ")[0] + " .", chosen_sentence_scores=[0.3])
+           for r in tiny_records]
+    dpo = batch_loss(tmp_path, tiny_checkpoint, one, Methods())
+    aspo = batch_loss(tmp_path, tiny_checkpoint, one, Methods(aspo=AspoArguments(aspo=True)))
+    assert dpo.item() != pytest.approx(math.log(2))
+    torch.testing.assert_close(aspo, dpo)
+
+
+def test_aspo_response_granularity_is_exactly_dpo(tmp_path, tiny_checkpoint, tiny_records):
+    records = scored(tiny_records)
+    dpo = batch_loss(tmp_path, tiny_checkpoint, records, Methods())
+    aspo = batch_loss(tmp_path, tiny_checkpoint, records,
+                      Methods(aspo=AspoArguments(aspo=True, aspo_granularity="response")))
+    torch.testing.assert_close(aspo, dpo)
+
+
+def test_aspo_reward_normalizer_keeps_dpo_value_count_normalizer_does_not(tmp_path, tiny_checkpoint, tiny_records):
+    """With the 'reward' scale the chosen log-ratio's *value* is DPO's (only gradients change);
+    the 'count' scale changes the value whenever sentence ratios differ."""
+    records = [r for r in scored(tiny_records) if r.chosen.count(" .") > 1] * 2
+    dpo = batch_loss(tmp_path, tiny_checkpoint, records, Methods())
+    reward = batch_loss(tmp_path, tiny_checkpoint, records, Methods(aspo=AspoArguments(aspo=True)))
+    count = batch_loss(tmp_path, tiny_checkpoint, records,
+                       Methods(aspo=AspoArguments(aspo=True, aspo_normalizer="count")))
+    torch.testing.assert_close(reward, dpo, rtol=1e-4, atol=1e-5)
+    assert abs(count.item() - dpo.item()) > 1e-5
+
+
+@pytest.mark.parametrize("granularity", ["sentence", "token"])
+def test_aspo_trains_and_logs(tmp_path, tiny_checkpoint, tiny_records, granularity):
+    model, processor = load(tiny_checkpoint)
+    methods = Methods(aspo=AspoArguments(aspo=True, aspo_granularity=granularity))
+    trainer = PreferenceTrainer(model, make_args(tmp_path), processor, PreferenceDataset(scored(tiny_records)),
+                                methods=methods)
+    trainer.train()
+    assert {"aspo/weight_mean", "aspo/weight_std", "aspo/sentences_per_response", "rewards/margins"} \
+        <= logged_keys(trainer)
+    assert_finite_logs(trainer)
+
+
+def test_aspo_without_scores_names_the_record(tmp_path, tiny_checkpoint, tiny_records):
+    model, processor = load(tiny_checkpoint)
+    trainer = PreferenceTrainer(model, make_args(tmp_path), processor, PreferenceDataset(tiny_records),
+                                methods=Methods(aspo=AspoArguments(aspo=True)))
+    with pytest.raises(ValueError, match=r"record #0 \(id 't-000000'\): field 'chosen_sentence_scores' is missing"):
+        trainer.data_collator([trainer.train_dataset[0]])
+
+
+# ---------------------------------------------------------------------------------------------- DAMA
+def test_dama_with_alpha_one_is_exactly_dpo(tmp_path, tiny_checkpoint, tiny_records):
+    ones = [dataclasses.replace(r, data_alpha=1.0) for r in tiny_records]
+    dpo = batch_loss(tmp_path, tiny_checkpoint, ones, Methods())
+    d2po = batch_loss(tmp_path, tiny_checkpoint, ones, Methods(dama=DamaArguments(dama_data=True)))
+    torch.testing.assert_close(d2po, dpo)
+
+
+def test_dama_data_alpha_scales_beta_per_record(tmp_path, tiny_checkpoint, tiny_records):
+    """beta_C = beta * alpha_D: records with alpha_D = 2 give the DPO loss at beta 0.2."""
+    twos = [dataclasses.replace(r, data_alpha=2.0) for r in tiny_records]
+    d2po = batch_loss(tmp_path, tiny_checkpoint, twos, Methods(dama=DamaArguments(dama_data=True)))
+    model, processor = load(tiny_checkpoint, perturb=True)
+    trainer = PreferenceTrainer(model, make_args(tmp_path, beta=0.2), processor, PreferenceDataset(twos))
+    from mmpo.training.reference import FrozenCopyReference
+
+    trainer.reference = FrozenCopyReference(load(tiny_checkpoint)[0])
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    trainer.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(d2po, trainer.compute_loss(trainer.model, batch))
+
+
+def hardness(records):
+    return [dataclasses.replace(r, data_alpha=0.5 + 0.25 * (i % 4)) for i, r in enumerate(records)]
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def test_dama_state_survives_a_checkpoint_resume(tmp_path, tiny_checkpoint, tiny_records):
+    """Train 6 steps straight; train to step 3, stop, resume from checkpoint-3: same R_bar, same
+    losses and the same final weights."""
+    records = PreferenceDataset(hardness(tiny_records) * 3)
+    methods = Methods(dama=DamaArguments(dama_data=True, dama_model=True))
+    common = dict(max_steps=6, per_device_train_batch_size=4, save_strategy="steps", save_steps=3,
+                  learning_rate=5e-3)
+
+    model, processor = load(tiny_checkpoint)
+    straight = PreferenceTrainer(model, make_args(tmp_path / "a", **common), processor, records, methods=methods)
+    straight.train()
+
+    model, processor = load(tiny_checkpoint)
+    first = PreferenceTrainer(model, make_args(tmp_path / "b", **common), processor, records, methods=methods,
+                              callbacks=[StopAt(3)])
+    first.train()
+    assert first.state.global_step == 3
+    checkpoint = tmp_path / "b" / "out" / "checkpoint-3"
+    saved = json.loads((checkpoint / STATE_FILE).read_text())
+    assert saved["dama"]["step"] == 3 and saved["dama"]["r_bar"] == first.dama_state.r_bar
+
+    model, processor = load(tiny_checkpoint)
+    resumed = PreferenceTrainer(model, make_args(tmp_path / "b", **common), processor, records, methods=methods)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+
+    assert straight.dama_state.r_bar != 0.0
+    assert resumed.dama_state.r_bar == pytest.approx(straight.dama_state.r_bar, rel=1e-5, abs=1e-7)
+    assert resumed.dama_state.step == straight.dama_state.step == 6
+
+    def losses(trainer):
+        return {e["step"]: e["loss"] for e in trainer.state.log_history if "loss" in e and "step" in e}
+
+    later = {s: v for s, v in losses(straight).items() if s > 3}
+    assert later and all(losses(resumed)[s] == pytest.approx(v, rel=1e-4) for s, v in later.items())
+    for (name, a), b in zip(straight.model.named_parameters(), resumed.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_dama_trains_and_logs(tmp_path, tiny_checkpoint, tiny_records):
+    model, processor = load(tiny_checkpoint)
+    methods = Methods(dama=DamaArguments(dama_data=True, dama_model=True))
+    trainer = PreferenceTrainer(model, make_args(tmp_path, max_steps=3), processor,
+                                PreferenceDataset(hardness(tiny_records)), methods=methods)
+    trainer.train()
+    assert {"dama/alpha_data_mean", "dama/alpha_model", "dama/r_bar", "dama/kept_fraction",
+            "dama/gap_easy", "dama/gap_hard"} <= logged_keys(trainer)
+    kept = [e["dama/kept_fraction"] for e in trainer.state.log_history if "dama/kept_fraction" in e]
+    assert all(k == pytest.approx(0.75) for k in kept)  # K = 3 of N = 4
+    assert_finite_logs(trainer)
+
+
+def test_missing_data_alpha_names_the_record(tmp_path, tiny_checkpoint, tiny_records):
+    model, processor = load(tiny_checkpoint)
+    trainer = PreferenceTrainer(model, make_args(tmp_path), processor, PreferenceDataset(tiny_records),
+                                methods=Methods(dama=DamaArguments(dama_data=True)))
+    with pytest.raises(ValueError, match=r"record #1 \(id 't-000001'\): field 'data_alpha' is missing"):
+        trainer.data_collator([trainer.train_dataset[1]])
+
+
+# ---------------------------------------------------------------------------------------------- AdaViP
+def vision_rejected(records):
+    """Each record's vision-rejected image: the next record's image (a different scene)."""
+    return [dataclasses.replace(r, rejected_image=records[(i + 1) % len(records)].image)
+            for i, r in enumerate(records)]
+
+
+def test_adavip_without_vision_images_is_exactly_dpo(tmp_path, tiny_checkpoint, tiny_records):
+    dpo = batch_loss(tmp_path, tiny_checkpoint, tiny_records, Methods())
+    adavip = batch_loss(tmp_path, tiny_checkpoint, tiny_records, Methods(adavip=AdavipArguments(adavip=True)))
+    torch.testing.assert_close(adavip, dpo)
+
+
+def test_adavip_loss_exceeds_dpo_with_a_vision_sample(tmp_path, tiny_checkpoint, tiny_records):
+    """log(1 + e^a + e^b) > log(1 + e^a): a third sample can only add to the loss."""
+    records = vision_rejected(tiny_records)
+    dpo = batch_loss(tmp_path, tiny_checkpoint, records, Methods())
+    adavip = batch_loss(tmp_path, tiny_checkpoint, records, Methods(adavip=AdavipArguments(adavip=True)))
+    plus = batch_loss(tmp_path, tiny_checkpoint, records,
+                      Methods(adavip=AdavipArguments(adavip=True, adavip_loss="plus_vision")))
+    assert dpo.item() < adavip.item() < plus.item()
+
+
+def test_adavip_trains_and_logs_the_eq13_weights(tmp_path, tiny_checkpoint, tiny_records):
+    model, processor = load(tiny_checkpoint)
+    trainer = PreferenceTrainer(model, make_args(tmp_path), processor, PreferenceDataset(vision_rejected(tiny_records)),
+                                methods=Methods(adavip=AdavipArguments(adavip=True)))
+    trainer.train()
+    assert {"adavip/weight_vision", "adavip/weight_language", "rewards/vision_rejected"} <= logged_keys(trainer)
+    for e in trainer.state.log_history:
+        if "adavip/weight_vision" in e:
+            assert e["adavip/weight_vision"] + e["adavip/weight_language"] == pytest.approx(1.0)
+    assert_finite_logs(trainer)
+
+
+# ---------------------------------------------------------------------------------------------- all three
+def test_all_methods_compose(tmp_path, tiny_checkpoint, tiny_records):
+    records = vision_rejected(hardness(scored(tiny_records)))
+    methods = Methods(aspo=AspoArguments(aspo=True), dama=DamaArguments(dama_data=True, dama_model=True),
+                      adavip=AdavipArguments(adavip=True))
+    model, processor = load(tiny_checkpoint)
+    trainer = PreferenceTrainer(model, make_args(tmp_path, sft_weight=0.5), processor, PreferenceDataset(records),
+                                methods=methods)
+    trainer.train()
+    keys = logged_keys(trainer)
+    assert {"aspo/weight_mean", "dama/alpha_model", "adavip/weight_vision", "loss/sft"} <= keys
+    assert_finite_logs(trainer)
