@@ -11,6 +11,7 @@ SUBCOMMANDS = {
     "train": ("train", "train a VLM on preference records from a YAML config (+ --field value overrides)"),
     "base-model": ("base_model", "build the synthetic world's base model (tokenizer + tiny LLaVA + SFT)"),
     "evaluate": ("evaluate", "evaluate a checkpoint on hallucination benchmarks from local files"),
+    "score-sentences": ("score_sentences", "CLIP scores per sentence (ASPO) and DAMA's data hardness alpha_D"),
     "noisy-pairs": ("noisy_pairs", "build SeVa preference pairs: answers on clean vs diffusion-noised images"),
 }
 

@@ -118,7 +118,7 @@ class WorldConfig:
     min_objects: int = 1
     max_objects: int = 4
     cooccurrence_prob: float = 0.8
-    attribute_prob: float = 0.7
+    attribute_prob: float = 0.3
     caption_noise_prob: float = 0.3
     seed: int = 0
     partners: dict[str, str] = field(default_factory=lambda: dict(PARTNERS))
@@ -178,7 +178,7 @@ def _colour_for(shape: str, config: WorldConfig, rng: random.Random) -> str:
 
 def _box(quadrant: int, size: str, image_size: int, rng: random.Random) -> tuple[int, int, int, int]:
     half = image_size // 2
-    side = round(half * (0.75 if size == "large" else 0.45))
+    side = round(half * (0.85 if size == "large" else 0.55))
     slack = half - side - 2
     x0 = (quadrant % 2) * half + 1 + rng.randint(0, max(slack, 0))
     y0 = (quadrant // 2) * half + 1 + rng.randint(0, max(slack, 0))

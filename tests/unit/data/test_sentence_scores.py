@@ -1,0 +1,73 @@
+"""Offline sentence scores and DAMA's alpha_D, hand-worked with a stand-in scorer."""
+
+import math
+
+import pytest
+import torch
+
+from mmpo.data.construct.sentence_scores import score_sentences
+from mmpo.scoring.sentences import RuleSplitter
+from mmpo.types import PreferenceRecord
+
+
+class LengthScorer:
+    """Test stand-in for a CLIP scorer: a sentence's score is its word count / 10; an image named
+    'broken' cannot be scored."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def score(self, images, texts):
+        self.calls += 1
+        if any(i == "broken" for i in images):
+            raise OSError("cannot identify image file 'broken'")
+        return torch.tensor([len(t.split()) / 10 for t in texts])
+
+
+def record(i, chosen, rejected, image="ok"):
+    return PreferenceRecord(image=image, prompt="describe .", chosen=chosen, rejected=rejected, id=f"r{i}")
+
+
+def test_scores_delta_bar_and_alpha_hand_worked():
+    """Record 0: chosen 'a b c .' (4 words -> 0.4), rejected 'a b .' (0.3).
+    softmax([0.4, 0.3]) = [0.52498, 0.47502] -> delta_0 = 0.049958.
+    Record 1: chosen 'a b . c d e .' -> [0.3, 0.4]; rejected 'a .' -> [0.2];
+    softmax([0.3, 0.4, 0.2]) = [0.32197, 0.35584, 0.29135] ... delta_1 = 0.67781 - 0.29135 = 0.38646 (approx).
+    delta_bar = mean; alpha_D = sigmoid(delta) / sigmoid(delta_bar)."""
+    records = [record(0, "a b c .", "a b ."), record(1, "a b . c d e .", "a .")]
+    out, report = score_sentences(records, LengthScorer(), RuleSplitter(), progress=False)
+    assert report.scored == 2 and not report.skipped
+    assert out[0].chosen_sentence_scores == pytest.approx([0.4]) and out[0].rejected_sentence_scores == pytest.approx([0.3])
+    assert out[1].chosen_sentence_scores == pytest.approx([0.3, 0.4])
+    e = [math.exp(v) for v in (0.3, 0.4, 0.2)]
+    delta1 = (e[0] + e[1] - e[2]) / sum(e)
+    delta0 = math.tanh(0.05)  # softmax of two scores 0.1 apart: p_w - p_l = tanh(0.1 / 2)
+    assert out[0].meta["dama_delta"] == pytest.approx(delta0, rel=1e-6)
+    assert out[1].meta["dama_delta"] == pytest.approx(delta1, rel=1e-6)
+    bar = (delta0 + delta1) / 2
+    assert report.delta_bar == pytest.approx(bar)
+
+    def sig(x):
+        return 1 / (1 + math.exp(-x))
+
+    assert out[0].data_alpha == pytest.approx(sig(delta0) / sig(bar))
+    assert out[1].data_alpha == pytest.approx(sig(delta1) / sig(bar))
+    assert out[0].data_alpha < 1 < out[1].data_alpha  # record 1 is the easier pair
+
+
+def test_ratio_mode_is_the_ratio_of_sums():
+    out, _ = score_sentences([record(0, "a b c .", "a b .")], LengthScorer(), RuleSplitter(), dama_mode="ratio",
+                             progress=False)
+    assert out[0].meta["dama_delta"] == pytest.approx(0.4 / 0.3)
+
+
+def test_unscorable_records_are_reported_by_index_and_reason_and_the_rest_kept():
+    records = [record(0, "a b c .", "a b ."), record(1, "x y .", "z .", image="broken"), record(2, "a .", "   "),
+               record(3, "p q r s .", "p .")]
+    out, report = score_sentences(records, LengthScorer(), RuleSplitter(), progress=False)
+    assert [r.id for r in out] == ["r0", "r3"]
+    reasons = {i: why for i, _, why in report.skipped}
+    assert set(reasons) == {1, 2}
+    assert "cannot be scored" in reasons[1] and "broken" in reasons[1]
+    assert "field 'rejected': no sentence" in reasons[2]
+    assert "scored 2 of 4 records" in report.summary() and "#1 (id 'r1')" in report.summary()
