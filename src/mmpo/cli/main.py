@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "base-model": ("base_model", "build the synthetic world's base model (tokenizer + tiny LLaVA + SFT)"),
     "evaluate": ("evaluate", "evaluate a checkpoint on hallucination benchmarks from local files"),
     "score-sentences": ("score_sentences", "CLIP scores per sentence (ASPO) and DAMA's data hardness alpha_D"),
+    "vision-rejected": ("vision_rejected", "build AdaViP vision-rejected images: tag, detect, segment, inpaint, select"),
     "noisy-pairs": ("noisy_pairs", "build SeVa preference pairs: answers on clean vs diffusion-noised images"),
 }
 
