@@ -18,6 +18,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .model import TinyVLMConfig
 from .scenes import WorldConfig, sample_scenes
 
 
@@ -30,6 +31,7 @@ class BaseModelRecipe:
     """
 
     world: WorldConfig = field(default_factory=WorldConfig)
+    vlm: TinyVLMConfig = field(default_factory=TinyVLMConfig)
     n_scenes: int = 3000
     steps: int = 1200
     batch_size: int = 32
@@ -56,8 +58,8 @@ def build_base_model(recipe: BaseModelRecipe, out_dir: str | Path, progress: boo
     scenes = sample_scenes(recipe.world, recipe.n_scenes, prefix="train")
     rows = sft_rows(scenes, recipe.world, seed=recipe.seed)
     tokenizer = train_tokenizer()
-    processor = build_processor(tokenizer)
-    model = build_tiny_vlm(tokenizer, seed=recipe.seed)
+    processor = build_processor(tokenizer, recipe.vlm)
+    model = build_tiny_vlm(tokenizer, recipe.vlm, seed=recipe.seed)
     args = TrainingArguments(
         output_dir=str(out_dir / "sft_run"), max_steps=recipe.steps, per_device_train_batch_size=recipe.batch_size,
         learning_rate=recipe.learning_rate, lr_scheduler_type="cosine", warmup_steps=recipe.warmup_steps,

@@ -39,9 +39,10 @@ class Row:
 def sft_rows(scenes: list[Scene], config: WorldConfig, seed: int = 0, questions_per_scene: int = 1) -> list[Row]:
     """The base model's training set: a (noisy) caption per scene plus yes/no questions.
 
-    Questions ask about a present shape (answer "yes") or an absent one ("no"). With
-    ``caption_noise_prob`` the question asks about an absent *partner* of a present shape and the
-    answer is a wrong "yes" — the same prior the noisy captions teach.
+    Half the questions ask about a present shape (answer "yes"). The other half ask about an
+    absent shape (answer "no"); half of those ask about an absent *partner* of a present shape,
+    and with ``caption_noise_prob`` that answer is a wrong "yes" — the same prior the noisy
+    captions teach.
     """
     rng = random.Random(seed)
     rows = []
@@ -51,12 +52,13 @@ def sft_rows(scenes: list[Scene], config: WorldConfig, seed: int = 0, questions_
             present = sorted(scene.shapes)
             absent = [s for s in SHAPES if s not in scene.shapes]
             partners = sorted({config.partners[s] for s in present if s in config.partners} - scene.shapes)
-            if partners and rng.random() < config.caption_noise_prob:
-                rows.append(Row(scene, yes_no_question(rng.choice(partners)), "yes"))
-            elif absent and rng.random() < 0.5:
-                rows.append(Row(scene, yes_no_question(rng.choice(absent)), "no"))
-            else:
+            if not absent or rng.random() < 0.5:
                 rows.append(Row(scene, yes_no_question(rng.choice(present)), "yes"))
+            elif partners and rng.random() < 0.5:
+                wrong = rng.random() < config.caption_noise_prob
+                rows.append(Row(scene, yes_no_question(rng.choice(partners)), "yes" if wrong else "no"))
+            else:
+                rows.append(Row(scene, yes_no_question(rng.choice(absent)), "no"))
     return rows
 
 
