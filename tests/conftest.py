@@ -28,3 +28,18 @@ def tiny_records(tmp_path_factory):
     world = WorldConfig(seed=3)
     scenes = sample_scenes(world, 8, prefix="t")
     return ground_truth_pairs(scenes, world, tmp_path_factory.mktemp("images"), seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def varied_tiny_vlm():
+    """The untrained tiny LLaVA with its matrices redrawn at std 0.3, so that its greedy output
+    depends on the input (at the default init it emits the same word for everything, which would
+    make generation tests vacuous). Returns ``(model, processor)``; do not train it in a test."""
+    tokenizer = train_tokenizer()
+    model = build_tiny_vlm(tokenizer, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for weight in model.parameters():
+            if weight.dim() == 2:
+                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.3)
+    return model, build_processor(tokenizer)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from mmpo.cli import noisy_pairs as cli
@@ -22,7 +21,6 @@ from mmpo.data.construct.noisy_pairs import (
     progress_path_for,
 )
 from mmpo.data.records import load_records
-from mmpo.toyworld.model import build_processor, build_tiny_vlm, train_tokenizer
 from mmpo.toyworld.scenes import DESCRIBE_PROMPT, WorldConfig, sample_scenes
 
 # ---------------------------------------------------------------------------------------------
@@ -105,17 +103,8 @@ def test_bad_settings():
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    """The untrained tiny LLaVA with its matrices redrawn at std 0.3, so that its greedy answers
-    depend on the image (at the default init it emits the same word for everything)."""
-    tokenizer = train_tokenizer()
-    model = build_tiny_vlm(tokenizer, seed=0)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for weight in model.parameters():
-            if weight.dim() == 2:
-                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.3)
-    return model, build_processor(tokenizer)
+def tiny(varied_tiny_vlm):
+    return varied_tiny_vlm
 
 
 def test_pipeline_with_tiny_llava(tiny, tmp_path):
