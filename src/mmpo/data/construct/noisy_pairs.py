@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +32,8 @@ from tqdm.auto import tqdm
 
 from mmpo.evaluation.generation import generate_responses
 from mmpo.types import ImageRef, PreferenceRecord, Prompt
+
+from .journal import append_lines, image_reference, open_append, read_json_lines, repair_truncated
 
 logger = logging.getLogger(__name__)
 
@@ -283,8 +283,8 @@ def build_noisy_pairs(
     if report.skipped_done or report.repaired_lines:
         logger.info("resuming %s: %d of %d items done before", out_path, report.skipped_done, len(checked))
 
-    records_fd = _open_append(out_path)
-    progress_fd = _open_append(progress_path_for(out_path))
+    records_fd = open_append(out_path)
+    progress_fd = open_append(progress_path_for(out_path))
     try:
         with tqdm(total=len(checked), initial=report.skipped_done, desc="noisy pairs", disable=not progress) as bar:
             for start in range(0, len(pending), batch_size):
@@ -301,7 +301,7 @@ def build_noisy_pairs(
                     outcome = _outcome(y_w, y_l)
                     if outcome == WRITTEN:
                         record = PreferenceRecord(
-                            image=_image_reference(item.image, clean_image, image_dir, out_path.parent),
+                            image=image_reference(item.image, clean_image, image_dir, out_path.parent),
                             prompt=item.prompt, chosen=y_w, rejected=y_l, id=item.id,
                             meta={**record_meta, **item.meta},
                         )
@@ -312,8 +312,8 @@ def build_noisy_pairs(
                     progress_lines.append(json.dumps({"id": item.id, "outcome": outcome}, ensure_ascii=False))
                 # records first: a kill between the two leaves records the progress file lacks, which
                 # the next run reads back from the output itself (never a duplicate, never a loss)
-                _append_lines(records_fd, record_lines)
-                _append_lines(progress_fd, progress_lines)
+                append_lines(records_fd, record_lines)
+                append_lines(progress_fd, progress_lines)
                 bar.update(len(batch))
     finally:
         os.close(records_fd)
@@ -359,91 +359,14 @@ def _load_rgb(image: ImageRef) -> Image.Image:
         return opened.convert("RGB")
 
 
-def _image_reference(image: ImageRef, rgb: Image.Image, image_dir: Path, out_dir: Path) -> str:
-    """The record's ``image``: the file's path, or a PNG written for an in-memory image; relative to
-    ``out_dir`` when inside it."""
-    if isinstance(image, Image.Image):
-        path = _save_png(rgb, image_dir)
-    else:
-        path = Path(os.path.abspath(image))
-    try:
-        return path.relative_to(out_dir).as_posix()
-    except ValueError:
-        return str(path)
-
-
-def _save_png(image: Image.Image, image_dir: Path) -> Path:
-    """``image_dir/<content hash>.png``, written atomically unless already there."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    data = buffer.getvalue()
-    target = image_dir / f"{hashlib.sha256(data).hexdigest()[:16]}.png"
-    if not target.exists():
-        image_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=image_dir, prefix=f".{target.name}.", delete=False) as tmp:
-            tmp.write(data)
-        os.replace(tmp.name, target)
-    return target
-
-
-# ---------------------------------------------------------------------------------------------
-# Append-only files that survive a kill.
-
-
-def _open_append(path: Path) -> int:
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-
-
-def _append_lines(fd: int, lines: list[str]) -> None:
-    """Append each line whole (one ``write`` per line; a short write is finished), then fsync."""
-    for line in lines:
-        data = (line + "\n").encode("utf-8")
-        while data:
-            data = data[os.write(fd, data):]
-    if lines:
-        os.fsync(fd)
-
-
-def _repair(path: Path) -> int:
-    """Cut a truncated last line (no final newline: a write cut short by a kill); 1 if one was cut."""
-    if not path.exists():
-        return 0
-    with path.open("rb+") as file:
-        size = file.seek(0, os.SEEK_END)
-        if size == 0:
-            return 0
-        file.seek(size - 1)
-        if file.read(1) == b"\n":
-            return 0
-        file.seek(0)
-        keep = file.read().rfind(b"\n") + 1  # 0 when the only line is truncated
-        file.truncate(keep)
-        file.flush()
-        os.fsync(file.fileno())
-    logger.warning("removed a truncated last line (%d bytes) from %s", size - keep, path)
-    return 1
-
-
-def _json_lines(path: Path) -> list[Any]:
-    rows = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path} line {number} is not JSON ({exc}); the file is damaged") from exc
-    return rows
-
-
 def _resume(out_path: Path, progress_path: Path, settings: dict[str, Any]) -> tuple[dict[str, str], int]:
     """The outcome of every item an earlier run finished, and how many truncated lines were cut.
 
     Starts a fresh progress file (its first line: the settings) when there is none.
     """
-    repaired = _repair(progress_path) + _repair(out_path)
-    progress_rows = _json_lines(progress_path) if progress_path.exists() else []
-    record_ids = [str(row.get("id")) for row in _json_lines(out_path)] if out_path.exists() else []
+    repaired = repair_truncated(progress_path) + repair_truncated(out_path)
+    progress_rows = read_json_lines(progress_path) if progress_path.exists() else []
+    record_ids = [str(row.get("id")) for row in read_json_lines(out_path)] if out_path.exists() else []
     if not progress_rows:
         if record_ids:
             raise FileExistsError(f"{out_path} holds records but has no progress file {progress_path.name}: "
@@ -465,9 +388,9 @@ def _resume(out_path: Path, progress_path: Path, settings: dict[str, Any]) -> tu
         logger.warning("%d items listed as written are missing from %s; they will be redone", len(lost), out_path)
     # records whose progress line a kill prevented: list them now
     unlisted = [record_id for record_id in dict.fromkeys(record_ids) if record_id not in written_before]
-    fd = _open_append(progress_path)
+    fd = open_append(progress_path)
     try:
-        _append_lines(fd, [json.dumps({"id": record_id, "outcome": WRITTEN}, ensure_ascii=False)
+        append_lines(fd, [json.dumps({"id": record_id, "outcome": WRITTEN}, ensure_ascii=False)
                            for record_id in unlisted])
     finally:
         os.close(fd)

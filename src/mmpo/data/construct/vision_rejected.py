@@ -44,18 +44,13 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
 from mmpo.data.construct.inpainting import Inpainter
-from mmpo.data.construct.noisy_pairs import (
-    _append_lines,
-    _image_reference,
-    _json_lines,
-    _open_append,
-    _repair,
-    progress_path_for,
-)
 from mmpo.data.construct.vision_backends import Detection, Detector, Segmenter, Tagger
 from mmpo.scoring.clip import ImageTextScorer
 from mmpo.scoring.sentences import RuleSplitter, SentenceSplitter
 from mmpo.types import PreferenceRecord
+
+from .journal import append_lines, image_reference, open_append, read_json_lines, repair_truncated
+from .noisy_pairs import progress_path_for
 
 logger = logging.getLogger(__name__)
 
@@ -317,8 +312,8 @@ def build_vision_rejected(
         logger.info("resuming %s: %d of %d records done before", out_path, report.done_before, len(records))
 
     sheet: list[tuple[str, Image.Image, Construction]] = []
-    records_fd = _open_append(out_path)
-    progress_fd = _open_append(progress_path)
+    records_fd = open_append(out_path)
+    progress_fd = open_append(progress_path)
     try:
         with tqdm(total=len(records), initial=report.done_before, desc="vision-rejected",
                   disable=not progress) as bar:
@@ -326,10 +321,10 @@ def build_vision_rejected(
                 image = _load_rgb(record.image)
                 built = pipeline.run(image, record.chosen)
                 meta = {**record.meta, "adavip": built.describe()}
-                image_ref = _image_reference(record.image, image, image_dir, out_path.parent)
+                image_ref = image_reference(record.image, image, image_dir, out_path.parent)
                 if built.selected is not None:
                     path = _save_png_atomic(built.rejected, image_dir / f"{_file_stem(record.id)}.png")
-                    rejected = _image_reference(str(path), built.rejected, image_dir, out_path.parent)
+                    rejected = image_reference(str(path), built.rejected, image_dir, out_path.parent)
                     outcome = BUILT
                     report.built += 1
                     if contact_sheet is not None and len(sheet) < contact_sheet_records:
@@ -339,8 +334,8 @@ def build_vision_rejected(
                     report.skipped[built.skipped] = report.skipped.get(built.skipped, 0) + 1
                 new = dataclasses.replace(record, image=image_ref, rejected_image=rejected, meta=meta)
                 # the record first: a kill before the progress line is repaired from the output on resume
-                _append_lines(records_fd, [json.dumps(new.to_dict(), ensure_ascii=False, allow_nan=False)])
-                _append_lines(progress_fd, [json.dumps({"id": record.id, "outcome": outcome}, ensure_ascii=False)])
+                append_lines(records_fd, [json.dumps(new.to_dict(), ensure_ascii=False, allow_nan=False)])
+                append_lines(progress_fd, [json.dumps({"id": record.id, "outcome": outcome}, ensure_ascii=False)])
                 bar.update(1)
     finally:
         os.close(records_fd)
@@ -402,9 +397,9 @@ def _resume(out_path: Path, progress_path: Path, settings: dict[str, Any]) -> tu
     holds the settings and, per id, the outcome. Output lines the progress file lacks (a kill
     between the two appends) are listed now. Starts a fresh progress file when there is none.
     """
-    repaired = _repair(progress_path) + _repair(out_path)
-    progress_rows = _json_lines(progress_path) if progress_path.exists() else []
-    out_rows = _json_lines(out_path) if out_path.exists() else []
+    repaired = repair_truncated(progress_path) + repair_truncated(out_path)
+    progress_rows = read_json_lines(progress_path) if progress_path.exists() else []
+    out_rows = read_json_lines(out_path) if out_path.exists() else []
     if not progress_rows:
         if out_rows:
             raise FileExistsError(f"{out_path} holds records but has no progress file {progress_path.name}: "
@@ -424,9 +419,9 @@ def _resume(out_path: Path, progress_path: Path, settings: dict[str, Any]) -> tu
     listed = {str(row.get("id")) for row in entries}
     if lost := listed - set(written):
         logger.warning("%d records listed as done are missing from %s; they will be redone", len(lost), out_path)
-    fd = _open_append(progress_path)
+    fd = open_append(progress_path)
     try:
-        _append_lines(fd, [json.dumps({"id": record_id, "outcome": _outcome_of(row)}, ensure_ascii=False)
+        append_lines(fd, [json.dumps({"id": record_id, "outcome": _outcome_of(row)}, ensure_ascii=False)
                            for record_id, row in written.items() if record_id not in listed])
     finally:
         os.close(fd)
