@@ -8,7 +8,7 @@ import argparse
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmpo base-model", description=__doc__)
     p.add_argument("--output-dir", required=True, help="checkpoint directory to write")
-    p.add_argument("--steps", type=int, default=1200, help="SFT optimizer steps")
+    p.add_argument("--steps", type=int, default=1500, help="SFT optimizer steps")
     p.add_argument("--n-scenes", type=int, default=3000, help="training scenes")
     p.add_argument("--seed", type=int, default=0)
     return p

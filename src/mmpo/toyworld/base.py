@@ -31,11 +31,11 @@ class BaseModelRecipe:
     """
 
     world: WorldConfig = field(default_factory=WorldConfig)
-    vlm: TinyVLMConfig = field(default_factory=TinyVLMConfig)
+    vlm: TinyVLMConfig = field(default_factory=lambda: TinyVLMConfig(vision_layers=3))
     n_scenes: int = 3000
-    steps: int = 1200
+    steps: int = 1500
     batch_size: int = 32
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-3
     warmup_steps: int = 50
     seed: int = 0
     version: int = 2

@@ -178,7 +178,7 @@ def _colour_for(shape: str, config: WorldConfig, rng: random.Random) -> str:
 
 def _box(quadrant: int, size: str, image_size: int, rng: random.Random) -> tuple[int, int, int, int]:
     half = image_size // 2
-    side = round(half * (0.85 if size == "large" else 0.55))
+    side = round(half * (0.9 if size == "large" else 0.65))
     slack = half - side - 2
     x0 = (quadrant % 2) * half + 1 + rng.randint(0, max(slack, 0))
     y0 = (quadrant // 2) * half + 1 + rng.randint(0, max(slack, 0))
