@@ -278,3 +278,12 @@ def test_token_spans_invariants(text):
         return
     offsets = [tuple(o) for o in tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]]
     check_token_spans(text, spans, n, offsets + [(0, 0)])
+
+
+def test_llm_splitter_loads_a_local_checkpoint(tmp_path):
+    tok = train_tokenizer()
+    tiny_llama(tok).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    splitter = LLMSplitter(tmp_path, instruction="describe the image . {text}", max_new_tokens=3)
+    from_objects = LLMSplitter(tiny_llama(tok), tok, instruction="describe the image . {text}", max_new_tokens=3)
+    assert splitter.rewrite("a red circle .") == from_objects.rewrite("a red circle .")
