@@ -33,6 +33,8 @@ METHODS = {
     "adavip": ({"adavip": {"adavip": True}}, "truth"),
     "adavip-plus-vision": ({"adavip": {"adavip": True, "adavip_loss": "plus_vision"}}, "truth"),
 }
+#: Bumped whenever prepare_records changes what it builds, so stale cached records are not reused.
+DATA_VERSION = 2
 TABLE_KEYS = ("chair_i", "chair_s", "coverage", "mentions_per_response", "attribute_error", "pope_f1",
               "pope_accuracy", "pope_yes_ratio")
 PLOTS = {
@@ -51,9 +53,9 @@ class DemoOptions:
     cache_dir: str = os.environ.get("MMPO_CACHE", str(Path.home() / ".cache" / "mmpo"))
     n_pairs: int = 800
     n_eval_scenes: int = 200
-    steps: int = 150
+    steps: int = 200
     batch_size: int = 16
-    learning_rate: float = 1e-4
+    learning_rate: float = 3e-4
     beta: float = 0.1
     sft_weight: float = 1.0
     base_steps: int = 1500
@@ -173,17 +175,20 @@ def run_demo(opts: DemoOptions) -> dict:
 def prepare_records(opts: DemoOptions, data_kind: str, methods, base_dir: Path, model, processor, world) -> list:
     """The method's records, built once per (base model, data settings) and cached as JSONL."""
     from ..data.records import load_records, save_records
-    from ..toyworld.scenes import WorldConfig, sample_scenes
+    from ..toyworld.scenes import sample_scenes
 
     needs_scores = methods.aspo.aspo or methods.dama.dama_data
     needs_vision = methods.adavip.adavip
-    key = _key(base_dir.name, data_kind, opts.n_pairs, opts.seed, opts.clip_steps, needs_scores, needs_vision)
+    key = _key(DATA_VERSION, base_dir.name, data_kind, opts.n_pairs, opts.seed, opts.clip_steps, needs_scores,
+               needs_vision)
     folder = Path(opts.cache_dir) / f"demo-data-{key}"
     final = folder / "records.jsonl"
     if final.exists():
         return load_records(final).records
     folder.mkdir(parents=True, exist_ok=True)
-    scenes = sample_scenes(WorldConfig(seed=opts.seed + 1), opts.n_pairs, prefix="pref")
+    # Preference scenes come from the prior-free distribution (with their own seed, disjoint from the
+    # evaluation scenes): the data a user collects to fix a model's biases.
+    scenes = sample_scenes(world.held_out(seed=opts.seed + 1), opts.n_pairs, prefix="pref")
 
     if data_kind == "truth":
         from ..toyworld.data import ground_truth_pairs
