@@ -151,6 +151,8 @@ def run_demo(opts: DemoOptions) -> dict:
     say("[5/5] evaluate the trained model")
     after = evaluate(opts, trainer.model, processor, world)
 
+    trainer.save_model(str(out / "model"))
+    processor.save_pretrained(str(out / "model"))
     log = trainer.state.log_history
     (out / "train_log.json").write_text(json.dumps(log, indent=2))
     plots = [name for name, keys in PLOTS.items()
@@ -168,7 +170,7 @@ def run_demo(opts: DemoOptions) -> dict:
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     say("\n" + metrics_table(metrics))
-    say(f"\nrun directory: {out}  (metrics.json, train_log.json, {', '.join(plots)})  [{metrics['seconds']:.0f} s]")
+    say(f"\nrun directory: {out}  (metrics.json, train_log.json, model/, {', '.join(plots)})  [{metrics['seconds']:.0f} s]")
     return metrics
 
 
