@@ -34,6 +34,11 @@ def main(records_dir: str, out: str, per_device: int) -> None:
     if trainer.is_world_process_zero():
         Path(out).write_text(json.dumps({"log": trainer.state.log_history, "r_bar": trainer.dama_state.r_bar,
                                          "processes": trainer.accelerator.num_processes}))
+    # Tear the process group down before exit: gloo's threads otherwise abort the interpreter
+    # at shutdown now and then ("terminate called without an active exception").
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ the same alpha_M per step as 1 process x 8 records (torchrun on CPU, gloo)."""
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,12 @@ from mmpo.toyworld.scenes import WorldConfig, sample_scenes
 SCRIPT = Path(__file__).with_name("dama_global_batch.py")
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
                     reason="torchrun is not installed beside this Python")
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
@@ -27,8 +34,17 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), str(tmp_path / "one.json"), "8"],
                    check=True, env=env, timeout=300)
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", str(SCRIPT), str(tmp_path),
-                    str(tmp_path / "two.json"), "4"], check=True, env=env, timeout=300)
+    # One retry: under load, gloo has been seen to abort a worker ("terminate called without an
+    # active exception") in about 1 run in 5; the numbers compared below are never relaxed.
+    for attempt in (1, 2):
+        (tmp_path / "two.json").unlink(missing_ok=True)
+        run = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), str(SCRIPT),
+                              str(tmp_path), str(tmp_path / "two.json"), "4"], env=env, timeout=300,
+                             capture_output=True, text=True)
+        if run.returncode == 0:
+            break
+        print(f"torchrun attempt {attempt} failed with exit code {run.returncode}:\n{run.stderr[-3000:]}")
+    assert run.returncode == 0, run.stderr[-3000:]
     one = json.loads((tmp_path / "one.json").read_text())
     two = json.loads((tmp_path / "two.json").read_text())
     assert one["processes"] == 1 and two["processes"] == 2
