@@ -12,6 +12,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCall
 
 from mmpo.data.collator import PreferenceDataset
 from mmpo.training.config import AdavipArguments, AspoArguments, DamaArguments, Methods, PreferenceConfig
+from mmpo.training.reference import FrozenCopyReference
 from mmpo.training.trainer import STATE_FILE, PreferenceTrainer
 
 
@@ -32,23 +33,19 @@ def load(tiny_checkpoint, perturb: bool = False):
     return model, AutoProcessor.from_pretrained(tiny_checkpoint)
 
 
-def with_fields(records, **fields):
-    return [dataclasses.replace(r, **fields(r) if callable(fields) else fields) for r in records]
-
-
 def scored(records):
     """Records with one made-up CLIP score per chosen sentence (the sentences are ' .'-terminated)."""
     return [dataclasses.replace(r, chosen_sentence_scores=[0.1 * (i + 1) for i in range(r.chosen.count(" ."))])
             for r in records]
 
 
-def batch_loss(tmp_path, tiny_checkpoint, records, methods: Methods, reference_model=None) -> torch.Tensor:
-    """compute_loss on the first four records, with the policy moved away from the reference."""
+def batch_loss(tmp_path, tiny_checkpoint, records, methods: Methods, **args) -> torch.Tensor:
+    """compute_loss on the first four records, with the policy moved away from the reference;
+    ``args`` override the training arguments (e.g. ``beta``)."""
     model, processor = load(tiny_checkpoint, perturb=True)
-    trainer = PreferenceTrainer(model, make_args(tmp_path), processor, PreferenceDataset(records), methods=methods)
-    from mmpo.training.reference import FrozenCopyReference
-
-    trainer.reference = FrozenCopyReference(reference_model or load(tiny_checkpoint)[0])
+    trainer = PreferenceTrainer(model, make_args(tmp_path, **args), processor, PreferenceDataset(records),
+                                methods=methods)
+    trainer.reference = FrozenCopyReference(load(tiny_checkpoint)[0])
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     trainer.model.eval()
     with torch.no_grad():
@@ -126,15 +123,8 @@ def test_dama_data_alpha_scales_beta_per_record(tmp_path, tiny_checkpoint, tiny_
     """beta_C = beta * alpha_D: records with alpha_D = 2 give the DPO loss at beta 0.2."""
     twos = [dataclasses.replace(r, data_alpha=2.0) for r in tiny_records]
     d2po = batch_loss(tmp_path, tiny_checkpoint, twos, Methods(dama=DamaArguments(dama_data=True)))
-    model, processor = load(tiny_checkpoint, perturb=True)
-    trainer = PreferenceTrainer(model, make_args(tmp_path, beta=0.2), processor, PreferenceDataset(twos))
-    from mmpo.training.reference import FrozenCopyReference
-
-    trainer.reference = FrozenCopyReference(load(tiny_checkpoint)[0])
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
-    trainer.model.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(d2po, trainer.compute_loss(trainer.model, batch))
+    dpo_at_double_beta = batch_loss(tmp_path, tiny_checkpoint, twos, Methods(), beta=0.2)
+    torch.testing.assert_close(d2po, dpo_at_double_beta)
 
 
 def hardness(records):
