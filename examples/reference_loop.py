@@ -17,7 +17,7 @@ import torch
 
 from mmpo.data.collator import PreferenceCollator, PreferenceDataset, RowEncoder
 from mmpo.losses import dpo_loss
-from mmpo.training.reference import policy_response_logps
+from mmpo.logprobs import policy_response_logps
 
 
 def train(model, processor, records, *, steps: int, batch_size: int, lr: float, beta: float,

@@ -1,10 +1,19 @@
 """Turn records into model inputs for any processor-based VLM.
 
-Each row of a batch is one (image, prompt, response) sequence. The prompt goes through the
-processor's chat template and the processor itself (so image tokens are expanded exactly as the
-model expects); the response is tokenised separately and appended, followed by EOS. Building the
-two halves separately gives exact response token spans — no guessing where the prompt ends — and
-lets the response be truncated without ever cutting an image token.
+Each row of a batch is one (image, prompt, response) sequence. The prompt is rendered for the
+processor (:mod:`mmpo.prompting`: chat template or plain prefix, no double BOS, images one list per
+row) and encoded by the processor itself, so image tokens are expanded exactly as the model expects;
+the response is tokenised as the model would see it after the prompt and appended, followed by EOS.
+Building the two halves separately gives exact response token spans — no guessing where the prompt
+ends — and lets the response be truncated without ever cutting an image token. Every per-token
+tensor the processor returns at prompt width (``token_type_ids``, ``mm_token_type_ids``,
+``cross_attention_mask``) is continued over the response with the value that means "response text"
+for that model (:data:`RESPONSE_FILL`).
+
+A collated batch keeps what goes into ``model.forward`` apart from mmpo's own tensors:
+``batch["model_inputs"]`` holds exactly the model's inputs (``input_ids``, ``attention_mask`` and the
+processor's image tensors), everything else (``labels``, ``response_start``, ...) sits beside it and
+can never reach the model.
 
 A preference batch of ``B`` records has rows ``[chosen_0..chosen_{B-1}, rejected_0..rejected_{B-1}]``
 (and, when any record has a vision-rejected image, ``[vision_0..vision_{B-1}]`` after them), so the
@@ -18,26 +27,64 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from PIL import Image
 
-from ..types import PreferenceRecord, Prompt, prompt_messages
+from ..prompting import (
+    chat_template_of,
+    encode_inputs,
+    render_prompt,
+    resolve_prompt_format,
+    response_lead,
+    tokenizer_of,
+    uses_suffix_convention,
+)
+from ..types import PreferenceRecord, Prompt
+
+#: Key of the model's own inputs in a collated batch.
+MODEL_INPUTS = "model_inputs"
+
+#: Per-token processor outputs and how each continues over the response tokens: a constant, or
+#: ``"repeat"`` (the prompt's last position, e.g. Mllama's cross-attention to the image, which every
+#: later text token keeps). ``token_type_ids`` is 0 for text (Gemma 3: 1 marks image tokens) except
+#: under PaliGemma's suffix convention, where 1 marks the causal suffix after the bidirectional prefix.
+RESPONSE_FILL: dict[str, int | str] = {"token_type_ids": 0, "mm_token_type_ids": 0, "cross_attention_mask": "repeat"}
+
+#: Processor outputs that are not model inputs.
+DROPPED_PROCESSOR_KEYS = ("labels",)
 
 
 class SequenceTooLongError(ValueError):
     """A prompt (with its image tokens) does not fit ``max_length``."""
 
 
-def load_image(image: Any) -> Image.Image:
-    """A PIL RGB image from a path or an in-memory image."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    with Image.open(image) as im:
-        return im.convert("RGB")
+def move_batch(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """The batch with every tensor (also inside ``model_inputs``) on ``device``."""
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, dict):
+            out[key] = move_batch(value, device)
+        else:
+            out[key] = value.to(device) if torch.is_tensor(value) else value
+    return out
 
 
-def prompt_text(processor: Any, prompt: Prompt) -> str:
-    """The prompt rendered by the processor's chat template, ending with the generation prompt."""
-    return processor.apply_chat_template(prompt_messages(prompt), add_generation_prompt=True, tokenize=False)
+def response_fill(processor: Any, key: str) -> int | str:
+    if key == "token_type_ids" and uses_suffix_convention(processor):
+        return 1
+    return RESPONSE_FILL[key]
+
+
+def extend_per_token(value: torch.Tensor, prompt_lengths: list[int], row_lengths: list[int], width: int,
+                     fill: int | str) -> torch.Tensor:
+    """A ``(R, T_prompt, ...)`` processor output widened to ``(R, T, ...)``.
+
+    Row ``r`` keeps its first ``prompt_lengths[r]`` positions, takes ``fill`` over its response
+    positions up to ``row_lengths[r]`` and zeros in its padding (which the attention mask hides).
+    """
+    out = value.new_zeros((value.shape[0], width, *value.shape[2:]))  # (R, T, ...)
+    for r, (n_prompt, n_row) in enumerate(zip(prompt_lengths, row_lengths, strict=True)):
+        out[r, :n_prompt] = value[r, :n_prompt]
+        out[r, n_prompt:n_row] = value[r, n_prompt - 1] if fill == "repeat" else fill
+    return out
 
 
 @dataclass
@@ -45,42 +92,92 @@ class RowEncoder:
     """Encodes (image, prompt, response) rows into padded tensors.
 
     Args:
-        processor: a transformers processor with a chat template (``LlavaProcessor``, ...).
+        processor: a transformers processor (``LlavaProcessor``, ``Qwen2VLProcessor``, ...).
         max_length: total token budget per row; responses are truncated to fit, prompts never.
         append_eos: end every response with the tokenizer's EOS token.
+        prompt_format: ``"auto"`` (chat template when the processor has one, else plain),
+            ``"chat"`` or ``"plain"``; see :mod:`mmpo.prompting`.
     """
 
     processor: Any
     max_length: int | None = None
     append_eos: bool = True
+    prompt_format: str = "auto"
     truncated: int = field(default=0, init=False)
+    boundary_merges: int = field(default=0, init=False)
+
+    def __post_init__(self):
+        self.prompt_format = resolve_prompt_format(self.processor, self.prompt_format)
+        self.lead = response_lead(self.processor, self.prompt_format)
+        self._suffix = uses_suffix_convention(self.processor)
+        self._prompt_ids: dict[str, list[int]] = {}
 
     @property
     def tokenizer(self):
-        return getattr(self.processor, "tokenizer", self.processor)
+        return tokenizer_of(self.processor)
 
-    def response_ids(self, response: str) -> list[int]:
-        ids = self.tokenizer(response, add_special_tokens=False)["input_ids"]
-        eos = self.tokenizer.eos_token_id
-        return ids + [eos] if self.append_eos and eos is not None else ids
+    def settings(self) -> dict[str, Any]:
+        """What the encoding depends on besides the processor (for cache fingerprints)."""
+        return {"max_length": self.max_length, "append_eos": self.append_eos, "prompt_format": self.prompt_format,
+                "lead": self.lead, "chat_template": chat_template_of(self.processor)}
+
+    def response_ids(self, prompt_text: str, response: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """The response's token ids as the model sees them after ``prompt_text``, and their character
+        offsets into ``response`` (EOS, when appended, has ``(0, 0)``).
+
+        The template's lead (:func:`mmpo.prompting.response_lead`) is put before the response and the
+        text is tokenised in context, so a leading space merges into the first token exactly as in
+        the full conversation. Where the prompt's last token would merge with the response's first
+        (the tokens of ``prompt_text`` are not a prefix of those of the whole), or under PaliGemma's
+        suffix convention, the response is tokenised on its own.
+        """
+        tok = self.tokenizer
+        text = self.lead + response
+        ids = offsets = None
+        if not self._suffix:
+            head = self._prompt_ids.get(prompt_text)
+            if head is None:
+                head = self._prompt_ids[prompt_text] = tok(prompt_text, add_special_tokens=False)["input_ids"]
+                if len(self._prompt_ids) > 4096:
+                    self._prompt_ids.clear()
+            enc = tok(prompt_text + text, add_special_tokens=False, return_offsets_mapping=True)
+            if enc["input_ids"][: len(head)] == head:
+                ids, offsets = enc["input_ids"][len(head):], enc["offset_mapping"][len(head):]
+                shift = len(prompt_text) + len(self.lead)
+            else:
+                self.boundary_merges += 1
+                if self.boundary_merges == 1:
+                    warnings.warn("the tokenizer merges the end of the prompt with the start of a response; such "
+                                  "responses are tokenised on their own after the prompt's tokens, as in "
+                                  "generation", stacklevel=3)
+        if ids is None:
+            enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+            ids, offsets, shift = enc["input_ids"], enc["offset_mapping"], len(self.lead)
+        n = len(response)
+        offsets = [(min(max(s - shift, 0), n), min(max(e - shift, 0), n)) for s, e in offsets]
+        eos = tok.eos_token_id
+        if self.append_eos and eos is not None:
+            ids, offsets = ids + [eos], offsets + [(0, 0)]
+        return ids, offsets
 
     def __call__(self, images: list[Any], prompts: list[Prompt], responses: list[str],
-                 row_names: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """Encode rows. Returns ``input_ids``, ``attention_mask`` ``(R, T)``, ``labels`` ``(R, T)``
-        (-100 outside responses), ``response_start``/``response_length`` ``(R,)`` and the processor's
-        image tensors (``pixel_values``, ...) in row order."""
+                 row_names: list[str] | None = None) -> dict[str, Any]:
+        """Encode rows.
+
+        Returns a dict with ``model_inputs`` (``input_ids``, ``attention_mask`` ``(R, T)``, the processor's
+        image tensors and per-token tensors widened to ``T``), ``labels`` ``(R, T)`` (-100 outside
+        responses), ``response_start``/``response_length`` ``(R,)`` and ``response_offsets`` (per row,
+        the character offsets of its kept response tokens; a list, not a tensor).
+        """
         tokenizer = self.tokenizer
-        texts = [prompt_text(self.processor, p) for p in prompts]
-        side = tokenizer.padding_side
-        tokenizer.padding_side = "right"
-        try:
-            enc = self.processor(images=[load_image(i) for i in images], text=texts, return_tensors="pt", padding=True)
-        finally:
-            tokenizer.padding_side = side
+        texts = [render_prompt(self.processor, p, self.prompt_format) for p in prompts]
+        enc = encode_inputs(self.processor, images, texts)
+        prompt_width = enc["input_ids"].shape[1]
         prompt_lengths = enc["attention_mask"].sum(dim=1).tolist()
-        rows, starts, lengths = [], [], []
-        for r, (ids, n_prompt, response) in enumerate(zip(enc["input_ids"], prompt_lengths, responses, strict=False)):
-            resp = self.response_ids(response)
+        rows, starts, lengths, kept_offsets = [], [], [], []
+        for r, (ids, n_prompt, text, response) in enumerate(
+                zip(enc["input_ids"], prompt_lengths, texts, responses, strict=True)):
+            resp, offsets = self.response_ids(text, response)
             if self.max_length is not None:
                 room = self.max_length - n_prompt
                 if room < 1:
@@ -90,7 +187,7 @@ class RowEncoder:
                         f"for a response within max_length={self.max_length}; image tokens are never "
                         f"truncated, so raise max_length")
                 if len(resp) > room:
-                    resp = resp[:room]
+                    resp, offsets = resp[:room], offsets[:room]
                     self.truncated += 1
                     if self.truncated == 1:
                         warnings.warn(f"responses longer than max_length={self.max_length} are truncated "
@@ -98,19 +195,31 @@ class RowEncoder:
             rows.append(ids[:n_prompt].tolist() + resp)
             starts.append(n_prompt)
             lengths.append(len(resp))
+            kept_offsets.append(offsets)
         width = max(len(r) for r in rows)
+        row_lengths = [len(r) for r in rows]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)  # (R, T)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        labels = torch.full((len(rows), width), -100, dtype=torch.long)
-        for r, (row, s, n) in enumerate(zip(rows, starts, lengths, strict=False)):
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)  # (R, T)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)  # (R, T)
+        for r, (row, s, n) in enumerate(zip(rows, starts, lengths, strict=True)):
             input_ids[r, : len(row)] = torch.tensor(row)
             attention_mask[r, : len(row)] = 1
             labels[r, s : s + n] = input_ids[r, s : s + n]
-        out = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
-        out.update(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                   response_start=torch.tensor(starts), response_length=torch.tensor(lengths))
-        return out
+        model_inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        for key, value in enc.items():
+            if key in ("input_ids", "attention_mask") or key in DROPPED_PROCESSOR_KEYS:
+                continue
+            if key in RESPONSE_FILL:
+                value = extend_per_token(value, prompt_lengths, row_lengths, width, response_fill(self.processor, key))
+            elif torch.is_tensor(value) and value.dim() >= 2 and value.shape[:2] == (len(rows), prompt_width):
+                raise ValueError(
+                    f"{type(self.processor).__name__} returned {key!r} of shape {tuple(value.shape)}, a per-token "
+                    "tensor at prompt width that mmpo does not know how to continue over the response; add its "
+                    "rule to mmpo.data.collator.RESPONSE_FILL")
+            model_inputs[key] = value
+        return {MODEL_INPUTS: model_inputs, "labels": labels, "response_start": torch.tensor(starts),
+                "response_length": torch.tensor(lengths), "response_offsets": kept_offsets}
 
 
 class PreferenceDataset(torch.utils.data.Dataset):
@@ -140,7 +249,9 @@ class PreferenceCollator:
             and add them per unit.
         need_data_alpha: require each record's ``data_alpha`` (DAMA) and add it.
 
-    Extra keys: ``record_index`` ``(B,)``; ``vision_mask`` ``(B,)`` bool; ``unit_spans`` ``(B, S, 2)``
+    The batch holds the encoder's ``model_inputs`` (the only thing passed to ``model.forward``),
+    ``labels``, ``response_start``, ``response_length``, and mmpo's own side tensors beside them:
+    ``record_index`` ``(B,)``; ``vision_mask`` ``(B,)`` bool; ``unit_spans`` ``(B, S, 2)``
     end-exclusive token spans into the response-aligned layout, ``unit_mask`` ``(B, S)``,
     ``unit_scores`` ``(B, S)``; ``data_alpha`` ``(B,)``.
     """
@@ -152,7 +263,7 @@ class PreferenceCollator:
     need_sentence_scores: bool = False
     need_data_alpha: bool = False
 
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         records: list[PreferenceRecord] = [it["record"] for it in items]
         names = [record_name(it["index"], r) for it, r in zip(items, records, strict=True)]
         images = [r.image for r in records] * 2
@@ -163,6 +274,7 @@ class PreferenceCollator:
             prompts += [r.prompt for r in records]
             responses += [r.chosen for r in records]
         batch = self.encoder(images, prompts, responses, row_names=names * (len(responses) // len(records)))
+        offsets = batch.pop("response_offsets")
         batch["record_index"] = torch.tensor([it["index"] for it in items])
         if self.vision_rows:
             batch["vision_mask"] = torch.tensor([r.rejected_image is not None for r in records])
@@ -173,8 +285,7 @@ class PreferenceCollator:
                                  "it (run `mmpo score-sentences --dama` on the records first)")
             batch["data_alpha"] = torch.tensor([float(r.data_alpha) for r in records])
         if self.sentence_splitter is not None:
-            lengths = batch["response_length"][: len(records)].tolist()
-            units = [self._units(r, n, name) for r, n, name in zip(records, lengths, names, strict=True)]
+            units = [self._units(r, o, name) for r, o, name in zip(records, offsets, names, strict=False)]
             width = max(len(u) for u in units)
             spans = torch.zeros(len(units), width, 2, dtype=torch.long)  # (B, S, 2)
             scores = torch.zeros(len(units), width)  # (B, S)
@@ -187,13 +298,14 @@ class PreferenceCollator:
             batch.update(unit_spans=spans, unit_mask=mask, unit_scores=scores)
         return batch
 
-    def _units(self, record: PreferenceRecord, n_tokens: int, name: str) -> list[tuple[int, int, float]]:
-        """``(token_start, token_end, similarity)`` per unit of the chosen response, clipped to the
-        ``n_tokens`` response tokens the encoder kept (a truncated response loses its tail)."""
-        from ..scoring.sentences import sentence_token_spans
+    def _units(self, record: PreferenceRecord, offsets: list[tuple[int, int]],
+               name: str) -> list[tuple[int, int, float]]:
+        """``(token_start, token_end, similarity)`` per unit of the chosen response, from the character
+        offsets of the response tokens the encoder kept (a truncated response loses its tail)."""
+        from ..scoring.sentences import token_spans
 
-        sentences, _ = sentence_token_spans(record.chosen, self.encoder.tokenizer, self.sentence_splitter,
-                                            append_eos=self.encoder.append_eos)
+        n_tokens = len(offsets)
+        sentences = token_spans(self.sentence_splitter.split(record.chosen), offsets)
         scores = record.chosen_sentence_scores
         if self.need_sentence_scores:
             if scores is None:
@@ -204,8 +316,7 @@ class PreferenceCollator:
                                  f"response splits into {len(sentences)} sentences; re-score with the same splitter")
         else:
             scores = [0.0] * len(sentences)
-        pieces = [(min(s.token_start, n_tokens), min(s.token_end, n_tokens), float(c))
-                  for s, c in zip(sentences, scores, strict=True)]
+        pieces = [(s.token_start, s.token_end, float(c)) for s, c in zip(sentences, scores, strict=True)]
         pieces = [p for p in pieces if p[1] > p[0]]
         if self.granularity == "response":
             return [(0, n_tokens, sum(c for *_, c in pieces) / max(len(pieces), 1))]

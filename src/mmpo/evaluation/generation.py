@@ -6,18 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
-from mmpo.types import ImageRef, Prompt, prompt_messages
-
-
-def _load_image(image: ImageRef) -> Image.Image:
-    """A PIL image as is; a path opened and converted to RGB."""
-    if isinstance(image, Image.Image):
-        return image
-    with Image.open(image) as opened:
-        return opened.convert("RGB")
+from mmpo.prompting import encode_inputs, render_prompt
+from mmpo.types import ImageRef, Prompt
 
 
 def generate_responses(
@@ -29,26 +21,27 @@ def generate_responses(
     batch_size: int = 32,
     max_new_tokens: int = 64,
     progress: bool = True,
+    prompt_format: str = "auto",
 ) -> list[str]:
     """Greedy responses of ``model`` to ``(image, prompt)`` pairs, one string per image.
 
-    Each prompt is rendered with ``processor.apply_chat_template(prompt_messages(prompt),
-    add_generation_prompt=True, tokenize=False)``; a batch is encoded with
-    ``processor(images=..., text=..., padding=True)`` under *left* padding (so every row's last
-    prompt token sits at the end, where generation continues), decoded without special tokens from
-    the first generated position on, and stripped.
+    Each prompt is rendered and encoded as in training (:func:`mmpo.prompting.render_prompt` and
+    :func:`mmpo.prompting.encode_inputs`: chat template or plain prefix, one BOS, one image list per
+    row) under *left* padding (so every row's last prompt token sits at the end, where generation
+    continues), decoded without special tokens from the first generated position on, and stripped.
 
     The tokenizer's ``padding_side`` and the model's train/eval mode are restored afterwards, also on
     error.
 
     Args:
         model: a ``generate``-capable VLM (e.g. ``LlavaForConditionalGeneration``).
-        processor: its processor (e.g. ``LlavaProcessor``) with a chat template.
+        processor: its processor (e.g. ``LlavaProcessor``).
         images: one image (PIL image or path) per request.
         prompts: one prompt per image, or one string used for every image.
         batch_size: requests per ``generate`` call.
         max_new_tokens: generation length limit.
         progress: show a tqdm bar.
+        prompt_format: ``"auto"``, ``"chat"`` or ``"plain"`` (see :mod:`mmpo.prompting`).
 
     Returns:
         ``len(images)`` stripped responses, in input order.
@@ -61,18 +54,16 @@ def generate_responses(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
     tokenizer = processor.tokenizer
-    texts = [processor.apply_chat_template(prompt_messages(p), add_generation_prompt=True, tokenize=False)
-             for p in prompts]
-    was_training, padding_side = model.training, tokenizer.padding_side
+    texts = [render_prompt(processor, p, prompt_format) for p in prompts]
+    was_training = model.training
     responses: list[str] = []
     model.eval()
-    tokenizer.padding_side = "left"
     try:
         with torch.no_grad(), tqdm(total=len(texts), desc="generate", disable=not progress) as bar:
             for start in range(0, len(texts), batch_size):
-                batch_images = [_load_image(im) for im in images[start:start + batch_size]]
                 batch_texts = texts[start:start + batch_size]
-                inputs = processor(images=batch_images, text=batch_texts, return_tensors="pt", padding=True)
+                inputs = encode_inputs(processor, images[start:start + batch_size], batch_texts, padding_side="left")
+                inputs.pop("labels", None)
                 # floating tensors (pixel_values) take the model's dtype; ids and masks keep theirs
                 inputs = inputs.to(model.device, dtype=model.dtype)
                 extra = {} if tokenizer.pad_token_id is None else {"pad_token_id": tokenizer.pad_token_id}
@@ -81,6 +72,5 @@ def generate_responses(
                 responses += [r.strip() for r in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
                 bar.update(len(batch_texts))
     finally:
-        tokenizer.padding_side = padding_side
         model.train(was_training)
     return responses

@@ -27,9 +27,10 @@ class ModelArguments:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha (ASPO's paper: 2048)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch."})
     lora_target_modules: str = field(
-        default=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
-        metadata={"help": "peft target_modules: a regex over module names, or 'all-linear'. "
-                          "The default adapts every linear layer of the language model."})
+        default="auto",
+        metadata={"help": "peft target_modules: 'auto' (every linear layer of the model's language model, found "
+                          "through get_decoder(): works for every tested family), a regex over module names, or "
+                          "'all-linear'."})
 
 
 @dataclass
@@ -67,6 +68,10 @@ class PreferenceConfig(TrainingArguments):
     max_length: int | None = field(default=None, metadata={
         "help": "Token budget per sequence. Responses are truncated to fit; prompts and image tokens never are "
                 "(a prompt that does not fit is an error naming the record)."})
+    prompt_format: str = field(default="auto", metadata={
+        "help": "How prompts are rendered: 'chat' (the processor's chat template), 'plain' (the image placeholder "
+                "then the prompt text; the processor adds its own framing, e.g. PaliGemma's prefix), or 'auto' "
+                "(chat when the processor has a template, plain otherwise)."})
     freeze_vision_tower: bool = field(default=False, metadata={"help": "Do not train the vision encoder."})
     freeze_projector: bool = field(default=False, metadata={"help": "Do not train the vision-language projector."})
 
@@ -77,6 +82,8 @@ class PreferenceConfig(TrainingArguments):
         super().__post_init__()
         if self.reference not in ("auto", "copy", "adapter", "precomputed"):
             raise ValueError(f"reference must be auto, copy, adapter or precomputed, not {self.reference!r}")
+        if self.prompt_format not in ("auto", "chat", "plain"):
+            raise ValueError(f"prompt_format must be auto, chat or plain, not {self.prompt_format!r}")
         if self.beta <= 0:
             raise ValueError(f"beta must be positive, not {self.beta}")
 

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import re
+import warnings
+
 import torch
 
 from .config import ModelArguments, PreferenceConfig
+
+logger = logging.getLogger(__name__)
+
+#: ``config.model_type`` of every VLM family mmpo's tests train with exact log-probs
+#: (``tests/integration/test_families.py``; the README's table of supported families).
+TESTED_MODEL_TYPES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3",
+                      "paligemma", "idefics3", "smolvlm", "mllama")
 
 #: Parameter-name fragments of the vision encoder and of the vision-language projector in the
 #: VLM families transformers ships (LLaVA / LLaVA-NeXT, Qwen2-VL / Qwen2.5-VL, Idefics3 / SmolVLM).
@@ -16,10 +27,50 @@ def load_policy(model_args: ModelArguments):
     """``(model, processor)`` from ``model_args.model_name_or_path`` (a local directory)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from transformers import ProcessorMixin
+
+    path = model_args.model_name_or_path
     dtype = model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
-    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
-    model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path, dtype=dtype)
+    processor = AutoProcessor.from_pretrained(path)
+    if not isinstance(processor, ProcessorMixin):
+        # AutoProcessor falls back to the bare tokenizer when a processor part cannot be built, e.g. the
+        # video processor of Qwen-VL, SmolVLM and LLaVA-OneVision without torchvision installed.
+        raise ValueError(f"{path}: AutoProcessor returned a {type(processor).__name__}, not a multimodal processor; "
+                         "if the checkpoint's processor has a video slot (Qwen2/2.5/3-VL, SmolVLM, LLaVA-OneVision) "
+                         "install torchvision next to torch")
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+    warn_if_untested(model)
     return model, processor
+
+
+def warn_if_untested(model: torch.nn.Module) -> None:
+    """Warn when the model's family is not one mmpo's tests train (it may still work)."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in TESTED_MODEL_TYPES:
+        warnings.warn(f"model_type {model_type!r} is not among the VLM families mmpo is tested on "
+                      f"({', '.join(TESTED_MODEL_TYPES)}); check that the log-probs are right before trusting a "
+                      "run (e.g. rewards must be exactly 0 at step 0 with policy == reference)", stacklevel=2)
+
+
+def language_model_lora_targets(model: torch.nn.Module) -> str:
+    """A peft ``target_modules`` regex for every linear layer of the model's language model.
+
+    The text decoder is the module ``model.get_decoder()`` returns (``model.language_model`` in
+    LLaVA, Qwen-VL, Gemma 3, PaliGemma and Mllama, ``model.text_model`` in Idefics3 / SmolVLM); the
+    regex names its qualified path and the names of its ``nn.Linear`` leaves, so the vision tower,
+    the projector and the LM head are left alone.
+    """
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    prefix = next((name for name, module in model.named_modules() if module is decoder), None) if decoder else None
+    if not prefix:
+        raise ValueError(f"{type(model).__name__}: cannot find the language model (get_decoder() names no "
+                         "sub-module); set lora_target_modules to a regex or 'all-linear'")
+    leaves = sorted({name.rsplit(".", 1)[-1] for name, module in decoder.named_modules()
+                     if isinstance(module, torch.nn.Linear)})
+    if not leaves:
+        raise ValueError(f"{type(model).__name__}: the language model {prefix!r} has no linear layers for LoRA; "
+                         "set lora_target_modules")
+    return rf"{re.escape(prefix)}\..*\.({'|'.join(map(re.escape, leaves))})"
 
 
 def freeze(model: torch.nn.Module, *, vision_tower: bool, projector: bool) -> int:
@@ -52,8 +103,12 @@ def prepare_policy(model: torch.nn.Module, model_args: ModelArguments, args: Pre
     if model_args.use_lora:
         from peft import LoraConfig, get_peft_model
 
+        targets = model_args.lora_target_modules
+        if targets == "auto":
+            targets = language_model_lora_targets(model)
+            logger.info("LoRA target_modules: %s", targets)
         lora = LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
-                          lora_dropout=model_args.lora_dropout, target_modules=model_args.lora_target_modules)
+                          lora_dropout=model_args.lora_dropout, target_modules=targets)
         model = get_peft_model(model, lora)
     return model
 

@@ -22,22 +22,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..logprobs import pad_response_logprobs, response_logprobs
+from ..data.collator import move_batch
+from ..logprobs import pad_response_logprobs, policy_response_logps
 
 ROW_KINDS = ("chosen", "rejected", "vision")
-
-#: Keys of a collated batch that are not model inputs.
-NON_MODEL_KEYS = ("labels", "response_start", "response_length", "record_index", "vision_mask")
-
-
-def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in batch.items() if k not in NON_MODEL_KEYS}
-
-
-def policy_response_logps(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward pass over all rows; response-aligned per-token log-probs and mask ``(R, L)``."""
-    logits = model(**model_inputs(batch), use_cache=False).logits  # (R, T, V)
-    return response_logprobs(logits, batch["input_ids"], batch["response_start"], batch["response_length"])
 
 
 class FrozenCopyReference:
@@ -76,7 +64,8 @@ class PrecomputedReference:
 
     def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
         indices = batch["record_index"].tolist()
-        n_kinds = batch["input_ids"].shape[0] // len(indices)
+        device = batch["response_length"].device
+        n_kinds = batch["response_length"].shape[0] // len(indices)
         rows = []
         for kind in ROW_KINDS[:n_kinds]:
             for i in indices:
@@ -84,7 +73,7 @@ class PrecomputedReference:
                 # collator repeated the chosen row there and the loss ignores it.
                 rows.append(self.table[i].get(kind, self.table[i]["chosen"]))
         logps, _ = pad_response_logprobs(rows, width=int(batch["response_length"].max()))
-        return logps.to(batch["input_ids"].device)
+        return logps.to(device)
 
 
 @torch.no_grad()
@@ -97,7 +86,7 @@ def compute_reference_table(model: torch.nn.Module, dataset, collator, batch_siz
     try:
         for start in tqdm(range(0, len(dataset), batch_size), desc="reference log-probs", unit="batch"):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collator(items).items()}
+            batch = move_batch(collator(items), device)
             logps, mask = policy_response_logps(model, batch)
             lengths = batch["response_length"].tolist()
             B = len(items)
@@ -131,7 +120,7 @@ def reference_fingerprint(model: torch.nn.Module, records: list, encoder_setting
 def load_or_compute_reference(model, dataset, collator, batch_size: int, cache_dir: str | Path,
                               device="cpu", main_process_first=None) -> tuple[PrecomputedReference, Path]:
     """The cached table if its fingerprint matches, else computed now and saved atomically."""
-    settings = {"max_length": collator.encoder.max_length, "append_eos": collator.encoder.append_eos}
+    settings = collator.encoder.settings()
     path = Path(cache_dir) / f"reference-{reference_fingerprint(model, dataset.records, settings)}.pt"
     ctx = main_process_first() if main_process_first is not None else contextlib.nullcontext()
     with ctx:

@@ -24,9 +24,7 @@ class SFTCollator:
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = self.encoder([it["image"] for it in items], [it["prompt"] for it in items],
                              [it["response"] for it in items])
-        batch.pop("response_start")
-        batch.pop("response_length")
-        return batch
+        return {**batch["model_inputs"], "labels": batch["labels"]}
 
 
 class RowDataset(torch.utils.data.Dataset):

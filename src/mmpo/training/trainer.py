@@ -30,12 +30,12 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..data.collator import PreferenceCollator, PreferenceDataset, RowEncoder
-from ..logprobs import span_sums
+from ..logprobs import policy_response_logps, span_sums
 from ..losses import DamaState, aspo_chosen_logratio, aspo_scale, dama_combine, dama_model_alpha
 from ..losses.compose import preference_loss
 from ..scoring.weights import aspo_sentence_weights_batched
 from .config import Methods, PreferenceConfig
-from .reference import AdapterReference, FrozenCopyReference, load_or_compute_reference, policy_response_logps
+from .reference import AdapterReference, FrozenCopyReference, load_or_compute_reference
 
 STATE_FILE = "mmpo_state.json"
 
@@ -61,7 +61,8 @@ class PreferenceTrainer(Trainer):
 
             splitter = RuleSplitter()
         collator = PreferenceCollator(
-            RowEncoder(processor, max_length=args.max_length), vision_rows=adavip.adavip,
+            RowEncoder(processor, max_length=args.max_length, prompt_format=args.prompt_format),
+            vision_rows=adavip.adavip,
             sentence_splitter=splitter, granularity=aspo.aspo_granularity,
             need_sentence_scores=aspo.aspo and aspo.aspo_alpha > 0, need_data_alpha=dama.dama_data,
         )
