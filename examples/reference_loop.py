@@ -16,8 +16,8 @@ import sys
 import torch
 
 from mmpo.data.collator import PreferenceCollator, PreferenceDataset, RowEncoder
-from mmpo.losses import dpo_loss
 from mmpo.logprobs import policy_response_logps
+from mmpo.losses import dpo_loss
 
 
 def train(model, processor, records, *, steps: int, batch_size: int, lr: float, beta: float,

@@ -140,9 +140,9 @@ class RowEncoder:
                 head = self._prompt_ids[prompt_text] = tok(prompt_text, add_special_tokens=False)["input_ids"]
                 if len(self._prompt_ids) > 4096:
                     self._prompt_ids.clear()
-            enc = tok(prompt_text + text, add_special_tokens=False, return_offsets_mapping=True)
-            if enc["input_ids"][: len(head)] == head:
-                ids, offsets = enc["input_ids"][len(head):], enc["offset_mapping"][len(head):]
+            full_ids, full_offsets = self._tokenize(prompt_text + text)
+            if full_ids[: len(head)] == head:
+                ids, offsets = full_ids[len(head):], full_offsets[len(head):]
                 shift = len(prompt_text) + len(self.lead)
             else:
                 self.boundary_merges += 1
@@ -151,14 +151,24 @@ class RowEncoder:
                                   "responses are tokenised on their own after the prompt's tokens, as in "
                                   "generation", stacklevel=3)
         if ids is None:
-            enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-            ids, offsets, shift = enc["input_ids"], enc["offset_mapping"], len(self.lead)
+            (ids, offsets), shift = self._tokenize(text), len(self.lead)
         n = len(response)
-        offsets = [(min(max(s - shift, 0), n), min(max(e - shift, 0), n)) for s, e in offsets]
+        offsets = [(s, e) if (s, e) == (-1, -1) else (min(max(s - shift, 0), n), min(max(e - shift, 0), n))
+                   for s, e in offsets]
         eos = tok.eos_token_id
         if self.append_eos and eos is not None:
             ids, offsets = ids + [eos], offsets + [(0, 0)]
         return ids, offsets
+
+    def _tokenize(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids and character offsets without special tokens. A tokenizer without offsets (a slow
+        one) gives ``(-1, -1)`` offsets, which sentence-level methods refuse (see ``_units``)."""
+        try:
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            return enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
+        except NotImplementedError:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            return ids, [(-1, -1)] * len(ids)
 
     def __call__(self, images: list[Any], prompts: list[Prompt], responses: list[str],
                  row_names: list[str] | None = None) -> dict[str, Any]:
@@ -305,6 +315,9 @@ class PreferenceCollator:
         from ..scoring.sentences import token_spans
 
         n_tokens = len(offsets)
+        if any(o == (-1, -1) for o in offsets):
+            raise ValueError(f"{name}: sentence units need token offsets, which {type(self.encoder.tokenizer).__name__} "
+                             "cannot give; load the fast tokenizer (use_fast=True)")
         sentences = token_spans(self.sentence_splitter.split(record.chosen), offsets)
         scores = record.chosen_sentence_scores
         if self.need_sentence_scores:

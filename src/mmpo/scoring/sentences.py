@@ -13,7 +13,8 @@ with CLIP. Two splitters implement the :class:`SentenceSplitter` protocol:
 
 :func:`token_spans` maps character spans to token spans through a tokenizer's ``offset_mapping``,
 and :func:`sentence_token_spans` does split + tokenize + map in one call, tokenizing the response
-exactly as :class:`mmpo.data.collator.RowEncoder` does (no special tokens, then EOS).
+on its own (no special tokens, then EOS); the training collator maps sentences onto the tokens its
+encoder actually produced (in the prompt's context) with :func:`token_spans`.
 
 Why not ``pysbd``: its ``char_span=True`` mode recovers spans by searching the segment text in the
 input, and on inputs with spaced periods or ellipses (``"a . . . b"``) it returns overlapping
@@ -417,8 +418,11 @@ def sentence_token_spans(text: str, tokenizer: Any, splitter: SentenceSplitter |
                          append_eos: bool = True) -> tuple[list[SentenceSpan], int]:
     """Split ``text`` into sentences and give each its token span in the tokenized response.
 
-    The response is tokenized as :class:`mmpo.data.collator.RowEncoder` does it: no special
-    tokens, then one EOS (``append_eos``), which joins the last sentence.
+    The response is tokenized on its own: no special tokens, then one EOS (``append_eos``), which
+    joins the last sentence. :class:`mmpo.data.collator.RowEncoder` tokenizes a response in the
+    context of its prompt (and the template's lead), which gives the same tokens for word-level and
+    most BPE tokenizers but not for all; the training collator therefore maps sentences with
+    :func:`token_spans` onto the encoder's own offsets.
 
     Returns:
         ``(spans, n_tokens)``: the sentences with token spans covering ``[0, n_tokens)``.

@@ -25,9 +25,7 @@ PROJECTOR_KEYS = ("multi_modal_projector.", "visual.merger.", "connector.")
 
 def load_policy(model_args: ModelArguments):
     """``(model, processor)`` from ``model_args.model_name_or_path`` (a local directory)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from transformers import ProcessorMixin
+    from transformers import AutoModelForImageTextToText, AutoProcessor, ProcessorMixin
 
     path = model_args.model_name_or_path
     dtype = model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype)

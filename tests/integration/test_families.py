@@ -1,0 +1,326 @@
+"""Every supported VLM family trains with exact log-probs (the README's table of families).
+
+Each family is a tiny random stand-in built in-process by :mod:`mmpo.toyworld.families` (the
+family's real model and processor classes, the project's own byte-level tokenizer, a chat template
+in the family's style). torchvision cannot be installed beside the CPU torch here, and transformers
+5 needs it for the *video* processor slot of the Qwen-VL, SmolVLM and LLaVA-OneVision processors,
+so those processors are built from their tokenizer and image processor without that slot.
+
+For every family: (a) mmpo's per-token response log-probs equal a hand computation on the
+processor's own full input; (b) a record's log-probs do not depend on the rows it is batched with;
+(c) with policy == reference every reward is exactly 0 at step 0, live and precomputed; (d) two
+steps of DPO (full tuning) and of LoRA with ASPO + DAMA + AdaViP composed change the trainable
+weights. Qwen2-VL, the family most people fine-tune, also runs each method on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmpo.data.collator import MODEL_INPUTS, PreferenceCollator, PreferenceDataset, RowEncoder
+from mmpo.logprobs import policy_response_logps
+from mmpo.toyworld.families import FAMILIES, build_family
+from mmpo.training.config import (
+    AdavipArguments,
+    AspoArguments,
+    DamaArguments,
+    Methods,
+    ModelArguments,
+    PreferenceConfig,
+)
+from mmpo.training.model_loading import prepare_policy
+from mmpo.training.trainer import PreferenceTrainer
+from mmpo.types import prompt_messages
+
+#: Plain PaliGemma (no chat template) and PaliGemma with one; every other family has a template.
+ALL = (*FAMILIES, "paligemma_chat")
+
+PROMPT = "describe the image ."
+LONG_PROMPT = "is there a red circle in the image ? answer yes or no , then describe every object ."
+RESPONSE = "a red circle is at the top left . a blue star is at the bottom right ."
+
+
+def image(width: int, height: int, seed: int) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def hand_logprobs(model, processor, picture, prompt: str, response: str) -> torch.Tensor:
+    """Per-token log-probs of ``response`` + EOS, computed without mmpo's encoder: the processor
+    encodes the whole conversation itself, and the response tokens are the ones after the prompt's."""
+    tokenizer = processor.tokenizer
+    if type(processor).__name__ == "PaliGemmaProcessor":
+        # PaliGemma's own convention: the prompt is a prefix, the response a suffix (+ EOS).
+        text = (processor.apply_chat_template(prompt_messages(prompt), add_generation_prompt=True, tokenize=False)
+                if processor.chat_template else prompt)
+        enc = processor(images=[[picture]], text=[text], suffix=[response], return_tensors="pt")
+        enc.pop("labels")
+        n_prompt = int((enc["token_type_ids"][0] == 0).sum())
+    else:
+        messages = prompt_messages(prompt)
+        head = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        turn = [{"role": "assistant", "content": [{"type": "text", "text": response}]}]
+        full = processor.apply_chat_template(messages + turn, tokenize=False)
+        assert full.startswith(head)
+        text = full[: full.index(response, len(head)) + len(response)] + tokenizer.eos_token
+        kwargs = {"add_special_tokens": False} if head.startswith(tokenizer.bos_token) else {}
+        n_prompt = processor(images=[[picture]], text=[head], return_tensors="pt", **kwargs)["input_ids"].shape[1]
+        enc = processor(images=[[picture]], text=[text], return_tensors="pt", **kwargs)
+    with torch.no_grad():
+        logits = model(**enc).logits[0].float()  # (T, V)
+    ids = enc["input_ids"][0]
+    per_token = torch.log_softmax(logits[:-1], dim=-1).gather(1, ids[1:, None])[:, 0]  # (T-1,)
+    return per_token[n_prompt - 1 :]
+
+
+_BUILT: dict[str, tuple] = {}
+
+
+def family(name: str):
+    """``(model, processor)`` built once per session; tests that train build their own."""
+    if name not in _BUILT:
+        _BUILT[name] = build_family(name)
+    return _BUILT[name]
+
+
+def mmpo_logprobs(processor, model, images, prompts, responses) -> list[torch.Tensor]:
+    batch = RowEncoder(processor)(images, prompts, responses)
+    with torch.no_grad():
+        logps, mask = policy_response_logps(model, batch)
+    return [row[m] for row, m in zip(logps, mask, strict=True)]
+
+
+# --------------------------------------------------------------------------------------------- (a), (b)
+@pytest.mark.parametrize("name", ALL)
+def test_logprobs_equal_a_hand_computation(name):
+    model, processor = family(name)
+    picture = image(64, 64, 0)
+    expected = hand_logprobs(model, processor, picture, PROMPT, RESPONSE)
+    (got,) = mmpo_logprobs(processor, model, [picture], [PROMPT], [RESPONSE])
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_logprobs_do_not_depend_on_the_batch(name):
+    """The record alone and as the middle row beside rows of other prompt lengths and image sizes
+    (this is what catches response tokens leaking into PaliGemma's bidirectional prefix)."""
+    model, processor = family(name)
+    picture = image(64, 64, 0)
+    (alone,) = mmpo_logprobs(processor, model, [picture], [PROMPT], [RESPONSE])
+    rows = mmpo_logprobs(processor, model, [image(48, 64, 1), picture, image(96, 80, 2)],
+                         [LONG_PROMPT, PROMPT, LONG_PROMPT], ["no .", RESPONSE, RESPONSE + " " + RESPONSE])
+    torch.testing.assert_close(rows[1], alone, atol=1e-5, rtol=0)
+
+
+def test_no_row_starts_with_two_bos():
+    for name in ("gemma3", "mllama"):  # templates that render BOS, tokenizers that add one
+        _, processor = family(name)
+        ids = RowEncoder(processor)([image(64, 64, 0)], [PROMPT], [RESPONSE])[MODEL_INPUTS]["input_ids"][0]
+        bos = processor.tokenizer.bos_token_id
+        assert ids[0] == bos and ids[1] != bos, name
+
+
+def test_the_template_lead_joins_the_first_response_token():
+    """Idefics3 / SmolVLM render ``Assistant: text``: the first response token carries the space."""
+    _, processor = family("idefics3")
+    encoder = RowEncoder(processor)
+    assert encoder.lead == " "
+    batch = encoder([image(64, 64, 0)], [PROMPT], [RESPONSE])
+    first = batch[MODEL_INPUTS]["input_ids"][0, int(batch["response_start"][0])]
+    assert processor.tokenizer.convert_ids_to_tokens(int(first)) == "Ġa"
+
+
+def test_paligemma_marks_the_response_causal():
+    _, processor = family("paligemma")
+    batch = RowEncoder(processor)([image(64, 64, 0), image(64, 64, 1)], [LONG_PROMPT, PROMPT], [RESPONSE, "no ."])
+    types, mask = batch[MODEL_INPUTS]["token_type_ids"], batch[MODEL_INPUTS]["attention_mask"]
+    for r in range(2):
+        s, n = int(batch["response_start"][r]), int(batch["response_length"][r])
+        assert types[r, :s].eq(0).all() and types[r, s : s + n].eq(1).all()
+        assert mask[r, s + n :].eq(0).all()
+
+
+# ------------------------------------------------------------------------------------------ training
+def records(tmp_path, n: int = 4):
+    """``n`` records with everything every method needs: a vision-rejected image, one CLIP score per
+    chosen sentence, a DAMA ``data_alpha``; images of two sizes."""
+    out = []
+    for i in range(n):
+        img, other = tmp_path / f"{i}.png", tmp_path / f"{i}-v.png"
+        image(64 if i % 2 else 56, 64, i).save(img)
+        image(64 if i % 2 else 56, 64, 100 + i).save(other)
+        chosen = RESPONSE if i % 2 else "a green square is at the top right ."
+        out.append(dataclasses.replace(
+            _record(img, PROMPT if i % 2 else LONG_PROMPT, chosen, "a yellow star is at the bottom left ."),
+            id=f"r{i}", rejected_image=str(other), data_alpha=0.5 + 0.25 * i,
+            chosen_sentence_scores=[0.2 + 0.1 * k for k in range(chosen.count(" ."))]))
+    return out
+
+
+def _record(img, prompt, chosen, rejected):
+    from mmpo.types import PreferenceRecord
+
+    return PreferenceRecord(image=str(img), prompt=prompt, chosen=chosen, rejected=rejected)
+
+
+def make_args(tmp_path, **kw) -> PreferenceConfig:
+    defaults = dict(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4,
+                    per_device_eval_batch_size=2, learning_rate=1e-2, logging_steps=1, save_strategy="no",
+                    use_cpu=True, disable_tqdm=True, seed=0, report_to=[])
+    return PreferenceConfig(**{**defaults, **kw})
+
+
+def trainer_for(name, tmp_path, methods=Methods(), lora=False, **args) -> PreferenceTrainer:
+    model, processor = build_family(name)
+    model.train()
+    if lora:
+        model = prepare_policy(model, ModelArguments(model_name_or_path="-", use_lora=True, lora_r=4),
+                               make_args(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return PreferenceTrainer(model, make_args(tmp_path, **args), processor,
+                                 PreferenceDataset(records(tmp_path)), methods=methods)
+
+
+def step_zero_diagnostics(trainer) -> dict[str, torch.Tensor]:
+    """The per-record diagnostics of the first ``compute_loss`` of ``trainer.train()``."""
+    seen: list[dict] = []
+    record = trainer._record
+
+    def capture(mode, diag):
+        seen.append({k: v.detach().clone() for k, v in diag.items()})
+        record(mode, diag)
+
+    trainer._record = capture
+    trainer.args.max_steps = 1
+    trainer.train()
+    return seen[0]
+
+
+@pytest.mark.parametrize("reference", ["copy", "precomputed"])
+@pytest.mark.parametrize("name", ALL)
+def test_rewards_are_zero_when_policy_is_reference(name, reference, tmp_path):
+    trainer = trainer_for(name, tmp_path, reference=reference, learning_rate=0.0)
+    diag = step_zero_diagnostics(trainer)
+    for key in ("rewards/chosen", "rewards/rejected"):
+        assert diag[key].abs().max().item() == 0.0, (key, diag[key])
+
+
+def trainable_snapshot(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def assert_trains(trainer, expected_keys=()):
+    before = trainable_snapshot(trainer.model)
+    trainer.train()
+    after = trainable_snapshot(trainer.model)
+    changed = [n for n in before if not torch.equal(before[n], after[n])]
+    assert changed, "no trainable parameter changed"
+    assert all(torch.isfinite(p).all() for p in after.values())
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert len(logs) == 2 and all(math.isfinite(e["loss"]) for e in logs)
+    keys = {k for e in logs for k in e}
+    assert set(expected_keys) <= keys, set(expected_keys) - keys
+    return changed
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_dpo_trains(name, tmp_path):
+    assert_trains(trainer_for(name, tmp_path), ["rewards/margins", "logps/chosen"])
+
+
+ALL_METHODS = Methods(aspo=AspoArguments(aspo=True), dama=DamaArguments(dama_data=True, dama_model=True),
+                      adavip=AdavipArguments(adavip=True))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_lora_with_every_method_trains(name, tmp_path):
+    trainer = trainer_for(name, tmp_path, methods=ALL_METHODS, lora=True)
+    changed = assert_trains(trainer, ["aspo/weight_mean", "dama/alpha_model", "adavip/weight_vision"])
+    assert changed and all("lora_" in n for n in changed)
+
+
+QWEN_METHODS = {
+    "aspo": Methods(aspo=AspoArguments(aspo=True)),
+    "dama": Methods(dama=DamaArguments(dama_data=True, dama_model=True)),
+    "adavip": Methods(adavip=AdavipArguments(adavip=True)),
+}
+
+
+@pytest.mark.parametrize("method", sorted(QWEN_METHODS))
+def test_qwen2_vl_each_method_trains(method, tmp_path):
+    assert_trains(trainer_for("qwen2_vl", tmp_path, methods=QWEN_METHODS[method]))
+
+
+def test_qwen2_vl_precomputed_reference_trains(tmp_path):
+    assert_trains(trainer_for("qwen2_vl", tmp_path, reference="precomputed"))
+
+
+# ------------------------------------------------------------------------------------ batch contract
+def test_only_model_inputs_reach_the_model(tmp_path):
+    """Every mmpo side tensor stays outside ``model_inputs``; everything inside is a forward argument."""
+    import inspect
+
+    model, processor = build_family("mllama")
+    ds = PreferenceDataset(records(tmp_path))
+    from mmpo.scoring.sentences import RuleSplitter
+
+    collate = PreferenceCollator(RowEncoder(processor), vision_rows=True, sentence_splitter=RuleSplitter(),
+                                 need_sentence_scores=True, need_data_alpha=True)
+    batch = collate([ds[i] for i in range(4)])
+    inputs = batch[MODEL_INPUTS]
+    side = set(batch) - {MODEL_INPUTS}
+    assert {"labels", "response_start", "response_length", "record_index", "vision_mask", "unit_spans",
+            "unit_mask", "unit_scores", "data_alpha"} == side
+    assert not side & set(inputs)
+    assert set(inputs) <= set(inspect.signature(model.forward).parameters)
+
+
+def test_unknown_per_token_output_is_an_error():
+    _, processor = build_family("llava")
+
+    class Extra(type(processor)):
+        def __call__(self, *args, **kwargs):
+            out = super().__call__(*args, **kwargs)
+            out["position_tags"] = torch.zeros_like(out["input_ids"])
+            return out
+
+    extra = Extra(image_processor=processor.image_processor, tokenizer=processor.tokenizer,
+                  patch_size=processor.patch_size, chat_template=processor.chat_template,
+                  vision_feature_select_strategy=processor.vision_feature_select_strategy,
+                  num_additional_image_tokens=processor.num_additional_image_tokens)
+    with pytest.raises(ValueError, match="'position_tags'.*RESPONSE_FILL"):
+        RowEncoder(extra)([image(64, 64, 0)], [PROMPT], [RESPONSE])
+
+
+def test_plain_prompts_without_a_chat_template(tmp_path):
+    _, processor = family("paligemma")
+    with pytest.raises(ValueError, match="no chat template"):
+        RowEncoder(processor, prompt_format="chat")
+    with pytest.raises(ValueError, match="conversational prompt"):
+        RowEncoder(processor)([image(64, 64, 0)], [prompt_messages(PROMPT)], [RESPONSE])
+
+
+@pytest.mark.parametrize("name", ["idefics3", "qwen2_vl", "paligemma"])
+def test_sentence_units_are_the_chosen_sentences(name, tmp_path):
+    """ASPO's unit spans, read back through the tokens the encoder produced, are the sentences
+    (the lead space of Idefics3 joins the first sentence; EOS joins the last)."""
+    from mmpo.scoring.sentences import RuleSplitter
+
+    _, processor = family(name)
+    ds = PreferenceDataset(records(tmp_path))
+    batch = PreferenceCollator(RowEncoder(processor), sentence_splitter=RuleSplitter(),
+                               need_sentence_scores=True)([ds[1]])
+    ids, start = batch[MODEL_INPUTS]["input_ids"][0], int(batch["response_start"][0])
+    spans = batch["unit_spans"][0][batch["unit_mask"][0]].tolist()
+    texts = [processor.tokenizer.decode(ids[start + a : start + b], skip_special_tokens=True).strip()
+             for a, b in spans]
+    assert texts == ["a red circle is at the top left .", "a blue star is at the bottom right ."]
