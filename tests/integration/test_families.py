@@ -178,7 +178,7 @@ def make_args(tmp_path, **kw) -> PreferenceConfig:
     return PreferenceConfig(**{**defaults, **kw})
 
 
-def trainer_for(name, tmp_path, methods=Methods(), lora=False, **args) -> PreferenceTrainer:
+def trainer_for(name, tmp_path, methods: Methods | None = None, lora=False, **args) -> PreferenceTrainer:
     model, processor = build_family(name)
     model.train()
     if lora:
