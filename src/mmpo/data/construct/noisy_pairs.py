@@ -31,6 +31,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from mmpo.evaluation.generation import generate_responses
+from mmpo.prompting import load_image
 from mmpo.types import ImageRef, PreferenceRecord, Prompt
 
 from .journal import append_lines, image_reference, open_append, read_json_lines, repair_truncated
@@ -289,7 +290,7 @@ def build_noisy_pairs(
         with tqdm(total=len(checked), initial=report.skipped_done, desc="noisy pairs", disable=not progress) as bar:
             for start in range(0, len(pending), batch_size):
                 batch = pending[start:start + batch_size]
-                clean = [_load_rgb(item.image) for item in batch]
+                clean = [load_image(item.image) for item in batch]
                 noisy = [noise(image) for image in clean]
                 prompts = [item.prompt for item in batch]
                 answers = generate_responses(model, processor, clean + noisy, prompts + prompts,
@@ -350,13 +351,6 @@ def _outcome(chosen: str, rejected: str) -> str:
     if not chosen or not rejected:
         return DROPPED_EMPTY
     return DROPPED_IDENTICAL if chosen == rejected else WRITTEN
-
-
-def _load_rgb(image: ImageRef) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    with Image.open(image) as opened:
-        return opened.convert("RGB")
 
 
 def _resume(out_path: Path, progress_path: Path, settings: dict[str, Any]) -> tuple[dict[str, str], int]:

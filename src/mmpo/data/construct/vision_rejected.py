@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from mmpo.data.construct.inpainting import Inpainter
 from mmpo.data.construct.vision_backends import Detection, Detector, Segmenter, Tagger
+from mmpo.prompting import load_image
 from mmpo.scoring.clip import ImageTextScorer
 from mmpo.scoring.sentences import RuleSplitter, SentenceSplitter
 from mmpo.types import PreferenceRecord
@@ -318,7 +319,7 @@ def build_vision_rejected(
         with tqdm(total=len(records), initial=report.done_before, desc="vision-rejected",
                   disable=not progress) as bar:
             for record in pending:
-                image = _load_rgb(record.image)
+                image = load_image(record.image)
                 built = pipeline.run(image, record.chosen)
                 meta = {**record.meta, "adavip": built.describe()}
                 image_ref = image_reference(record.image, image, image_dir, out_path.parent)
@@ -354,13 +355,6 @@ def _check_ids(records: list[PreferenceRecord]) -> None:
         if record.id in seen:
             raise ValueError(f"record #{index}: duplicate id {record.id!r}")
         seen.add(record.id)
-
-
-def _load_rgb(image: Any) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    with Image.open(image) as opened:
-        return opened.convert("RGB")
 
 
 def _file_stem(record_id: str) -> str:
