@@ -127,7 +127,8 @@ def encode_inputs(processor: Any, images: Sequence[ImageRef], texts: Sequence[st
     """``processor(images=[[image] per row], text=texts, padding=True, return_tensors="pt")``.
 
     Texts that already begin with BOS (rendered by the template) are encoded without special
-    tokens, so no row starts with two. The tokenizer's padding side is restored afterwards.
+    tokens, so no row starts with two. The tokenizer's padding side is restored afterwards, and a
+    ``labels`` output (PaliGemma's) is dropped.
     """
     tokenizer = tokenizer_of(processor)
     bos = getattr(tokenizer, "bos_token", None)
@@ -136,7 +137,10 @@ def encode_inputs(processor: Any, images: Sequence[ImageRef], texts: Sequence[st
     side = tokenizer.padding_side
     tokenizer.padding_side = padding_side
     try:
-        return processor(images=[[load_image(i)] for i in images], text=list(texts), return_tensors="pt",
-                         padding=True, **kwargs)
+        encoded = processor(images=[[load_image(i)] for i in images], text=list(texts), return_tensors="pt",
+                            padding=True, **kwargs)
     finally:
         tokenizer.padding_side = side
+    # PaliGemma's processor also returns prompt-only ``labels`` (all -100): not a model input here.
+    encoded.pop("labels", None)
+    return encoded

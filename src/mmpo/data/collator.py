@@ -48,10 +48,6 @@ MODEL_INPUTS = "model_inputs"
 #: under PaliGemma's suffix convention, where 1 marks the causal suffix after the bidirectional prefix.
 RESPONSE_FILL: dict[str, int | str] = {"token_type_ids": 0, "mm_token_type_ids": 0, "cross_attention_mask": "repeat"}
 
-#: Processor outputs that are not model inputs.
-DROPPED_PROCESSOR_KEYS = ("labels",)
-
-
 class SequenceTooLongError(ValueError):
     """A prompt (with its image tokens) does not fit ``max_length``."""
 
@@ -218,7 +214,7 @@ class RowEncoder:
             labels[r, s : s + n] = input_ids[r, s : s + n]
         model_inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
         for key, value in enc.items():
-            if key in ("input_ids", "attention_mask") or key in DROPPED_PROCESSOR_KEYS:
+            if key in ("input_ids", "attention_mask"):
                 continue
             if key in RESPONSE_FILL:
                 value = extend_per_token(value, prompt_lengths, row_lengths, width, response_fill(self.processor, key))
@@ -295,7 +291,8 @@ class PreferenceCollator:
                                  "it (run `mmpo score-sentences --dama` on the records first)")
             batch["data_alpha"] = torch.tensor([float(r.data_alpha) for r in records])
         if self.sentence_splitter is not None:
-            units = [self._units(r, o, name) for r, o, name in zip(records, offsets, names, strict=False)]
+            chosen_offsets = offsets[: len(records)]  # the chosen rows come first
+            units = [self._units(r, o, name) for r, o, name in zip(records, chosen_offsets, names, strict=True)]
             width = max(len(u) for u in units)
             spans = torch.zeros(len(units), width, 2, dtype=torch.long)  # (B, S, 2)
             scores = torch.zeros(len(units), width)  # (B, S)

@@ -63,7 +63,6 @@ def generate_responses(
             for start in range(0, len(texts), batch_size):
                 batch_texts = texts[start:start + batch_size]
                 inputs = encode_inputs(processor, images[start:start + batch_size], batch_texts, padding_side="left")
-                inputs.pop("labels", None)
                 # floating tensors (pixel_values) take the model's dtype; ids and masks keep theirs
                 inputs = inputs.to(model.device, dtype=model.dtype)
                 extra = {} if tokenizer.pad_token_id is None else {"pad_token_id": tokenizer.pad_token_id}
