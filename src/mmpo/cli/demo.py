@@ -96,6 +96,7 @@ def run_demo(opts: DemoOptions) -> dict:
     import torch
 
     from ..data.collator import PreferenceDataset
+    from ..data.construct.journal import atomic_write_text
     from ..plots import plot_log_history
     from ..toyworld.base import BaseModelRecipe, ensure_base_model
     from ..toyworld.scenes import WorldConfig
@@ -154,7 +155,7 @@ def run_demo(opts: DemoOptions) -> dict:
     trainer.save_model(str(out / "model"))
     processor.save_pretrained(str(out / "model"))
     log = trainer.state.log_history
-    (out / "train_log.json").write_text(json.dumps(log, indent=2))
+    atomic_write_text(out / "train_log.json", json.dumps(log, indent=2))
     plots = [name for name, keys in PLOTS.items()
              if plot_log_history(log, keys, out / name, title=f"mmpo demo: {opts.method}")]
     metrics = {
@@ -168,7 +169,7 @@ def run_demo(opts: DemoOptions) -> dict:
         "n_records": len(records),
         "seconds": round(time.time() - started, 1),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     say("\n" + metrics_table(metrics))
     say(f"\nrun directory: {out}  (metrics.json, train_log.json, model/, {', '.join(plots)})  [{metrics['seconds']:.0f} s]")
     return metrics
@@ -197,6 +198,7 @@ def prepare_records(opts: DemoOptions, data_kind: str, methods, base_dir: Path, 
 
         records = ground_truth_pairs(scenes, world, folder / "images", seed=opts.seed, progress=opts.progress)
     else:
+        from ..data.construct.journal import ensure_png
         from ..data.construct.noisy_pairs import build_noisy_pairs
         from ..toyworld.scenes import DESCRIBE_PROMPT
 
@@ -204,9 +206,7 @@ def prepare_records(opts: DemoOptions, data_kind: str, methods, base_dir: Path, 
         images.mkdir(exist_ok=True)
         items = []
         for scene in scenes:
-            path = images / f"{scene.id}.png"
-            if not path.exists():
-                scene.render().save(path)
+            path = ensure_png(images / f"{scene.id}.png", scene.render)
             items.append((scene.id, str(path), DESCRIBE_PROMPT, {"scene": json.dumps(scene.to_dict())}))
         report = build_noisy_pairs(model, processor, items, folder / "seva.jsonl", batch_size=32,
                                    max_new_tokens=64, progress=opts.progress)
@@ -270,13 +270,13 @@ def evaluate(opts: DemoOptions, model, processor, world) -> dict:
 
 def evaluate_cached(opts: DemoOptions, base_dir: Path, model, processor, world) -> dict:
     """The base model's metrics are the same for every method: computed once per base model."""
+    from ..data.construct.journal import atomic_write_text
+
     path = base_dir / f"heldout-metrics-{_key(opts.n_eval_scenes, opts.seed)}.json"
     if path.exists():
         return json.loads(path.read_text())
     metrics = evaluate(opts, model, processor, world)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(metrics))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(metrics))
     return metrics
 
 

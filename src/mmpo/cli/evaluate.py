@@ -43,6 +43,7 @@ def _split_file(text: str) -> tuple[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     from ..evaluation.coco_chair import DEFAULT_PROMPT
+    from .main import ALLOW_DOWNLOAD_HELP
 
     p = argparse.ArgumentParser(prog="mmpo evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="weights dtype ('auto': as saved)")
     p.add_argument("--progress", action="store_true", help="show generation progress bars")
+    p.add_argument("--allow-download", action="store_true", help=ALLOW_DOWNLOAD_HELP)
 
     g = p.add_argument_group("CHAIR / Object HalBench")
     g.add_argument("--coco-instances", nargs="+", help="COCO instances_*.json file(s)")
@@ -123,18 +125,23 @@ def _check(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
         parser.error("--benchmark pope needs --pope-dir or --pope-file SPLIT=PATH")
 
 
-def load_checkpoint(path: str, device: str = "auto", dtype: str = "auto") -> tuple[Any, Any]:
+def load_checkpoint(path: str, device: str = "auto", dtype: str = "auto",
+                    allow_download: bool | None = None) -> tuple[Any, Any]:
     """A local VLM checkpoint: ``AutoModelForImageTextToText`` (in eval mode, on ``device``) and
-    ``AutoProcessor``."""
+    ``AutoProcessor``. A ``path`` that is not a directory raises ``FileNotFoundError`` naming it,
+    with no Hub look-up, unless ``allow_download`` (or ``MMPO_ALLOW_DOWNLOAD=1``; see ``mmpo.hub``)."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from ..hub import pretrained_kwargs
+
+    local = pretrained_kwargs(path, what="model", allow_download=allow_download)
     kwargs = {} if dtype == "auto" else {"dtype": getattr(torch, dtype)}
-    model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    model = AutoModelForImageTextToText.from_pretrained(path, **kwargs, **local)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()
-    return model, AutoProcessor.from_pretrained(path)
+    return model, AutoProcessor.from_pretrained(path, **local)
 
 
 def _judge(ns: argparse.Namespace):
@@ -187,6 +194,7 @@ def run_benchmark(bench: str, ns: argparse.Namespace, model: Any, processor: Any
 
 def evaluate(ns: argparse.Namespace, judge: Any = None) -> dict[str, Any]:
     """Run every requested benchmark; write the run directory; return the results."""
+    from ..data.construct.journal import atomic_write_text
     from ..evaluation.report import write_run
 
     out = Path(ns.output_dir)
@@ -199,8 +207,7 @@ def evaluate(ns: argparse.Namespace, judge: Any = None) -> dict[str, Any]:
         result = run_benchmark(bench, ns, model, processor, judge)
         bulky = {k: result.pop(k) for k in BULKY_KEYS if k in result}
         if bulky:
-            (out / "predictions").mkdir(parents=True, exist_ok=True)
-            (out / "predictions" / f"{bench}.json").write_text(json.dumps(bulky, indent=1, default=str) + "\n")
+            atomic_write_text(out / "predictions" / f"{bench}.json", json.dumps(bulky, indent=1, default=str) + "\n")
         results["benchmarks"][bench] = result
         write_run(results, out)            # after each benchmark, so a crash keeps what is done
     return results
@@ -208,6 +215,7 @@ def evaluate(ns: argparse.Namespace, judge: Any = None) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     from ..evaluation.report import compare_runs, run_table
+    from .main import downloads_allowed
 
     parser = build_parser()
     ns = parser.parse_args(argv)
@@ -220,7 +228,8 @@ def main(argv: list[str]) -> int:
             parser.error(str(error))
     run_dirs = list(ns.compare)
     if ns.benchmark:
-        results = evaluate(ns, judge)
+        with downloads_allowed(ns.allow_download):
+            results = evaluate(ns, judge)
         print(run_table(results))
         print(f"results written to {ns.output_dir}")
         run_dirs = [ns.output_dir, *run_dirs] if run_dirs else []

@@ -25,6 +25,7 @@ from typing import Any
 
 def build_parser() -> argparse.ArgumentParser:
     from ..data.construct.noisy_pairs import SCHEDULES
+    from .main import ALLOW_DOWNLOAD_HELP
 
     p = argparse.ArgumentParser(prog="mmpo noisy-pairs", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="weights dtype ('auto': as saved)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--allow-download", action="store_true", help=ALLOW_DOWNLOAD_HELP)
     return p
 
 
@@ -74,15 +76,17 @@ def read_items(path: str | Path) -> list[tuple[str, str, Any]]:
 
 def synthetic_items(n: int, seed: int, image_dir: Path) -> list[tuple[str, str, str, dict[str, Any]]]:
     """``n`` scenes of the synthetic world (``WorldConfig(seed=seed)``) rendered to ``image_dir``,
-    with the describe prompt; each item's meta keeps its scene (as ``ground_truth_pairs`` does)."""
+    with the describe prompt; each item's meta keeps its scene (as ``ground_truth_pairs`` does).
+
+    Each PNG is written atomically; on a rerun an existing one is kept only if it decodes
+    completely, so a damaged file (from a run killed before atomic writes) is re-rendered."""
+    from ..data.construct.journal import ensure_png
     from ..toyworld.scenes import DESCRIBE_PROMPT, WorldConfig, sample_scenes
 
     image_dir.mkdir(parents=True, exist_ok=True)
     items = []
     for scene in sample_scenes(WorldConfig(seed=seed), n):
-        path = image_dir / f"{scene.id}.png"
-        if not path.exists():
-            scene.render().save(path)
+        path = ensure_png(image_dir / f"{scene.id}.png", scene.render)
         items.append((scene.id, str(path), DESCRIBE_PROMPT, {"scene": json.dumps(scene.to_dict())}))
     return items
 
@@ -90,6 +94,7 @@ def synthetic_items(n: int, seed: int, image_dir: Path) -> list[tuple[str, str, 
 def main(argv: list[str]) -> int:
     from ..data.construct.noisy_pairs import DiffusionNoise, build_noisy_pairs
     from .evaluate import load_checkpoint
+    from .main import downloads_allowed
 
     parser = build_parser()
     ns = parser.parse_args(argv)
@@ -102,6 +107,8 @@ def main(argv: list[str]) -> int:
                                seed=ns.seed)
     except ValueError as error:
         parser.error(str(error))
+    with downloads_allowed(ns.allow_download):  # first: a mistyped --model fails before any work
+        model, processor = load_checkpoint(ns.model, ns.device, ns.dtype)
     output = Path(ns.output)
     image_dir = Path(ns.image_dir) if ns.image_dir else output.parent / "images"
     if ns.input:
@@ -114,7 +121,6 @@ def main(argv: list[str]) -> int:
         items = synthetic_items(ns.synthetic, ns.seed, image_dir)
         source = f"synthetic(seed={ns.seed})"
 
-    model, processor = load_checkpoint(ns.model, ns.device, ns.dtype)
     report = build_noisy_pairs(model, processor, items, output, noise=noise, batch_size=ns.batch_size,
                                max_new_tokens=ns.max_new_tokens, progress=not ns.no_progress,
                                image_dir=image_dir, meta={"model": str(ns.model), "items": source})

@@ -13,6 +13,8 @@ from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .main import ALLOW_DOWNLOAD_HELP
+
     p = argparse.ArgumentParser(prog="mmpo score-sentences", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True, help="preference records (JSONL or saved dataset)")
@@ -25,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-bad-record", choices=("raise", "skip"), default="raise")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--allow-download", action="store_true", help=ALLOW_DOWNLOAD_HELP)
     return p
 
 
@@ -33,6 +36,7 @@ def main(argv: list[str]) -> int:
     from ..data.records import load_records, save_records
     from ..scoring.clip import CLIPScorer
     from ..scoring.sentences import RuleSplitter
+    from .main import downloads_allowed
 
     ns = build_parser().parse_args(argv)
     clip = ns.clip
@@ -43,7 +47,8 @@ def main(argv: list[str]) -> int:
     loaded = load_records(ns.input, on_error=ns.on_bad_record)
     if loaded.errors:
         print(loaded.summary())
-    scorer = CLIPScorer(clip, batch_size=ns.batch_size, cache_dir=ns.cache_dir)
+    with downloads_allowed(ns.allow_download):
+        scorer = CLIPScorer(clip, batch_size=ns.batch_size, cache_dir=ns.cache_dir)
     records, report = score_sentences(loaded.records, scorer, RuleSplitter(), dama_mode=ns.dama_mode,
                                       progress=ns.progress)
     save_records(records, ns.output)

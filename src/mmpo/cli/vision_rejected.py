@@ -26,6 +26,8 @@ from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .main import ALLOW_DOWNLOAD_HELP
+
     p = argparse.ArgumentParser(prog="mmpo vision-rejected", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True, help="preference records (JSONL or saved dataset)")
@@ -56,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--on-bad-record", choices=("raise", "skip"), default="raise")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    p.add_argument("--allow-download", action="store_true", help=ALLOW_DOWNLOAD_HELP)
     return p
 
 
@@ -84,6 +87,7 @@ def main(argv: list[str]) -> int:
     from ..data.construct.vision_rejected import VisionRejectedPipeline, build_vision_rejected
     from ..data.records import load_records
     from ..scoring.clip import CLIPScorer
+    from .main import downloads_allowed
 
     parser = build_parser()
     ns = parser.parse_args(argv)
@@ -110,48 +114,49 @@ def main(argv: list[str]) -> int:
             print(f"mmpo vision-rejected: error: {error}", file=sys.stderr)
             return 2
 
-    clip = ns.clip
-    if clip == "toyworld":
-        from ..toyworld.clip import ensure_tiny_clip
+    with downloads_allowed(ns.allow_download):  # every checkpoint below is loaded here
+        clip = ns.clip
+        if clip == "toyworld":
+            from ..toyworld.clip import ensure_tiny_clip
 
-        clip, _ = ensure_tiny_clip(ns.cache_dir, progress=ns.progress)
-    scorer = CLIPScorer(clip, device=ns.device, cache_dir=ns.cache_dir)
+            clip, _ = ensure_tiny_clip(ns.cache_dir, progress=ns.progress)
+        scorer = CLIPScorer(clip, device=ns.device, cache_dir=ns.cache_dir)
 
-    if ns.tagger == "clip":
-        tagger = CLIPTagger(scorer, vocabulary, threshold=ns.tag_threshold, top_k=ns.tag_top_k)
-    else:
-        tagger = NounTagger(vocabulary)
+        if ns.tagger == "clip":
+            tagger = CLIPTagger(scorer, vocabulary, threshold=ns.tag_threshold, top_k=ns.tag_top_k)
+        else:
+            tagger = NounTagger(vocabulary)
 
-    if ns.detector == "annotations":
-        detector = AnnotationDetector(scenes)
-    elif ns.detector == "owlv2":
-        from ..data.construct.vision_models import OwlV2Detector
+        if ns.detector == "annotations":
+            detector = AnnotationDetector(scenes)
+        elif ns.detector == "owlv2":
+            from ..data.construct.vision_models import OwlV2Detector
 
-        kwargs = {"threshold": ns.box_threshold} if ns.box_threshold is not None else {}
-        detector = OwlV2Detector(ns.detector_path, device=ns.device, **kwargs)
-    else:
-        from ..data.construct.vision_models import GroundingDinoDetector
+            kwargs = {"threshold": ns.box_threshold} if ns.box_threshold is not None else {}
+            detector = OwlV2Detector(ns.detector_path, device=ns.device, **kwargs)
+        else:
+            from ..data.construct.vision_models import GroundingDinoDetector
 
-        kwargs = {"box_threshold": ns.box_threshold} if ns.box_threshold is not None else {}
-        detector = GroundingDinoDetector(ns.detector_path, device=ns.device, **kwargs)
+            kwargs = {"box_threshold": ns.box_threshold} if ns.box_threshold is not None else {}
+            detector = GroundingDinoDetector(ns.detector_path, device=ns.device, **kwargs)
 
-    if ns.segmenter == "annotations":
-        segmenter = AnnotationSegmenter(scenes)
-    elif ns.segmenter == "box":
-        segmenter = BoxSegmenter()
-    else:
-        from ..data.construct.vision_models import SamSegmenter
+        if ns.segmenter == "annotations":
+            segmenter = AnnotationSegmenter(scenes)
+        elif ns.segmenter == "box":
+            segmenter = BoxSegmenter()
+        else:
+            from ..data.construct.vision_models import SamSegmenter
 
-        segmenter = SamSegmenter(ns.segmenter_path, device=ns.device)
+            segmenter = SamSegmenter(ns.segmenter_path, device=ns.device)
 
-    if ns.inpainter == "telea":
-        try:
-            inpainter = TeleaInpainter(dilate=ns.dilate)
-        except ImportError as error:
-            print(f"mmpo vision-rejected: error: {error}", file=sys.stderr)
-            return 2
-    else:
-        inpainter = MeanFillInpainter(dilate=ns.dilate)
+        if ns.inpainter == "telea":
+            try:
+                inpainter = TeleaInpainter(dilate=ns.dilate)
+            except ImportError as error:
+                print(f"mmpo vision-rejected: error: {error}", file=sys.stderr)
+                return 2
+        else:
+            inpainter = MeanFillInpainter(dilate=ns.dilate)
 
     pipeline = VisionRejectedPipeline(tagger=tagger, detector=detector, segmenter=segmenter, inpainter=inpainter,
                                       scorer=scorer, max_candidates=ns.max_candidates)

@@ -452,9 +452,22 @@ class Judge(Protocol):
     def __call__(self, prompt: str) -> str: ...
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Makes every HTTP redirect (301, 302, 303, 307, 308) an error instead of following it:
+    ``urllib`` would resend the ``Authorization`` header to wherever ``Location`` points."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        fp.close()
+        raise RuntimeError(f"judge endpoint {req.full_url} redirected (HTTP {code}) to {newurl}; refusing to "
+                           "follow (the API key is sent only to the configured endpoint)")
+
+
 @dataclass
 class OpenAIChatJudge:
     """A judge behind an OpenAI-compatible chat completions endpoint, called with ``urllib`` only.
+
+    Redirects are never followed (a redirect raises ``RuntimeError`` naming its target), so the
+    API key goes to the configured endpoint and nowhere else, and no other host's rating is read.
 
     Attributes:
         url: the endpoint, or its base (``.../v1``); ``/chat/completions`` is appended when missing.
@@ -489,12 +502,13 @@ class OpenAIChatJudge:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        opener = urllib.request.build_opener(_RefuseRedirects)
         for attempt in range(self.max_retries + 1):
             request = urllib.request.Request(self.endpoint, data=body, headers=headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    payload = json.loads(response.read().decode())
-                return str(payload["choices"][0]["message"]["content"])
+                with opener.open(request, timeout=self.timeout) as response:
+                    raw = response.read()
+                return _chat_content(raw, self.endpoint)
             except urllib.error.HTTPError as error:
                 error.close()
                 if (error.code != 429 and error.code < 500) or attempt == self.max_retries:
@@ -504,6 +518,15 @@ class OpenAIChatJudge:
                     raise RuntimeError(f"judge request failed after {attempt + 1} attempts: {error}") from error
             time.sleep(self.retry_wait * 2**attempt)
         raise AssertionError("unreachable")
+
+
+def _chat_content(raw: bytes, endpoint: str) -> str:
+    """The first choice's message content of a chat completions reply; RuntimeError otherwise."""
+    try:
+        return str(json.loads(raw.decode())["choices"][0]["message"]["content"])
+    except (ValueError, KeyError, IndexError, TypeError) as error:
+        raise RuntimeError(f"judge endpoint {endpoint} sent no chat completion ({type(error).__name__}: "
+                           f"{error}); reply starts {raw[:200]!r}") from error
 
 
 def judge_from_config(config: Mapping[str, Any] | None = None, *, url: str | None = None,

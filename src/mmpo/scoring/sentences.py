@@ -275,8 +275,11 @@ class LLMSplitter:
         if isinstance(model, str | Path):
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(model)
-            model = AutoModelForCausalLM.from_pretrained(model)
+            from mmpo.hub import pretrained_kwargs
+
+            local = pretrained_kwargs(model, what="sentence-splitter LLM")  # local only, unless MMPO_ALLOW_DOWNLOAD=1
+            tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(model, **local)
+            model = AutoModelForCausalLM.from_pretrained(model, **local)
         if tokenizer is None:
             raise ValueError("LLMSplitter needs the model's tokenizer when given a model object")
         if "{text}" not in instruction:

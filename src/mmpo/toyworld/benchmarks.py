@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..data.construct.journal import atomic_write_text, save_png_atomic
 from ..evaluation.benchmarks import MMHAL_QUESTION_TYPES
 from ..evaluation.pope import SPLITS, build_pope_questions, category_frequencies, cooccurrence_counts
 from .scenes import COLOURS, DESCRIBE_PROMPT, PARTNERS, QUADRANTS, SHAPES, Scene, WorldConfig, sample_scenes
@@ -57,15 +58,11 @@ class ToyBenchmarkFiles:
 
 
 def _write_json(path: Path, data: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1) + "\n")
-    return path
+    return atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def _write_jsonl(path: Path, rows: Sequence[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
+    return atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def coco_instances(scenes: Sequence[Scene]) -> dict[str, Any]:
@@ -174,7 +171,7 @@ def write_toy_benchmarks(out_dir: str | Path, scenes: Sequence[Scene] | None = N
     images = root / "images"
     images.mkdir(parents=True, exist_ok=True)
     for scene in scenes:
-        scene.render().save(images / f"{scene.id}.png")
+        save_png_atomic(scene.render(), images / f"{scene.id}.png")
 
     instances = coco_instances(scenes)
     instances_path = _write_json(root / "annotations" / "instances_toyworld.json", instances)

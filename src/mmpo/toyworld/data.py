@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..data.construct.journal import ensure_png
 from ..types import PreferenceRecord
 from .scenes import (
     COLOURS,
@@ -86,17 +87,16 @@ def ground_truth_pairs(scenes: list[Scene], config: WorldConfig, image_dir: str 
                        progress: bool = True) -> list[PreferenceRecord]:
     """Preference records: chosen = exact description, rejected = one hallucinated object.
 
-    Images are written as PNG files under ``image_dir`` (skipped when already there), and each
-    record keeps its scene in ``meta`` so evaluation can recover the annotations.
+    Images are written as PNG files under ``image_dir``, atomically (skipped when a complete one is
+    already there; a damaged one is re-rendered), and each record keeps its scene in ``meta`` so
+    evaluation can recover the annotations.
     """
     image_dir = Path(image_dir)
     image_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     records = []
     for scene in tqdm(scenes, desc="preference pairs", disable=not progress):
-        path = image_dir / f"{scene.id}.png"
-        if not path.exists():
-            scene.render().save(path)
+        path = ensure_png(image_dir / f"{scene.id}.png", scene.render)
         records.append(PreferenceRecord(
             image=str(path), prompt=DESCRIBE_PROMPT, chosen=scene.description(),
             rejected=hallucinated_description(scene, config, rng), id=scene.id,

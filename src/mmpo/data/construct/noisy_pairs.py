@@ -31,10 +31,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from mmpo.evaluation.generation import generate_responses
-from mmpo.prompting import load_image
 from mmpo.types import ImageRef, PreferenceRecord, Prompt
 
-from .journal import append_lines, image_reference, open_append, read_json_lines, repair_truncated
+from .journal import append_lines, image_reference, open_append, read_image, read_json_lines, repair_truncated
 
 logger = logging.getLogger(__name__)
 
@@ -207,10 +206,15 @@ class NoisyPairsReport:
 
 @dataclasses.dataclass(frozen=True)
 class _Item:
+    index: int
     id: str
     image: ImageRef
     prompt: Prompt
     meta: dict[str, Any]
+
+    def load_image(self) -> Image.Image:
+        """The item's RGB image; a missing or undecodable file raises ValueError naming the item."""
+        return read_image(self.image, f"item #{self.index} (id {self.id!r})")
 
 
 def progress_path_for(out_path: str | os.PathLike) -> Path:
@@ -247,6 +251,10 @@ def build_noisy_pairs(
     dropped (found in the progress file), first cutting off a truncated last line of either file.
     A resume with other noise settings or ``max_new_tokens`` raises ``ValueError``; an existing
     output without a progress file raises ``FileExistsError`` (it was not written by this function).
+
+    Images: an item whose image file does not exist raises ``FileNotFoundError`` before anything
+    is generated; one that exists but does not decode raises ``ValueError`` when its batch comes.
+    Both messages name the item (index and id) and the path; fix or drop the item and resume.
 
     Args:
         model: a ``generate``-capable VLM, ideally the policy about to be trained (SeVa's premise).
@@ -290,7 +298,7 @@ def build_noisy_pairs(
         with tqdm(total=len(checked), initial=report.skipped_done, desc="noisy pairs", disable=not progress) as bar:
             for start in range(0, len(pending), batch_size):
                 batch = pending[start:start + batch_size]
-                clean = [load_image(item.image) for item in batch]
+                clean = [item.load_image() for item in batch]
                 noisy = [noise(image) for image in clean]
                 prompts = [item.prompt for item in batch]
                 answers = generate_responses(model, processor, clean + noisy, prompts + prompts,
@@ -337,12 +345,14 @@ def _check_items(items: Iterable[Sequence[Any]]) -> list[_Item]:
             raise ValueError(f"item #{index}: duplicate id {item_id!r}")
         if not isinstance(image, (str, os.PathLike, Image.Image)):
             raise ValueError(f"item {item_id!r}: image must be a path or a PIL image, got {type(image).__name__}")
+        if not isinstance(image, Image.Image) and not os.path.isfile(image):
+            raise FileNotFoundError(f"item #{index} (id {item_id!r}): image file {os.fspath(image)!r} does not exist")
         if not (isinstance(prompt, list) and prompt) and not (isinstance(prompt, str) and prompt.strip()):
             raise ValueError(f"item {item_id!r}: empty instruction")
         if not isinstance(extra, dict):
             raise ValueError(f"item {item_id!r}: meta must be a dict, got {type(extra).__name__}")
         seen.add(item_id)
-        checked.append(_Item(item_id, image, prompt, dict(extra)))
+        checked.append(_Item(index, item_id, image, prompt, dict(extra)))
     return checked
 
 

@@ -8,7 +8,9 @@
 They implement the protocols of :mod:`mmpo.data.construct.vision_backends`; the weight-free and
 ground-truth alternatives live there. Nothing is downloaded: ``path`` is a directory holding the
 model and its processor (``save_pretrained`` output, e.g. a snapshot of
-``google/owlv2-base-patch16-ensemble``, ``IDEA-Research/grounding-dino-tiny`` or ``facebook/sam-vit-base``).
+``google/owlv2-base-patch16-ensemble``, ``IDEA-Research/grounding-dino-tiny`` or ``facebook/sam-vit-base``),
+loaded with ``local_files_only=True`` (:func:`mmpo.hub.pretrained_kwargs`); a mistyped path is a
+``FileNotFoundError`` naming it, never a Hub look-up.
 Without torchvision, transformers uses its PIL image processors; OWLv2's needs scipy to resize.
 """
 
@@ -22,6 +24,7 @@ import torch
 from PIL import Image
 
 from mmpo.data.construct.vision_backends import Box, Detection, clip_box, non_max_suppression
+from mmpo.hub import pretrained_kwargs
 
 __all__ = ["GroundingDinoDetector", "OwlV2Detector", "SamSegmenter"]
 
@@ -44,15 +47,19 @@ class OwlV2Detector:
         nms_iou: IoU above which a lower-scoring box of the same label is dropped.
         max_per_label: at most this many boxes per tag (``None``: no limit).
         device: where to run; defaults to CUDA when available.
+        allow_download: let a ``path`` that is not a local directory be downloaded as a Hub id
+            (default: ``MMPO_ALLOW_DOWNLOAD``, else no: a missing directory is a ``FileNotFoundError``).
     """
 
     def __init__(self, path: str | Path, *, threshold: float = 0.2, template: str = "a photo of a {}",
-                 nms_iou: float = 0.5, max_per_label: int | None = 3, device: str | None = None):
+                 nms_iou: float = 0.5, max_per_label: int | None = 3, device: str | None = None,
+                 allow_download: bool | None = None):
         from transformers import AutoProcessor, Owlv2ForObjectDetection
 
         self.device = _device(device)
-        self.model = Owlv2ForObjectDetection.from_pretrained(path).to(self.device).eval()
-        self.processor = AutoProcessor.from_pretrained(path)
+        local = pretrained_kwargs(path, what="OWLv2 detector", allow_download=allow_download)
+        self.model = Owlv2ForObjectDetection.from_pretrained(path, **local).to(self.device).eval()
+        self.processor = AutoProcessor.from_pretrained(path, **local)
         self.threshold, self.template = threshold, template
         self.nms_iou, self.max_per_label = nms_iou, max_per_label
 
@@ -90,15 +97,19 @@ class GroundingDinoDetector:
         max_per_label: at most this many boxes per tag (``None``: no limit).
         tags_per_prompt: tags per forward pass (the text is limited to ``config.max_text_len`` tokens).
         device: where to run; defaults to CUDA when available.
+        allow_download: let a ``path`` that is not a local directory be downloaded as a Hub id
+            (default: ``MMPO_ALLOW_DOWNLOAD``, else no: a missing directory is a ``FileNotFoundError``).
     """
 
     def __init__(self, path: str | Path, *, box_threshold: float = 0.35, nms_iou: float = 0.5,
-                 max_per_label: int | None = 3, tags_per_prompt: int = 16, device: str | None = None):
+                 max_per_label: int | None = 3, tags_per_prompt: int = 16, device: str | None = None,
+                 allow_download: bool | None = None):
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
         self.device = _device(device)
-        self.model = AutoModelForZeroShotObjectDetection.from_pretrained(path).to(self.device).eval()
-        self.processor = AutoProcessor.from_pretrained(path)
+        local = pretrained_kwargs(path, what="Grounding DINO detector", allow_download=allow_download)
+        self.model = AutoModelForZeroShotObjectDetection.from_pretrained(path, **local).to(self.device).eval()
+        self.processor = AutoProcessor.from_pretrained(path, **local)
         self.box_threshold, self.nms_iou, self.max_per_label = box_threshold, nms_iou, max_per_label
         self.tags_per_prompt = max(int(tags_per_prompt), 1)
 
@@ -147,14 +158,18 @@ class SamSegmenter:
         path: local checkpoint directory (``SamModel`` + ``SamProcessor``).
         multimask: ask for three masks per box and keep the best-scoring one.
         device: where to run; defaults to CUDA when available.
+        allow_download: let a ``path`` that is not a local directory be downloaded as a Hub id
+            (default: ``MMPO_ALLOW_DOWNLOAD``, else no: a missing directory is a ``FileNotFoundError``).
     """
 
-    def __init__(self, path: str | Path, *, multimask: bool = False, device: str | None = None):
+    def __init__(self, path: str | Path, *, multimask: bool = False, device: str | None = None,
+                 allow_download: bool | None = None):
         from transformers import AutoProcessor, SamModel
 
         self.device = _device(device)
-        self.model = SamModel.from_pretrained(path).to(self.device).eval()
-        self.processor = AutoProcessor.from_pretrained(path)
+        local = pretrained_kwargs(path, what="SAM segmenter", allow_download=allow_download)
+        self.model = SamModel.from_pretrained(path, **local).to(self.device).eval()
+        self.processor = AutoProcessor.from_pretrained(path, **local)
         self.multimask = multimask
 
     def segment(self, image: Image.Image, boxes: Sequence[Box]) -> list[np.ndarray]:

@@ -27,13 +27,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,12 +43,19 @@ from tqdm.auto import tqdm
 
 from mmpo.data.construct.inpainting import Inpainter
 from mmpo.data.construct.vision_backends import Detection, Detector, Segmenter, Tagger
-from mmpo.prompting import load_image
 from mmpo.scoring.clip import ImageTextScorer
 from mmpo.scoring.sentences import RuleSplitter, SentenceSplitter
 from mmpo.types import PreferenceRecord
 
-from .journal import append_lines, image_reference, open_append, read_json_lines, repair_truncated
+from .journal import (
+    append_lines,
+    image_reference,
+    open_append,
+    read_image,
+    read_json_lines,
+    repair_truncated,
+    save_png_atomic,
+)
 from .noisy_pairs import progress_path_for
 
 logger = logging.getLogger(__name__)
@@ -282,7 +287,8 @@ def build_vision_rejected(
     Calling again with the same arguments first cuts a truncated last line off either file, then
     skips every record already in the output: nothing is lost, duplicated or left corrupt. A
     resume with other stage classes raises ``ValueError``; an existing output without a progress
-    file raises ``FileExistsError``. An exception in a stage propagates (fix it and resume).
+    file raises ``FileExistsError``. An exception in a stage propagates (fix it and resume); an
+    input image that cannot be read raises ``ValueError`` naming the record (index, id) and the path.
 
     Args:
         records: the preference records; ids must be set, unique and stable across runs.
@@ -307,7 +313,7 @@ def build_vision_rejected(
 
     report = VisionRejectedReport(out_path=out_path, total=len(records))
     done, report.repaired_lines = _resume(out_path, progress_path, pipeline.settings())
-    pending = [record for record in records if record.id not in done]
+    pending = [(index, record) for index, record in enumerate(records) if record.id not in done]
     report.done_before = len(records) - len(pending)
     if report.done_before or report.repaired_lines:
         logger.info("resuming %s: %d of %d records done before", out_path, report.done_before, len(records))
@@ -318,13 +324,13 @@ def build_vision_rejected(
     try:
         with tqdm(total=len(records), initial=report.done_before, desc="vision-rejected",
                   disable=not progress) as bar:
-            for record in pending:
-                image = load_image(record.image)
+            for index, record in pending:
+                image = read_image(record.image, f"record #{index} (id {record.id!r})")
                 built = pipeline.run(image, record.chosen)
                 meta = {**record.meta, "adavip": built.describe()}
                 image_ref = image_reference(record.image, image, image_dir, out_path.parent)
                 if built.selected is not None:
-                    path = _save_png_atomic(built.rejected, image_dir / f"{_file_stem(record.id)}.png")
+                    path = save_png_atomic(built.rejected, image_dir / f"{_file_stem(record.id)}.png")
                     rejected = image_reference(str(path), built.rejected, image_dir, out_path.parent)
                     outcome = BUILT
                     report.built += 1
@@ -361,18 +367,6 @@ def _file_stem(record_id: str) -> str:
     """A file-name-safe, collision-free stem for a record id: readable part + hash of the id."""
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", str(record_id)).strip("._")[:60] or "record"
     return f"{readable}-{hashlib.sha256(str(record_id).encode()).hexdigest()[:8]}"
-
-
-def _save_png_atomic(image: Image.Image, target: Path) -> Path:
-    """Write ``image`` to ``target`` via a temporary file in the same directory and ``os.replace``."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as tmp:
-        tmp.write(buffer.getvalue())
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.replace(tmp.name, target)
-    return target
 
 
 def _outcome_of(row: dict[str, Any]) -> str:
@@ -464,4 +458,4 @@ def save_contact_sheet(rows: Sequence[tuple[str, Image.Image, Construction]], pa
                 draw.text((x, y + tile + 2 + k * line), words, fill=_SELECTED if selected else (0, 0, 0), font=font)
     path = Path(os.path.abspath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    return _save_png_atomic(sheet, path)
+    return save_png_atomic(sheet, path)
