@@ -1,4 +1,8 @@
-"""``mmpo train CONFIG.yaml [--field value ...]``: preference training from a YAML config."""
+"""``mmpo train CONFIG.yaml [--field value ...]``: preference training from a YAML config.
+
+``--resume_from_checkpoint true`` resumes from the newest complete checkpoint in ``output_dir``
+(newer, half-written ones are skipped and named); ``--resume_from_checkpoint PATH`` from that one.
+"""
 
 from __future__ import annotations
 

@@ -3,15 +3,68 @@
 Each field is documented once, here, in its ``metadata["help"]``; ``transformers.HfArgumentParser``
 turns the same dataclasses into the command line, so ``mmpo train --help`` shows this text.
 A YAML file sets the values; ``--field value`` arguments after it override them.
+
+Every value is checked before a model is loaded: YAML values against their field's type (``beta: true``
+or ``max_steps: 2.5`` is an error naming the key and the file, not 1.0 or 2), and every number in its
+documented range by the ``__post_init__`` of its dataclass (NaN and inf are never in range).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import math
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
+
+#: Weight dtypes ``ModelArguments.dtype`` accepts, and the short names mapped onto them.
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def check_number(name: str, value: Any, *, integer: bool = False, low: float | None = None,
+                 high: float | None = None, low_open: bool = False, high_open: bool = False,
+                 optional: bool = False) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is a finite number in the range.
+
+    Args:
+        name: the field, for the message.
+        value: the value; ``bool`` is never a number here (``True`` is not 1.0).
+        integer: the value must be an ``int``.
+        low / high: bounds (``None``: unbounded); ``low_open`` / ``high_open`` exclude them.
+        optional: ``None`` is allowed.
+    """
+    if value is None and optional:
+        return
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        parts.append(f"{'<' if high_open else '<='} {high:g}")
+    wanted = f"{'an integer' if integer else 'a finite number'}{' ' + ' and '.join(parts) if parts else ''}"
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise ValueError(f"{name} must be {wanted}, not {value!r} ({type(value).__name__})")
+    ok = math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise ValueError(f"{name} must be {wanted}, not {value!r}")
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, not {value!r}")
 
 
 @dataclass
@@ -20,7 +73,8 @@ class ModelArguments:
 
     model_name_or_path: str = field(metadata={"help": "Local directory of a transformers VLM checkpoint "
                                               "(e.g. a downloaded llava-hf/llava-1.5-7b-hf) and its processor."})
-    dtype: str = field(default="auto", metadata={"help": "Weights dtype: auto, float32, bfloat16 or float16."})
+    dtype: str = field(default="auto", metadata={"help": "Weights dtype: auto, float32, bfloat16 or float16 "
+                                                 "(fp32, bf16 and fp16 are read as those)."})
     use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights; "
                                                     "the reference model is then the policy with adapters off."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (ASPO's paper: 1024 for LLaVA-1.5)."})
@@ -31,6 +85,22 @@ class ModelArguments:
         metadata={"help": "peft target_modules: 'auto' (every linear layer of the model's language model, found "
                           "through get_decoder(): works for every tested family), a regex over module names, or "
                           "'all-linear'."})
+    allow_download: bool = field(default=False, metadata={
+        "help": "Let model_name_or_path be a Hugging Face Hub id that is downloaded (default: a local checkpoint "
+                "directory only, and a path that does not exist is an error naming it; MMPO_ALLOW_DOWNLOAD=1 "
+                "does the same)."})
+
+    def __post_init__(self):
+        if not isinstance(self.model_name_or_path, str) or not self.model_name_or_path.strip():
+            raise ValueError(f"model_name_or_path must be a checkpoint directory, not {self.model_name_or_path!r}")
+        self.dtype = DTYPE_ALIASES.get(self.dtype, self.dtype)
+        check_choice("dtype", self.dtype, DTYPES)
+        check_number("lora_r", self.lora_r, integer=True, low=0, low_open=True)
+        check_number("lora_alpha", self.lora_alpha, integer=True, low=0, low_open=True)
+        check_number("lora_dropout", self.lora_dropout, low=0, high=1, high_open=True)
+        if not isinstance(self.lora_target_modules, str) or not self.lora_target_modules.strip():
+            raise ValueError(f"lora_target_modules must be 'auto', 'all-linear' or a regex, "
+                             f"not {self.lora_target_modules!r}")
 
 
 @dataclass
@@ -45,6 +115,9 @@ class DataArguments:
     on_bad_record: str = field(default="raise", metadata={
         "help": "'raise': stop at the first invalid record, naming its index and field (default: never "
                 "train silently on less data); 'skip': skip invalid records, report each and the count."})
+
+    def __post_init__(self):
+        check_choice("on_bad_record", self.on_bad_record, ("raise", "skip"))
 
 
 @dataclass
@@ -74,18 +147,39 @@ class PreferenceConfig(TrainingArguments):
                 "(chat when the processor has a template, plain otherwise)."})
     freeze_vision_tower: bool = field(default=False, metadata={"help": "Do not train the vision encoder."})
     freeze_projector: bool = field(default=False, metadata={"help": "Do not train the vision-language projector."})
+    on_nonfinite: str = field(default="raise", metadata={
+        "help": "A training batch whose loss or gradients are NaN/inf: 'raise' stops the run, naming the step, "
+                "the records and the value (default); 'skip' drops the batch (no update from it), warns, and "
+                "counts it in the logged nonfinite_skipped_batches."})
 
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: the collator needs the records."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
 
     def __post_init__(self):
+        # Checked before TrainingArguments reads them (it compares, divides and rounds them).
+        check_number("beta", self.beta, low=0, low_open=True)
+        check_number("sft_weight", self.sft_weight, low=0)
+        check_number("max_length", self.max_length, integer=True, low=0, low_open=True, optional=True)
+        check_choice("reference", self.reference, ("auto", "copy", "adapter", "precomputed"))
+        check_choice("prompt_format", self.prompt_format, ("auto", "chat", "plain"))
+        check_choice("on_nonfinite", self.on_nonfinite, ("raise", "skip"))
+        check_number("learning_rate", self.learning_rate, low=0)
+        check_number("max_grad_norm", self.max_grad_norm)
+        check_number("weight_decay", self.weight_decay, low=0)
+        check_number("adam_beta1", self.adam_beta1, low=0, high=1, high_open=True)
+        check_number("adam_beta2", self.adam_beta2, low=0, high=1, high_open=True)
+        check_number("adam_epsilon", self.adam_epsilon, low=0)
+        check_number("warmup_steps", self.warmup_steps, low=0)
+        check_number("num_train_epochs", self.num_train_epochs, low=0)
+        check_number("max_steps", self.max_steps, integer=True)
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            check_number(name, getattr(self, name), integer=True, low=1)
+        check_number("logging_steps", self.logging_steps, low=0, low_open=True)
+        check_number("save_steps", self.save_steps, low=0, low_open=True)
+        check_number("eval_steps", self.eval_steps, low=0, low_open=True, optional=True)
+        check_number("seed", self.seed, integer=True)
+        self.resume_from_checkpoint = resume_value(self.resume_from_checkpoint)
         super().__post_init__()
-        if self.reference not in ("auto", "copy", "adapter", "precomputed"):
-            raise ValueError(f"reference must be auto, copy, adapter or precomputed, not {self.reference!r}")
-        if self.prompt_format not in ("auto", "chat", "plain"):
-            raise ValueError(f"prompt_format must be auto, chat or plain, not {self.prompt_format!r}")
-        if self.beta <= 0:
-            raise ValueError(f"beta must be positive, not {self.beta}")
 
 
 @dataclass
@@ -105,12 +199,9 @@ class AspoArguments:
                 "similarity), or 'response' (one unit: the weight is 0, so this is exactly DPO). Table 6."})
 
     def __post_init__(self):
-        if self.aspo_normalizer not in ("reward", "count"):
-            raise ValueError(f"aspo_normalizer must be reward or count, not {self.aspo_normalizer!r}")
-        if self.aspo_granularity not in ("sentence", "token", "response"):
-            raise ValueError(f"aspo_granularity must be sentence, token or response, not {self.aspo_granularity!r}")
-        if not 0.0 <= self.aspo_alpha <= 1.0:
-            raise ValueError(f"aspo_alpha must be in [0, 1], not {self.aspo_alpha}")
+        check_choice("aspo_normalizer", self.aspo_normalizer, ("reward", "count"))
+        check_choice("aspo_granularity", self.aspo_granularity, ("sentence", "token", "response"))
+        check_number("aspo_alpha", self.aspo_alpha, low=0, high=1)
 
 
 @dataclass
@@ -170,23 +261,127 @@ class Methods:
 CONFIG_CLASSES = (ModelArguments, DataArguments, PreferenceConfig, AspoArguments, DamaArguments, AdavipArguments)
 
 
+def resume_value(value: Any) -> str | bool | None:
+    """``resume_from_checkpoint`` as ``Trainer.train`` reads it: ``True`` (the newest complete
+    checkpoint in ``output_dir``), a checkpoint path, or ``None``.
+
+    On the command line every value is a string, so ``--resume_from_checkpoint True`` would be a
+    path named "True": ``true``/``True`` mean ``True``, ``false``/``False``/``""`` mean ``None``.
+    """
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", ""):
+        value = value.strip().lower() == "true"
+    if value is False:
+        return None
+    if value is not None and value is not True and not isinstance(value, str):
+        raise ValueError(f"resume_from_checkpoint must be a checkpoint path, true or false, not {value!r}")
+    return value
+
+
+#: A number PyYAML reads as a string: YAML 1.1 floats need a dot and a signed exponent, so
+#: ``1e-5`` and ``1.0e5`` arrive as text. Only such literals are read as numbers; "nan", "inf",
+#: "a lot" and quoted plain numbers stay errors.
+_EXPONENT_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+_SCALAR_TYPES = (bool, int, float, str)
+#: Fields whose YAML value may differ from their type hint (``resume_from_checkpoint: true``).
+_CHECKED_BY_POST_INIT = frozenset({"resume_from_checkpoint"})
+
+
+def _field_types(classes: tuple) -> dict[str, tuple[Any, Any]]:
+    """Field name -> (type hint, default) over the config dataclasses."""
+    found = {}
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.init:
+                found[f.name] = (hints[f.name], f.default)
+    return found
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    return f"{value!r} ({type(value).__name__})"
+
+
+def check_yaml_value(source: str, key: str, value: Any, hint: Any, default: Any) -> Any:
+    """``value`` from YAML checked against its field's type ``hint``, returned (maybe converted).
+
+    ``HfArgumentParser`` hands YAML values to the dataclass as they are, so without this check
+    ``beta: true`` trains with beta = 1.0 and ``max_steps: 2.5`` runs 2.5 steps. Fields whose type
+    mixes kinds (``dict | str``, ``str | bool``, lists) are left to their own ``__post_init__``.
+
+    Raises:
+        ValueError: naming ``source`` (the YAML file) and ``key``.
+    """
+    is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    members = typing.get_args(hint) if is_union else (hint,)
+    allow_none = type(None) in members or default is None
+    members = {str if isinstance(m, type) and issubclass(m, enum.Enum) else m  # Enum | str: a name
+               for m in members if m is not type(None)}
+    if len(members) != 1 or not members <= set(_SCALAR_TYPES):
+        return value
+    (expected,) = members
+    if value is None:
+        if allow_none:
+            return value
+        raise ValueError(f"{source}: {key} must be set (it is null)")
+
+    def error(wanted: str, hint_text: str = "") -> ValueError:
+        return ValueError(f"{source}: {key} must be {wanted}, not {_describe(value)}{hint_text}")
+
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+        raise error("true or false")
+    if expected is str:
+        if isinstance(value, str):
+            return value
+        raise error("a string", " (YAML reads unquoted yes/no/on/off as booleans and digits as numbers: "
+                                "quote the value)" if isinstance(value, (bool, int, float)) else "")
+    if expected is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise error("an integer")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+        return float(value)
+    raise error("a number")
+
+
 def parse_config(yaml_path: str | Path | None = None, overrides: list[str] | None = None,
                  classes: tuple = CONFIG_CLASSES) -> tuple:
     """Build the config dataclasses from a YAML file and ``--field value`` overrides.
 
-    Unknown YAML keys are an error that names them (a typo must not be silently ignored).
+    Unknown YAML keys are an error that names them (a typo must not be silently ignored); so is a
+    YAML value of the wrong type (:func:`check_yaml_value`). An out-of-range value is a
+    ``ValueError`` naming the field (and the YAML file, when there is one).
     """
     parser = HfArgumentParser(classes)
     values = {}
     if yaml_path is not None:
         values = yaml.safe_load(Path(yaml_path).read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{yaml_path}: a config is a mapping of field: value, not a {type(values).__name__}")
         known = {a.dest for a in parser._actions}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - known, key=str)
         if unknown:
             raise ValueError(f"{yaml_path}: unknown config keys {unknown}")
+        fields = _field_types(classes)
+        values = {key: check_yaml_value(str(yaml_path), key, value, *fields[key])
+                  if key in fields and key not in _CHECKED_BY_POST_INIT else value for key, value in values.items()}
         parser.set_defaults(**values)
         # A required field given in YAML is no longer required on the command line.
         for action in parser._actions:
             if action.dest in values:
                 action.required = False
-    return parser.parse_args_into_dataclasses(args=list(overrides or []), look_for_args_file=False)
+    try:
+        return parser.parse_args_into_dataclasses(args=list(overrides or []), look_for_args_file=False)
+    except ValueError as error:
+        if yaml_path is None:
+            raise
+        raise ValueError(f"{yaml_path}: {error}") from error

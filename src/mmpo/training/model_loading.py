@@ -8,6 +8,7 @@ import warnings
 
 import torch
 
+from ..hub import pretrained_kwargs
 from .config import ModelArguments, PreferenceConfig
 
 logger = logging.getLogger(__name__)
@@ -24,21 +25,42 @@ PROJECTOR_KEYS = ("multi_modal_projector.", "visual.merger.", "connector.")
 
 
 def load_policy(model_args: ModelArguments):
-    """``(model, processor)`` from ``model_args.model_name_or_path`` (a local directory)."""
+    """``(model, processor)`` from ``model_args.model_name_or_path``.
+
+    A local directory, loaded with ``local_files_only=True``; a Hub id only with
+    ``model_args.allow_download`` (or ``MMPO_ALLOW_DOWNLOAD=1``).
+
+    Raises:
+        FileNotFoundError: the path is not a directory and downloads are not allowed, before
+            anything is loaded (see :func:`model_source`).
+    """
     from transformers import AutoModelForImageTextToText, AutoProcessor, ProcessorMixin
 
     path = model_args.model_name_or_path
+    source = model_source(model_args)
     dtype = model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
-    processor = AutoProcessor.from_pretrained(path)
+    processor = AutoProcessor.from_pretrained(path, **source)
     if not isinstance(processor, ProcessorMixin):
         # AutoProcessor falls back to the bare tokenizer when a processor part cannot be built, e.g. the
         # video processor of Qwen-VL, SmolVLM and LLaVA-OneVision without torchvision installed.
         raise ValueError(f"{path}: AutoProcessor returned a {type(processor).__name__}, not a multimodal processor; "
                          "if the checkpoint's processor has a video slot (Qwen2/2.5/3-VL, SmolVLM, LLaVA-OneVision) "
                          "install torchvision next to torch")
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **source)
     warn_if_untested(model)
     return model, processor
+
+
+def model_source(model_args: ModelArguments) -> dict:
+    """The ``from_pretrained`` keyword arguments for the policy, after checking its path exists.
+
+    ``allow_download=False`` defers to ``MMPO_ALLOW_DOWNLOAD`` (unset: local directories only).
+    """
+    try:
+        return pretrained_kwargs(model_args.model_name_or_path, "model (model_name_or_path)",
+                                 allow_download=True if model_args.allow_download else None)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{error}, or allow_download: true in the config") from None
 
 
 def warn_if_untested(model: torch.nn.Module) -> None:

@@ -1,4 +1,4 @@
-"""One training run from the three config dataclasses: load, validate, train, save."""
+"""One training run from the three config dataclasses: load, validate, train, check, save."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 from ..data.collator import PreferenceDataset
 from ..data.records import load_records
-from .config import DataArguments, Methods, ModelArguments, PreferenceConfig
-from .model_loading import count_parameters, load_policy, prepare_policy
-from .trainer import PreferenceTrainer
+from .config import DataArguments, Methods, ModelArguments, PreferenceConfig, resume_value
+from .model_loading import count_parameters, load_policy, model_source, prepare_policy
+from .trainer import PreferenceTrainer, check_finite_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -25,9 +25,19 @@ def load_dataset(path: str, data_args: DataArguments) -> PreferenceDataset:
 def run_training(model_args: ModelArguments, data_args: DataArguments, args: PreferenceConfig,
                  methods: Methods | None = None, callbacks=None,
                  resume_from_checkpoint: str | bool | None = None) -> PreferenceTrainer:
-    """Train and save the policy (and processor) to ``args.output_dir``; returns the trainer."""
+    """Train and save the policy (and processor) to ``args.output_dir``; returns the trainer.
+
+    ``resume_from_checkpoint``: ``True`` (or "true") resumes from the newest complete checkpoint in
+    ``args.output_dir``, a path from that checkpoint, ``None``/``False`` starts afresh.
+
+    Raises:
+        FileNotFoundError: the model path does not exist (checked before anything is loaded).
+        NonFiniteLossError: a training step's loss or gradients were NaN/inf (``on_nonfinite='raise'``).
+        NonFiniteParameterError: training ended with NaN/inf weights; nothing is saved.
+    """
     if not data_args.train_file:
         raise ValueError("train_file is required: a JSONL of preference records or a saved dataset directory")
+    model_source(model_args)  # a mistyped model path fails here, before minutes of record loading
     train = load_dataset(data_args.train_file, data_args)
     evaluation = load_dataset(data_args.eval_file, data_args) if data_args.eval_file else None
     model, processor = load_policy(model_args)
@@ -35,7 +45,10 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, args: Pre
     trainable, total = count_parameters(model)
     logger.info("policy: %d of %d parameters trainable", trainable, total)
     trainer = PreferenceTrainer(model, args, processor, train, evaluation, methods=methods, callbacks=callbacks)
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    # Preflight goes here: every record through the processor (prompt length, placeholders), with
+    # data_args.on_bad_record deciding whether a record that cannot be trained is an error or skipped.
+    trainer.train(resume_from_checkpoint=resume_value(resume_from_checkpoint))
+    check_finite_parameters(trainer.model)  # never exit 0 with NaN weights, nor save them as the result
     trainer.save_model(args.output_dir)
     processor.save_pretrained(args.output_dir)
     Path(args.output_dir, "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))

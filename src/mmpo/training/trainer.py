@@ -12,14 +12,19 @@ The training step, top to bottom (``compute_loss``):
    Plackett-Luce link when there is a vision-rejected sample);
 6. the mean over kept records, plus an optional NLL term on the chosen response.
 
-Only public ``Trainer`` hooks are overridden: ``train`` (to restore DAMA's state on resume),
-``compute_loss``, ``prediction_step`` and ``log``; DAMA's running mean is updated and saved by
-a callback.
+A step whose loss or gradients are NaN/inf stops the run with :class:`NonFiniteLossError`
+(``on_nonfinite='raise'``) or is skipped without an update (``'skip'``).
+
+The public ``Trainer`` hooks overridden: ``train`` (resume from the newest *complete* checkpoint
+and restore mmpo's state), ``compute_loss``, ``training_step``, ``prediction_step`` and ``log``;
+one private one, ``_save_checkpoint``, to write mmpo's state before ``trainer_state.json`` (see
+:mod:`mmpo.training.checkpoints`). DAMA's running mean is updated by a callback, the gradients
+are checked by another.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -27,17 +32,44 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data.collator import PreferenceCollator, PreferenceDataset, RowEncoder
+from ..hub import pretrained_kwargs
 from ..logprobs import policy_response_logps, span_sums
 from ..losses import DamaState, aspo_chosen_logratio, aspo_scale, dama_combine, dama_model_alpha
 from ..losses.compose import preference_loss
 from ..scoring.weights import aspo_sentence_weights_batched
-from .config import Methods, PreferenceConfig
+from .checkpoints import (
+    STATE_FILE,
+    TRAINER_STATE_FILE,
+    CheckpointError,
+    checkpoint_problem,
+    newest_complete_checkpoint,
+    read_json,
+    write_json_atomic,
+)
+from .config import Methods, PreferenceConfig, resume_value
 from .reference import AdapterReference, FrozenCopyReference, load_or_compute_reference
 
-STATE_FILE = "mmpo_state.json"
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """A training step's loss or gradient norm is NaN/inf; the message names the step, the records
+    of the batch and the value."""
+
+
+class NonFiniteParameterError(RuntimeError):
+    """Trainable parameters are NaN/inf after training; the message names them."""
+
+
+def check_finite_parameters(model: torch.nn.Module) -> None:
+    """Raise :class:`NonFiniteParameterError` when any trainable parameter holds NaN or inf."""
+    bad = [name for name, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+    if bad:
+        raise NonFiniteParameterError(f"{len(bad)} trainable parameters hold NaN/inf after training "
+                                      f"(first: {bad[:3]}); the model was not saved")
 
 
 class PreferenceTrainer(Trainer):
@@ -69,7 +101,12 @@ class PreferenceTrainer(Trainer):
         self.dama_state = DamaState(gamma=dama.dama_gamma)
         self._dama_pending: list[float] = []
         self._dama_generator = torch.Generator().manual_seed(args.seed)
-        callbacks = list(callbacks or []) + ([_DamaCallback(self)] if dama.dama_model else [])
+        #: Batches skipped for NaN/inf (``on_nonfinite='skip'``), over the whole run (kept in checkpoints).
+        self.nonfinite_skipped = 0
+        self._step_records: list[list[str]] = []  # record ids of this optimizer step's finite micro-batches
+        self._step_skips = 0  # this optimizer step's micro-batches skipped for a NaN/inf loss
+        self._skipped_batch = False  # the last compute_loss in training skipped its batch
+        callbacks = [_NonFiniteGuard(self)] + list(callbacks or []) + ([_DamaCallback(self)] if dama.dama_model else [])
         super().__init__(model=model, args=args, data_collator=collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processor, callbacks=callbacks)
         # Our loss is a mean over records: let Trainer divide it by the accumulation steps.
@@ -107,6 +144,7 @@ class PreferenceTrainer(Trainer):
     def compute_loss(self, model, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
         B = inputs["record_index"].shape[0]
+        pending = len(self._dama_pending)  # DAMA's R_B values queued before this batch
         policy, mask = policy_response_logps(model, inputs)  # (R, L), R = 2B or 3B
         reference = self._eval_reference if mode == "eval" and self._eval_reference is not None else self.reference
         with torch.no_grad():
@@ -131,10 +169,13 @@ class PreferenceTrainer(Trainer):
             loss = losses.mean()
         else:
             # Mean over the records kept in the *global* batch: DDP averages gradients over
-            # processes, so each process scales its kept sum by P / K_global.
+            # processes, so each process scales its kept sum by P / K_global. A filtered record's
+            # loss is replaced, not multiplied by 0: inf * 0 would be NaN.
             kept_global = self._gather_sum(keep.float().sum())
-            loss = (losses * keep).sum() * self.accelerator.num_processes / kept_global.clamp(min=1)
+            kept_losses = torch.where(keep, losses, torch.zeros_like(losses))  # (B,)
+            loss = kept_losses.sum() * self.accelerator.num_processes / kept_global.clamp(min=1)
         policy_sums = (policy * mask).sum(dim=1)  # (R,)
+        nll = None
         if self.args.sft_weight > 0:
             n_tokens = mask[:B].sum(dim=1).clamp(min=1)
             nll = -(policy_sums[:B] / n_tokens).mean()
@@ -142,8 +183,92 @@ class PreferenceTrainer(Trainer):
             diag["loss/sft"] = nll.detach()
         diag["logps/chosen"] = policy_sums[:B].detach()
         diag["logps/rejected"] = policy_sums[B : 2 * B].detach()
+        if mode == "train":
+            self._skipped_batch = self._nonfinite_loss(model, inputs, loss, losses, keep, nll)
+            if self._skipped_batch:
+                del self._dama_pending[pending:]  # this batch's R_B must not reach R_bar
+                self._step_skips += 1
+                loss = _zero_loss(model)
+                return (loss, {"losses": losses.detach()}) if return_outputs else loss
+            self._step_records.append(self._record_ids(inputs))
         self._record(mode, diag)
         return (loss, {"losses": losses.detach()}) if return_outputs else loss
+
+    # ------------------------------------------------------------------ NaN / inf guard
+    def _record_ids(self, inputs: dict[str, Any]) -> list[str]:
+        """The batch's record ids (``#index`` in the training set for a record without one)."""
+        records = self.train_dataset.records
+        indices = [int(i) for i in inputs["record_index"]]
+        return [str(records[i].id) if records[i].id is not None else f"#{i}" for i in indices]
+
+    def _nonfinite_loss(self, model, inputs: dict[str, Any], loss: torch.Tensor, losses: torch.Tensor,
+                        keep: torch.Tensor | None, nll: torch.Tensor | None) -> bool:
+        """False when the training loss is finite; raises :class:`NonFiniteLossError`, or (with
+        ``on_nonfinite='skip'``) warns, counts and returns True when it is not."""
+        bad = not bool(torch.isfinite(loss.detach()))
+        if self.args.on_nonfinite == "raise" and self.accelerator.num_processes > 1:
+            # Every process stops together (one process raising alone would hang the others).
+            anywhere = bool(self._gather_sum(torch.tensor(float(bad), device=loss.device)) > 0)
+            if anywhere and not bad:
+                raise NonFiniteLossError(f"step {self.state.global_step + 1}: the loss is NaN/inf on another "
+                                         "process (its error names the records)")
+        if not bad:
+            return False
+        ids = self._record_ids(inputs)
+        per_record = losses.detach()
+        if keep is not None:
+            per_record = torch.where(keep, per_record, torch.zeros_like(per_record))
+        causes = [f"{ids[i]!r}: {float(per_record[i])}" for i in range(len(ids)) if not torch.isfinite(per_record[i])]
+        causes = [f"preference loss of {', '.join(causes)}"] if causes else []
+        if nll is not None and not torch.isfinite(nll.detach()):
+            causes.append(f"loss/sft is {float(nll)}")
+        message = (f"step {self.state.global_step + 1}: loss is {float(loss)} (records {', '.join(map(repr, ids))}); "
+                   f"non-finite: {'; '.join(causes) or 'the mean over the batch'}")
+        if self.args.on_nonfinite == "raise":
+            raise NonFiniteLossError(f"{message}. Lower learning_rate or beta, check these records, or set "
+                                     "on_nonfinite: skip to skip such batches")
+        self.nonfinite_skipped += 1
+        logger.warning("%s; batch skipped (on_nonfinite=skip, %d skipped so far)", message, self.nonfinite_skipped)
+        return True
+
+    def check_gradients(self, model) -> None:
+        """Before the optimizer step (after clipping): NaN/inf gradients raise, or drop the step's update.
+
+        With ``on_nonfinite='skip'``, also when every micro-batch of the step was skipped: their zero
+        gradients would still move the weights (Adam's momentum, weight decay); without a gradient
+        the optimizer leaves a parameter untouched.
+        """
+        records, skips = self._step_records, self._step_skips
+        self._step_records, self._step_skips = [], 0
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads:  # DeepSpeed keeps its gradients to itself; nothing to check here
+            return
+        norm = float(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
+        bad, trained = not math.isfinite(norm), bool(records)
+        if self.accelerator.num_processes > 1:  # every process decides the same (sharded gradients: FSDP)
+            flags = torch.tensor([[float(bad), float(trained)]], device=grads[0].device)
+            bad, trained = (bool(v > 0) for v in self.accelerator.gather(flags).sum(dim=0))
+        if bad:
+            ids = [i for batch in records for i in batch]
+            message = (f"step {self.state.global_step + 1}: grad_norm is {norm} after clipping "
+                       f"(records {', '.join(map(repr, ids))})")
+            if self.args.on_nonfinite == "raise":
+                raise NonFiniteLossError(f"{message}. Lower learning_rate, check these records, or set "
+                                         "on_nonfinite: skip to skip such steps")
+            self.nonfinite_skipped += len(records)
+            self._dama_pending.clear()
+            logger.warning("%s; optimizer step skipped (on_nonfinite=skip, %d batches skipped so far)", message,
+                           self.nonfinite_skipped)
+        if bad or (skips and not trained):
+            for p in model.parameters():
+                p.grad = None
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """``Trainer.training_step``; a skipped batch reports a NaN loss, which ``Trainer``'s
+        ``logging_nan_inf_filter`` (on by default) leaves out of the logged mean (its zero loss would
+        pull the mean down)."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        return torch.full_like(loss, float("nan")) if self._skipped_batch else loss
 
     def _aspo_chosen(self, token_ratios: torch.Tensor, policy: torch.Tensor, inputs: dict[str, Any],
                      diag: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -226,24 +351,75 @@ class PreferenceTrainer(Trainer):
 
     # ------------------------------------------------------------------ state across checkpoints
     def mmpo_state(self) -> dict[str, Any]:
-        return {"dama": self.dama_state.state_dict(), "dama_generator": self._dama_generator.get_state().tolist()}
+        return {"dama": self.dama_state.state_dict(), "dama_generator": self._dama_generator.get_state().tolist(),
+                "nonfinite_skipped_batches": self.nonfinite_skipped}
 
     def load_mmpo_state(self, state: dict[str, Any]) -> None:
         self.dama_state.load_state_dict(state["dama"])
         self._dama_generator.set_state(torch.tensor(state["dama_generator"], dtype=torch.uint8))
+        self.nonfinite_skipped = int(state.get("nonfinite_skipped_batches", 0))
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Write ``mmpo_state.json`` atomically into the checkpoint folder, then ``Trainer``'s files.
+
+        ``Trainer`` writes ``trainer_state.json`` after the weights, optimizer and RNG states, so a
+        readable one marks a finished checkpoint only when mmpo's state is written before it. The
+        public ``on_save`` event fires after ``trainer_state.json`` (a kill in between resumed with
+        ``R_bar = 0`` and exit 0), so this private method, which ``Trainer`` calls once per save on
+        every process, is wrapped: the folder name is the one ``Trainer._save_checkpoint`` builds.
+        Written for every run, not only DAMA's, so every checkpoint has the same files.
+        """
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            folder.mkdir(parents=True, exist_ok=True)
+            # A folder left by an earlier run at this step must not look finished while it is rewritten.
+            (folder / TRAINER_STATE_FILE).unlink(missing_ok=True)
+            write_json_atomic(folder / STATE_FILE, self.mmpo_state())
+        super()._save_checkpoint(model, trial)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
-        """``Trainer.train``, restoring mmpo's own state (DAMA's ``R_bar``) when resuming."""
-        path = resume_from_checkpoint
+        """``Trainer.train``, resuming only from a complete checkpoint and restoring mmpo's state.
+
+        ``resume_from_checkpoint=True`` (or "true") picks the newest complete checkpoint in
+        ``output_dir`` (:func:`~mmpo.training.checkpoints.newest_complete_checkpoint`), logging the
+        newer ones it skipped and why. A named checkpoint must be complete; for a DAMA model-aware run
+        that includes its ``mmpo_state.json`` (``R_bar``).
+
+        Raises:
+            CheckpointError: no complete checkpoint, or the named one is damaged (naming the file).
+        """
+        path = resume_value(resume_from_checkpoint)
         if path is True:
-            path = get_last_checkpoint(self.args.output_dir)
-            if path is None:
-                raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} has no checkpoint")
+            path = self._newest_complete_checkpoint()
         if isinstance(path, str):
-            if Path(path, STATE_FILE).exists():
-                self.load_mmpo_state(json.loads(Path(path, STATE_FILE).read_text()))
+            problem = checkpoint_problem(path, need_state=self.methods.dama.dama_model)
+            if problem:
+                raise CheckpointError(f"cannot resume from {path}: {problem}"
+                                      + ("; a DAMA model-aware run needs its running mean R_bar from it"
+                                         if STATE_FILE in problem else ""))
+            state_file = Path(path, STATE_FILE)
+            if state_file.exists():
+                try:
+                    self.load_mmpo_state(read_json(state_file))
+                except (KeyError, TypeError, ValueError, RuntimeError) as error:
+                    raise CheckpointError(f"{state_file} is not a valid mmpo state: {error!r}") from None
             self._load_renamed_weights(path)
-        return super().train(resume_from_checkpoint=path if path else None, **kwargs)
+        self._step_records, self._step_skips = [], 0
+        return super().train(resume_from_checkpoint=path, **kwargs)
+
+    def _newest_complete_checkpoint(self) -> str:
+        output_dir = self.args.output_dir
+        path, skipped = newest_complete_checkpoint(output_dir, need_state=self.methods.dama.dama_model)
+        for folder, problem in skipped:
+            logger.warning("resume: skipping %s, incomplete (killed while it was written?): %s", folder.name, problem)
+        if path is None:
+            if not skipped:
+                raise CheckpointError(f"resume_from_checkpoint=True but {output_dir} has no checkpoint")
+            raise CheckpointError(f"resume_from_checkpoint=True but no checkpoint in {output_dir} is complete: "
+                                  + "; ".join(problem for _, problem in skipped)
+                                  + " (name a checkpoint's path to resume from it as it is)")
+        logger.info("resume: from %s, the newest complete checkpoint in %s", path, output_dir)
+        return str(path)
 
     def _load_renamed_weights(self, checkpoint: str) -> None:
         """Load checkpoint weights whose names ``Trainer`` cannot match.
@@ -265,7 +441,8 @@ class PreferenceTrainer(Trainer):
             saved = set(f.keys())
         if saved <= set(model.state_dict()):
             return
-        loaded = type(model).from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
+        loaded = type(model).from_pretrained(checkpoint, dtype=next(model.parameters()).dtype,
+                                             **pretrained_kwargs(checkpoint, "checkpoint", allow_download=False))
         missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
         if missing or unexpected:
             raise RuntimeError(f"{checkpoint}: checkpoint weights do not fit the model "
@@ -285,17 +462,30 @@ class PreferenceTrainer(Trainer):
             acc[1] += pair[1].item()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """``Trainer.log`` plus the window's metric means; NaN/inf means are logged as they are."""
         mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
-        averaged = {k: s / n for k, (s, n) in self._metrics[mode].items() if n > 0 and math.isfinite(s / n)}
+        averaged = {k: s / n for k, (s, n) in self._metrics[mode].items() if n > 0}
         if mode == "eval":
             averaged = {f"eval_{k}": v for k, v in averaged.items()}
+        elif self.args.on_nonfinite == "skip":
+            averaged["nonfinite_skipped_batches"] = self.nonfinite_skipped
         logs = {**logs, **averaged}
         self._metrics[mode].clear()
         super().log(logs, start_time)
 
 
+def _zero_loss(model: torch.nn.Module) -> torch.Tensor:
+    """A loss of exactly 0 whose gradient is 0 for every trainable parameter.
+
+    It replaces a skipped batch's loss: backpropagating the NaN loss itself would give NaN
+    gradients (0 * NaN), and touching every parameter keeps DDP's gradient reduction complete.
+    """
+    terms = [p.reshape(-1)[:1].sum() * 0.0 for p in model.parameters() if p.requires_grad]
+    return torch.stack(terms).sum() if terms else torch.zeros((), requires_grad=True)
+
+
 class _DamaCallback(TrainerCallback):
-    """Updates DAMA's running mean after each optimizer step and saves it in every checkpoint."""
+    """Updates DAMA's running mean after each optimizer step (``_save_checkpoint`` saves it)."""
 
     def __init__(self, trainer: PreferenceTrainer):
         self.trainer = trainer
@@ -303,8 +493,13 @@ class _DamaCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         self.trainer.dama_step_end()
 
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            folder = Path(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / STATE_FILE).write_text(json.dumps(self.trainer.mmpo_state()))
+
+class _NonFiniteGuard(TrainerCallback):
+    """Checks the gradients after clipping, before the optimizer step (``on_pre_optimizer_step``,
+    the last event before ``optimizer.step()`` in ``Trainer``'s loop)."""
+
+    def __init__(self, trainer: PreferenceTrainer):
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.trainer.check_gradients(model if model is not None else self.trainer.model)
