@@ -5,6 +5,13 @@
 training sees it. ``save_records`` writes JSONL atomically; ``records_to_dataset`` builds a
 ``datasets.Dataset`` that ``load_records`` reads back.
 
+Image placeholders: mmpo puts the record's image into the prompt itself, so a *leading* ``<image>``
+(as LLaVA-style data writes ``"<image>\nWhat is ...?"``) is removed from the prompt, counted in
+``LoadResult.stripped_placeholders`` and logged; an ``<image>`` or ``<video>`` anywhere else in a
+prompt, or anywhere in a response, makes the record bad (the processor would expand it into image
+tokens). The processor's own placeholder tokens (``<|image_pad|>``, ``<start_of_image>``, ...) are
+checked before training by ``mmpo.data.preflight``, which knows the processor.
+
 A bad record raises by default: a long run that quietly trained on part of its data would report
 results for a data set nobody chose. ``on_error="skip"`` opts in to dropping bad records; each one
 is kept in ``LoadResult.errors`` and the summary is logged as a warning.
@@ -12,6 +19,7 @@ is kept in ``LoadResult.errors`` and the summary is logged as a warning.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import io
@@ -19,6 +27,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from numbers import Real
@@ -29,12 +38,18 @@ import datasets
 import PIL.Image
 
 from mmpo.data.formats import FORMATS, FieldProblem, detect_format, native_fields, source_field
-from mmpo.types import PreferenceRecord, prompt_messages
+from mmpo.types import DATA_ALPHA_RANGE, PreferenceRecord, prompt_messages
 
 logger = logging.getLogger(__name__)
 
 #: The folder, next to a saved JSONL file, that holds its in-memory images as PNG files.
 IMAGES_DIR = "images"
+
+#: The placeholder LLaVA-style data puts before the question; removed at the start of a prompt.
+IMAGE_PLACEHOLDER = "<image>"
+#: Placeholders no prompt (after its start) or response may hold.
+PLACEHOLDERS = (IMAGE_PLACEHOLDER, "<video>")
+_LEADING_PLACEHOLDER = re.compile(r"\s*<image>\s*")
 
 _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 
@@ -58,7 +73,8 @@ class RecordValidationError(ValueError):
     """The first bad record of a source read with ``on_error="raise"``; the details are in ``error``."""
 
     def __init__(self, error: RecordError):
-        super().__init__(f"invalid record {error} (pass on_error='skip' to skip bad records)")
+        super().__init__(f"invalid record {error} (to skip bad records instead: on_bad_record: skip in the config "
+                         "or on the command line, on_error='skip' in load_records)")
         self.error = error
 
 
@@ -68,6 +84,8 @@ class LoadResult:
 
     records: list[PreferenceRecord]
     errors: list[RecordError] = dataclasses.field(default_factory=list)
+    #: how many prompts had a leading ``<image>`` placeholder removed (see the module docstring)
+    stripped_placeholders: int = 0
 
     def summary(self, max_errors: int = 10) -> str:
         """``"loaded 98 of 100 records; skipped 2: #3 field 'chosen': empty response; ..."``"""
@@ -128,9 +146,10 @@ def load_records(
     records: list[PreferenceRecord] = []
     errors: list[RecordError] = []
     index_of_id: dict[str, int] = {}
+    stripped = 0
     for index, row in enumerate(rows):
         try:
-            record = _record(row, index, fmt, base_dir, check_images)
+            record, had_placeholder = _record(row, index, fmt, base_dir, check_images)
             if record.id in index_of_id:
                 raise FieldProblem("id", f"duplicate id, first used by record #{index_of_id[record.id]}")
         except FieldProblem as problem:
@@ -141,8 +160,12 @@ def load_records(
             continue
         index_of_id[record.id] = index
         records.append(record)
+        stripped += had_placeholder
 
-    result = LoadResult(records, errors)
+    result = LoadResult(records, errors, stripped)
+    if stripped:
+        logger.info("removed the leading %s placeholder from %d prompts (mmpo places the image itself)",
+                    IMAGE_PLACEHOLDER, stripped)
     if errors:
         logger.warning(result.summary())
     return result
@@ -174,10 +197,18 @@ def _open_source(source: Any) -> tuple[Iterable[Any], list[str] | None, Path]:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any] | _UnreadableRow]:
-    """One row per non-blank line; a line that is not JSON becomes an ``_UnreadableRow``."""
+    """One row per non-blank line; a line that is not UTF-8 JSON becomes an ``_UnreadableRow``.
+
+    Lines are decoded one at a time, so one bad byte costs one record (skippable), not the file.
+    """
     rows: list[dict[str, Any] | _UnreadableRow] = []
-    with path.open(encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
+    with path.open("rb") as lines:
+        for line_number, raw in enumerate(lines, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                rows.append(_UnreadableRow(f"{path.name} line {line_number} is not UTF-8 text: {exc}"))
+                continue
             if not line.strip():
                 continue
             try:
@@ -213,14 +244,15 @@ def _row_id(row: Any, fmt: str) -> str | None:
 # Validation: each helper returns the clean value of one field or raises FieldProblem.
 
 
-def _record(row: Any, index: int, fmt: str, base_dir: Path, check_images: bool) -> PreferenceRecord:
-    """The validated record of one row. Cheap text checks run before images are opened."""
+def _record(row: Any, index: int, fmt: str, base_dir: Path, check_images: bool) -> tuple[PreferenceRecord, bool]:
+    """The validated record of one row, and whether a leading placeholder was removed from its
+    prompt. Cheap text checks run before images are opened."""
     if isinstance(row, _UnreadableRow):
         raise FieldProblem(None, row.message)
     if not isinstance(row, dict):
         raise FieldProblem(None, f"expected a mapping of field names to values, got {type(row).__name__}")
     fields = native_fields(row, fmt)
-    prompt = _prompt(fields.get("prompt"))
+    prompt, had_placeholder = _strip_leading_placeholder(_prompt(fields.get("prompt")))
     chosen = _response(fields.get("chosen"), "chosen")
     rejected = _response(fields.get("rejected"), "rejected")
     if chosen.strip() == rejected.strip():
@@ -234,7 +266,7 @@ def _record(row: Any, index: int, fmt: str, base_dir: Path, check_images: bool) 
     rejected_image = fields.get("rejected_image")
     if rejected_image is not None:
         rejected_image = _image(rejected_image, "rejected_image", base_dir, check_images)
-    return PreferenceRecord(
+    record = PreferenceRecord(
         image=image,
         prompt=prompt,
         chosen=chosen,
@@ -246,6 +278,7 @@ def _record(row: Any, index: int, fmt: str, base_dir: Path, check_images: bool) 
         data_alpha=data_alpha,
         meta=meta,
     )
+    return record, had_placeholder
 
 
 def _required(value: Any, field: str) -> Any:
@@ -260,7 +293,45 @@ def _response(value: Any, field: str) -> str:
         raise FieldProblem(field, f"expected a string, got {type(value).__name__}")
     if not value.strip():
         raise FieldProblem(field, "empty response")
+    _no_placeholder(value, field)
     return value
+
+
+def _no_placeholder(text: str, field: str) -> None:
+    for placeholder in PLACEHOLDERS:
+        if placeholder in text:
+            where = "a response" if field in ("chosen", "rejected") else "a prompt, except at its start"
+            raise FieldProblem(field, f"contains the placeholder {placeholder!r}, which is not allowed in {where}: "
+                                      "mmpo places the image itself, and the processor would expand it into "
+                                      "image tokens")
+
+
+def _strip_leading_placeholder(prompt: str | list[dict[str, Any]]) -> tuple[str | list[dict[str, Any]], bool]:
+    """The prompt without a leading ``<image>`` (LLaVA-style data), whether one was removed; any other
+    placeholder in its text is a ``FieldProblem``."""
+    stripped = False
+    if isinstance(prompt, str):
+        match = _LEADING_PLACEHOLDER.match(prompt)
+        if match and prompt[match.end():].strip():
+            prompt, stripped = prompt[match.end():], True
+        _no_placeholder(prompt, "prompt")
+        return prompt, stripped
+    messages = copy.deepcopy(prompt)
+    # Every text slot in order: (container, key) with container[key] a string.
+    slots = []
+    for message in messages:
+        if isinstance(message["content"], str):
+            slots.append((message, "content"))
+        else:
+            slots += [(part, "text") for part in message["content"] if part.get("type") == "text"]
+    if slots:
+        container, key = slots[0]
+        match = _LEADING_PLACEHOLDER.match(container[key])
+        if match:
+            container[key], stripped = container[key][match.end():], True
+    for container, key in slots:
+        _no_placeholder(container[key], "prompt")
+    return messages, stripped
 
 
 def _prompt(value: Any) -> str | list[dict[str, Any]]:
@@ -348,8 +419,9 @@ def _data_alpha(value: Any) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, Real):
         raise FieldProblem("data_alpha", f"expected a number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise FieldProblem("data_alpha", f"must be finite and positive, got {value}")
+    low, high = DATA_ALPHA_RANGE
+    if not (math.isfinite(value) and low <= value <= high):
+        raise FieldProblem("data_alpha", f"must be a finite number in [{low:g}, {high:g}], got {value}")
     return float(value)
 
 
@@ -390,6 +462,8 @@ def _image(value: Any, field: str, base_dir: Path, check_images: bool) -> str | 
     if isinstance(value, (str, os.PathLike)) and str(value):
         path = Path(os.path.normpath(base_dir / Path(value).expanduser()))
         if check_images:
+            if path.is_dir():
+                raise FieldProblem(field, f"{path} is a directory, not an image file")
             if not path.is_file():
                 raise FieldProblem(field, f"image file not found: {path}")
             try:

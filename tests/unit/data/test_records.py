@@ -255,7 +255,7 @@ BAD_ROWS = {
         "chosen_sentence_scores",
         "score 1 is nan",
     ),
-    "non-positive alpha": (lambda good, tmp: native_row(good, data_alpha=0.0), "data_alpha", "positive"),
+    "non-positive alpha": (lambda good, tmp: native_row(good, data_alpha=0.0), "data_alpha", "finite number in [0.001, 1000]"),
     "prompt without image part": (
         lambda good, tmp: native_row(
             good, prompt=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
