@@ -13,7 +13,7 @@ Three things differ between VLM families and are easy to get silently wrong:
 * **Images.** Processors that tile or count images per sample (Idefics3, SmolVLM, Gemma 3, Mllama)
   need one list of images per row; every processor accepts that nesting, so it is always used.
 
-Only PIL and :mod:`mmpo.types` are imported, so data, training and evaluation can all depend on it.
+Only PIL, numpy and :mod:`mmpo.types` are imported, so data, training and evaluation can all depend on it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageOps
 
 from .types import ImageRef, Prompt, prompt_messages
 
@@ -34,11 +35,53 @@ SUFFIX_PROCESSORS = ("PaliGemmaProcessor",)
 
 
 def load_image(image: ImageRef) -> Image.Image:
-    """A PIL RGB image from a path or an in-memory image."""
+    """A PIL RGB image from a path or an in-memory image, as a viewer would show it.
+
+    The EXIF orientation is applied (phone photos are stored sideways); 16-bit and 32-bit
+    greyscale (``I;16*``, ``I``) and float (``F``) images are *scaled* to 8 bits (PIL's own
+    ``convert`` clips them, so a 16-bit PNG would come out nearly white); images with transparency
+    (``RGBA``, ``LA``, ``PA``, ``P`` with a transparent colour) are composited on white.
+    """
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_rgb(image)
     with Image.open(image) as opened:
-        return opened.convert("RGB")
+        return to_rgb(opened)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB; see :func:`load_image` for what is done to which mode."""
+    image = ImageOps.exif_transpose(image) or image
+    mode = image.mode
+    if mode == "RGB":
+        return image.copy() if image.readonly else image
+    if mode.startswith("I") or mode == "F":
+        return Image.fromarray(_as_8bit(np.asarray(image), is_float=mode == "F"), mode="L").convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _as_8bit(values: np.ndarray, is_float: bool) -> np.ndarray:
+    """Greyscale values of any integer or float range scaled to uint8.
+
+    Integers: 0..255 kept, 0..65535 (16-bit data, however PIL labels it) divided by 257. Floats:
+    [0, 1] times 255. Anything wider is stretched from its minimum to its maximum.
+    """
+    values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if is_float and low >= 0 and high <= 1:
+        scaled = values * 255
+    elif low >= 0 and high <= 255:
+        scaled = values
+    elif low >= 0 and high <= 65535 and not is_float:
+        scaled = values / 257
+    else:
+        scaled = (values - low) / (high - low or 1.0) * 255
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 def tokenizer_of(processor: Any) -> Any:

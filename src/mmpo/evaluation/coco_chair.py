@@ -361,9 +361,11 @@ def open_image_field(value: str, image_dir: str | Path | None):
         return path
     from PIL import Image
 
+    from mmpo.prompting import to_rgb
+
     try:
         with Image.open(io.BytesIO(base64.b64decode(value, validate=True))) as image:
-            return image.convert("RGB")
+            return to_rgb(image)
     except Exception as error:  # not a file and not base64 image data
         raise FileNotFoundError(f"image {value[:80]!r} is neither a file under {image_dir} nor base64 data") from error
 

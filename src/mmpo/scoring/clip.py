@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mmpo.prompting import load_image
+
 __all__ = ["CLIPScorer", "EmbeddingCache", "ImageTextScorer"]
 
 
@@ -267,10 +269,7 @@ class CLIPScorer:
 
 
 def _load_rgb(image: Any) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
-    with Image.open(image) as im:
-        return im.convert("RGB")
+    return load_image(image)  # the one loader of every model input: EXIF, 16-bit, alpha
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
