@@ -15,6 +15,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from tqdm.auto import tqdm
 
 from ..data.collator import move_batch
 from ..logprobs import pad_response_logprobs, policy_response_logps
+
+logger = logging.getLogger(__name__)
 
 ROW_KINDS = ("chosen", "rejected", "vision")
 
@@ -112,21 +115,43 @@ def reference_fingerprint(model: torch.nn.Module, records: list, encoder_setting
         t = p.detach().float()
         h.update(f"{t.sum().item():.8e},{t.square().sum().item():.8e}".encode())
     for r in records:
-        h.update(json.dumps([str(r.image), r.prompt, r.chosen, r.rejected, str(r.rejected_image)],
-                            default=str).encode())
+        h.update(json.dumps([r.prompt, r.chosen, r.rejected], default=str).encode())
+        h.update(image_digest(r.image).encode())
+        h.update(image_digest(r.rejected_image).encode())
     return h.hexdigest()[:20]
+
+
+def image_digest(image: Any) -> str:
+    """A hash of an image's *content*: the file's bytes for a path, mode, size and pixels for a PIL
+    image (so replacing the files behind the same paths invalidates the cache)."""
+    if image is None:
+        return "none"
+    h = hashlib.sha256()
+    if isinstance(image, (str, Path)):
+        with open(image, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    else:
+        h.update(f"{image.mode}{image.size}".encode())
+        h.update(image.tobytes())
+    return h.hexdigest()
 
 
 def load_or_compute_reference(model, dataset, collator, batch_size: int, cache_dir: str | Path,
                               device="cpu", main_process_first=None) -> tuple[PrecomputedReference, Path]:
     """The cached table if its fingerprint matches, else computed now and saved atomically."""
-    settings = collator.encoder.settings()
+    settings = {**collator.encoder.settings(), "vision_rows": getattr(collator, "vision_rows", None)}
     path = Path(cache_dir) / f"reference-{reference_fingerprint(model, dataset.records, settings)}.pt"
     ctx = main_process_first() if main_process_first is not None else contextlib.nullcontext()
     with ctx:
+        table = None
         if path.exists():
-            table = torch.load(path)
-        else:
+            try:
+                table = torch.load(path, weights_only=True)  # tensors in lists and dicts: no pickled code
+            except Exception as error:  # truncated or foreign file: recompute rather than trust it
+                logger.warning("reference cache %s is unreadable (%s: %s); computing it again",
+                               path, type(error).__name__, error)
+        if table is None:
             table = compute_reference_table(model, dataset, collator, batch_size, device)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
