@@ -104,11 +104,11 @@ def test_aspo_trains_and_logs(tmp_path, tiny_checkpoint, tiny_records, granulari
 
 
 def test_aspo_without_scores_names_the_record(tmp_path, tiny_checkpoint, tiny_records):
+    """Found by the preflight, before training starts."""
     model, processor = load(tiny_checkpoint)
-    trainer = PreferenceTrainer(model, make_args(tmp_path), processor, PreferenceDataset(tiny_records),
-                                methods=Methods(aspo=AspoArguments(aspo=True)))
-    with pytest.raises(ValueError, match=r"record #0 \(id 't-000000'\): field 'chosen_sentence_scores' is missing"):
-        trainer.data_collator([trainer.train_dataset[0]])
+    with pytest.raises(ValueError, match=r"#0 \(id 't-000000'\) field 'chosen_sentence_scores': missing; ASPO"):
+        PreferenceTrainer(model, make_args(tmp_path), processor, PreferenceDataset(tiny_records),
+                          methods=Methods(aspo=AspoArguments(aspo=True)))
 
 
 # ---------------------------------------------------------------------------------------------- DAMA
@@ -192,11 +192,12 @@ def test_dama_trains_and_logs(tmp_path, tiny_checkpoint, tiny_records):
 
 
 def test_missing_data_alpha_names_the_record(tmp_path, tiny_checkpoint, tiny_records):
+    """Found by the preflight, before training starts."""
     model, processor = load(tiny_checkpoint)
-    trainer = PreferenceTrainer(model, make_args(tmp_path), processor, PreferenceDataset(tiny_records),
-                                methods=Methods(dama=DamaArguments(dama_data=True)))
-    with pytest.raises(ValueError, match=r"record #1 \(id 't-000001'\): field 'data_alpha' is missing"):
-        trainer.data_collator([trainer.train_dataset[1]])
+    records = [dataclasses.replace(r, data_alpha=None if i == 1 else 1.0) for i, r in enumerate(tiny_records)]
+    with pytest.raises(ValueError, match=r"#1 \(id 't-000001'\) field 'data_alpha': missing; DAMA"):
+        PreferenceTrainer(model, make_args(tmp_path), processor, PreferenceDataset(records),
+                          methods=Methods(dama=DamaArguments(dama_data=True)))
 
 
 # ---------------------------------------------------------------------------------------------- AdaViP

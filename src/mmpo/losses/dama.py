@@ -3,7 +3,13 @@
 ``beta_C = beta * alpha`` per record, with ``alpha`` combining an offline data factor ``alpha_D``
 (how clearly CLIP separates chosen from rejected) and an online model factor ``alpha_M`` (how far
 the current batch's reward gaps are from their running mean). The DPO loss itself is
-:func:`mmpo.losses.dpo.dpo_loss` with ``beta_C``, over the records the model-aware filter keeps.
+:func:`mmpo.losses.dpo.dpo_loss` with ``beta_C``, over the records the model-aware filter keeps
+(select them with ``torch.where``, never multiply by the mask: a dropped record's ``inf`` times 0
+is NaN).
+
+Both factors are bounded (docs/methods.md, "DAMA numerics"): ``alpha_D`` lies in
+:data:`mmpo.types.DATA_ALPHA_RANGE` and, with the default ``"bounded"`` normaliser, ``alpha_M`` in
+``[1 / alpha_max, alpha_max]`` and ``|R_B|, |R_bar| <= (N / K) / tau`` whatever the gaps are.
 """
 
 from __future__ import annotations
@@ -16,9 +22,18 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from ..types import DATA_ALPHA_RANGE
+
 DeltaMode = Literal["softmax", "ratio"]
 FilterMode = Literal["topk", "bottom", "top", "none", "sample"]
 CombineMode = Literal["product", "sum"]
+Normalizer = Literal["bounded", "paper"]
+
+#: Defaults of the bounded model-aware normaliser (docs/methods.md, "DAMA numerics"): the divisor
+#: is never smaller than ``R_FLOOR`` times the batch's mean absolute gap, and ``alpha_M`` is clamped
+#: to ``[1 / ALPHA_MODEL_MAX, ALPHA_MODEL_MAX]``.
+R_FLOOR = 0.1
+ALPHA_MODEL_MAX = 10.0
 
 # alpha = sigmoid(a) / sigmoid(b) is evaluated as exp(logsigmoid(a) - logsigmoid(b)); the exponent
 # is capped here so alpha stays finite in float32 even when sigmoid(b) underflows.
@@ -80,8 +95,16 @@ def dama_delta(
 
 
 def dama_alpha_from_delta(delta: float, delta_bar: float) -> float:
-    """``alpha_D = sigmoid(delta) / sigmoid(delta_bar)``, DAMA Eq. 7, from a stored ``delta``."""
-    return _sigmoid_ratio(float(delta), float(delta_bar))
+    """``alpha_D = sigmoid(delta) / sigmoid(delta_bar)``, DAMA Eq. 7, from a stored ``delta``.
+
+    Clamped to :data:`mmpo.types.DATA_ALPHA_RANGE` = ``[1e-3, 1e3]`` (docs/methods.md, "DAMA
+    numerics"), the range records are validated against at load. The paper's softmax mode stays
+    inside ``[1/e, e] = [0.37, 2.72]`` for any ``delta`` and ``delta_bar`` in [-1, 1], so the clamp never acts there;
+    the ratio ablation's unbounded ``delta`` would otherwise underflow ``alpha_D`` to 0 (a record
+    that silently stops training) or overflow it.
+    """
+    low, high = DATA_ALPHA_RANGE
+    return min(max(_sigmoid_ratio(float(delta), float(delta_bar)), low), high)
 
 
 def dama_data_alpha(
@@ -103,7 +126,8 @@ def dama_data_alpha(
         mode: ``"softmax"`` (paper) or ``"ratio"`` (ablation), see :func:`dama_delta`.
 
     Returns:
-        ``alpha_D`` as a positive Python float (computed in log space, capped at ``e^88``).
+        ``alpha_D`` as a Python float in :data:`mmpo.types.DATA_ALPHA_RANGE` (computed in log space,
+        then clamped; see :func:`dama_alpha_from_delta`).
     """
     return dama_alpha_from_delta(dama_delta(clip_chosen, clip_rejected, mode), delta_bar)
 
@@ -131,8 +155,12 @@ class DamaState:
         """``R_bar <- gamma * R_bar + (1 - gamma) * R_B``, DAMA Eq. 15; call after the optimizer step.
 
         ``r_batch`` is the ``R_B`` returned by :func:`dama_model_alpha` for this step (the paper mixes
-        the normalised ``R_B`` into ``R_bar``; docs/methods.md keeps that as the default).
-        Returns the new ``R_bar``.
+        the normalised ``R_B`` into ``R_bar``; docs/methods.md keeps that as the default). The update
+        is a convex combination, so with the bounded normaliser (``|R_B| <= (N / K) / tau``) ``R_bar``
+        never leaves that bound once inside it, and it starts at 0. Returns the new ``R_bar``.
+
+        Raises:
+            ValueError: ``r_batch`` is NaN or inf (``R_bar`` is left unchanged).
         """
         value = float(r_batch.detach().item()) if isinstance(r_batch, torch.Tensor) else float(r_batch)
         if not math.isfinite(value):
@@ -185,6 +213,27 @@ def _keep_mask(
     return mask
 
 
+def _bounded_r_batch(raw: torch.Tensor, mask: torch.Tensor, r_bar: float, floor: float) -> float:
+    """``mean_kept R_i / D``, ``D = sign(R_bar) max(|R_bar|, floor * mean|R|)`` (``sign(0) = +1``).
+
+    Computed on ``R / m`` with ``m = max |R|``: the scaled gaps lie in [-1, 1] and their mean
+    absolute value in [1/N, 1], so neither huge gaps (1e308) nor subnormal ones lose the bound
+    ``|R_B| <= (N / K) / floor`` to overflow or rounding. ``raw``: ``(N,)`` float64; ``mask``: ``(N,)``.
+    """
+    largest = raw.abs().max().item()
+    if largest == 0.0:
+        return 0.0  # every gap is 0: so is R_B, whatever R_bar is
+    unit = raw / largest  # (N,) in [-1, 1]
+    floor_unit = floor * unit.abs().mean().item()  # floor * mean|R| / m
+    if r_bar != 0.0 and abs(r_bar) / largest >= floor_unit:
+        # The paper's formula, computed as the paper does (bit-identical to normalizer="paper").
+        return (raw / r_bar)[mask].mean().item()  # (K,) -> (); each term is at most N / floor
+    if floor_unit == 0.0:  # only for a floor so small that floor / N underflows
+        return 0.0
+    divisor = -floor_unit if r_bar < 0 else floor_unit
+    return (unit[mask] / divisor).mean().item()  # (K,) -> (); each term is at most N / floor
+
+
 def dama_model_alpha(
     gaps: torch.Tensor,
     r_bar: float,
@@ -192,6 +241,9 @@ def dama_model_alpha(
     filter: FilterMode = "topk",
     eps: float = 1e-6,
     generator: torch.Generator | None = None,
+    normalizer: Normalizer = "bounded",
+    floor: float = R_FLOOR,
+    alpha_max: float = ALPHA_MODEL_MAX,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The model-aware factor ``alpha_M``, its keep mask, and the batch statistic ``R_B``.
 
@@ -214,48 +266,79 @@ def dama_model_alpha(
       ``exp(-(R_i - R_bar)^2 / 2)`` on raw gaps, drawn with ``generator``. Sampled in log space
       (Gumbel-top-k), so underflowing weights cannot make the draw degenerate.
 
-    Departures (docs/methods.md): Eq. 11 writes the distance to ``R_bar`` and Eq. 12 divides by
-    ``N - K``; the project uses the distance to the batch mean and the mean over the K kept
-    records. Zero-start guard: the paper starts from ``R_bar = 0``, where ``Rn`` divides by zero.
-    While ``|r_bar| <= eps`` this function skips normalisation: ``alpha_M = 1`` (plain beta), the
-    filter runs on raw gaps, and ``R_B`` is the mean of the kept *raw* gaps, so the EMA update can
-    move ``R_bar`` away from 0 once the gaps are non-zero (at step 0 they are all 0 and
-    ``R_bar`` stays 0, which is correct: nothing is known yet). Afterwards the paper's formula
-    applies, including its update of the un-normalised ``R_bar`` with the normalised ``R_B``.
-    ``alpha_M`` is evaluated in log space and capped at ``e^88``, so it is finite even when
-    ``sigmoid(R_bar)`` underflows; all statistics are computed in float64.
+    Normalisers (docs/methods.md, "DAMA numerics"). ``S = mean_i |R_i|`` over the whole batch,
+    ``tau = floor``:
+
+    * ``"bounded"`` (default): ``Rn_i = R_i / D`` with ``D = sign(R_bar) * max(|R_bar|, tau * S)``
+      (``sign(0) = +1``). While ``|R_bar| >= tau * S`` this *is* the paper's ``R_i / R_bar``; below
+      that the divisor stops shrinking with ``R_bar``, so ``|R_B| <= (N / K) / tau`` for any
+      ``R_bar`` and any gaps (the kept ``|R_i|`` sum to at most ``N S``). A running mean fed only
+      such values stays inside the same bound. ``alpha_M`` is then clamped to
+      ``[1 / alpha_max, alpha_max]``: for ``R_bar > 0`` the paper's value is below 2 and only the
+      lower end can act; for ``R_bar < 0`` it grows like ``e^|R_bar|``, which the clamp stops.
+    * ``"paper"``: the unguarded formula ``R_i / R_bar`` with ``alpha_M`` only capped at ``e^88``,
+      kept to reproduce earlier runs and for ``benchmarks/dama_stability.py``. It is unbounded:
+      ``|R_bar|`` just above ``eps`` makes ``R_B`` explode, and ``R_bar << 0`` makes
+      ``alpha_M ~ e^-R_bar``, which overflows ``beta * alpha * gap`` in float32. ``floor`` and
+      ``alpha_max`` are ignored.
+
+    Zero-start guard: the paper starts from ``R_bar = 0``, where ``Rn`` divides by zero. While
+    ``|r_bar| <= eps``, ``alpha_M = 1`` (plain beta) and the filter runs on raw gaps. ``R_B`` is then
+    (bounded) ``mean_kept R_i / (tau * S)`` — the divisor formula above with ``R_bar = 0`` — or
+    (paper) the mean of the kept *raw* gaps; either way the EMA update moves ``R_bar`` away from 0
+    once the gaps are non-zero (at step 0 they are all 0, ``R_B = 0`` and ``R_bar`` stays 0, which is
+    correct: nothing is known yet). Other departures (docs/methods.md): Eq. 11 writes the distance
+    to ``R_bar`` and Eq. 12 divides by ``N - K``; the project uses the distance to the batch mean and
+    the mean over the K kept records. All statistics are float64 on the CPU; ``alpha_M`` is
+    evaluated in log space (finite even when ``sigmoid(R_bar)`` underflows).
 
     Args:
         gaps: ``(N,)`` reward gaps ``R_i = beta * ratio(y_w,i) - beta * ratio(y_l,i)`` of the global
             batch (gathered across processes); detached here.
-        r_bar: the running mean ``R_bar`` (:attr:`DamaState.r_bar`).
+        r_bar: the running mean ``R_bar`` (:attr:`DamaState.r_bar`); must be finite.
         keep: ``K``, the number of records to keep (paper: 12 of 16).
         filter: one of ``"topk" | "bottom" | "top" | "none" | "sample"``.
         eps: zero-start guard threshold on ``|r_bar|``.
         generator: random generator for ``"sample"`` (CPU); ``None`` uses the global one.
+        normalizer: ``"bounded"`` (default) or ``"paper"``.
+        floor: ``tau > 0``, the bounded divisor's floor relative to the mean absolute gap.
+        alpha_max: ``>= 1``; the bounded ``alpha_M`` lies in ``[1 / alpha_max, alpha_max]``.
 
     Returns:
         ``(alpha_model, keep_mask, r_batch)``: 0-dim ``alpha_M``; ``(N,)`` bool mask on ``gaps``'
         device; 0-dim ``R_B`` to pass to :meth:`DamaState.update` after the optimizer step.
-        All detached and finite for finite inputs.
+        All detached. With ``"bounded"`` they are finite for any finite input (float32 or float64,
+        any magnitude); a non-finite gap may give a non-finite ``R_B``, which the update refuses.
     """
     if gaps.dim() != 1 or gaps.numel() == 0:
         raise ValueError(f"gaps must be a non-empty 1-d tensor, got shape {tuple(gaps.shape)}")
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
+    r_bar = float(r_bar)
+    if not math.isfinite(r_bar):
+        raise ValueError(f"r_bar must be finite, got {r_bar}")
+    if normalizer not in ("bounded", "paper"):
+        raise ValueError(f"normalizer must be 'bounded' or 'paper', got {normalizer!r}")
+    if not (math.isfinite(floor) and floor > 0):
+        raise ValueError(f"floor must be a finite number > 0, got {floor}")
+    if not (math.isfinite(alpha_max) and alpha_max >= 1):
+        raise ValueError(f"alpha_max must be a finite number >= 1, got {alpha_max}")
     device = gaps.device
     out_dtype = gaps.dtype if gaps.dtype in (torch.float32, torch.float64) else torch.float32
     raw = gaps.detach().to(device="cpu", dtype=torch.float64)  # (N,)
-    r_bar = float(r_bar)
 
     mask = _keep_mask(raw, r_bar, keep, filter, generator)  # (N,)
-    if abs(r_bar) <= eps:  # zero-start guard
-        r_batch = raw[mask].mean().item()  # (K,) -> ()
+    guarded = abs(r_bar) <= eps  # zero-start guard
+    if normalizer == "paper":
+        r_batch = (raw / (1.0 if guarded else r_bar))[mask].mean().item()  # (K,) -> ()
+    else:
+        r_batch = _bounded_r_batch(raw, mask, 0.0 if guarded else r_bar, floor)
+    if guarded:
         alpha = 1.0
     else:
-        normalised = raw / r_bar  # (N,)
-        r_batch = normalised[mask].mean().item()  # (K,) -> ()
         alpha = _sigmoid_ratio(r_batch, r_bar)
+        if normalizer == "bounded":
+            alpha = min(max(alpha, 1.0 / alpha_max), alpha_max)
 
     def as_out(value: float) -> torch.Tensor:
         return torch.tensor(value, dtype=out_dtype, device=device)

@@ -151,6 +151,10 @@ class PreferenceConfig(TrainingArguments):
         "help": "A training batch whose loss or gradients are NaN/inf: 'raise' stops the run, naming the step, "
                 "the records and the value (default); 'skip' drops the batch (no update from it), warns, and "
                 "counts it in the logged nonfinite_skipped_batches."})
+    preflight: bool = field(default=True, metadata={
+        "help": "Before training, encode every record as training will (prompt length within max_length and the "
+                "model's positions, method fields, the processor's placeholder tokens), with a progress bar; bad "
+                "records are handled by on_bad_record. Off: such records fail mid-run."})
 
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: the collator needs the records."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
@@ -224,14 +228,26 @@ class DamaArguments:
     dama_combine: str = field(default="product", metadata={
         "help": "'product': alpha = alpha_D * alpha_M (paper); 'sum': (1 - rho) alpha_M + rho alpha_D (ablation)."})
     dama_rho: float = field(default=0.5, metadata={"help": "Weight of alpha_D when dama_combine = sum."})
+    dama_normalizer: str = field(default="bounded", metadata={
+        "help": "How the gaps are normalised by R_bar (docs/methods.md, 'DAMA numerics'). 'bounded': divide by "
+                "R_bar held at least dama_scale_floor x the batch's mean |R_i| away from 0 (exactly R_i / R_bar "
+                "when |R_bar| is larger), alpha_M clamped to [1 / dama_alpha_model_max, dama_alpha_model_max]. "
+                "'paper': the unguarded R_i / R_bar, alpha_M up to e^88 (unbounded; for comparison only)."})
+    dama_scale_floor: float = field(default=0.1, metadata={
+        "help": "'bounded' only: the divisor's floor tau relative to the batch's mean |R_i|; bounds "
+                "|R_B| and |R_bar| by (N / K) / tau."})
+    dama_alpha_model_max: float = field(default=10.0, metadata={
+        "help": "'bounded' only: alpha_M is clamped to [1 / this, this]; >= 1 (1 = alpha_M always 1)."})
 
     def __post_init__(self):
-        if self.dama_filter not in ("topk", "bottom", "top", "none", "sample"):
-            raise ValueError(f"dama_filter must be topk, bottom, top, none or sample, not {self.dama_filter!r}")
-        if self.dama_combine not in ("product", "sum"):
-            raise ValueError(f"dama_combine must be product or sum, not {self.dama_combine!r}")
-        if not 0.0 < self.dama_keep <= 1.0:
-            raise ValueError(f"dama_keep must be in (0, 1], not {self.dama_keep}")
+        check_choice("dama_filter", self.dama_filter, ("topk", "bottom", "top", "none", "sample"))
+        check_choice("dama_combine", self.dama_combine, ("product", "sum"))
+        check_choice("dama_normalizer", self.dama_normalizer, ("bounded", "paper"))
+        check_number("dama_keep", self.dama_keep, low=0, high=1, low_open=True)
+        check_number("dama_gamma", self.dama_gamma, low=0, high=1, high_open=True)
+        check_number("dama_rho", self.dama_rho, low=0, high=1)
+        check_number("dama_scale_floor", self.dama_scale_floor, low=0, low_open=True)
+        check_number("dama_alpha_model_max", self.dama_alpha_model_max, low=1)
 
 
 @dataclass

@@ -44,9 +44,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, args: Pre
     model = prepare_policy(model, model_args, args)
     trainable, total = count_parameters(model)
     logger.info("policy: %d of %d parameters trainable", trainable, total)
-    trainer = PreferenceTrainer(model, args, processor, train, evaluation, methods=methods, callbacks=callbacks)
-    # Preflight goes here: every record through the processor (prompt length, placeholders), with
-    # data_args.on_bad_record deciding whether a record that cannot be trained is an error or skipped.
+    trainer = PreferenceTrainer(model, args, processor, train, evaluation, methods=methods, callbacks=callbacks,
+                                on_bad_record=data_args.on_bad_record)  # preflight: every record encoded once
     trainer.train(resume_from_checkpoint=resume_value(resume_from_checkpoint))
     check_finite_parameters(trainer.model)  # never exit 0 with NaN weights, nor save them as the result
     trainer.save_model(args.output_dir)

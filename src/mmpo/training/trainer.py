@@ -35,6 +35,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data.collator import PreferenceCollator, PreferenceDataset, RowEncoder
+from ..data.preflight import bound_max_length, model_max_positions, preflight
 from ..hub import pretrained_kwargs
 from ..logprobs import policy_response_logps, span_sums
 from ..losses import DamaState, aspo_chosen_logratio, aspo_scale, dama_combine, dama_model_alpha
@@ -84,7 +85,8 @@ class PreferenceTrainer(Trainer):
     """
 
     def __init__(self, model, args: PreferenceConfig, processor, train_dataset: PreferenceDataset,
-                 eval_dataset: PreferenceDataset | None = None, methods: Methods | None = None, callbacks=None):
+                 eval_dataset: PreferenceDataset | None = None, methods: Methods | None = None, callbacks=None,
+                 on_bad_record: str = "raise"):
         self.methods = methods or Methods()
         aspo, dama, adavip = self.methods.aspo, self.methods.dama, self.methods.adavip
         splitter = None
@@ -98,6 +100,11 @@ class PreferenceTrainer(Trainer):
             sentence_splitter=splitter, granularity=aspo.aspo_granularity,
             need_sentence_scores=aspo.aspo and aspo.aspo_alpha > 0, need_data_alpha=dama.dama_data,
         )
+        bound_max_length(collator, model_max_positions(model))
+        if args.preflight:  # every record through this collator now, so that no bad record ends a run mid-way
+            train_dataset = self._preflight(train_dataset, collator, on_bad_record, "training records", args)
+            if isinstance(eval_dataset, PreferenceDataset):
+                eval_dataset = self._preflight(eval_dataset, collator, on_bad_record, "eval records", args)
         self.dama_state = DamaState(gamma=dama.dama_gamma)
         self._dama_pending: list[float] = []
         self._dama_generator = torch.Generator().manual_seed(args.seed)
@@ -114,6 +121,12 @@ class PreferenceTrainer(Trainer):
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(lambda: [0.0, 0.0]),
                                                              "eval": defaultdict(lambda: [0.0, 0.0])}
         self.reference = self._build_reference(args, collator, train_dataset)
+
+    @staticmethod
+    def _preflight(dataset: PreferenceDataset, collator: PreferenceCollator, on_bad_record: str, what: str,
+                   args: PreferenceConfig) -> PreferenceDataset:
+        result = preflight(dataset.records, collator, on_error=on_bad_record, what=what, progress=not args.disable_tqdm)
+        return dataset if not result.errors else PreferenceDataset(result.records)
 
     def _build_reference(self, args: PreferenceConfig, collator, train_dataset):
         is_peft = hasattr(self.model, "disable_adapter") and hasattr(self.model, "peft_config")
@@ -305,12 +318,14 @@ class PreferenceTrainer(Trainer):
             n = global_gaps.shape[0]
             k = max(1, round(dama.dama_keep * n))
             alpha_model, keep_global, r_batch = dama_model_alpha(
-                global_gaps, self.dama_state.r_bar, k, dama.dama_filter, generator=self._dama_generator)
+                global_gaps, self.dama_state.r_bar, k, dama.dama_filter, generator=self._dama_generator,
+                normalizer=dama.dama_normalizer, floor=dama.dama_scale_floor, alpha_max=dama.dama_alpha_model_max)
             keep = keep_global[offset : offset + B].to(chosen.device)  # (B,)
             if mode == "train":
                 self._dama_pending.append(float(r_batch))
             diag["dama/alpha_model"] = alpha_model.reshape(1)
             diag["dama/r_bar"] = torch.tensor([self.dama_state.r_bar])
+            diag["dama/r_batch"] = r_batch.reshape(1)
             diag["dama/kept_fraction"] = keep.float()
         alpha = dama_combine(alpha_data, alpha_model, dama.dama_combine, dama.dama_rho)  # (B,)
         diag["dama/alpha_data_mean"] = alpha_data
