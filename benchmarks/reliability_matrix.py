@@ -10,6 +10,8 @@ then the count ``handled / total``:
   (index 1 of three, naming a field unless the whole line is unreadable) and ``on_error="skip"``
   keeps the two good rows. Classes that need the model's processor (too long for the budget,
   method fields, the processor's own placeholder tokens) go through ``mmpo.data.preflight``.
+* ``preflight``: bad records only the processor can tell, caught before training by
+  ``mmpo.data.preflight`` (the same code the collator runs).
 * ``config``: config mistakes in YAML or on the command line; handled when ``parse_config`` stops
   with an error whose message names the field (before any model is loaded).
 * ``checkpoints``: damaged checkpoints of a DAMA run (kills inside the write); handled when resume
@@ -415,8 +417,100 @@ def renders_section(tmp: Path, kills: int) -> tuple[int, int, list[str]]:
     return handled, kills, problems
 
 
-SECTIONS = {"records": records_section, "config": config_section, "checkpoints": checkpoints_section,
-            "renders": renders_section}
+# ---------------------------------------------------------------------------------------------
+# Bad records only the processor can tell (mmpo.data.preflight, run by PreferenceTrainer)
+
+
+def preflight_section(tmp: Path) -> tuple[int, int, list[str]]:
+    import dataclasses
+
+    from mmpo.data.collator import PreferenceCollator, RowEncoder
+    from mmpo.data.preflight import model_max_positions, preflight
+    from mmpo.data.records import RecordValidationError
+    from mmpo.scoring.sentences import RuleSplitter
+    from mmpo.toyworld.data import ground_truth_pairs
+    from mmpo.toyworld.families import build_family
+    from mmpo.toyworld.scenes import WorldConfig, sample_scenes
+
+    world = WorldConfig(seed=2)
+    good = ground_truth_pairs(sample_scenes(world, 3, prefix="p"), world, tmp / "images", progress=False)
+    llava, llava_processor = build_family("llava")
+    qwen, qwen_processor = build_family("qwen2_vl")
+    splitter = RuleSplitter()
+
+    def scored(record):
+        return dataclasses.replace(record, chosen_sentence_scores=[0.5] * len(splitter.split(record.chosen)))
+
+    # name -> (spoil record #1, collator settings, family, the field the error must name)
+    cases = {
+        "prompt too long for max_length": (
+            lambda r: dataclasses.replace(r, prompt="describe the image . " * 60), {"max_length": 150}, "llava",
+            "prompt"),
+        "prompt too long for the model's positions": (
+            lambda r: dataclasses.replace(r, prompt="describe the image . " * 400), {}, "llava", "prompt"),
+        "data_alpha missing with dama_data": (
+            lambda r: dataclasses.replace(r, data_alpha=None), {"need_data_alpha": True}, "llava", "data_alpha"),
+        "sentence scores missing with ASPO": (
+            lambda r: dataclasses.replace(r, chosen_sentence_scores=None), {"aspo": True}, "llava",
+            "chosen_sentence_scores"),
+        "sentence score count wrong": (
+            lambda r: dataclasses.replace(r, chosen_sentence_scores=[0.1] * 17), {"aspo": True}, "llava",
+            "chosen_sentence_scores"),
+        "processor placeholder in a response": (
+            lambda r: dataclasses.replace(r, rejected="A <|image_pad|> square."), {}, "qwen2_vl", "rejected"),
+        "processor placeholder in a prompt": (
+            lambda r: dataclasses.replace(r, prompt="<|vision_start|> What is it?"), {}, "qwen2_vl", "prompt"),
+    }
+    handled, problems = 0, []
+    for name, (spoil, settings, family, field) in cases.items():
+        model, processor = (llava, llava_processor) if family == "llava" else (qwen, qwen_processor)
+        records = [dataclasses.replace(scored(r), data_alpha=1.0) for r in good]
+        records[1] = spoil(records[1])
+        aspo = settings.pop("aspo", False)
+        collator = PreferenceCollator(RowEncoder(processor, max_length=settings.pop("max_length", None)),
+                                      sentence_splitter=splitter if aspo else None, need_sentence_scores=aspo,
+                                      **settings)
+        try:
+            preflight(records, collator, max_positions=model_max_positions(model), progress=False)
+        except RecordValidationError as exc:
+            if (exc.error.index, exc.error.field) == (1, field):
+                handled += 1
+            else:
+                problems.append(f"{name}: names #{exc.error.index} field {exc.error.field!r}: {exc}")
+        except Exception as exc:
+            problems.append(f"{name}: raw {type(exc).__name__}: {str(exc)[:200]}")
+        else:
+            problems.append(f"{name}: accepted")
+    return handled, len(cases), problems
+
+
+# ---------------------------------------------------------------------------------------------
+# DAMA in float32 at extreme running means (the sweep of benchmarks/dama_stability.py)
+
+
+def dama_section(tmp: Path) -> tuple[int, int, list[str]]:
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("dama_stability", ROOT / "benchmarks" / "dama_stability.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    gen = torch.Generator().manual_seed(0)
+    chosen, rejected = torch.randn(16, generator=gen), torch.randn(16, generator=gen)  # (B,) float32
+    grid = [(r, s, b) for r in bench.SWEEP_R_BARS for s in bench.SWEEP_SCALES for b in bench.SWEEP_BETAS]
+    handled, problems = 0, []
+    for r_bar, scale, beta in grid:
+        loss = bench.masked_batch_loss(chosen * scale, rejected * scale, beta, r_bar, "bounded", "where")
+        if torch.isfinite(loss):
+            handled += 1
+        else:
+            problems.append(f"R_bar {r_bar:g}, log-ratio scale {scale:g}, beta {beta:g}: loss {loss.item()}")
+    return handled, len(grid), problems
+
+
+SECTIONS = {"records": records_section, "preflight": preflight_section, "config": config_section,
+            "checkpoints": checkpoints_section, "renders": renders_section, "dama": dama_section}
 
 
 def main(argv: list[str] | None = None) -> int:
