@@ -50,30 +50,39 @@ def load_image(image: ImageRef) -> Image.Image:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """``image`` as 8-bit RGB; see :func:`load_image` for what is done to which mode."""
-    image = ImageOps.exif_transpose(image) or image
+    # The bit depth the pixels were stored with: 16 for ``I;16*`` and for a PNG that PIL opens as
+    # ``I`` (PNG holds at most 16 bits a sample); unknown (None) for an in-memory ``I`` image.
+    bits = 16 if image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG") else None
+    image = ImageOps.exif_transpose(image) or image  # a copy, which no longer knows its file format
     mode = image.mode
     if mode == "RGB":
         return image.copy() if image.readonly else image
     if mode.startswith("I") or mode == "F":
-        return Image.fromarray(_as_8bit(np.asarray(image), is_float=mode == "F"), mode="L").convert("RGB")
+        return Image.fromarray(_as_8bit(np.asarray(image), is_float=mode == "F", bits=bits), mode="L").convert("RGB")
     if mode == "P" and "transparency" in image.info:
         image, mode = image.convert("RGBA"), "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if mode == "La":  # premultiplied: PIL converts it to LA only
+        image, mode = image.convert("LA"), "LA"
+    if mode in ("RGBA", "LA", "PA", "RGBa"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
 
 
-def _as_8bit(values: np.ndarray, is_float: bool) -> np.ndarray:
+def _as_8bit(values: np.ndarray, is_float: bool, bits: int | None = None) -> np.ndarray:
     """Greyscale values of any integer or float range scaled to uint8.
 
-    Integers: 0..255 kept, 0..65535 (16-bit data, however PIL labels it) divided by 257. Floats:
-    [0, 1] times 255. Anything wider is stretched from its minimum to its maximum.
+    Integers stored with 16 bits (``bits=16``: ``I;16*`` modes, 16-bit PNGs) are divided by 257
+    whatever their values, so a dark 16-bit image stays dark. Integers of unknown depth: 0..255
+    kept, 0..65535 divided by 257. Floats: [0, 1] times 255. Anything wider is stretched from its
+    minimum to its maximum.
     """
     values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-    if is_float and low >= 0 and high <= 1:
+    if bits == 16 and not is_float and low >= 0 and high <= 65535:
+        scaled = values / 257
+    elif is_float and low >= 0 and high <= 1:
         scaled = values * 255
     elif low >= 0 and high <= 255:
         scaled = values

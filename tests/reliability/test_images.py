@@ -63,3 +63,19 @@ def test_clip_scoring_reads_images_with_the_same_loader(tmp_path: Path):
     path = tmp_path / "deep.png"
     PIL.Image.fromarray(grey_ramp_16bit()).save(path)
     assert np.array_equal(np.asarray(_load_rgb(path)), np.asarray(load_image(path)))
+
+
+@pytest.mark.parametrize("where", ["file", "I;16B"])
+def test_a_dark_16bit_image_stays_dark(tmp_path: Path, where: str):
+    """Values 0..199 of 65535 are black to a viewer; read as 8-bit values they came out up to 199."""
+    values = (np.arange(64 * 64).reshape(64, 64) % 200).astype(np.uint16)
+    if where == "file":
+        PIL.Image.fromarray(values).save(tmp_path / "dark.png")
+        image = tmp_path / "dark.png"
+    else:
+        image = PIL.Image.frombytes("I;16B", (64, 64), values.astype(">u2").tobytes())
+    assert np.asarray(load_image(image)).max() <= 1
+
+
+def test_premultiplied_la_is_composited_like_la():
+    assert np.asarray(load_image(PIL.Image.new("La", (4, 4), (0, 0))))[0, 0].tolist() == [255, 255, 255]

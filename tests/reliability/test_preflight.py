@@ -69,3 +69,36 @@ def test_the_processors_own_placeholder_tokens_are_rejected(tiny_records):
     records = [dataclasses.replace(tiny_records[0], chosen="A red <|image_pad|> square."), tiny_records[1]]
     result = preflight(records, PreferenceCollator(RowEncoder(processor)), on_error="skip", progress=False)
     assert [e.field for e in result.errors] == ["chosen"] and "<|image_pad|>" in result.errors[0].message
+
+
+def test_an_image_that_verifies_but_does_not_decode_is_a_bad_record(processor, tiny_records, tmp_path):
+    """A JPEG cut in half passes load_records' verify(); preflight used to die with a bare OSError."""
+    import numpy as np
+    import PIL.Image
+
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    PIL.Image.fromarray(noise).save(tmp_path / "whole.jpg", quality=90)
+    data = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    records = [tiny_records[0], dataclasses.replace(tiny_records[1], image=str(tmp_path / "cut.jpg"))]
+    collator = PreferenceCollator(RowEncoder(processor))
+    with pytest.raises(RecordValidationError) as caught:
+        preflight(records, collator, progress=False)
+    assert (caught.value.error.index, caught.value.error.field) == (1, "image")
+    assert "truncated" in str(caught.value)
+    result = preflight(records, collator, on_error="skip", progress=False)
+    assert [r.id for r in result.records] == [records[0].id]
+
+
+def test_skipping_every_record_is_an_error_not_an_empty_run(processor, tiny_records):
+    collator = PreferenceCollator(RowEncoder(processor), need_data_alpha=True)
+    with pytest.raises(ValueError, match="none of the 2 training records can be trained"):
+        preflight(list(tiny_records[:2]), collator, on_error="skip", progress=False)
+
+
+def test_truncated_responses_are_counted_and_reported(processor, tiny_records, caplog):
+    records = [dataclasses.replace(tiny_records[0], chosen="a red square . " * 100), tiny_records[1]]
+    collator = PreferenceCollator(RowEncoder(processor, max_length=120))
+    with pytest.warns(UserWarning, match="truncated"):
+        preflight(records, collator, progress=False)
+    assert "1 of 2 records have a response longer than the token budget of 120" in caplog.text

@@ -86,3 +86,14 @@ def test_the_skip_hint_names_the_config_key_users_set(image):
     with pytest.raises(RecordValidationError) as caught:
         load_records([row(image, 0, chosen="")])
     assert "on_bad_record: skip" in str(caught.value) and "on_error='skip'" in str(caught.value)
+
+
+@pytest.mark.parametrize("prompt", [
+    "<image>\n",
+    [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "<image>\n"}]}],
+])
+def test_a_prompt_that_is_only_the_placeholder_is_an_empty_prompt(image, prompt):
+    """The conversational form used to load with an empty question."""
+    with pytest.raises(RecordValidationError) as caught:
+        load_records([row(image, 0, prompt=prompt)])
+    assert caught.value.error.field == "prompt" and "empty prompt" in str(caught.value)

@@ -69,3 +69,24 @@ def test_a_damaged_or_foreign_cache_file_is_recomputed_without_running_its_code(
     path.write_bytes(pickle.dumps(_Marker(str(marker))))
     reference.load_or_compute_reference(model, dataset, collator, 1, tmp_path / "cache")
     assert not marker.exists() and calls == [1, 1, 1]
+
+
+def test_the_processors_image_settings_are_part_of_the_key(tmp_path, monkeypatch):
+    """Qwen2-VL's max_pixels changes every image's tokens; the old key reused the stale table."""
+    dataset, collator, calls = fake_setup(tmp_path, monkeypatch)
+    model = torch.nn.Linear(2, 2)
+    paths = []
+    for max_pixels in (200_000, 800_000):
+        processor = SimpleNamespace(image_processor=SimpleNamespace(to_dict=lambda n=max_pixels: {"max_pixels": n}))
+        collator.encoder.processor = processor
+        paths.append(reference.load_or_compute_reference(model, dataset, collator, 1, tmp_path / "cache")[1])
+    assert paths[0] != paths[1] and calls == [1, 1]
+
+
+def test_a_readable_cache_of_the_wrong_shape_is_recomputed(tmp_path, monkeypatch, caplog):
+    dataset, collator, calls = fake_setup(tmp_path, monkeypatch)
+    model = torch.nn.Linear(2, 2)
+    _, path = reference.load_or_compute_reference(model, dataset, collator, 1, tmp_path / "cache")
+    torch.save([], path)  # loads fine under weights_only, but holds no record
+    table, _ = reference.load_or_compute_reference(model, dataset, collator, 1, tmp_path / "cache")
+    assert calls == [1, 1] and len(table.table) == 1 and "unreadable" in caplog.text

@@ -23,7 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..prompting import tokenizer_of
+from ..prompting import load_image, tokenizer_of
 from ..types import PreferenceRecord
 from .collator import PreferenceCollator, PreferenceDataset, SequenceTooLongError
 from .records import LoadResult, RecordError, RecordValidationError
@@ -93,12 +93,17 @@ def preflight(records: list[PreferenceRecord], collator: PreferenceCollator, *, 
     placeholders = placeholder_tokens(collator.encoder.processor)
     dataset = PreferenceDataset(records)
     kept, errors = [], []
+    truncated = 0  # records with a response cut to the token budget
     for index in tqdm(range(len(records)), desc=f"preflight: {what}", disable=not progress, leave=False):
         record = records[index]
         problem = _placeholder_problem(record, placeholders)
         if problem is None:
+            rows_cut = collator.encoder.truncated
             try:
                 collator([dataset[index]])
+                truncated += collator.encoder.truncated > rows_cut
+            except OSError as error:  # a truncated JPEG passes load_records' verify(); a file deleted since
+                problem = (_unreadable_image(record), f"cannot decode image: {error}")
             except SequenceTooLongError as error:
                 problem = ("prompt", _without_name(str(error)))
             except ValueError as error:
@@ -115,7 +120,22 @@ def preflight(records: list[PreferenceRecord], collator: PreferenceCollator, *, 
     result = LoadResult(kept, errors)
     if errors:
         logger.warning("preflight of %s: %s", what, result.summary())
+    if records and not kept:
+        raise ValueError(f"preflight: none of the {len(records)} {what} can be trained; {result.summary()}")
+    if truncated:
+        logger.warning("preflight of %s: %d of %d records have a response longer than the token budget of %d "
+                       "(max_length, capped at the model's positions); training sees it truncated",
+                       what, truncated, len(kept), collator.encoder.max_length)
     return result
+
+
+def _unreadable_image(record: PreferenceRecord) -> str:
+    """Which of the record's image fields does not decode (``"image"`` when both do, or neither)."""
+    try:
+        load_image(record.image)
+    except Exception:
+        return "image"
+    return "rejected_image" if record.rejected_image is not None else "image"
 
 
 def _placeholder_problem(record: PreferenceRecord, placeholders: list[str]) -> tuple[str, str] | None:

@@ -50,6 +50,7 @@ IMAGE_PLACEHOLDER = "<image>"
 #: Placeholders no prompt (after its start) or response may hold.
 PLACEHOLDERS = (IMAGE_PLACEHOLDER, "<video>")
 _LEADING_PLACEHOLDER = re.compile(r"\s*<image>\s*")
+_ONLY_PLACEHOLDER = f"empty prompt: it holds only the image placeholder {IMAGE_PLACEHOLDER!r} and no question"
 
 _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 
@@ -312,9 +313,11 @@ def _strip_leading_placeholder(prompt: str | list[dict[str, Any]]) -> tuple[str 
     stripped = False
     if isinstance(prompt, str):
         match = _LEADING_PLACEHOLDER.match(prompt)
-        if match and prompt[match.end():].strip():
+        if match:
             prompt, stripped = prompt[match.end():], True
         _no_placeholder(prompt, "prompt")
+        if not prompt.strip():
+            raise FieldProblem("prompt", _ONLY_PLACEHOLDER)
         return prompt, stripped
     messages = copy.deepcopy(prompt)
     # Every text slot in order: (container, key) with container[key] a string.
@@ -331,6 +334,8 @@ def _strip_leading_placeholder(prompt: str | list[dict[str, Any]]) -> tuple[str 
             container[key], stripped = container[key][match.end():], True
     for container, key in slots:
         _no_placeholder(container[key], "prompt")
+    if stripped and not any(container[key].strip() for container, key in slots):
+        raise FieldProblem("prompt", _ONLY_PLACEHOLDER)
     return messages, stripped
 
 

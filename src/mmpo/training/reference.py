@@ -137,10 +137,39 @@ def image_digest(image: Any) -> str:
     return h.hexdigest()
 
 
+def processor_settings(processor: Any) -> dict[str, Any] | None:
+    """What of the processor changes the rows beyond the encoder's settings: its class, its image
+    and video processors' configuration (resolution, Qwen2-VL's ``min_pixels``/``max_pixels``,
+    normalisation: a change re-encodes every image) and the tokenizer's vocabulary size."""
+    if processor is None:
+        return None
+    out: dict[str, Any] = {"class": type(processor).__name__}
+    for name in ("image_processor", "video_processor"):
+        part = getattr(processor, name, None)
+        if part is not None and hasattr(part, "to_dict"):
+            out[name] = part.to_dict()
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is not None:
+        out["vocabulary"] = len(tokenizer)
+    return out
+
+
+def _check_table(table: Any, n_records: int) -> None:
+    """Raise unless ``table`` is what ``compute_reference_table`` writes for ``n_records`` records."""
+    if not isinstance(table, list) or len(table) != n_records:
+        raise ValueError(f"expected a list of {n_records} records' log-probs, got a {type(table).__name__}"
+                         + (f" of {len(table)}" if isinstance(table, list) else ""))
+    for i, row in enumerate(table):
+        if not isinstance(row, dict) or "chosen" not in row or "rejected" not in row or not all(
+                torch.is_tensor(v) and v.dim() == 1 for v in row.values()):
+            raise ValueError(f"record {i}: expected a dict of 1-D 'chosen'/'rejected' log-prob tensors")
+
+
 def load_or_compute_reference(model, dataset, collator, batch_size: int, cache_dir: str | Path,
                               device="cpu", main_process_first=None) -> tuple[PrecomputedReference, Path]:
     """The cached table if its fingerprint matches, else computed now and saved atomically."""
-    settings = {**collator.encoder.settings(), "vision_rows": getattr(collator, "vision_rows", None)}
+    settings = {**collator.encoder.settings(), "vision_rows": getattr(collator, "vision_rows", None),
+                "processor": processor_settings(getattr(collator.encoder, "processor", None))}
     path = Path(cache_dir) / f"reference-{reference_fingerprint(model, dataset.records, settings)}.pt"
     ctx = main_process_first() if main_process_first is not None else contextlib.nullcontext()
     with ctx:
@@ -148,7 +177,9 @@ def load_or_compute_reference(model, dataset, collator, batch_size: int, cache_d
         if path.exists():
             try:
                 table = torch.load(path, weights_only=True)  # tensors in lists and dicts: no pickled code
+                _check_table(table, len(dataset.records))
             except Exception as error:  # truncated or foreign file: recompute rather than trust it
+                table = None
                 logger.warning("reference cache %s is unreadable (%s: %s); computing it again",
                                path, type(error).__name__, error)
         if table is None:
