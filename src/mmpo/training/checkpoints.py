@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from ..data.construct.journal import atomic_write_text
 
 #: mmpo's state inside each ``checkpoint-N`` folder.
 STATE_FILE = "mmpo_state.json"
@@ -33,30 +34,9 @@ class CheckpointError(ValueError):
 
 
 def write_json_atomic(path: str | os.PathLike, value: Any) -> None:
-    """Write ``value`` as JSON to ``path`` so that a kill leaves the old file or the new one, never part.
-
-    A temporary file in the same directory is written, flushed and fsynced, then ``os.replace``d
-    onto ``path`` (atomic on POSIX and Windows); the directory is fsynced where that is possible.
-    """
-    path = Path(path)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(value, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    try:
-        directory = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # not possible on Windows; the rename is still atomic
-        return
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    """Write ``value`` as JSON to ``path`` so that a kill leaves the old file or the new one, never part
+    (:func:`mmpo.data.construct.journal.atomic_write_text`: temporary file, fsync, ``os.replace``)."""
+    atomic_write_text(path, json.dumps(value))
 
 
 def read_json(path: Path) -> Any:
