@@ -215,7 +215,7 @@ def evaluate(ns: argparse.Namespace, judge: Any = None) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     from ..evaluation.report import compare_runs, run_table
-    from .main import downloads_allowed
+    from .main import allowing_downloads
 
     parser = build_parser()
     ns = parser.parse_args(argv)
@@ -228,7 +228,7 @@ def main(argv: list[str]) -> int:
             parser.error(str(error))
     run_dirs = list(ns.compare)
     if ns.benchmark:
-        with downloads_allowed(ns.allow_download):
+        with allowing_downloads(ns.allow_download):
             results = evaluate(ns, judge)
         print(run_table(results))
         print(f"results written to {ns.output_dir}")

@@ -100,7 +100,7 @@ def _pop_debug(argv: list[str]) -> tuple[list[str], bool]:
 
 
 @contextlib.contextmanager
-def downloads_allowed(allowed: bool) -> Iterator[None]:
+def allowing_downloads(allowed: bool) -> Iterator[None]:
     """While inside, with ``allowed``, let Hub ids be downloaded (sets ``MMPO_ALLOW_DOWNLOAD=1``,
     which :func:`mmpo.hub.pretrained_kwargs` reads); without it, nothing changes."""
     if not allowed:

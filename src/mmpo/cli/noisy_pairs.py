@@ -94,7 +94,7 @@ def synthetic_items(n: int, seed: int, image_dir: Path) -> list[tuple[str, str, 
 def main(argv: list[str]) -> int:
     from ..data.construct.noisy_pairs import DiffusionNoise, build_noisy_pairs
     from .evaluate import load_checkpoint
-    from .main import downloads_allowed
+    from .main import allowing_downloads
 
     parser = build_parser()
     ns = parser.parse_args(argv)
@@ -107,7 +107,7 @@ def main(argv: list[str]) -> int:
                                seed=ns.seed)
     except ValueError as error:
         parser.error(str(error))
-    with downloads_allowed(ns.allow_download):  # first: a mistyped --model fails before any work
+    with allowing_downloads(ns.allow_download):  # first: a mistyped --model fails before any work
         model, processor = load_checkpoint(ns.model, ns.device, ns.dtype)
     output = Path(ns.output)
     image_dir = Path(ns.image_dir) if ns.image_dir else output.parent / "images"

@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
     from ..data.records import load_records, save_records
     from ..scoring.clip import CLIPScorer
     from ..scoring.sentences import RuleSplitter
-    from .main import downloads_allowed
+    from .main import allowing_downloads
 
     ns = build_parser().parse_args(argv)
     clip = ns.clip
@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
     loaded = load_records(ns.input, on_error=ns.on_bad_record)
     if loaded.errors:
         print(loaded.summary())
-    with downloads_allowed(ns.allow_download):
+    with allowing_downloads(ns.allow_download):
         scorer = CLIPScorer(clip, batch_size=ns.batch_size, cache_dir=ns.cache_dir)
     records, report = score_sentences(loaded.records, scorer, RuleSplitter(), dama_mode=ns.dama_mode,
                                       progress=ns.progress)

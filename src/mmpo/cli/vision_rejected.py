@@ -87,7 +87,7 @@ def main(argv: list[str]) -> int:
     from ..data.construct.vision_rejected import VisionRejectedPipeline, build_vision_rejected
     from ..data.records import load_records
     from ..scoring.clip import CLIPScorer
-    from .main import downloads_allowed
+    from .main import allowing_downloads
 
     parser = build_parser()
     ns = parser.parse_args(argv)
@@ -114,7 +114,7 @@ def main(argv: list[str]) -> int:
             print(f"mmpo vision-rejected: error: {error}", file=sys.stderr)
             return 2
 
-    with downloads_allowed(ns.allow_download):  # every checkpoint below is loaded here
+    with allowing_downloads(ns.allow_download):  # every checkpoint below is loaded here
         clip = ns.clip
         if clip == "toyworld":
             from ..toyworld.clip import ensure_tiny_clip
