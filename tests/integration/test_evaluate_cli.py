@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from mmpo.cli.evaluate import BENCHMARKS, build_parser, main
+from mmpo.evaluation.report import scalar_metrics
 from mmpo.toyworld.benchmarks import write_toy_benchmarks
 from mmpo.toyworld.scenes import WorldConfig, sample_scenes
 
@@ -87,27 +88,31 @@ def test_evaluate_every_benchmark_then_compare(tiny_checkpoint, tmp_path, judge_
     results = json.loads((run / "results.json").read_text())
     assert results["run"] == "untrained" and list(results["benchmarks"]) == list(BENCHMARKS)
     b = results["benchmarks"]
-    expected = {"chair": ("chair_i", "chair_s", "object_halbench/mention_non_hallucination_rate"),
-                "pope": ("random/f1", "adversarial/yes_ratio", "mean/accuracy"),
-                "amber": ("generative/chair", "discriminative/f1", "attribute/accuracy", "amber_score"),
-                "mmhal": ("average_score", "hallucination_rate"),
+    expected = {"chair": ("CHAIRs", "CHAIRi", "Recall"),
+                "object_halbench": ("response_hallucination_rate", "mention_hallucination_rate", "object_recall"),
+                "pope": ("random", "popular", "adversarial", "mean"),
+                "amber": ("CHAIR", "Cover", "Hal", "Cog", "Accuracy", "Precision", "Recall", "F1", "Existence",
+                          "Attribute", "Relation", "AMBER_score"),
+                "mmhal": ("average_score", "hallucination_rate", "score_per_type"),
                 "synthetic": ("chair_i", "pope_f1")}
     for bench, keys in expected.items():
         assert set(keys) <= set(b[bench]), bench
-        values = [v for v in b[bench].values() if isinstance(v, (int, float))]
+        assert b[bench]["parsing"] == ("exact" if bench == "synthetic" else "reference"), bench
+        values = [v for (name, _), v in scalar_metrics(results).items() if name == bench]
         assert values and all(math.isfinite(v) for v in values), bench
         assert (run / "predictions" / f"{bench}.json").exists()
-    assert b["chair"]["n_responses"] == 3 and b["pope"]["random/n"] > 0
-    assert b["mmhal"] == {**b["mmhal"], "average_score": 4.0, "hallucination_rate": 0.0, "n": 3}
+    assert set(b["pope"]["random"]) >= {"accuracy", "precision", "recall", "f1", "yes_ratio"}
+    assert b["pope"]["random"]["n"] > 0
+    assert b["mmhal"] == {**b["mmhal"], "average_score": 4.0, "hallucination_rate": 0.0, "n_replies": 3}
     assert judge_url.auth == ["Bearer sk-local"] * 3
     assert "predictions" not in b["amber"] and "reviews" not in b["mmhal"]
-    assert "| amber | amber_score |" in (run / "results.md").read_text()
-    assert "| pope | mean/f1 |" in capsys.readouterr().out
+    assert "| amber | reference | AMBER_score |" in (run / "results.md").read_text()
+    assert "| pope | reference | mean/f1 |" in capsys.readouterr().out
 
     other = tmp_path / "runs" / "copy"
     shutil.copytree(run, other)
     copied = json.loads((other / "results.json").read_text())
-    copied["run"], copied["benchmarks"]["pope"]["mean/f1"] = "copy", 0.25
+    copied["run"], copied["benchmarks"]["pope"]["mean"]["f1"] = "copy", 0.25
     (other / "results.json").write_text(json.dumps(copied))
     assert main(["--compare", str(run), str(other), "--output-dir", str(tmp_path / "cmp")]) == 0
     table = (tmp_path / "cmp" / "comparison.md").read_text()

@@ -14,7 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from mmpo.evaluation.benchmarks import OpenAIChatJudge, score_mmhal
+from mmpo.evaluation.judge import OpenAIChatJudge
+from mmpo.evaluation.mmhal import score_mmhal
 
 KEY = "sk-secret-test-key"
 

@@ -6,6 +6,7 @@ import importlib
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import mmpo
 
@@ -51,3 +52,23 @@ def test_nothing_imports_the_cli():
             "        print(name); break\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "", f"{out.strip()} imports mmpo.cli"
+
+
+def test_evaluation_does_not_import_the_toyworld():
+    """The benchmark scorers stand alone: importing every ``mmpo.evaluation`` module loads no
+    ``mmpo.toyworld`` module, and no evaluation source names it in an import (lazy ones included)."""
+    evaluation = [name for name in MODULES if name.startswith("mmpo.evaluation")]
+    assert {"mmpo.evaluation.chair", "mmpo.evaluation.pope", "mmpo.evaluation.amber",
+            "mmpo.evaluation.mmhal", "mmpo.evaluation.judge", "mmpo.evaluation.synthetic"} <= set(evaluation)
+    code = ("import importlib, sys\n"
+            f"for name in {evaluation!r}:\n"
+            "    importlib.import_module(name)\n"
+            "print(' '.join(m for m in sys.modules if m.startswith('mmpo.toyworld')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "", f"importing mmpo.evaluation loads {out.strip()}"
+    root = Path(mmpo.__file__).parent / "evaluation"
+    for path in sorted(root.glob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            words = line.split()
+            if words[:1] in (["import"], ["from"]) and "toyworld" in line:
+                raise AssertionError(f"{path.name}:{number} imports the toyworld: {line.strip()}")

@@ -259,13 +259,13 @@ def _vision_rejected(records, scorer, folder: Path, opts: DemoOptions) -> list:
 
 
 def evaluate(opts: DemoOptions, model, processor, world) -> dict:
-    from ..evaluation.synthetic import evaluate_synthetic
+    from ..toyworld.evaluate import evaluate_world
     from ..toyworld.scenes import sample_scenes
 
     eval_scenes = sample_scenes(world.held_out(), opts.n_eval_scenes, prefix="heldout")
     stats_scenes = sample_scenes(world, opts.base_scenes, prefix="train")
-    return evaluate_synthetic(model, processor, eval_scenes, pope_split_scenes_for_stats=stats_scenes,
-                              seed=opts.seed, progress=opts.progress)
+    return evaluate_world(model, processor, eval_scenes, pope_split_scenes_for_stats=stats_scenes,
+                          seed=opts.seed, progress=opts.progress)
 
 
 def evaluate_cached(opts: DemoOptions, base_dir: Path, model, processor, world) -> dict:

@@ -1,23 +1,43 @@
 """``mmpo evaluate``: evaluate a local checkpoint on hallucination benchmarks read from local files.
 
-Each ``--benchmark`` needs its files in the published format (see ``mmpo.evaluation.benchmarks``):
+Each ``--benchmark`` needs its files in the published format (one module per benchmark in
+``mmpo.evaluation``: chair, pope, amber, mmhal):
 
-  chair      --coco-instances instances_val2014.json [--coco-captions captions_val2014.json]
-             --coco-images val2014/ [--chair-questions questions.jsonl]
+  chair, object_halbench
+             --coco-annotations DIR (instances_*.json + captions_*.json, as CHAIR reads them) or
+             --coco-instances FILE... [--coco-captions FILE...]; --coco-images val2014/
+             [--chair-questions questions.jsonl]   (both benchmarks share one generation)
   pope       --pope-dir DIR (holds <dataset>_pope_<split>.json) or --pope-file SPLIT=PATH ...,
              --pope-images val2014/
   amber      --amber-queries query_all.json --amber-annotations annotations.json --amber-images image/
-             [--amber-relation relation.json --amber-safe-words safe_words.txt]
+             (relation.json, safe_words.txt, metrics.txt are read from beside annotations.json, or
+             --amber-relation / --amber-safe-words / --amber-metrics)
   mmhal      --mmhal-template response_template.json --mmhal-images images/, and a judge:
              --judge-url / --judge-config FILE / $MMPO_JUDGE_URL (key: config or $MMPO_JUDGE_API_KEY)
   synthetic  nothing: the built-in synthetic world's held-out scenes
 
+Scoring answers produced elsewhere (vLLM, SGLang, lmms-eval, ...): give one --benchmark, its
+ground-truth files and --predictions; no model and no images are loaded.
+
+  chair / object_halbench  --predictions FILE: {"image_id", "caption"|"text"} JSONL, or CHAIR's
+                           {"imgToEval": ...} JSON
+  pope                     --predictions random=FILE --predictions popular=FILE ... (AoiDragon's
+                           {"question", "answer"} lines or LLaVA's {"question_id", "text"} lines);
+                           one LLaVA answers file without SPLIT= serves every split
+  amber                    --predictions FILE: AMBER's [{"id", "response"}] JSON
+  mmhal                    --predictions FILE: the judge's review file (the reference's
+                           [{"choices": [{"message": {"content"}}]}], or a JSON list of reply strings)
+
+Text is read by each benchmark's reference rules (--parsing reference, the default: the numbers of
+the published scorers); --parsing lenient is mmpo's more tolerant reading, a documented deviation.
 The run directory gets results.json, results.md and predictions/<benchmark>.json.
 ``--compare RUN_DIR ...`` prints (and, with --output-dir, writes comparison.md) a side-by-side
 table of existing runs; given with --benchmark, the new run is the first column.
 
 examples:
   mmpo evaluate --model ckpt/ --benchmark pope --pope-dir pope/coco --pope-images val2014 --output-dir runs/base
+  mmpo evaluate --benchmark pope --pope-dir pope/coco --predictions random=answers_random.jsonl \
+      --predictions popular=answers_popular.jsonl --predictions adversarial=answers_adv.jsonl --output-dir runs/vllm
   mmpo evaluate --compare runs/base runs/dpo --output-dir runs
 """
 
@@ -28,10 +48,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-BENCHMARKS = ("chair", "pope", "amber", "mmhal", "synthetic")
+BENCHMARKS = ("chair", "object_halbench", "pope", "amber", "mmhal", "synthetic")
+#: benchmarks answered by one generation pass (Object HalBench scores CHAIR's captions its own way)
+CAPTION_BENCHMARKS = ("chair", "object_halbench")
 POPE_SPLITS = ("random", "popular", "adversarial")
 #: result entries too bulky for results.json; they go to predictions/<benchmark>.json
 BULKY_KEYS = ("predictions", "per_response", "reviews", "samples")
+
+
+def _prediction(text: str) -> tuple[str | None, str]:
+    """``--predictions [SPLIT=]PATH``: the split is read only when the prefix is a POPE split."""
+    split, sep, path = text.partition("=")
+    if sep and split in POPE_SPLITS:
+        return split, path
+    return None, text
 
 
 def _split_file(text: str) -> tuple[str, str]:
@@ -42,7 +72,8 @@ def _split_file(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..evaluation.coco_chair import DEFAULT_PROMPT
+    from ..evaluation.chair import DEFAULT_PROMPT
+    from ..evaluation.common import PARSINGS
     from .main import ALLOW_DOWNLOAD_HELP
 
     p = argparse.ArgumentParser(prog="mmpo evaluate", description=__doc__,
@@ -61,8 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights dtype ('auto': as saved)")
     p.add_argument("--progress", action="store_true", help="show generation progress bars")
     p.add_argument("--allow-download", action="store_true", help=ALLOW_DOWNLOAD_HELP)
+    p.add_argument("--parsing", choices=PARSINGS, default="reference",
+                   help="how model text is read: 'reference' (each benchmark's published scorer, exactly; default) "
+                        "or 'lenient' (mmpo's more tolerant reading; a deviation from published numbers)")
+    p.add_argument("--predictions", action="append", type=_prediction, default=[], metavar="[SPLIT=]FILE",
+                   help="score this answers file instead of generating (one --benchmark; no --model needed); "
+                        "POPE takes SPLIT=FILE per split")
 
     g = p.add_argument_group("CHAIR / Object HalBench")
+    g.add_argument("--coco-annotations", help="COCO annotations folder (instances_*.json, captions_*.json)")
     g.add_argument("--coco-instances", nargs="+", help="COCO instances_*.json file(s)")
     g.add_argument("--coco-captions", nargs="+", default=[], help="COCO captions_*.json file(s) (optional)")
     g.add_argument("--coco-images", help="folder of the COCO images")
@@ -75,17 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pope-file", action="append", type=_split_file, default=[], metavar="SPLIT=PATH",
                    help="one split's question file (repeatable; overrides --pope-dir for that split)")
     g.add_argument("--pope-images", help="folder of the images the questions name")
-    g.add_argument("--pope-rule", choices=("pope", "strict"), default="pope",
-                   help="answer reading: 'pope' (published: no/not in first sentence -> no, else yes) or "
-                        "'strict' (first word must be yes/no)")
     g.add_argument("--pope-prompt-suffix", default="", help="appended to every question")
 
     g = p.add_argument_group("AMBER")
     g.add_argument("--amber-queries", help="query_all.json (or any query_*.json)")
     g.add_argument("--amber-annotations", help="annotations.json")
     g.add_argument("--amber-images", help="folder of the AMBER images")
-    g.add_argument("--amber-relation", help="relation.json word associations (optional)")
+    g.add_argument("--amber-relation", help="relation.json word associations (default: beside annotations.json)")
     g.add_argument("--amber-safe-words", help="safe_words.txt (optional)")
+    g.add_argument("--amber-metrics", help="metrics.txt, the counters' initial values (optional)")
     g.add_argument("--amber-yes-no-suffix", default="", help="appended to discriminative queries")
 
     g = p.add_argument_group("MMHal-Bench")
@@ -104,23 +140,53 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: options each benchmark needs when the model generates (the images) and when scoring --predictions
 _REQUIRED = {
-    "chair": ("coco_instances", "coco_images"),
+    "chair": ("coco_images",),
+    "object_halbench": ("coco_images",),
     "pope": ("pope_images",),
     "amber": ("amber_queries", "amber_annotations", "amber_images"),
     "mmhal": ("mmhal_template", "mmhal_images"),
     "synthetic": (),
+}
+_REQUIRED_FOR_PREDICTIONS = {
+    "chair": (), "object_halbench": (), "pope": (), "amber": ("amber_annotations",), "mmhal": (), "synthetic": (),
 }
 
 
 def _check(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
     if not ns.benchmark and not ns.compare:
         parser.error("nothing to do: give --benchmark (with --model and --output-dir) or --compare")
-    if ns.benchmark and not (ns.model and ns.output_dir):
-        parser.error("--benchmark needs --model and --output-dir")
+    if ns.predictions:
+        benches = list(dict.fromkeys(ns.benchmark))
+        if len(benches) != 1:
+            parser.error(f"--predictions scores one benchmark's answers; give exactly one --benchmark (got {benches})")
+        if benches == ["synthetic"]:
+            parser.error("--predictions does not apply to the synthetic benchmark (its scenes are rendered here)")
+        if ns.model:
+            parser.error("give --model or --predictions, not both: --predictions scores existing answers")
+        if not ns.output_dir:
+            parser.error("--predictions needs --output-dir")
+        splits = [split for split, _ in ns.predictions]
+        if benches != ["pope"] and any(splits):
+            parser.error(f"SPLIT=FILE predictions are for POPE; --benchmark {benches[0]} takes one FILE")
+        if benches == ["pope"]:
+            if len(splits) != len(set(splits)):
+                parser.error("--predictions: a POPE split is given twice")
+            if None in splits and len(splits) > 1:
+                parser.error("--predictions: give either one answers file for every split or SPLIT=FILE per split")
+        elif len(ns.predictions) != 1:
+            parser.error(f"--benchmark {benches[0]} takes one --predictions FILE")
+        required = _REQUIRED_FOR_PREDICTIONS
+    else:
+        if ns.benchmark and not (ns.model and ns.output_dir):
+            parser.error("--benchmark needs --model and --output-dir (or --predictions FILE to score existing answers)")
+        required = _REQUIRED
     for bench in ns.benchmark:
-        if missing := [f"--{k.replace('_', '-')}" for k in _REQUIRED[bench] if not getattr(ns, k)]:
+        if missing := [f"--{k.replace('_', '-')}" for k in required[bench] if not getattr(ns, k)]:
             parser.error(f"--benchmark {bench} needs {' '.join(missing)}")
+        if bench in CAPTION_BENCHMARKS and not (ns.coco_annotations or ns.coco_instances):
+            parser.error(f"--benchmark {bench} needs --coco-annotations DIR or --coco-instances FILE...")
     if "pope" in ns.benchmark and not (ns.pope_dir or ns.pope_file):
         parser.error("--benchmark pope needs --pope-dir or --pope-file SPLIT=PATH")
 
@@ -145,7 +211,7 @@ def load_checkpoint(path: str, device: str = "auto", dtype: str = "auto",
 
 
 def _judge(ns: argparse.Namespace):
-    from ..evaluation.benchmarks import judge_from_config
+    from ..evaluation.judge import judge_from_config
 
     config = None
     if ns.judge_config:
@@ -155,56 +221,128 @@ def _judge(ns: argparse.Namespace):
     return judge_from_config(config, url=ns.judge_url, model=ns.judge_model)
 
 
-def run_benchmark(bench: str, ns: argparse.Namespace, model: Any, processor: Any, judge: Any = None) -> dict[str, Any]:
-    """One benchmark's result dict (scores + bulky entries), from the parsed options."""
-    from ..evaluation import benchmarks
+def _coco_ground_truth(ns: argparse.Namespace):
+    from ..evaluation import chair
 
-    common = {"batch_size": ns.batch_size, "progress": ns.progress}
-    if bench == "chair":
-        return benchmarks.run_chair(model, processor, ns.coco_instances, ns.coco_images, captions=ns.coco_captions,
-                                    questions=ns.chair_questions, prompt=ns.chair_prompt, limit=ns.limit,
-                                    max_new_tokens=ns.max_new_tokens, **common)
+    if ns.coco_annotations:
+        return chair.load_coco_ground_truth(ns.coco_annotations)
+    return chair.load_coco_ground_truth(ns.coco_instances, ns.coco_captions)
+
+
+def _pope_labels(ns: argparse.Namespace) -> dict[str, Path]:
+    from ..evaluation import pope
+
+    files = dict(pope.find_pope_files(ns.pope_dir)) if ns.pope_dir else {}
+    files.update({split: Path(path) for split, path in ns.pope_file})
+    return files
+
+
+def _amber_score_kwargs(ns: argparse.Namespace) -> dict[str, Any]:
+    """AMBER's data files for :func:`mmpo.evaluation.amber.score_amber`: given, or beside annotations.json."""
+    from ..evaluation import amber
+
+    found = {name: amber.find_amber_data_file(name, given, ns.amber_annotations)
+             for name, given in (("relation.json", ns.amber_relation), ("safe_words.txt", ns.amber_safe_words),
+                                 ("metrics.txt", ns.amber_metrics))}
+    if ns.parsing == "reference" and (missing := [n for n in ("relation.json", "safe_words.txt") if found[n] is None]):
+        raise FileNotFoundError(f"AMBER reference scoring needs {', '.join(missing)}: pass --amber-relation / "
+                                f"--amber-safe-words or put them beside {ns.amber_annotations} (AMBER's data/ layout)")
+    load = {"relation.json": amber.load_amber_associations, "safe_words.txt": amber.load_amber_safe_words,
+            "metrics.txt": amber.load_amber_metrics}
+    keys = {"relation.json": "associations", "safe_words.txt": "safe_words", "metrics.txt": "metrics"}
+    return {keys[name]: load[name](path) for name, path in found.items() if path is not None}
+
+
+def score_predictions(bench: str, ns: argparse.Namespace) -> dict[str, Any]:
+    """One benchmark's result dict from an answers file written elsewhere (``--predictions``)."""
+    from ..evaluation import amber, chair, mmhal, pope
+
+    parsing = ns.parsing
     if bench == "pope":
-        files = dict(benchmarks.find_pope_files(ns.pope_dir)) if ns.pope_dir else {}
-        files.update(dict(ns.pope_file))
-        return benchmarks.run_pope(model, processor, files, ns.pope_images, rule=ns.pope_rule,
-                                   prompt_suffix=ns.pope_prompt_suffix, limit=ns.limit,
-                                   max_new_tokens=ns.yes_no_max_new_tokens, **common)
+        labels = _pope_labels(ns)
+        given = dict(ns.predictions)
+        if list(given) == [None]:
+            given = dict.fromkeys(labels, given[None])
+        elif missing := [split for split in labels if split not in given]:
+            raise ValueError(f"no --predictions for POPE split(s) {missing}: give SPLIT=FILE for each, or drop "
+                             f"their label files")
+        answers = {split: pope.load_pope_predictions(given[split], path) for split, path in labels.items()}
+        return pope.score_pope(answers, {split: pope.load_pope_questions(path) for split, path in labels.items()},
+                               parsing)
+    (_, path), = ns.predictions
+    if bench in CAPTION_BENCHMARKS:
+        score = chair.score_chair if bench == "chair" else chair.score_object_halbench
+        return score(chair.load_generations(path), _coco_ground_truth(ns), parsing=parsing)
     if bench == "amber":
-        return benchmarks.run_amber(model, processor, ns.amber_queries, ns.amber_annotations, ns.amber_images,
-                                    associations=ns.amber_relation, safe_words=ns.amber_safe_words,
-                                    limit=ns.limit, yes_no_suffix=ns.amber_yes_no_suffix,
-                                    max_new_tokens=ns.max_new_tokens,
-                                    yes_no_max_new_tokens=ns.yes_no_max_new_tokens, **common)
+        return amber.score_amber(amber.load_amber_predictions(path), amber.load_amber_annotations(ns.amber_annotations),
+                                 parsing=parsing, **_amber_score_kwargs(ns))
     if bench == "mmhal":
-        return benchmarks.run_mmhal(model, processor, ns.mmhal_template, ns.mmhal_images, judge, limit=ns.limit,
-                                    max_new_tokens=ns.max_new_tokens, **common)
+        return mmhal.score_mmhal_replies(mmhal.load_mmhal_reviews(path), parsing)
+    raise ValueError(f"--predictions does not apply to benchmark {bench!r}")
+
+
+def run_benchmark(bench: str, ns: argparse.Namespace, model: Any, processor: Any, judge: Any = None) -> dict[str, Any]:
+    """One benchmark's result dict (scores + bulky entries), from the parsed options. For
+    ``chair`` / ``object_halbench`` it is ``{"chair": ..., "object_halbench": ..., "predictions"}``."""
+    from ..evaluation import amber, chair, mmhal, pope
+
+    common = {"batch_size": ns.batch_size, "progress": ns.progress, "limit": ns.limit, "parsing": ns.parsing}
+    if bench in CAPTION_BENCHMARKS:
+        return chair.run_chair(model, processor, _coco_ground_truth(ns), ns.coco_images, questions=ns.chair_questions,
+                               prompt=ns.chair_prompt, max_new_tokens=ns.max_new_tokens, **common)
+    if bench == "pope":
+        return pope.run_pope(model, processor, _pope_labels(ns), ns.pope_images, prompt_suffix=ns.pope_prompt_suffix,
+                             max_new_tokens=ns.yes_no_max_new_tokens, **common)
+    if bench == "amber":
+        return amber.run_amber(model, processor, ns.amber_queries, ns.amber_annotations, ns.amber_images,
+                               associations=ns.amber_relation, safe_words=ns.amber_safe_words,
+                               metrics=ns.amber_metrics, yes_no_suffix=ns.amber_yes_no_suffix,
+                               max_new_tokens=ns.max_new_tokens,
+                               yes_no_max_new_tokens=ns.yes_no_max_new_tokens, **common)
+    if bench == "mmhal":
+        return mmhal.run_mmhal(model, processor, ns.mmhal_template, ns.mmhal_images, judge,
+                               max_new_tokens=ns.max_new_tokens, **common)
     if bench == "synthetic":
-        from ..evaluation.synthetic import evaluate_synthetic
+        from ..toyworld.evaluate import evaluate_world
         from ..toyworld.scenes import WorldConfig, sample_scenes
 
         world = WorldConfig(seed=ns.synthetic_seed)
         n = ns.synthetic_scenes if ns.limit is None else min(ns.synthetic_scenes, ns.limit)
-        return evaluate_synthetic(model, processor, sample_scenes(world.held_out(), n, prefix="eval"),
-                                  pope_split_scenes_for_stats=sample_scenes(world, 1000, prefix="train"),
-                                  seed=ns.synthetic_seed, max_new_tokens=ns.max_new_tokens,
-                                  pope_max_new_tokens=ns.yes_no_max_new_tokens, **common)
+        result = evaluate_world(model, processor, sample_scenes(world.held_out(), n, prefix="eval"),
+                                pope_split_scenes_for_stats=sample_scenes(world, 1000, prefix="train"),
+                                seed=ns.synthetic_seed, max_new_tokens=ns.max_new_tokens,
+                                pope_max_new_tokens=ns.yes_no_max_new_tokens, batch_size=ns.batch_size,
+                                progress=ns.progress)
+        return {**result, "parsing": "exact"}
     raise ValueError(f"unknown benchmark {bench!r}")
 
 
 def evaluate(ns: argparse.Namespace, judge: Any = None) -> dict[str, Any]:
-    """Run every requested benchmark; write the run directory; return the results."""
+    """Run every requested benchmark (or score ``--predictions``); write the run directory;
+    return the results."""
     from ..data.construct.journal import atomic_write_text
     from ..evaluation.report import write_run
 
     out = Path(ns.output_dir)
-    model, processor = load_checkpoint(ns.model, ns.device, ns.dtype)
+    model = processor = None
+    if not ns.predictions:
+        model, processor = load_checkpoint(ns.model, ns.device, ns.dtype)
     settings = {k: getattr(ns, k) for k in ("batch_size", "max_new_tokens", "yes_no_max_new_tokens", "limit",
-                                            "pope_rule")}
-    results: dict[str, Any] = {"run": ns.run_name or out.name, "model": str(ns.model), "settings": settings,
-                               "benchmarks": {}}
+                                            "parsing")}
+    if ns.predictions:
+        settings["predictions"] = {split or "all": path for split, path in ns.predictions}
+    results: dict[str, Any] = {"run": ns.run_name or out.name, "model": str(ns.model) if ns.model else None,
+                               "settings": settings, "benchmarks": {}}
+    captions: dict[str, Any] | None = None         # chair + object_halbench share one generation
     for bench in dict.fromkeys(ns.benchmark):
-        result = run_benchmark(bench, ns, model, processor, judge)
+        if ns.predictions:
+            result = score_predictions(bench, ns)
+        elif bench in CAPTION_BENCHMARKS:
+            if captions is None:
+                captions = run_benchmark(bench, ns, model, processor, judge)
+            result = {**captions[bench], "predictions": captions["predictions"]}
+        else:
+            result = run_benchmark(bench, ns, model, processor, judge)
         bulky = {k: result.pop(k) for k in BULKY_KEYS if k in result}
         if bulky:
             atomic_write_text(out / "predictions" / f"{bench}.json", json.dumps(bulky, indent=1, default=str) + "\n")
@@ -221,7 +359,7 @@ def main(argv: list[str]) -> int:
     ns = parser.parse_args(argv)
     _check(parser, ns)
     judge = None
-    if "mmhal" in ns.benchmark:
+    if "mmhal" in ns.benchmark and not ns.predictions:
         try:
             judge = _judge(ns)
         except ValueError as error:

@@ -2,8 +2,10 @@
 
 A run's results are ``{"run": name, "model": path, "benchmarks": {bench: result}}`` where each
 ``result`` is a ``score_<bench>`` / ``run_<bench>`` dict. Tables show the *scalar* entries (ints
-and floats) of each result; lists and dicts (``definitions``, ``per_response``, ...) stay in the
-JSON only.
+and floats) of each result, those of nested dicts as ``outer/inner`` (POPE's
+``random/accuracy``); bookkeeping dicts (:data:`UNTABLED`) and lists stay in the JSON only. Each
+benchmark's scoring rule (its ``parsing`` entry: ``reference`` or ``lenient``) is a column of
+the run table and a row of the comparison table.
 """
 
 from __future__ import annotations
@@ -14,18 +16,36 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mmpo.data.construct.journal import atomic_write_text
+
 RESULTS_JSON = "results.json"
 RESULTS_MARKDOWN = "results.md"
 
 
+#: nested entries of a result that are bookkeeping, not metrics: kept in results.json, not tabled
+UNTABLED = ("counts", "counters", "unrounded", "definitions", "nlp", "settings")
+
+
+def _numbers(result: Mapping[str, Any], prefix: str = ""):
+    for key, value in result.items():
+        if isinstance(value, Mapping):
+            if key not in UNTABLED:
+                yield from _numbers(value, f"{prefix}{key}/")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield f"{prefix}{key}", value
+
+
 def scalar_metrics(results: Mapping[str, Any]) -> dict[tuple[str, str], float]:
-    """``{(benchmark, metric): value}`` for every int/float (not bool) of every benchmark, in order."""
-    out: dict[tuple[str, str], float] = {}
-    for bench, result in results.get("benchmarks", {}).items():
-        for metric, value in result.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                out[bench, metric] = value
-    return out
+    """``{(benchmark, metric): value}`` for every int/float (not bool) of every benchmark, in order;
+    numbers inside nested dicts are ``"outer/inner"`` metrics (except :data:`UNTABLED` dicts)."""
+    return {(bench, metric): value for bench, result in results.get("benchmarks", {}).items()
+            for metric, value in _numbers(result)}
+
+
+def scoring_rules(results: Mapping[str, Any]) -> dict[str, str]:
+    """``{benchmark: rule}``: how each benchmark read the model's text (``reference`` /
+    ``lenient``; ``exact`` for the synthetic world, whose truth is known; ``-`` if unstated)."""
+    return {bench: str(result.get("parsing", "-")) for bench, result in results.get("benchmarks", {}).items()}
 
 
 def format_value(value: float | None) -> str:
@@ -46,9 +66,10 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def run_table(results: Mapping[str, Any]) -> str:
-    """One run as ``| benchmark | metric | value |``."""
-    rows = [(bench, metric, format_value(v)) for (bench, metric), v in scalar_metrics(results).items()]
-    return markdown_table(("benchmark", "metric", "value"), rows)
+    """One run as ``| benchmark | scoring | metric | value |``."""
+    rules = scoring_rules(results)
+    rows = [(bench, rules[bench], metric, format_value(v)) for (bench, metric), v in scalar_metrics(results).items()]
+    return markdown_table(("benchmark", "scoring", "metric", "value"), rows)
 
 
 def write_run(results: Mapping[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
@@ -56,10 +77,10 @@ def write_run(results: Mapping[str, Any], out_dir: str | Path) -> tuple[Path, Pa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / RESULTS_JSON, out_dir / RESULTS_MARKDOWN
-    json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    atomic_write_text(json_path, json.dumps(results, indent=2, default=str) + "\n")
     title = f"# {results.get('run', out_dir.name)}\n\n"
     model = f"model: `{results['model']}`\n\n" if results.get("model") else ""
-    md_path.write_text(title + model + run_table(results))
+    atomic_write_text(md_path, title + model + run_table(results))
     return json_path, md_path
 
 
@@ -79,8 +100,14 @@ def compare_table(runs: Sequence[Mapping[str, Any]], names: Sequence[str] | None
     if len(names) != len(runs):
         raise ValueError(f"{len(runs)} runs but {len(names)} names")
     tables = [scalar_metrics(r) for r in runs]
+    rules = [scoring_rules(r) for r in runs]
     keys = list(dict.fromkeys(k for table in tables for k in table))
-    rows = [(bench, metric, *(format_value(t.get((bench, metric))) for t in tables)) for bench, metric in keys]
+    rows, seen = [], set()
+    for bench, metric in keys:
+        if bench not in seen:
+            seen.add(bench)
+            rows.append((bench, "scoring", *(r.get(bench, "-") for r in rules)))
+        rows.append((bench, metric, *(format_value(t.get((bench, metric))) for t in tables)))
     return markdown_table(("benchmark", "metric", *names), rows)
 
 
@@ -91,6 +118,5 @@ def compare_runs(run_dirs: Sequence[str | Path], out_path: str | Path | None = N
     names = [r.get("run") or Path(d).name for r, d in zip(runs, run_dirs, strict=True)]
     table = compare_table(runs, names)
     if out_path is not None:
-        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_path).write_text(table)
+        atomic_write_text(Path(out_path), table)
     return table

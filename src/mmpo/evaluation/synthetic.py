@@ -1,28 +1,50 @@
-"""Exact hallucination metrics of a VLM on the synthetic world (CHAIR, POPE, attribute errors).
+"""Exact hallucination metrics of a VLM on a world whose truth is known (CHAIR, POPE, colours).
 
 Every scene's objects are known, so nothing here is estimated by a detector or a judge: a shape
-mentioned that is not in the scene is a hallucination, full stop.
+mentioned that is not in the scene is a hallucination, full stop. The scorer knows no particular
+world: the vocabulary (``shapes``, ``colours``), the description prompt and the POPE questions
+come from the caller — :func:`mmpo.toyworld.evaluate.evaluate_world` passes the built-in
+synthetic world's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Collection, Sequence
+from typing import Any, Protocol
 
 from mmpo.evaluation.chair import chair_scores, extract_mentions, singular_forms, tokenize
 from mmpo.evaluation.generation import generate_responses
-from mmpo.evaluation.pope import (
-    Split,
-    build_pope_questions,
-    category_frequencies,
-    cooccurrence_counts,
-    parse_yes_no,
-    pope_metrics,
-)
-from mmpo.toyworld.scenes import COLOURS, DESCRIBE_PROMPT, SHAPES, Scene
+from mmpo.evaluation.pope import parse_yes_no, pope_metrics
 
 
-def attribute_errors(response: str, scene: Scene) -> tuple[int, int]:
+class KnownObject(Protocol):
+    shape: str
+    colour: str
+
+
+class KnownScene(Protocol):
+    """A scene whose objects are known (e.g. ``mmpo.toyworld.scenes.Scene``)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def objects(self) -> Sequence[KnownObject]: ...
+    @property
+    def shapes(self) -> Collection[str]: ...
+    def render(self) -> Any: ...
+    def description(self) -> str: ...
+
+
+class YesNoQuestion(Protocol):
+    """A POPE question about one scene (e.g. ``mmpo.toyworld.pope.PopeQuestion``)."""
+
+    scene_id: str
+    question: str
+    label: str
+
+
+def attribute_errors(response: str, scene: KnownScene, shapes: Collection[str],
+                     colours: Collection[str]) -> tuple[int, int]:
     """``(wrong, checked)`` colour claims of ``response`` about shapes really in ``scene``.
 
     The response is cut into sentences at ``"."``. In each sentence the first shape mentioned is the
@@ -38,9 +60,9 @@ def attribute_errors(response: str, scene: Scene) -> tuple[int, int]:
     for sentence in response.split("."):
         words = tokenize(sentence)
         for i, word in enumerate(words):
-            shape = next((form for form in singular_forms(word) if form in SHAPES), None)
+            shape = next((form for form in singular_forms(word) if form in shapes), None)
             if shape is not None:
-                colour = next((w for w in reversed(words[:i]) if w in COLOURS), None)
+                colour = next((w for w in reversed(words[:i]) if w in colours), None)
                 if colour is not None and shape in colours_of:
                     checked += 1
                     wrong += colour not in colours_of[shape]
@@ -51,34 +73,31 @@ def attribute_errors(response: str, scene: Scene) -> tuple[int, int]:
 def evaluate_synthetic(
     model: Any,
     processor: Any,
-    scenes: Sequence[Scene],
+    scenes: Sequence[KnownScene],
+    questions: Sequence[YesNoQuestion],
     *,
-    pope_split_scenes_for_stats: Iterable[Scene] | None = None,
-    pope_split: Split = "adversarial",
-    n_negatives_per_scene: int | None = None,
-    seed: int = 0,
+    shapes: Collection[str],
+    colours: Collection[str],
+    prompt: str,
     batch_size: int = 32,
     max_new_tokens: int = 64,
     pope_max_new_tokens: int = 8,
     n_samples: int = 5,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Describe every scene and answer POPE questions about it; score both exactly.
+    """Describe every scene and answer the POPE ``questions`` about them; score both exactly.
 
-    CHAIR (:mod:`mmpo.evaluation.chair`): each scene is described with ``DESCRIBE_PROMPT``; the
-    mentions of ``SHAPES`` are compared with ``scene.shapes``. POPE (:mod:`mmpo.evaluation.pope`):
-    ``pope_split`` negatives; for ``adversarial``/``popular`` the co-occurrence/frequency tables
-    come from ``pope_split_scenes_for_stats`` (e.g. the training scenes, whose priors the model may
-    have learnt) or, if ``None``, from ``scenes`` themselves. Unparseable POPE answers count as wrong
-    (see :func:`mmpo.evaluation.pope.pope_metrics`).
+    CHAIR (:mod:`mmpo.evaluation.chair`): each scene is described with ``prompt``; the mentions of
+    ``shapes`` are compared with ``scene.shapes``. POPE: each question is asked about the scene
+    ``question.scene_id`` names; an answer whose first word is not yes/no counts as wrong (see
+    :func:`mmpo.evaluation.pope.pope_metrics`). Attribute errors: :func:`attribute_errors`.
 
     Args:
         model, processor: a transformers VLM and its processor (see :func:`generate_responses`).
-        scenes: the evaluated scenes (typically a ``WorldConfig.held_out()`` split).
-        pope_split_scenes_for_stats: scenes whose statistics choose the POPE negatives.
-        pope_split: ``"random"``, ``"popular"`` or ``"adversarial"``.
-        n_negatives_per_scene: POPE negatives per scene (``None``: as many as positives).
-        seed: seed of the ``random`` POPE split.
+        scenes: the evaluated scenes.
+        questions: yes/no questions about ``scenes`` (``scene_id``, ``question``, ``label``).
+        shapes, colours: the world's object and colour words.
+        prompt: the description request.
         batch_size: requests per ``generate`` call.
         max_new_tokens: length limit of descriptions.
         pope_max_new_tokens: length limit of POPE answers (only the first word is read).
@@ -94,21 +113,17 @@ def evaluate_synthetic(
     """
     scenes = list(scenes)
     images = {scene.id: scene.render() for scene in scenes}
+    if unknown := sorted({q.scene_id for q in questions} - images.keys()):
+        raise ValueError(f"{len(unknown)} POPE questions are about scenes not evaluated, e.g. {unknown[:3]}")
 
-    descriptions = generate_responses(model, processor, [images[s.id] for s in scenes], DESCRIBE_PROMPT,
+    descriptions = generate_responses(model, processor, [images[s.id] for s in scenes], prompt,
                                       batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
-    chair = chair_scores([extract_mentions(d, SHAPES) for d in descriptions], [s.shapes for s in scenes])
+    chair = chair_scores([extract_mentions(d, shapes) for d in descriptions], [s.shapes for s in scenes])
     wrong = checked = 0
     for description, scene in zip(descriptions, scenes, strict=True):
-        w, c = attribute_errors(description, scene)
+        w, c = attribute_errors(description, scene, shapes, colours)
         wrong, checked = wrong + w, checked + c
 
-    stats_scenes = scenes if pope_split_scenes_for_stats is None else list(pope_split_scenes_for_stats)
-    questions = build_pope_questions(
-        scenes, pope_split, n_negatives_per_scene=n_negatives_per_scene, seed=seed,
-        cooccurrence=cooccurrence_counts(stats_scenes) if pope_split == "adversarial" else None,
-        frequency=category_frequencies(stats_scenes) if pope_split == "popular" else None,
-    )
     answers = generate_responses(model, processor, [images[q.scene_id] for q in questions],
                                  [q.question for q in questions], batch_size=batch_size,
                                  max_new_tokens=pope_max_new_tokens, progress=progress)

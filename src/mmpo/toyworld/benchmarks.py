@@ -11,10 +11,13 @@
     amber/data/query/query_all.json, query_generative.json, query_discriminative.json,
         query_discriminative-{existence,attribute,relation}.json   AMBER: [{"id", "image", "query"}]
     amber/data/annotations.json             AMBER: [{"id", "type", "truth", ("hallu")}], ids 1..N
+    amber/data/relation.json, safe_words.txt, metrics.txt
+                                            AMBER's scorer data: no associations, no safe words,
+                                            the counters' initial values
     mmhal/response_template.json            MMHal-Bench: [{"question_type", ..., "model_answer": ""}]
 
-so every loader and scorer of :mod:`mmpo.evaluation.benchmarks` and
-:mod:`mmpo.evaluation.coco_chair` runs end to end on a tiny VLM. The questions use the world's
+so every loader and scorer of :mod:`mmpo.evaluation` (``chair``, ``pope``, ``amber``, ``mmhal``)
+runs end to end on a tiny VLM. The questions use the world's
 lower-case, space-separated style (``"is the circle red ?"``); words outside the world's tokenizer
 vocabulary ("left", "of", "how", ...) become ``<unk>`` for the tiny model, which is harmless for a
 smoke test.
@@ -36,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from ..data.construct.journal import atomic_write_text, save_png_atomic
-from ..evaluation.benchmarks import MMHAL_QUESTION_TYPES
-from ..evaluation.pope import SPLITS, build_pope_questions, category_frequencies, cooccurrence_counts
+from ..evaluation.mmhal import MMHAL_QUESTION_TYPES
+from .pope import SPLITS, build_pope_questions, category_frequencies, cooccurrence_counts
 from .scenes import COLOURS, DESCRIBE_PROMPT, PARTNERS, QUADRANTS, SHAPES, Scene, WorldConfig, sample_scenes
 
 
@@ -207,6 +210,15 @@ def write_toy_benchmarks(out_dir: str | Path, scenes: Sequence[Scene] | None = N
                     queries([r for r in items if r["type"].startswith(prefix)]))
     annotations = _write_json(amber / "annotations.json", [
         {k: r[k] for k in ("id", "type", "truth", "hallu") if k in r} for r in items])
+    # AMBER's scorer reads three more data files from beside annotations.json: the word
+    # associations of each object (none in this world), the global safe words (none) and the
+    # counters' initial values (AMBER's own: every denominator starts at 0.001, every numerator at 0)
+    _write_json(amber / "relation.json", {shape: [] for shape in SHAPES})
+    atomic_write_text(amber / "safe_words.txt", "")
+    counters = [f"{prefix}{name}" for prefix in ("", "as_", "an_", "aa_", "asso_", "ha_")
+                for name in ("qa_correct", "qa_no", "qa_ans_no")]
+    counters = ["chair", "safe_cover", "hallu_cover", "non_hallu"] + counters[:3] + counters[3:]
+    atomic_write_text(amber / "metrics.txt", "".join(f"{c}_score=0\n{c}_num=0.001\n" for c in counters))
 
     template = _write_json(root / "mmhal" / "response_template.json", mmhal_records(scenes))
     return ToyBenchmarkFiles(root=root, images=images, instances=instances_path, captions=captions_path,

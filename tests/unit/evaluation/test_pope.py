@@ -1,120 +1,83 @@
-"""POPE question building (three negative splits), answer parsing and metrics, worked by hand."""
+"""POPE: the reference answer rule, metrics worked by hand, both answer formats, and every per-answer
+reading and aggregate of the reference scorers (AoiDragon and LLaVA) on the golden fixtures."""
 
 from __future__ import annotations
 
-import pytest
+import json
+import math
+import re
+from pathlib import Path
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import mmpo.evaluation.generation as generation
 from mmpo.evaluation.pope import (
-    build_pope_questions,
-    category_frequencies,
-    cooccurrence_counts,
+    POPE_RATES,
+    SPLITS,
+    find_pope_files,
+    load_pope_predictions,
+    load_pope_questions,
+    parse_pope_answer,
     parse_yes_no,
     pope_metrics,
-    pope_question,
+    pope_summary_line,
+    run_pope,
+    score_pope,
 )
-from mmpo.toyworld.scenes import QUADRANTS, SHAPES, Scene, SceneObject, WorldConfig, sample_scenes
+
+GOLDEN = Path(__file__).resolve().parents[2] / "fixtures" / "reference" / "pope"
 
 
-def scene(scene_id: str, *shapes: str) -> Scene:
-    """A scene holding ``shapes`` (only the categories matter here)."""
-    objects = (SceneObject(s, "red", "small", q, (0, 0, 1, 1)) for s, q in zip(shapes, QUADRANTS, strict=False))
-    return Scene(scene_id, tuple(objects))
+def label_file(split: str) -> Path:
+    return GOLDEN / "annotations" / f"coco_pope_{split}.json"
 
 
-def negatives(questions, scene_id):
-    return [q.category for q in questions if q.scene_id == scene_id and q.label == "no"]
+def write_lines(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
 
-# ---------------------------------------------------------------- questions
+# ---------------------------------------------------------------------------------- the reference rule
+
+READ_NO = ["No", "no.", "No, there is not.", "There is no cat in the image.", "Yes, no.", "No. Wait, yes.",
+           "yes, but not clearly", "Absolutely not", "yes  no"]
+READ_YES = ["NO", "NOT", "Not", "Not at all.", "Nope", "No!", "No;", "(No)", "No\n", "no\n\n", "No\nThere is none",
+            "no\tthere is none", "no,there is none", "Yes.\nNo", "Yes,no", "There isn't one.", "I cannot tell",
+            "Mr. No", ""]
 
 
-def test_question_text_matches_world_style():
-    assert pope_question("circle") == "is there a circle in the image ?"
-    assert pope_question("apple") == "is there an apple in the image ?"
+@pytest.mark.parametrize("answer", READ_NO)
+def test_reference_reads_no(answer):
+    """README section 2's verified "no" examples: a piece (before the first '.', commas deleted, split
+    on ' ') is exactly No / not / no."""
+    assert parse_pope_answer(answer) == "no"
+    assert parse_pope_answer(answer, "reference") == "no"
 
 
-@pytest.mark.parametrize("split", ["random", "popular", "adversarial"])
-def test_positives_and_balanced_negatives(split):
-    scenes = sample_scenes(WorldConfig(seed=3), 20)
-    questions = build_pope_questions(scenes, split, seed=1)
-    for s in scenes:
-        mine = [q for q in questions if q.scene_id == s.id]
-        yes = {q.category for q in mine if q.label == "yes"}
-        no = [q.category for q in mine if q.label == "no"]
-        assert yes == s.shapes                                   # every present category, once
-        assert len(no) == len(set(no)) == min(len(yes), len(SHAPES) - len(yes))
-        assert not set(no) & s.shapes                            # negatives are absent
-        assert all(q.question == pope_question(q.category) for q in mine)
+@pytest.mark.parametrize("answer", READ_YES)
+def test_reference_reads_yes(answer):
+    """README section 2's verified "yes" examples: case-sensitive pieces, only ' ' separates, and
+    anything that is not a "no" (empty, hedged, "Nope", "No!") is a yes."""
+    assert parse_pope_answer(answer) == "yes"
 
 
-def test_random_split_is_seeded_and_uniform_over_absent():
-    scenes = [scene(f"s{i}", "circle") for i in range(300)]
-    a = build_pope_questions(scenes, "random", seed=0)
-    assert a == build_pope_questions(scenes, "random", seed=0)
-    assert a != build_pope_questions(scenes, "random", seed=1)
-    picked = [q.category for q in a if q.label == "no"]
-    assert set(picked) == set(SHAPES) - {"circle"}             # all 5 absent shapes get drawn
-    assert max(picked.count(c) for c in set(picked)) < 100      # ~60 each, none dominates
-
-
-def test_popular_split_picks_most_frequent_absent():
-    """Frequencies over the 4 scenes: square 3, circle 1, star 1, triangle 1, diamond 0, cross 0.
-
-    s1 {circle}        -> 1 negative: square (3).
-    s2 {square, star}  -> 2 negatives: circle (1) and triangle (1); the tie goes to SHAPES order.
-    A given table {cross: 10, diamond: 5} overrides: s1 -> cross.
-    """
-    scenes = [scene("s1", "circle"), scene("s2", "square", "star"), scene("s3", "square", "triangle"),
-              scene("s4", "square")]
-    assert category_frequencies(scenes)["square"] == 3
-    questions = build_pope_questions(scenes, "popular")
-    assert negatives(questions, "s1") == ["square"]
-    assert negatives(questions, "s2") == ["circle", "triangle"]
-    given = build_pope_questions(scenes, "popular", frequency={"cross": 10, "diamond": 5})
-    assert negatives(given, "s1") == ["cross"]
-    assert negatives(given, "s2") == ["cross", "diamond"]
-
-
-def test_adversarial_split_picks_top_cooccurring_absent():
-    """Training scenes: {circle, star} x3, {square, cross} x2, {circle, triangle} x1, so
-    co-occurrence counts are circle-star 3, square-cross 2, circle-triangle 1.
-
-    Eval {circle}           -> scores star 3, triangle 1, others 0 -> 1 negative: star.
-    Eval {square, triangle} -> cross 2 (with square) + circle 1 (with triangle) -> [cross, circle].
-    Frequencies alone (popular) would pick circle (4) for the second scene first.
-    """
-    train = ([scene(f"a{i}", "circle", "star") for i in range(3)]
-             + [scene(f"b{i}", "square", "cross") for i in range(2)] + [scene("c", "circle", "triangle")])
-    table = cooccurrence_counts(train)
-    assert table["circle"]["star"] == table["star"]["circle"] == 3 and table["circle"]["circle"] == 0
-    evaluated = [scene("e1", "circle"), scene("e2", "square", "triangle")]
-    questions = build_pope_questions(evaluated, "adversarial", cooccurrence=table)
-    assert negatives(questions, "e1") == ["star"]
-    assert negatives(questions, "e2") == ["cross", "circle"]
-    more = build_pope_questions(evaluated, "adversarial", n_negatives_per_scene=2, cooccurrence=table)
-    assert negatives(more, "e1") == ["star", "triangle"]
-
-
-def test_adversarial_without_table_uses_the_scenes_themselves():
-    scenes = [scene("s1", "circle", "star"), scene("s2", "circle", "star"), scene("s3", "circle")]
-    assert negatives(build_pope_questions(scenes, "adversarial"), "s3") == ["star"]
-
-
-def test_negatives_capped_by_absent_categories():
-    full = scene("s", "circle", "square", "triangle", "star")
-    questions = build_pope_questions([full], "random", n_negatives_per_scene=10)
-    assert sorted(negatives(questions, "s")) == ["cross", "diamond"]
-    assert negatives(build_pope_questions([full], "random", n_negatives_per_scene=0), "s") == []
-
-
-def test_bad_split_and_unknown_category():
-    with pytest.raises(ValueError, match="split"):
-        build_pope_questions([scene("s", "circle")], "hard")
-    with pytest.raises(ValueError, match="vocabulary"):
-        build_pope_questions([scene("s", "circle")], vocabulary=("square",))
-
-
-# ---------------------------------------------------------------- parsing
+@pytest.mark.parametrize(("answer", "lenient", "strict"), [
+    ("Yes, there is a dog.", "yes", "yes"),
+    ("No.", "no", "no"),
+    ("There is a dog in the image.", "yes", None),          # says neither: the published rule reads yes
+    ("I do not see one.", "no", None),                      # "not" in the first sentence
+    ("Yes. There is no cat though.", "yes", "yes"),         # only the first sentence is read
+    ("NOT at all", "no", None),                             # lenient lower-cases; the reference reads yes
+    ("No\n", "no", "no"),                                   # lenient splits on any whitespace
+    ("no\tthere is none", "no", "no"),
+    ("Nope", "yes", None),
+    ("", "yes", None),
+])
+def test_lenient_and_strict_readings(answer, lenient, strict):
+    assert parse_pope_answer(answer, "lenient") == lenient
+    assert parse_pope_answer(answer, "strict") == strict
 
 
 @pytest.mark.parametrize(("answer", "expected"), [
@@ -127,7 +90,30 @@ def test_parse_yes_no(answer, expected):
     assert parse_yes_no(answer) == expected
 
 
-# ---------------------------------------------------------------- metrics
+def test_unknown_parsing():
+    with pytest.raises(ValueError, match="parsing"):
+        parse_pope_answer("yes", "pope")
+    with pytest.raises(ValueError, match="parsing"):
+        score_pope({"random": []}, {"random": []}, "fuzzy")
+
+
+@given(st.text())
+def test_every_reading_is_total(answer):
+    assert parse_pope_answer(answer) in ("yes", "no")
+    assert parse_pope_answer(answer, "lenient") in ("yes", "no")
+    assert parse_pope_answer(answer, "strict") in ("yes", "no", None)
+
+
+@given(st.text(alphabet=st.sampled_from(list("Nnoteys., \t\n!;()")), max_size=30))
+def test_reference_rule_equals_a_regex_restatement(answer):
+    """Independent statement of the rule: in the first sentence with commas removed, No/not/no is
+    bounded by single spaces or the ends of the text."""
+    first = answer.split(".")[0].replace(",", "")
+    expected = "no" if re.search(r"(?:^| )(?:No|not|no)(?= |$)", first) else "yes"
+    assert parse_pope_answer(answer) == expected
+
+
+# ------------------------------------------------------------------------------------------- metrics
 
 
 def test_pope_metrics_hand_computed():
@@ -150,7 +136,7 @@ def test_pope_metrics_hand_computed():
     assert m["recall"] == pytest.approx(1 / 3)
     assert m["f1"] == pytest.approx(2 / 5)
     assert m["yes_ratio"] == pytest.approx(2 / 7)
-    assert (m["n"], m["unparsed"]) == (7, 2)
+    assert (m["TP"], m["FP"], m["TN"], m["FN"], m["n"], m["unparsed"]) == (1, 1, 2, 2, 7, 2)
 
 
 def test_yes_ratio_counts_predictions_not_labels():
@@ -170,20 +156,257 @@ def test_unparsed_answers_never_help():
     assert pope_metrics(labels, ["yes", "no"])["accuracy"] == 1.0
     assert pope_metrics(labels, ["yes", None])["accuracy"] == 0.5
     assert pope_metrics(labels, [None, None]) == {
-        "accuracy": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0, "yes_ratio": 0.0, "n": 2, "unparsed": 2}
+        "accuracy": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0, "yes_ratio": 0.0,
+        "TP": 0, "FP": 0, "TN": 0, "FN": 1, "n": 2, "unparsed": 2}
 
 
-def test_pope_metrics_empty_denominators_are_zero():
+def test_zero_denominators_are_zero_where_the_reference_raises():
     assert pope_metrics([], []) == {"accuracy": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0,
-                                    "yes_ratio": 0.0, "n": 0, "unparsed": 0}
+                                    "yes_ratio": 0.0, "TP": 0, "FP": 0, "TN": 0, "FN": 0, "n": 0, "unparsed": 0}
     only_no = pope_metrics(["no", "no"], ["no", "no"])          # no positives, no yes predictions
     assert only_no["accuracy"] == 1.0 and only_no["precision"] == only_no["recall"] == only_no["f1"] == 0.0
 
 
-def test_pope_metrics_rejects_raw_answers_and_mismatched_lengths():
-    with pytest.raises(ValueError, match="parse_yes_no"):
+def test_pope_metrics_rejects_raw_answers_bad_labels_and_mismatched_lengths():
+    with pytest.raises(ValueError, match="parse_pope_answer"):
         pope_metrics(["yes"], ["Yes."])
     with pytest.raises(ValueError, match="labels"):
         pope_metrics(["maybe"], ["yes"])
     with pytest.raises(ValueError):
         pope_metrics(["yes"], [])
+
+
+@given(st.lists(st.tuples(st.sampled_from(["yes", "no"]), st.sampled_from(["yes", "no", None]))))
+def test_metrics_finite_and_consistent_for_any_lists(pairs):
+    labels = [label for label, _ in pairs]
+    predictions = [p for _, p in pairs]
+    m = pope_metrics(labels, predictions)
+    assert all(math.isfinite(m[k]) and 0.0 <= m[k] <= 1.0 for k in POPE_RATES)
+    unparsed_no = pairs.count(("no", None))   # counted in none of TP/FP/TN/FN
+    assert m["TP"] + m["FP"] + m["TN"] + m["FN"] + unparsed_no == m["n"]
+    assert m["n"] == len(pairs) and m["unparsed"] == predictions.count(None)
+
+
+def test_summary_line_is_llavas_format():
+    """LLaVA prints f1, accuracy, precision, recall, yes_ratio with %.3f."""
+    m = {"f1": 0.7857142857142857, "accuracy": 0.75, "precision": 0.6875, "recall": 0.9166666666666666,
+         "yes_ratio": 2 / 3}
+    assert pope_summary_line(m) == "0.786, 0.750, 0.688, 0.917, 0.667"
+
+
+# --------------------------------------------------------------------------------- files and loaders
+
+POPE_QUESTIONS = [{"question_id": i, "image": "a.jpg", "text": "?", "label": label}
+                  for i, label in enumerate(["yes", "yes", "no", "no", "no", "no"], start=1)]
+POPE_ANSWERS = [  # out of order: matched by question_id
+    {"question_id": 6, "text": "no"},
+    {"question_id": 1, "text": "Yes, there is."},
+    {"question_id": 2, "text": "There is a dog."},
+    {"question_id": 3, "answer": "No."},
+    {"question_id": 4, "text": "I do not think so"},
+    {"question_id": 5, "text": "Yes"},
+]
+
+
+def test_pope_files(tmp_path):
+    for split in ("random", "adversarial"):
+        write_lines(tmp_path / f"coco_pope_{split}.json", POPE_QUESTIONS)
+    files = find_pope_files(tmp_path)
+    assert sorted(files) == ["adversarial", "random"]
+    assert load_pope_questions(files["random"]) == POPE_QUESTIONS
+    (tmp_path / "gqa_pope_random.json").write_text("")
+    with pytest.raises(ValueError, match="several"):
+        find_pope_files(tmp_path)
+    assert find_pope_files(tmp_path, dataset="coco")["random"].name == "coco_pope_random.json"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError):
+        find_pope_files(tmp_path / "empty")
+    write_lines(tmp_path / "bad_pope_random.json", [{"question_id": 1, "text": "?"}])
+    with pytest.raises(ValueError, match=r"record 0 lacks \['image', 'label'\]"):
+        load_pope_questions(tmp_path / "bad_pope_random.json")
+
+
+def test_aoidragon_answers_pair_by_position(tmp_path):
+    labels = write_lines(tmp_path / "coco_pope_random.json", POPE_QUESTIONS)
+    answers = write_lines(tmp_path / "answers.json", [{"question": "?", "answer": f"a{i}"} for i in range(6)])
+    assert load_pope_predictions(answers, labels) == [f"a{i}" for i in range(6)]
+    assert load_pope_predictions(answers, POPE_QUESTIONS) == [f"a{i}" for i in range(6)]
+    short = write_lines(tmp_path / "short.json", [{"question": "?", "answer": "yes"}] * 5)
+    with pytest.raises(ValueError, match=r"short\.json has 5 answers but label file .*coco_pope_random\.json "
+                                         r"has 6 questions"):
+        load_pope_predictions(short, labels)
+
+
+def test_llava_answers_match_by_question_id(tmp_path):
+    """One answers file may cover several splits: each label line takes the answer with its id."""
+    labels = write_lines(tmp_path / "coco_pope_random.json", POPE_QUESTIONS[:3])
+    answers = write_lines(tmp_path / "answers.jsonl", POPE_ANSWERS)
+    assert load_pope_predictions(answers, labels) == ["Yes, there is.", "There is a dog.", "No."]
+    with pytest.raises(ValueError, match=r"3 questions of the given labels have no answer .*"
+                                         r"question_id \[11, 12, 13\]"):
+        load_pope_predictions(answers, [{**q, "question_id": q["question_id"] + 10} for q in POPE_QUESTIONS[:3]])
+    twice = write_lines(tmp_path / "twice.jsonl", [*POPE_ANSWERS, {"question_id": 6, "text": "yes"}])
+    with pytest.raises(ValueError, match="record 7: question_id 6 answered twice"):
+        load_pope_predictions(twice, labels)
+
+
+def test_llava_pairing_through_the_question_file(tmp_path):
+    """With LLaVA's question file, the answers of category == split are paired by position (LLaVA's
+    own rule); the split comes from the label file's name."""
+    labels = write_lines(tmp_path / "coco_pope_popular.json", POPE_QUESTIONS[:2])
+    questions = write_lines(tmp_path / "q.jsonl", [{**q, "category": "popular" if q["question_id"] < 3 else "random"}
+                                                   for q in POPE_QUESTIONS])
+    answers = write_lines(tmp_path / "a.jsonl", [{"question_id": i, "text": f"t{i}"} for i in (3, 2, 1, 4)])
+    assert load_pope_predictions(answers, labels, questions=questions) == ["t2", "t1"]   # LLaVA: by position
+    assert load_pope_predictions(answers, labels) == ["t1", "t2"]                         # by question_id
+    with pytest.raises(ValueError, match="split="):
+        load_pope_predictions(answers, POPE_QUESTIONS[:2], questions=questions)
+    assert load_pope_predictions(answers, POPE_QUESTIONS[:2], questions=questions, split="popular") == ["t2", "t1"]
+    with pytest.raises(ValueError, match="2 answers of category 'random'"):
+        load_pope_predictions(answers, POPE_QUESTIONS[:3], questions=questions, split="random")
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ([{"question": "?", "answer": "yes"}, {"question_id": 2, "text": "no"}], "mixes formats: record 1 is 'by_position', "
+                                                                            "record 2 is 'by_id'"),
+    ([{"question": "?", "answer": "yes"}, {"question": "?", "response": "no"}], "record 2: neither AoiDragon"),
+    ([{"question_id": 1, "prompt": "?"}], "record 1: neither"),
+    (["yes"], "record 1: neither"),
+    ([{"question_id": 1, "text": None}], "record 1: 'text' is not a string"),
+])
+def test_unknown_or_mixed_answer_formats_name_the_line(tmp_path, rows, message):
+    answers = write_lines(tmp_path / "answers.jsonl", rows)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_pope_predictions(answers, POPE_QUESTIONS[:len(rows)])
+
+
+# ------------------------------------------------------------------------------------------- scoring
+
+
+def test_score_pope_split_hand_computed():
+    """Labels: q1, q2 yes; q3..q6 no (the *labels'* yes share is 2/6).
+
+    Reference rule: answers read yes, yes, no, no, yes, no ->
+        TP = 2 (q1, q2), FN = 0, FP = 1 (q5), TN = 3 (q3, q4, q6)
+        accuracy 5/6, precision 2/3, recall 1, F1 = 2 * (2/3) / (2/3 + 1) = 0.8
+        yes_ratio = predicted yes / all = 3/6 = 0.5 (from predictions, not the labels' 1/3)
+        unclear (first word not yes/no) = 2 (q2, q4)
+    Strict rule: yes, None, no, None, yes, no ->
+        TP = 1, FN = 1 (q2 unparsed), FP = 1 (q5), TN = 2 (q3, q6); q4 is neither
+        accuracy 3/6, precision 1/2, recall 1/2, F1 1/2, yes_ratio 2/6, unparsed 2
+    """
+    ref = score_pope({"random": POPE_ANSWERS}, {"random": POPE_QUESTIONS})
+    assert ref["parsing"] == "reference"
+    assert ref["random"] == pytest.approx({
+        "accuracy": 5 / 6, "precision": 2 / 3, "recall": 1.0, "f1": 0.8, "yes_ratio": 0.5,
+        "TP": 2, "FP": 1, "TN": 3, "FN": 0, "n": 6, "unparsed": 0, "unclear": 2,
+        "summary_line": "0.800, 0.833, 0.667, 1.000, 0.500"})
+    strict = score_pope({"random": POPE_ANSWERS}, {"random": POPE_QUESTIONS}, "strict")["random"]
+    assert {k: strict[k] for k in ("TP", "FP", "TN", "FN", "unparsed")} == \
+        {"TP": 1, "FP": 1, "TN": 2, "FN": 1, "unparsed": 2}
+    assert (strict["accuracy"], strict["f1"], strict["yes_ratio"]) == pytest.approx((0.5, 0.5, 2 / 6))
+
+
+def test_score_pope_splits_and_means():
+    """random = the split above (F1 0.8); popular = all answered "yes" (strings, in label order):
+    TP 2, FP 4 -> precision 1/3, recall 1, F1 0.5, accuracy 1/3, yes_ratio 1. mean/f1 = (0.8 + 0.5) / 2."""
+    out = score_pope({"random": POPE_ANSWERS, "popular": ["yes"] * 6},
+                     {"random": POPE_QUESTIONS, "popular": POPE_QUESTIONS})
+    assert set(out) == {"random", "popular", "mean", "parsing"}
+    assert out["popular"]["f1"] == pytest.approx(0.5) and out["popular"]["yes_ratio"] == 1.0
+    assert set(out["mean"]) == set(POPE_RATES)
+    assert out["mean"]["f1"] == pytest.approx(0.65)
+    assert out["mean"]["accuracy"] == pytest.approx((5 / 6 + 1 / 3) / 2)
+    with pytest.raises(ValueError, match="no answer"):
+        score_pope({"random": POPE_ANSWERS[:3]}, {"random": POPE_QUESTIONS})
+    with pytest.raises(ValueError, match="5 answers but 6 questions"):
+        score_pope({"random": ["yes"] * 5}, {"random": POPE_QUESTIONS})
+    with pytest.raises(ValueError, match="no POPE predictions for split 'popular'"):
+        score_pope({"random": POPE_ANSWERS}, {"popular": POPE_QUESTIONS})
+
+
+def test_run_pope_answers_with_the_generator(tmp_path, monkeypatch):
+    """A stand-in generator answers "No, there is not." to odd question ids and "Yes" otherwise."""
+    write_lines(tmp_path / "coco_pope_random.json", POPE_QUESTIONS)
+    write_lines(tmp_path / "coco_pope_popular.json", POPE_QUESTIONS)
+    seen = []
+
+    def generate(model, processor, images, prompts, **kwargs):
+        seen.append((list(images), list(prompts), kwargs))
+        return ["No, there is not." if i % 2 else "Yes" for i in range(len(prompts))]
+
+    monkeypatch.setattr(generation, "generate_responses", generate)
+    out = run_pope(None, None, tmp_path, tmp_path / "img", prompt_suffix=" Answer.", limit=4, batch_size=2)
+    images, prompts, kwargs = seen[0]
+    assert prompts == ["? Answer."] * 8 and images[0] == tmp_path / "img" / "a.jpg"
+    assert kwargs["batch_size"] == 2 and kwargs["max_new_tokens"] == 8
+    # per split: labels yes yes no no, read yes no yes no -> TP 1, FN 1, FP 1, TN 1
+    for split in ("random", "popular"):
+        assert (out[split]["TP"], out[split]["FN"], out[split]["FP"], out[split]["TN"]) == (1, 1, 1, 1)
+        assert [p["question_id"] for p in out["predictions"][split]] == [1, 2, 3, 4]
+    assert out["predictions"]["random"][1] == {"question_id": 2, "prompt": "? Answer.", "text": "No, there is not."}
+    assert out["parsing"] == "reference" and out["mean"]["accuracy"] == 0.5
+
+
+# -------------------------------------------------------------------- golden: the reference outputs
+
+
+def golden_per_answer() -> list[dict]:
+    return [json.loads(line) for line in (GOLDEN / "per_answer.jsonl").read_text().splitlines()]
+
+
+def golden_aggregates() -> dict:
+    return json.loads((GOLDEN / "aggregates.json").read_text())
+
+
+def test_golden_every_answer_reads_as_both_references():
+    rows = golden_per_answer()
+    assert len(rows) == 216
+    for row in rows:
+        ours = parse_pope_answer(row["answer"])
+        assert ours == row["aoidragon_parse"] == row["llava_parse"], row
+
+
+def assert_matches(ours: dict, reference: dict) -> None:
+    for key, value in reference.items():
+        if isinstance(value, int):
+            assert ours[key] == value, key
+        else:
+            assert ours[key] == pytest.approx(value, abs=1e-9, rel=0), key
+
+
+def test_golden_aoidragon_aggregates_through_the_loader():
+    labels = {s: load_pope_questions(label_file(s)) for s in SPLITS}
+    answers = {s: load_pope_predictions(GOLDEN / f"aoi_answers_{s}.json", label_file(s)) for s in SPLITS}
+    per_answer = golden_per_answer()
+    for split in SPLITS:   # the loader pairs line k with line k, as AoiDragon does
+        assert answers[split] == [r["answer"] for r in per_answer if r["split"] == split]
+    out = score_pope(answers, labels)
+    reference = golden_aggregates()
+    for split in SPLITS:
+        assert_matches(out[split], reference["aoidragon"][split])
+        assert out[split]["summary_line"] == reference["llava_summary_line"][split]
+
+
+@pytest.mark.parametrize("through_questions", [False, True])
+def test_golden_llava_aggregates_through_the_loader(through_questions):
+    """LLaVA's single answers file, read by question_id and by LLaVA's category pairing alike."""
+    questions = GOLDEN / "llava_questions.jsonl" if through_questions else None
+    labels = {s: load_pope_questions(label_file(s)) for s in SPLITS}
+    answers = {s: load_pope_predictions(GOLDEN / "llava_answers.jsonl", label_file(s), questions=questions)
+               for s in SPLITS}
+    out = score_pope(answers, labels)
+    reference = golden_aggregates()
+    for split in SPLITS:
+        assert_matches(out[split], reference["llava"][split])
+        assert out[split]["summary_line"] == reference["llava_summary_line"][split]
+    for key in POPE_RATES:
+        assert out["mean"][key] == pytest.approx(sum(reference["llava"][s][key] for s in SPLITS) / 3, abs=1e-12)
+
+
+def test_golden_lenient_reading_differs_from_the_reference():
+    """mmpo's earlier lower-cased, whitespace-split reading changes answers such as "NO", "Not at
+    all." and "No\\n" from yes to no, so its numbers are not the published ones."""
+    rows = golden_per_answer()
+    changed = [r for r in rows if parse_pope_answer(r["answer"], "lenient") != r["aoidragon_parse"]]
+    assert changed and all(r["aoidragon_parse"] == "yes" for r in changed)

@@ -6,10 +6,19 @@ from __future__ import annotations
 import pytest
 
 import mmpo.evaluation.synthetic as synthetic
-from mmpo.evaluation.pope import build_pope_questions, cooccurrence_counts
-from mmpo.evaluation.synthetic import attribute_errors, evaluate_synthetic
+from mmpo.evaluation.synthetic import attribute_errors
+from mmpo.toyworld.evaluate import evaluate_world
 from mmpo.toyworld.model import build_processor, build_tiny_vlm, train_tokenizer
-from mmpo.toyworld.scenes import DESCRIBE_PROMPT, Scene, SceneObject, WorldConfig, sample_scenes
+from mmpo.toyworld.pope import build_pope_questions, cooccurrence_counts
+from mmpo.toyworld.scenes import (
+    COLOURS,
+    DESCRIBE_PROMPT,
+    SHAPES,
+    Scene,
+    SceneObject,
+    WorldConfig,
+    sample_scenes,
+)
 
 FLOAT_KEYS = ("chair_i", "chair_s", "coverage", "attribute_error", "pope_accuracy",
               "pope_precision", "pope_recall", "pope_f1", "pope_yes_ratio")
@@ -26,9 +35,9 @@ def test_attribute_errors_hand_computed():
                         SceneObject("square", "blue", "large", "bottom right", (0, 0, 1, 1))))
     response = ("a small red circle is at the top left . a large green square is at the top right . "
                 "a blue star is here . circles are nice .")
-    assert attribute_errors(response, scene) == (1, 2)
-    assert attribute_errors(scene.description(), scene) == (0, 2)
-    assert attribute_errors("", scene) == (0, 0)
+    assert attribute_errors(response, scene, SHAPES, COLOURS) == (1, 2)
+    assert attribute_errors(scene.description(), scene, SHAPES, COLOURS) == (0, 2)
+    assert attribute_errors("", scene, SHAPES, COLOURS) == (0, 0)
 
 
 def fake_generator(scenes, answer_description, answer_question, asked):
@@ -56,7 +65,7 @@ def test_oracle_scores_perfectly(monkeypatch):
     asked: list[str] = []
     monkeypatch.setattr(synthetic, "generate_responses", fake_generator(
         scenes, Scene.description, lambda s, shape: "Yes." if shape in s.shapes else "no , there is not .", asked))
-    result = evaluate_synthetic(None, None, scenes, pope_split_scenes_for_stats=train, n_samples=3)
+    result = evaluate_world(None, None, scenes, pope_split_scenes_for_stats=train, n_samples=3)
 
     questions = build_pope_questions(scenes, "adversarial", cooccurrence=cooccurrence_counts(train))
     assert asked == [DESCRIBE_PROMPT] * 12 + [q.question for q in questions]   # negatives from train stats
@@ -86,7 +95,7 @@ def test_liar_hand_computed(monkeypatch):
               Scene("b", (obj("square", "blue", "top left"), obj("star", "green", "bottom right")))]
     monkeypatch.setattr(synthetic, "generate_responses", fake_generator(
         scenes, lambda s: "a blue circle and a cross .", lambda s, shape: "yes", []))
-    r = evaluate_synthetic(None, None, scenes, pope_split="random", n_negatives_per_scene=1)
+    r = evaluate_world(None, None, scenes, pope_split="random", n_negatives_per_scene=1)
     assert r["chair_i"] == pytest.approx(3 / 4) and r["chair_s"] == 1.0
     assert r["coverage"] == pytest.approx(1 / 3) and r["mentions_per_response"] == 2.0
     assert r["attribute_error"] == 1.0
@@ -98,7 +107,7 @@ def test_smoke_with_untrained_tiny_vlm():
     tokenizer = train_tokenizer()
     model, processor = build_tiny_vlm(tokenizer, seed=0), build_processor(tokenizer)
     scenes = sample_scenes(WorldConfig(seed=1).held_out(), 4)
-    result = evaluate_synthetic(model, processor, scenes, pope_split_scenes_for_stats=sample_scenes(WorldConfig(), 20),
+    result = evaluate_world(model, processor, scenes, pope_split_scenes_for_stats=sample_scenes(WorldConfig(), 20),
                                 max_new_tokens=8, pope_max_new_tokens=2, n_samples=2)
     assert all(isinstance(result[k], float) and 0.0 <= result[k] <= 1.0 for k in FLOAT_KEYS)
     assert len(result["samples"]) == 2 and all(isinstance(s["response"], str) for s in result["samples"])

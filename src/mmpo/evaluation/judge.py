@@ -1,0 +1,117 @@
+"""The judge LLM of MMHal-Bench: anything that answers a prompt with text, and an HTTP client for an
+OpenAI-compatible ``/chat/completions`` endpoint built on ``urllib`` alone.
+
+The client never follows a redirect: ``urllib`` would resend the ``Authorization`` header (the API
+key) to whatever host a ``Location`` header names and read that host's reply as the rating.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = ["Judge", "OpenAIChatJudge", "judge_from_config"]
+
+
+class Judge(Protocol):
+    """Anything that answers a prompt with text (a chat LLM behind an API, or a test double)."""
+
+    def __call__(self, prompt: str) -> str: ...
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Makes every HTTP redirect (301, 302, 303, 307, 308) an error instead of following it:
+    ``urllib`` would resend the ``Authorization`` header to wherever ``Location`` points."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        fp.close()
+        raise RuntimeError(f"judge endpoint {req.full_url} redirected (HTTP {code}) to {newurl}; refusing to "
+                           "follow (the API key is sent only to the configured endpoint)")
+
+
+@dataclass
+class OpenAIChatJudge:
+    """A judge behind an OpenAI-compatible chat completions endpoint, called with ``urllib`` only.
+
+    Redirects are never followed (a redirect raises ``RuntimeError`` naming its target), so the
+    API key goes to the configured endpoint and nowhere else, and no other host's rating is read.
+
+    Attributes:
+        url: the endpoint, or its base (``.../v1``); ``/chat/completions`` is appended when missing.
+        api_key: sent as ``Authorization: Bearer <key>`` when set.
+        model: the ``model`` field of the request.
+        temperature, max_tokens: sampling settings of the request.
+        timeout: seconds per HTTP request.
+        max_retries: extra attempts after a network error, a 429 or a 5xx (waits ``retry_wait *
+            2**attempt`` seconds in between); other HTTP errors are raised at once.
+    """
+
+    url: str
+    api_key: str | None = None
+    model: str = "gpt-4"
+    temperature: float = 0.0
+    max_tokens: int = 512
+    timeout: float = 60.0
+    max_retries: int = 3
+    retry_wait: float = 1.0
+
+    @property
+    def endpoint(self) -> str:
+        url = self.url.rstrip("/")
+        return url if url.endswith("/chat/completions") else url + "/chat/completions"
+
+    def __call__(self, prompt: str) -> str:
+        body = json.dumps({
+            "model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens,
+            "messages": [{"role": "system", "content": "You are a careful, impartial evaluator."},
+                         {"role": "user", "content": prompt}],
+        }).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        opener = urllib.request.build_opener(_RefuseRedirects)
+        for attempt in range(self.max_retries + 1):
+            request = urllib.request.Request(self.endpoint, data=body, headers=headers, method="POST")
+            try:
+                with opener.open(request, timeout=self.timeout) as response:
+                    raw = response.read()
+                return _chat_content(raw, self.endpoint)
+            except urllib.error.HTTPError as error:
+                error.close()
+                if (error.code != 429 and error.code < 500) or attempt == self.max_retries:
+                    raise RuntimeError(f"judge request failed: HTTP {error.code} from {self.endpoint}") from error
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+                if attempt == self.max_retries:
+                    raise RuntimeError(f"judge request failed after {attempt + 1} attempts: {error}") from error
+            time.sleep(self.retry_wait * 2**attempt)
+        raise AssertionError("unreachable")
+
+
+def _chat_content(raw: bytes, endpoint: str) -> str:
+    """The first choice's message content of a chat completions reply; RuntimeError otherwise."""
+    try:
+        return str(json.loads(raw.decode())["choices"][0]["message"]["content"])
+    except (ValueError, KeyError, IndexError, TypeError) as error:
+        raise RuntimeError(f"judge endpoint {endpoint} sent no chat completion ({type(error).__name__}: "
+                           f"{error}); reply starts {raw[:200]!r}") from error
+
+
+def judge_from_config(config: Mapping[str, Any] | None = None, *, url: str | None = None,
+                      api_key: str | None = None, model: str | None = None) -> OpenAIChatJudge:
+    """An :class:`OpenAIChatJudge`; each setting from the argument, else ``config`` (keys ``url``,
+    ``api_key``, ``model``, and any other field), else the environment (``MMPO_JUDGE_URL``,
+    ``MMPO_JUDGE_API_KEY``, ``MMPO_JUDGE_MODEL``)."""
+    rest = dict(config or {})
+    from_config = {key: rest.pop(key, None) for key in ("url", "api_key", "model")}
+    url = url or from_config["url"] or os.environ.get("MMPO_JUDGE_URL")
+    api_key = api_key or from_config["api_key"] or os.environ.get("MMPO_JUDGE_API_KEY")
+    model = model or from_config["model"] or os.environ.get("MMPO_JUDGE_MODEL") or "gpt-4"
+    if not url:
+        raise ValueError("no judge URL: pass url=, set 'url' in the judge config, or set MMPO_JUDGE_URL")
+    return OpenAIChatJudge(url=url, api_key=api_key, model=model, **rest)
