@@ -3,12 +3,14 @@ the files the synthetic world writes, MMHal-Bench judged by a local fake server;
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import shutil
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +120,116 @@ def test_evaluate_every_benchmark_then_compare(tiny_checkpoint, tmp_path, judge_
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert table.splitlines()[0] == "| benchmark | metric | untrained | copy |"
     assert "| pope | mean/f1 | " in table and table.count("0.2500") >= 1
+
+
+GOLDEN = Path(__file__).resolve().parent.parent / "fixtures" / "reference"
+
+
+def _plain_copy(tmp_path, name: str) -> Path:
+    """A gzipped golden file decompressed beside its data files (AMBER's are stored as .gz)."""
+    source = GOLDEN / "amber"
+    out = tmp_path / "amber"
+    if not out.exists():
+        shutil.copytree(source, out)
+    target = out / name
+    target.write_bytes(gzip.decompress((source / f"{name}.gz").read_bytes()))
+    return target
+
+
+def _score(argv, tmp_path, bench):
+    out = tmp_path / f"run-{bench}"
+    assert main([*argv, "--benchmark", bench, "--output-dir", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["model"] is None and results["settings"]["parsing"] == "reference"
+    return results["benchmarks"][bench], out
+
+
+def close(a, b):
+    return math.isclose(a, b, rel_tol=0, abs_tol=1e-9)
+
+
+@pytest.mark.parametrize("truth", ["with_captions", "instances_only"])
+def test_predictions_reproduce_the_reference_chair_and_object_halbench(tmp_path, truth):
+    """`--predictions` scores answers written elsewhere, with no model: CHAIR from the imgToEval
+    JSON and Object HalBench from the JSONL give the reference scorers' aggregates."""
+    reference = json.loads((GOLDEN / "chair" / "aggregates.json").read_text())[truth]
+    folder = GOLDEN / "chair" / ("annotations" if truth == "with_captions" else "annotations_instances_only")
+    got, out = _score(["--coco-annotations", str(folder),
+                       "--predictions", str(GOLDEN / "chair" / "generations_imgToEval.json")], tmp_path, "chair")
+    assert all(close(got[k], reference["chair"][k]) for k in ("CHAIRs", "CHAIRi", "Recall"))
+    assert len(json.loads((out / "predictions" / "chair.json").read_text())["per_response"]) == 167
+    got, _ = _score(["--coco-annotations", str(folder),
+                     "--predictions", str(GOLDEN / "chair" / "generations.jsonl")], tmp_path, "object_halbench")
+    expected = reference["object_halbench"]
+    for ours, theirs in (("response_hallucination_rate", "CHAIRs_refine"), ("mention_hallucination_rate", "CHAIRi"),
+                         ("object_recall", "obj_rec"), ("CHAIRs", "CHAIRs"), ("avg_word_len", "avg_word_len")):
+        assert close(got[ours], expected[theirs]), ours
+
+
+def test_predictions_reproduce_the_reference_pope(tmp_path):
+    reference = json.loads((GOLDEN / "pope" / "aggregates.json").read_text())
+    labels = ["--pope-dir", str(GOLDEN / "pope" / "annotations")]
+    per_split = [a for s in ("random", "popular", "adversarial")
+                 for a in ("--predictions", f"{s}={GOLDEN / 'pope' / f'aoi_answers_{s}.json'}")]
+    one_file = ["--predictions", str(GOLDEN / "pope" / "llava_answers.jsonl")]
+    for argv, source in ((per_split, "aoidragon"), (one_file, "llava")):
+        got, _ = _score([*labels, *argv], tmp_path, "pope")
+        for split, metrics in reference[source].items():
+            assert all(close(got[split][k], v) for k, v in metrics.items()), (source, split)
+            assert got[split]["summary_line"] == reference["llava_summary_line"][split]
+    with pytest.raises(SystemExit):          # a split given twice
+        main([*labels, "--benchmark", "pope", "--output-dir", str(tmp_path / "x"),
+              "--predictions", f"random={GOLDEN}", "--predictions", f"random={GOLDEN}"])
+
+
+@pytest.mark.parametrize("variant", ["plain", "clean"])
+def test_predictions_reproduce_the_reference_amber(tmp_path, variant):
+    """The data files are found beside annotations.json (AMBER's data/ layout). The plain and
+    clean responses are tagged identically by the fallback tagger, so every number is exact."""
+    annotations = _plain_copy(tmp_path, "annotations.json")
+    responses = _plain_copy(tmp_path, f"responses_{variant}.json")
+    reference = json.loads((GOLDEN / "amber" / "aggregates.json").read_text())[variant]["published"]
+    got, _ = _score(["--amber-annotations", str(annotations), "--predictions", str(responses)], tmp_path, "amber")
+    sections = {"generative": None, "discriminative": None, "existence": "Existence", "attribute": "Attribute",
+                "attribute_state": "State", "attribute_number": "Number", "attribute_action": "Action",
+                "relation": "Relation"}
+    for key, value in reference.items():
+        section, metric = key.split("/")
+        name = {"chair": "CHAIR", "f1": "F1"}.get(metric, metric.capitalize())
+        ours = got[name] if sections[section] is None else got[sections[section]][name]
+        assert close(ours, value), key
+
+
+def test_predictions_reproduce_the_reference_mmhal(tmp_path):
+    reference = json.loads((GOLDEN / "mmhal" / "aggregates.json").read_text())
+    got, _ = _score(["--predictions", str(GOLDEN / "mmhal" / "evaluation.json")], tmp_path, "mmhal")
+    assert close(got["average_score"], reference["average_score"])
+    assert close(got["hallucination_rate"], reference["hallucination_rate"])
+    assert got["n_warnings"] == reference["n_warnings"] and got["n_replies"] == reference["n_replies"]
+    out = tmp_path / "lenient"
+    assert main(["--benchmark", "mmhal", "--output-dir", str(out), "--parsing", "lenient",
+                 "--predictions", str(GOLDEN / "mmhal" / "evaluation.json")]) == 0
+    lenient = json.loads((out / "results.json").read_text())["benchmarks"]["mmhal"]
+    assert lenient["parsing"] == "lenient" and not close(lenient["average_score"], reference["average_score"])
+
+
+def test_predictions_usage_errors(tmp_path):
+    base = ["--output-dir", str(tmp_path / "o"), "--predictions", str(GOLDEN / "mmhal" / "evaluation.json")]
+    for argv in (["--benchmark", "mmhal", "--benchmark", "pope"],            # one benchmark only
+                 ["--benchmark", "mmhal", "--model", "ckpt"],                 # a model and predictions
+                 ["--benchmark", "synthetic"],                                # rendered here, nothing to score
+                 ["--benchmark", "amber"]):                                   # no annotations
+        with pytest.raises(SystemExit):
+            main([*base, *argv])
+
+
+def test_predictions_mmhal_answered_template_is_judged(tmp_path, judge_url):
+    """An MMHal response template with model_answer filled in (answers made elsewhere) is sent to
+    the judge, with no model loaded; the fake judge rates every answer 4."""
+    records = json.loads((GOLDEN / "mmhal" / "responses.json").read_text())[:3]
+    template = tmp_path / "answered.json"
+    template.write_text(json.dumps(records))
+    got, out = _score(["--predictions", str(template)], tmp_path, "mmhal")
+    assert got["average_score"] == 4.0 and got["n_replies"] == 3 and got["hallucination_rate"] == 0.0
+    assert judge_url.auth == ["Bearer sk-local"] * 3
+    assert len(json.loads((out / "predictions" / "mmhal.json").read_text())["reviews"]) == 3

@@ -26,7 +26,8 @@ ground-truth files and --predictions; no model and no images are loaded.
                            one LLaVA answers file without SPLIT= serves every split
   amber                    --predictions FILE: AMBER's [{"id", "response"}] JSON
   mmhal                    --predictions FILE: the judge's review file (the reference's
-                           [{"choices": [{"message": {"content"}}]}], or a JSON list of reply strings)
+                           [{"choices": [{"message": {"content"}}]}], or a JSON list of reply strings),
+                           or the response template with model_answer filled in (then judged)
 
 Text is read by each benchmark's reference rules (--parsing reference, the default: the numbers of
 the published scorers); --parsing lenient is mmpo's more tolerant reading, a documented deviation.
@@ -123,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--amber-safe-words", help="safe_words.txt (optional)")
     g.add_argument("--amber-metrics", help="metrics.txt, the counters' initial values (optional)")
     g.add_argument("--amber-yes-no-suffix", default="", help="appended to discriminative queries")
+    g.add_argument("--amber-spacy-model", metavar="PATH",
+                   help="spaCy pipeline with word vectors (AMBER uses en_core_web_lg) for AMBER's similarity "
+                        "fallback; without it only exact word matches count (needs `pip install spacy`)")
 
     g = p.add_argument_group("MMHal-Bench")
     g.add_argument("--mmhal-template", help="response_template.json")
@@ -250,11 +254,18 @@ def _amber_score_kwargs(ns: argparse.Namespace) -> dict[str, Any]:
     load = {"relation.json": amber.load_amber_associations, "safe_words.txt": amber.load_amber_safe_words,
             "metrics.txt": amber.load_amber_metrics}
     keys = {"relation.json": "associations", "safe_words.txt": "safe_words", "metrics.txt": "metrics"}
-    return {keys[name]: load[name](path) for name, path in found.items() if path is not None}
+    return {keys[name]: load[name](path) for name, path in found.items() if path is not None} | _amber_similarity(ns)
 
 
-def score_predictions(bench: str, ns: argparse.Namespace) -> dict[str, Any]:
-    """One benchmark's result dict from an answers file written elsewhere (``--predictions``)."""
+def _amber_similarity(ns: argparse.Namespace) -> dict[str, Any]:
+    from ..evaluation import amber
+
+    return {"similarity": amber.spacy_similarity(ns.amber_spacy_model)} if ns.amber_spacy_model else {}
+
+
+def score_predictions(bench: str, ns: argparse.Namespace, judge: Any = None) -> dict[str, Any]:
+    """One benchmark's result dict from an answers file written elsewhere (``--predictions``).
+    For MMHal that is the judge's reviews, or the answered template, which ``judge`` then rates."""
     from ..evaluation import amber, chair, mmhal, pope
 
     parsing = ns.parsing
@@ -277,8 +288,19 @@ def score_predictions(bench: str, ns: argparse.Namespace) -> dict[str, Any]:
         return amber.score_amber(amber.load_amber_predictions(path), amber.load_amber_annotations(ns.amber_annotations),
                                  parsing=parsing, **_amber_score_kwargs(ns))
     if bench == "mmhal":
+        if _is_mmhal_answers(path):            # answered template: the judge rates it now
+            return mmhal.score_mmhal(mmhal.load_mmhal_template(path), judge, parsing)
         return mmhal.score_mmhal_replies(mmhal.load_mmhal_reviews(path), parsing)
     raise ValueError(f"--predictions does not apply to benchmark {bench!r}")
+
+
+def _is_mmhal_answers(path: str) -> bool:
+    """Whether an MMHal ``--predictions`` file is the response template with ``model_answer``
+    filled in (to be judged) rather than the judge's reviews."""
+    from ..evaluation.common import read_records
+
+    rows = read_records(path, "MMHal predictions")
+    return bool(rows) and all(isinstance(r, dict) and "model_answer" in r and "question" in r for r in rows)
 
 
 def run_benchmark(bench: str, ns: argparse.Namespace, model: Any, processor: Any, judge: Any = None) -> dict[str, Any]:
@@ -297,6 +319,7 @@ def run_benchmark(bench: str, ns: argparse.Namespace, model: Any, processor: Any
         return amber.run_amber(model, processor, ns.amber_queries, ns.amber_annotations, ns.amber_images,
                                associations=ns.amber_relation, safe_words=ns.amber_safe_words,
                                metrics=ns.amber_metrics, yes_no_suffix=ns.amber_yes_no_suffix,
+                               **_amber_similarity(ns),
                                max_new_tokens=ns.max_new_tokens,
                                yes_no_max_new_tokens=ns.yes_no_max_new_tokens, **common)
     if bench == "mmhal":
@@ -336,7 +359,7 @@ def evaluate(ns: argparse.Namespace, judge: Any = None) -> dict[str, Any]:
     captions: dict[str, Any] | None = None         # chair + object_halbench share one generation
     for bench in dict.fromkeys(ns.benchmark):
         if ns.predictions:
-            result = score_predictions(bench, ns)
+            result = score_predictions(bench, ns, judge)
         elif bench in CAPTION_BENCHMARKS:
             if captions is None:
                 captions = run_benchmark(bench, ns, model, processor, judge)
@@ -359,7 +382,7 @@ def main(argv: list[str]) -> int:
     ns = parser.parse_args(argv)
     _check(parser, ns)
     judge = None
-    if "mmhal" in ns.benchmark and not ns.predictions:
+    if "mmhal" in ns.benchmark and (not ns.predictions or _is_mmhal_answers(ns.predictions[0][1])):
         try:
             judge = _judge(ns)
         except ValueError as error:

@@ -56,7 +56,7 @@ __all__ = [
     "AMBER_DIMENSIONS", "AMBER_COUNTER_PREFIXES", "AMBER_INITIAL_COUNTERS", "EXACT_SIMILARITY",
     "load_amber_queries", "load_amber_annotations", "load_amber_associations", "load_amber_safe_words",
     "load_amber_metrics", "load_amber_predictions", "find_amber_data_file",
-    "amber_vocabulary", "amber_nouns", "amber_yes_no",
+    "spacy_similarity", "amber_vocabulary", "amber_nouns", "amber_yes_no",
     "score_amber_generative", "score_amber_discriminative", "amber_aggregates", "score_amber",
     "format_amber_stdout", "run_amber",
 ]
@@ -98,6 +98,35 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
 EXACT_SIMILARITY = "exact string match (AMBER's spaCy en_core_web_lg fallback not applied)"
 
 Similarity = Callable[[str, str], float]
+
+
+def spacy_similarity(model: str | Path) -> Similarity:
+    """AMBER's word-similarity fallback from a spaCy pipeline on disk (the reference uses
+    ``en_core_web_lg``): ``similarity(a, b) = nlp(a).similarity(nlp(b))``, each word parsed once.
+
+    ``model`` is a local pipeline directory (``spacy.load`` of a path: nothing is downloaded), or
+    the name of an installed pipeline package. Pass the result as ``score_amber(similarity=...)``
+    or use ``mmpo evaluate --amber-spacy-model PATH``.
+    """
+    try:
+        import spacy
+    except ImportError:
+        raise ImportError("AMBER's similarity fallback needs spaCy and a vectors pipeline such as "
+                          "en_core_web_lg: pip install spacy, then pass the pipeline's directory") from None
+    try:
+        nlp = spacy.load(model)
+    except OSError as error:
+        raise FileNotFoundError(f"spaCy pipeline {model}: cannot be loaded ({error})") from None
+    docs: dict[str, Any] = {}
+
+    def similarity(a: str, b: str) -> float:
+        for word in (a, b):
+            if word not in docs:
+                docs[word] = nlp(word)
+        return float(docs[a].similarity(docs[b]))
+
+    similarity.__name__ = f"spacy_similarity({Path(str(model)).name})"
+    return similarity
 AmberParsing = Literal["reference", "lenient"]
 
 
@@ -556,8 +585,10 @@ def run_amber(model: Any, processor: Any, queries: str | Path, annotations: str 
               parsing: AmberParsing = "reference", associations: str | Path | None = None,
               safe_words: str | Path | None = None, metrics: str | Path | None = None, limit: int | None = None,
               yes_no_suffix: str = "", batch_size: int = 8, max_new_tokens: int = 256,
-              yes_no_max_new_tokens: int = 8, progress: bool = False) -> dict[str, Any]:
-    """Answer AMBER queries with ``model`` and score them with :func:`score_amber`.
+              yes_no_max_new_tokens: int = 8, similarity: Similarity | None = None,
+              progress: bool = False) -> dict[str, Any]:
+    """Answer AMBER queries with ``model`` and score them with :func:`score_amber` (``similarity``:
+    its word-similarity fallback, e.g. :func:`spacy_similarity`; ``None`` = exact matches only).
 
     Args:
         queries: a query file (``query_all.json`` or any ``query_*.json``).
@@ -603,5 +634,6 @@ def run_amber(model: Any, processor: Any, queries: str | Path, annotations: str 
         predictions, entries, parsing=parsing,
         associations=load_amber_associations(files["relation.json"]) if files["relation.json"] else None,
         safe_words=load_amber_safe_words(files["safe_words.txt"]) if files["safe_words.txt"] else None,
-        metrics=load_amber_metrics(files["metrics.txt"]) if files["metrics.txt"] else None)
+        metrics=load_amber_metrics(files["metrics.txt"]) if files["metrics.txt"] else None,
+        similarity=similarity)
     return {**scores, "predictions": predictions}

@@ -522,3 +522,46 @@ def test_any_responses_score_to_finite_numbers(responses, parsing):
 
 def test_module_docstring_states_the_similarity_substitution():
     assert "en_core_web_lg" in amber.__doc__ and "exact string equality" in amber.__doc__
+
+
+def test_spacy_similarity_without_spacy_says_what_to_install(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_spacy(name, *args, **kwargs):
+        if name == "spacy":
+            raise ImportError("No module named 'spacy'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_spacy)
+    with pytest.raises(ImportError, match="pip install spacy"):
+        amber.spacy_similarity("/models/en_core_web_lg")
+
+
+def test_spacy_similarity_parses_each_word_once_and_feeds_the_fallback(monkeypatch):
+    """A stand-in ``spacy`` module (named as such) whose pipeline gives 0.9 for dog/puppy, else
+    0.1: the adapter caches each word's parse and its callable plugs into score_amber_generative."""
+    import sys
+    import types
+
+    parsed = []
+
+    class Doc:
+        def __init__(self, word):
+            self.word = word
+
+        def similarity(self, other):
+            return 0.9 if {self.word, other.word} == {"dog", "puppy"} else 0.1
+
+    def load(path):
+        assert path == "/models/vectors"
+        return lambda word: parsed.append(word) or Doc(word)
+
+    monkeypatch.setitem(sys.modules, "spacy", types.SimpleNamespace(load=load))
+    similar = amber.spacy_similarity("/models/vectors")
+    assert similar("puppy", "dog") == 0.9 and similar("puppy", "cat") == 0.1 and similar("dog", "cat") == 0.1
+    assert parsed == ["puppy", "dog", "cat"]
+    item = amber.score_amber_generative(["puppy"], ["dog"], ["cat"], associations={"dog": [], "cat": [], "puppy": []},
+                                        safe_words=[], similarity=similar)
+    assert item["hallucinated_nouns"] == [] and item["covered_truth"] == ["dog"]
