@@ -233,3 +233,13 @@ def test_predictions_mmhal_answered_template_is_judged(tmp_path, judge_url):
     assert got["average_score"] == 4.0 and got["n_replies"] == 3 and got["hallucination_rate"] == 0.0
     assert judge_url.auth == ["Bearer sk-local"] * 3
     assert len(json.loads((out / "predictions" / "mmhal.json").read_text())["reviews"]) == 3
+
+
+def test_chair_without_any_coco_mention_warns(capsys):
+    from mmpo.cli.evaluate import _warn_if_nothing_matched
+
+    _warn_if_nothing_matched("chair", {"counts": {"n_captions": 3.0, "n_mentions": 0.0}})
+    assert "none of 3 captions mentions a COCO object" in capsys.readouterr().err
+    _warn_if_nothing_matched("chair", {"counts": {"n_captions": 3.0, "n_mentions": 2.0}})
+    _warn_if_nothing_matched("pope", {"counts": {"n_captions": 3.0, "n_mentions": 0.0}})
+    assert capsys.readouterr().err == ""

@@ -366,12 +366,26 @@ def evaluate(ns: argparse.Namespace, judge: Any = None) -> dict[str, Any]:
             result = {**captions[bench], "predictions": captions["predictions"]}
         else:
             result = run_benchmark(bench, ns, model, processor, judge)
+        _warn_if_nothing_matched(bench, result)
         bulky = {k: result.pop(k) for k in BULKY_KEYS if k in result}
         if bulky:
             atomic_write_text(out / "predictions" / f"{bench}.json", json.dumps(bulky, indent=1, default=str) + "\n")
         results["benchmarks"][bench] = result
         write_run(results, out)            # after each benchmark, so a crash keeps what is done
     return results
+
+
+def _warn_if_nothing_matched(bench: str, result: dict[str, Any]) -> None:
+    """CHAIR's reference reading knows only the 80 COCO categories: say so when no caption
+    mentions any of them (e.g. non-COCO annotations), rather than report a silent 0."""
+    import sys
+
+    counts = result.get("counts") or {}
+    if bench in CAPTION_BENCHMARKS and counts.get("n_captions") and not counts.get("n_mentions"):
+        print(f"mmpo evaluate: warning: {bench}: none of {int(counts['n_captions'])} captions mentions a COCO "
+              f"object under the reference synonym list, so every rate is 0; the reference scorer only knows "
+              f"COCO's 80 categories (--parsing lenient reads the annotation file's own categories)",
+              file=sys.stderr)
 
 
 def main(argv: list[str]) -> int:
