@@ -243,3 +243,25 @@ def test_chair_without_any_coco_mention_warns(capsys):
     _warn_if_nothing_matched("chair", {"counts": {"n_captions": 3.0, "n_mentions": 2.0}})
     _warn_if_nothing_matched("pope", {"counts": {"n_captions": 3.0, "n_mentions": 0.0}})
     assert capsys.readouterr().err == ""
+
+
+def test_predictions_pope_llava_pairing_and_id_mismatch(tmp_path):
+    """With LLaVA's question file, answers pair with each label file by category and order, as
+    eval_pope.py does. Without it, answers are matched by question_id; if the label files number
+    their questions on their own (as POPE's do) while LLaVA's answers carry other ids, the prompts
+    disagree and the run stops instead of pairing the wrong questions."""
+    reference = json.loads((GOLDEN / "pope" / "aggregates.json").read_text())["llava"]
+    answers = str(GOLDEN / "pope" / "llava_answers.jsonl")
+    got, _ = _score(["--pope-dir", str(GOLDEN / "pope" / "annotations"), "--predictions", answers,
+                     "--pope-questions", str(GOLDEN / "pope" / "llava_questions.jsonl")], tmp_path, "pope")
+    assert all(close(got[s][k], v) for s, metrics in reference.items() for k, v in metrics.items())
+
+    renumbered = tmp_path / "labels"
+    renumbered.mkdir()
+    for split in ("random", "popular", "adversarial"):
+        rows = [json.loads(line) for line in (GOLDEN / "pope" / "annotations" / f"coco_pope_{split}.json").open()]
+        (renumbered / f"coco_pope_{split}.json").write_text(
+            "".join(json.dumps({**row, "question_id": i}) + "\n" for i, row in enumerate(rows, 1)))
+    with pytest.raises(ValueError, match="the ids do not correspond"):
+        main(["--pope-dir", str(renumbered), "--predictions", answers, "--benchmark", "pope",
+              "--output-dir", str(tmp_path / "wrong")])

@@ -23,7 +23,8 @@ ground-truth files and --predictions; no model and no images are loaded.
                            {"imgToEval": ...} JSON
   pope                     --predictions random=FILE --predictions popular=FILE ... (AoiDragon's
                            {"question", "answer"} lines or LLaVA's {"question_id", "text"} lines);
-                           one LLaVA answers file without SPLIT= serves every split
+                           one LLaVA answers file without SPLIT= serves every split (add
+                           --pope-questions llava_pope_test.jsonl to pair as LLaVA does)
   amber                    --predictions FILE: AMBER's [{"id", "response"}] JSON
   mmhal                    --predictions FILE: the judge's review file (the reference's
                            [{"choices": [{"message": {"content"}}]}], or a JSON list of reply strings),
@@ -114,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pope-file", action="append", type=_split_file, default=[], metavar="SPLIT=PATH",
                    help="one split's question file (repeatable; overrides --pope-dir for that split)")
     g.add_argument("--pope-images", help="folder of the images the questions name")
+    g.add_argument("--pope-questions", help="with --predictions: LLaVA's question file ({question_id, ..., "
+                                            "category} lines); answers are then paired with each label file as "
+                                            "LLaVA's eval_pope.py pairs them (by category, in order)")
     g.add_argument("--pope-prompt-suffix", default="", help="appended to every question")
 
     g = p.add_argument_group("AMBER")
@@ -277,7 +281,8 @@ def score_predictions(bench: str, ns: argparse.Namespace, judge: Any = None) -> 
         elif missing := [split for split in labels if split not in given]:
             raise ValueError(f"no --predictions for POPE split(s) {missing}: give SPLIT=FILE for each, or drop "
                              f"their label files")
-        answers = {split: pope.load_pope_predictions(given[split], path) for split, path in labels.items()}
+        answers = {split: pope.load_pope_predictions(given[split], path, questions=ns.pope_questions, split=split)
+                   for split, path in labels.items()}
         return pope.score_pope(answers, {split: pope.load_pope_questions(path) for split, path in labels.items()},
                                parsing)
     (_, path), = ns.predictions

@@ -176,12 +176,25 @@ def load_pope_predictions(path: str | Path, labels: str | Path | Sequence[Mappin
         return picked
 
     by_id: dict[Any, str] = {}
+    prompts: dict[Any, str] = {}
     for index, (row, text) in enumerate(zip(rows, texts, strict=True)):
         if row["question_id"] in by_id:
             raise ValueError(f"POPE answers file {path}, record {index + 1}: question_id "
                              f"{row['question_id']!r} answered twice")
         by_id[row["question_id"]] = text
+        if isinstance(row.get("prompt"), str):
+            prompts[row["question_id"]] = row["prompt"]
     require_fields(labels, ("question_id",), label_name)
+    # LLaVA numbers its question file afresh (ids unique over all splits) while each POPE label
+    # file numbers its own questions, so equal ids can name different questions: where an answer
+    # carries its prompt, it must be the label's question.
+    for q in labels:
+        prompt = prompts.get(q["question_id"])
+        if prompt is not None and isinstance(q.get("text"), str) and q["text"].strip() not in prompt:
+            raise ValueError(f"POPE answers file {path}: the answer with question_id {q['question_id']!r} was "
+                             f"asked {prompt[:80]!r}, but in {label_name} that id is {q['text'][:80]!r}; "
+                             "the ids do not correspond. Pair through LLaVA's question file instead "
+                             "(questions=, mmpo evaluate --pope-questions FILE)")
     if missing := [q["question_id"] for q in labels if q["question_id"] not in by_id]:
         raise ValueError(f"{len(missing)} questions of {label_name} have no answer in {path}, "
                          f"e.g. question_id {missing[:5]}")
