@@ -245,22 +245,6 @@ def _pope_labels(ns: argparse.Namespace) -> dict[str, Path]:
     return files
 
 
-def _amber_score_kwargs(ns: argparse.Namespace) -> dict[str, Any]:
-    """AMBER's data files for :func:`mmpo.evaluation.amber.score_amber`: given, or beside annotations.json."""
-    from ..evaluation import amber
-
-    found = {name: amber.find_amber_data_file(name, given, ns.amber_annotations)
-             for name, given in (("relation.json", ns.amber_relation), ("safe_words.txt", ns.amber_safe_words),
-                                 ("metrics.txt", ns.amber_metrics))}
-    if ns.parsing == "reference" and (missing := [n for n in ("relation.json", "safe_words.txt") if found[n] is None]):
-        raise FileNotFoundError(f"AMBER reference scoring needs {', '.join(missing)}: pass --amber-relation / "
-                                f"--amber-safe-words or put them beside {ns.amber_annotations} (AMBER's data/ layout)")
-    load = {"relation.json": amber.load_amber_associations, "safe_words.txt": amber.load_amber_safe_words,
-            "metrics.txt": amber.load_amber_metrics}
-    keys = {"relation.json": "associations", "safe_words.txt": "safe_words", "metrics.txt": "metrics"}
-    return {keys[name]: load[name](path) for name, path in found.items() if path is not None} | _amber_similarity(ns)
-
-
 def _amber_similarity(ns: argparse.Namespace) -> dict[str, Any]:
     from ..evaluation import amber
 
@@ -290,8 +274,10 @@ def score_predictions(bench: str, ns: argparse.Namespace, judge: Any = None) -> 
         score = chair.score_chair if bench == "chair" else chair.score_object_halbench
         return score(chair.load_generations(path), _coco_ground_truth(ns), parsing=parsing)
     if bench == "amber":
+        data = amber.load_amber_data(ns.amber_annotations, associations=ns.amber_relation,
+                                     safe_words=ns.amber_safe_words, metrics=ns.amber_metrics, parsing=parsing)
         return amber.score_amber(amber.load_amber_predictions(path), amber.load_amber_annotations(ns.amber_annotations),
-                                 parsing=parsing, **_amber_score_kwargs(ns))
+                                 parsing=parsing, **data, **_amber_similarity(ns))
     if bench == "mmhal":
         if _is_mmhal_answers(path):            # answered template: the judge rates it now
             return mmhal.score_mmhal(mmhal.load_mmhal_template(path), judge, parsing)

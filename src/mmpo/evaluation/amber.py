@@ -55,7 +55,7 @@ from mmpo.evaluation.common import check_parsing, ratio, read_records, require_f
 __all__ = [
     "AMBER_DIMENSIONS", "AMBER_COUNTER_PREFIXES", "AMBER_INITIAL_COUNTERS", "EXACT_SIMILARITY",
     "load_amber_queries", "load_amber_annotations", "load_amber_associations", "load_amber_safe_words",
-    "load_amber_metrics", "load_amber_predictions", "find_amber_data_file",
+    "load_amber_metrics", "load_amber_predictions", "find_amber_data_file", "load_amber_data",
     "spacy_similarity", "amber_vocabulary", "amber_nouns", "amber_yes_no",
     "score_amber_generative", "score_amber_discriminative", "amber_aggregates", "score_amber",
     "format_amber_stdout", "run_amber",
@@ -240,6 +240,24 @@ def find_amber_data_file(name: str, given: str | Path | None, annotations: str |
         return Path(given)
     beside = Path(annotations).parent / name
     return beside if beside.is_file() else None
+
+
+def load_amber_data(annotations: str | Path, *, associations: str | Path | None = None,
+                    safe_words: str | Path | None = None, metrics: str | Path | None = None,
+                    parsing: AmberParsing = "reference") -> dict[str, Any]:
+    """:func:`score_amber`'s ``associations``, ``safe_words`` and ``metrics`` read from
+    ``relation.json``, ``safe_words.txt`` and ``metrics.txt``: the given paths, else the files of
+    those names beside ``annotations`` (AMBER's ``data/`` layout). ``"reference"`` needs all
+    three (``FileNotFoundError`` naming the missing ones); ``"lenient"`` uses any it finds."""
+    check_parsing(parsing)
+    sources = (("relation.json", associations, "associations", load_amber_associations),
+               ("safe_words.txt", safe_words, "safe_words", load_amber_safe_words),
+               ("metrics.txt", metrics, "metrics", load_amber_metrics))
+    found = {name: (find_amber_data_file(name, given, annotations), key, load) for name, given, key, load in sources}
+    if parsing == "reference" and (missing := [name for name, (path, _, _) in found.items() if path is None]):
+        raise FileNotFoundError(f"AMBER reference scoring needs {', '.join(missing)}: pass it or put it beside "
+                                f"{annotations} (AMBER's data/ layout)")
+    return {key: load(path) for path, key, load in found.values() if path is not None}
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -607,13 +625,8 @@ def run_amber(model: Any, processor: Any, queries: str | Path, annotations: str 
     """
     from mmpo.evaluation.generation import generate_responses
 
-    check_parsing(parsing)
-    files = {name: find_amber_data_file(name, given, annotations)
-             for name, given in (("relation.json", associations), ("safe_words.txt", safe_words),
-                                 ("metrics.txt", metrics))}
-    if parsing == "reference" and (missing := [name for name, path in files.items() if path is None]):
-        raise FileNotFoundError(f"AMBER reference scoring needs {', '.join(missing)}: pass it or put it beside "
-                                f"{annotations} (AMBER's data/ layout)")
+    data = load_amber_data(annotations, associations=associations, safe_words=safe_words, metrics=metrics,
+                           parsing=parsing)
     entries = load_amber_annotations(annotations)
     rows = load_amber_queries(queries)
     for index, q in enumerate(rows):
@@ -630,10 +643,5 @@ def run_amber(model: Any, processor: Any, queries: str | Path, annotations: str 
                                          max_new_tokens=length, progress=progress)
             predictions += [{"id": q["id"], "response": a} for q, a in zip(group, answers, strict=True)]
     predictions.sort(key=lambda p: int(p["id"]))
-    scores = score_amber(
-        predictions, entries, parsing=parsing,
-        associations=load_amber_associations(files["relation.json"]) if files["relation.json"] else None,
-        safe_words=load_amber_safe_words(files["safe_words.txt"]) if files["safe_words.txt"] else None,
-        metrics=load_amber_metrics(files["metrics.txt"]) if files["metrics.txt"] else None,
-        similarity=similarity)
+    scores = score_amber(predictions, entries, parsing=parsing, similarity=similarity, **data)
     return {**scores, "predictions": predictions}

@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -665,20 +664,13 @@ def load_generations(path: str | Path) -> list[dict[str, Any]]:
         ``SPICE`` that an ``imgToEval`` entry carries). Errors name the file and the record
         (JSON-lines line number, ``imgToEval`` key or list index) and the missing field.
     """
-    path = Path(path)
-    records = read_records(path, "generations")
-    try:
-        whole = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:     # JSON lines: name each record by its line number
-        lines = path.read_text(encoding="utf-8").splitlines()
-        numbers = [n for n, line in enumerate(lines, 1) if line.strip()]
-        return [_generation(row, f"generations file {path}, line {n}") for n, row in zip(numbers, records, strict=True)]
-    if isinstance(whole, Mapping) and "imgToEval" in whole:
-        entries = whole["imgToEval"]
+    records = read_records(path, "generations", located=True)
+    if len(records) == 1 and isinstance(records[0][1], Mapping) and "imgToEval" in records[0][1]:
+        entries = records[0][1]["imgToEval"]
         if not isinstance(entries, Mapping):
             raise ValueError(f"generations file {path}: 'imgToEval' must be an object of {{image_id: entry}}")
         return [_generation(row, f"generations file {path}, imgToEval[{key!r}]") for key, row in entries.items()]
-    return [_generation(row, f"generations file {path}, record {i}") for i, row in enumerate(records)]
+    return [_generation(row, f"generations file {path}, {where}") for where, row in records]
 
 
 def _rows(generations: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

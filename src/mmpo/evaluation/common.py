@@ -29,11 +29,14 @@ def ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else 0.0
 
 
-def read_records(path: str | Path, what: str | None = None) -> list[Any]:
+def read_records(path: str | Path, what: str | None = None, *, located: bool = False) -> list[Any]:
     """The records of a JSON file: a JSON list, a single JSON object (one record), or JSON lines.
 
     A file that is neither valid JSON nor valid JSON lines raises ``ValueError`` naming the file
-    and the first line that does not parse. Blank lines of a JSON-lines file are skipped.
+    and the first line that does not parse. Blank lines of a JSON-lines file are skipped. With
+    ``located=True`` each record comes as ``(where, record)``, ``where`` naming it for error
+    messages: ``"line 3"`` in JSON lines, ``"record 2"`` (0-based) in a JSON list, ``"the file"``
+    for a single JSON object.
     """
     path = Path(path)
     label = f"{what} file {path}" if what else str(path)
@@ -48,16 +51,18 @@ def read_records(path: str | Path, what: str | None = None) -> list[Any]:
     except json.JSONDecodeError:
         pass
     else:
-        return data if isinstance(data, list) else [data]
+        if not isinstance(data, list):
+            return [("the file", data)] if located else [data]
+        return [(f"record {i}", row) for i, row in enumerate(data)] if located else data
     records = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            records.append((f"line {number}", json.loads(line)))
         except json.JSONDecodeError as error:
             raise ValueError(f"{label}, line {number}: neither a JSON document nor JSON lines ({error.msg})") from None
-    return records
+    return records if located else [record for _, record in records]
 
 
 def require_fields(rows: Sequence[Any], keys: Iterable[str], what: str) -> None:

@@ -145,7 +145,3 @@ def nlp_backends(*, tagging: bool = False) -> dict[str, str]:
         out["tagger"] = _tagger()[1]
     return out
 
-
-def exact(backends: dict[str, str]) -> bool:
-    """Whether every step in ``backends`` is the reference's own."""
-    return all("exact" in value for key, value in backends.items() if key != "nltk")

@@ -215,9 +215,8 @@ def write_toy_benchmarks(out_dir: str | Path, scenes: Sequence[Scene] | None = N
     # counters' initial values (AMBER's own: every denominator starts at 0.001, every numerator at 0)
     _write_json(amber / "relation.json", {shape: [] for shape in SHAPES})
     atomic_write_text(amber / "safe_words.txt", "")
-    counters = [f"{prefix}{name}" for prefix in ("", "as_", "an_", "aa_", "asso_", "ha_")
-                for name in ("qa_correct", "qa_no", "qa_ans_no")]
-    counters = ["chair", "safe_cover", "hallu_cover", "non_hallu"] + counters[:3] + counters[3:]
+    counters = ["chair", "safe_cover", "hallu_cover", "non_hallu"] + [
+        f"{prefix}{name}" for prefix in ("", "as_", "an_", "aa_", "asso_", "ha_") for name in ("qa_correct", "qa_no", "qa_ans_no")]
     atomic_write_text(amber / "metrics.txt", "".join(f"{c}_score=0\n{c}_num=0.001\n" for c in counters))
 
     template = _write_json(root / "mmhal" / "response_template.json", mmhal_records(scenes))
