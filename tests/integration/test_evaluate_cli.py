@@ -238,10 +238,11 @@ def test_predictions_mmhal_answered_template_is_judged(tmp_path, judge_url):
 def test_chair_without_any_coco_mention_warns(capsys):
     from mmpo.cli.evaluate import _warn_if_nothing_matched
 
-    _warn_if_nothing_matched("chair", {"counts": {"n_captions": 3.0, "n_mentions": 0.0}})
+    _warn_if_nothing_matched("chair", {"parsing": "reference", "counts": {"n_captions": 3.0, "n_mentions": 0.0}})
     assert "none of 3 captions mentions a COCO object" in capsys.readouterr().err
-    _warn_if_nothing_matched("chair", {"counts": {"n_captions": 3.0, "n_mentions": 2.0}})
-    _warn_if_nothing_matched("pope", {"counts": {"n_captions": 3.0, "n_mentions": 0.0}})
+    _warn_if_nothing_matched("chair", {"parsing": "reference", "counts": {"n_captions": 3.0, "n_mentions": 2.0}})
+    _warn_if_nothing_matched("chair", {"parsing": "lenient", "counts": {"n_captions": 3.0, "n_mentions": 0.0}})
+    _warn_if_nothing_matched("pope", {"parsing": "reference", "counts": {"n_captions": 3.0, "n_mentions": 0.0}})
     assert capsys.readouterr().err == ""
 
 

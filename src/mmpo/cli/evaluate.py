@@ -372,7 +372,8 @@ def _warn_if_nothing_matched(bench: str, result: dict[str, Any]) -> None:
     import sys
 
     counts = result.get("counts") or {}
-    if bench in CAPTION_BENCHMARKS and counts.get("n_captions") and not counts.get("n_mentions"):
+    if (bench in CAPTION_BENCHMARKS and result.get("parsing") == "reference" and counts.get("n_captions")
+            and not counts.get("n_mentions")):
         print(f"mmpo evaluate: warning: {bench}: none of {int(counts['n_captions'])} captions mentions a COCO "
               f"object under the reference synonym list, so every rate is 0; the reference scorer only knows "
               f"COCO's 80 categories (--parsing lenient reads the annotation file's own categories)",
