@@ -199,7 +199,7 @@ def train_runs(ns: argparse.Namespace) -> str:
                 r_bars += [abs(e["dama/r_bar"]) for e in log if math.isfinite(e["dama/r_bar"])]
                 print(f"  swapped {flip:.0%}, {normalizer}, seed {seed}: alpha_M [{min(run_alpha, default=nan):.3g}, "
                       f"{max(run_alpha, default=nan):.3g}], grad_norm max {max(run_grad, default=nan):.3g}, "
-                      f"final R_bar {trainer.dama_state.r_bar:.3g}, skipped batches {trainer.nonfinite_skipped}"
+                      f"final R_bar {trainer.dama.r_bar:.3g}, skipped batches {trainer.nonfinite_skipped}"
                       f"{failure} [{time.time() - started:.0f} s]", flush=True)
             rows.append((flip, normalizer, min(alphas, default=nan), max(alphas, default=nan),
                          max(grads, default=nan), max(r_bars, default=nan), bad_runs, skipped))

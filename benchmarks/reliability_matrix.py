@@ -326,7 +326,7 @@ def _dama_run(out: Path, steps: int, resume: bool | str | None = None):
     trainer.remove_callback(PrinterCallback)  # the per-step log dicts
     trainer.train(resume_from_checkpoint=resume)
     weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-    return weights, trainer.dama_state.r_bar
+    return weights, trainer.dama.r_bar
 
 
 def _truncate(path: Path) -> None:

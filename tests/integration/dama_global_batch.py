@@ -32,7 +32,7 @@ def main(records_dir: str, out: str, per_device: int) -> None:
     trainer = PreferenceTrainer(model, args, build_processor(tokenizer), PreferenceDataset(records), methods=methods)
     trainer.train()
     if trainer.is_world_process_zero():
-        Path(out).write_text(json.dumps({"log": trainer.state.log_history, "r_bar": trainer.dama_state.r_bar,
+        Path(out).write_text(json.dumps({"log": trainer.state.log_history, "r_bar": trainer.dama.r_bar,
                                          "processes": trainer.accelerator.num_processes}))
     # Tear the process group down before exit: gloo's threads otherwise abort the interpreter
     # at shutdown now and then ("terminate called without an active exception").

@@ -159,15 +159,15 @@ def test_dama_state_survives_a_checkpoint_resume(tmp_path, tiny_checkpoint, tiny
     assert first.state.global_step == 3
     checkpoint = tmp_path / "b" / "out" / "checkpoint-3"
     saved = json.loads((checkpoint / STATE_FILE).read_text())
-    assert saved["dama"]["step"] == 3 and saved["dama"]["r_bar"] == first.dama_state.r_bar
+    assert saved["dama"]["step"] == 3 and saved["dama"]["r_bar"] == first.dama.r_bar
 
     model, processor = load(tiny_checkpoint)
     resumed = PreferenceTrainer(model, make_args(tmp_path / "b", **common), processor, records, methods=methods)
     resumed.train(resume_from_checkpoint=str(checkpoint))
 
-    assert straight.dama_state.r_bar != 0.0
-    assert resumed.dama_state.r_bar == pytest.approx(straight.dama_state.r_bar, rel=1e-5, abs=1e-7)
-    assert resumed.dama_state.step == straight.dama_state.step == 6
+    assert straight.dama.r_bar != 0.0
+    assert resumed.dama.r_bar == pytest.approx(straight.dama.r_bar, rel=1e-5, abs=1e-7)
+    assert resumed.dama.state.step == straight.dama.state.step == 6
 
     def losses(trainer):
         return {e["step"]: e["loss"] for e in trainer.state.log_history if "loss" in e and "step" in e}

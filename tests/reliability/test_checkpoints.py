@@ -63,8 +63,8 @@ def uninterrupted(tmp_path_factory, tiny_checkpoint, tiny_records):
         patch.setattr(TrainerState, "save_to_json", save_to_json)
         trainer = run(tiny_checkpoint, tiny_records, out)
     weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-    assert trainer.dama_state.r_bar != 0.0
-    return out, weights, trainer.dama_state.r_bar, seen
+    assert trainer.dama.r_bar != 0.0
+    return out, weights, trainer.dama.r_bar, seen
 
 
 def killed_copy(uninterrupted, tmp_path, damage) -> Path:
@@ -123,7 +123,7 @@ def test_resume_true_skips_the_incomplete_checkpoint_and_matches_the_uninterrupt
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("resume: skipping checkpoint-3, incomplete") and STATE_FILE in m for m in messages)
     assert any(m.startswith(f"resume: from {out / 'checkpoint-2'}") for m in messages)
-    assert resumed.dama_state.r_bar == r_bar and resumed.state.global_step == STEPS
+    assert resumed.dama.r_bar == r_bar and resumed.state.global_step == STEPS
     for key, value in resumed.model.state_dict().items():
         assert torch.equal(value, weights[key]), key
     assert json.loads((out / "checkpoint-3" / STATE_FILE).read_text())["dama"]["r_bar"] == r_bar  # rewritten
@@ -133,7 +133,7 @@ def test_resume_true_with_the_string_true(uninterrupted, tmp_path, tiny_checkpoi
     """``resume_from_checkpoint="True"`` (as the command line gives it) is not a path named True."""
     out = killed_copy(uninterrupted, tmp_path, DAMAGES["weights truncated"])
     resumed = run(tiny_checkpoint, tiny_records, out, resume="True")
-    assert resumed.dama_state.r_bar == uninterrupted[2]
+    assert resumed.dama.r_bar == uninterrupted[2]
 
 
 @pytest.mark.parametrize("name", ["mmpo_state.json missing", "mmpo_state.json truncated"])

@@ -260,29 +260,36 @@ def test_config_defaults_are_the_library_defaults():
     assert (R_FLOOR, ALPHA_MODEL_MAX) == (FLOOR, ALPHA_MAX)
 
 
-def test_trainer_passes_the_numerics_fields(tmp_path, tiny_checkpoint, tiny_records):
-    """``PreferenceTrainer._dama_beta`` hands dama_normalizer, dama_scale_floor and dama_alpha_model_max
-    to ``dama_model_alpha``: at R_bar = -100 the paper's alpha_M is e^88, the bounded one the clamp."""
+def test_the_config_reaches_the_dama_step(tmp_path, tiny_checkpoint, tiny_records):
+    """``DamaController.from_arguments`` hands dama_normalizer, dama_scale_floor and dama_alpha_model_max
+    to ``dama_model_alpha`` (at R_bar = -100 the paper's alpha_M is e^88, the bounded one the clamp),
+    and the trainer builds its controller from its methods."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from mmpo.data.collator import PreferenceDataset
+    from mmpo.losses.dama import DamaController
     from mmpo.training.config import PreferenceConfig
     from mmpo.training.trainer import PreferenceTrainer
 
-    args = PreferenceConfig(output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=4,
-                            use_cpu=True, disable_tqdm=True, report_to="none", save_strategy="no", beta=0.1)
-    trainer = PreferenceTrainer(AutoModelForImageTextToText.from_pretrained(tiny_checkpoint), args,
-                                AutoProcessor.from_pretrained(tiny_checkpoint), PreferenceDataset(tiny_records))
     chosen, rejected = torch.tensor([-50.0, 1.0, 2.0, 3.0]), torch.zeros(4)
     for dama, expected in (
         (DamaArguments(dama_model=True, dama_normalizer="paper"), math.exp(88.0)),
         (DamaArguments(dama_model=True), 10.0),
         (DamaArguments(dama_model=True, dama_alpha_model_max=2.0), 2.0),
     ):
-        trainer.methods = Methods(dama=dama)
-        trainer.dama_state = DamaState(r_bar=-100.0)
-        diag: dict[str, torch.Tensor] = {}
-        beta_c, keep = trainer._dama_beta(chosen, rejected, {}, "eval", diag)
+        controller = DamaController.from_arguments(dama, beta=0.1)
+        controller.state = DamaState(r_bar=-100.0)
+        beta_c, keep, diag = controller.beta(chosen, rejected, training=False)
         assert diag["dama/alpha_model"].item() == pytest.approx(expected, rel=1e-6)
         assert keep.tolist() == [False, True, True, True]
         assert beta_c.tolist() == pytest.approx([0.1 * expected] * 4, rel=1e-6)
+        assert controller.mark() == 0  # evaluation queues no R_B
+
+    args = PreferenceConfig(output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=4,
+                            use_cpu=True, disable_tqdm=True, report_to="none", save_strategy="no", beta=0.3)
+    dama = DamaArguments(dama_model=True, dama_normalizer="paper", dama_keep=0.5, dama_gamma=0.5)
+    trainer = PreferenceTrainer(AutoModelForImageTextToText.from_pretrained(tiny_checkpoint), args,
+                                AutoProcessor.from_pretrained(tiny_checkpoint), PreferenceDataset(tiny_records),
+                                methods=Methods(dama=dama))
+    assert (trainer.dama.beta_base, trainer.dama.normalizer, trainer.dama.keep, trainer.dama.state.gamma) == (
+        0.3, "paper", 0.5, 0.5)

@@ -17,8 +17,9 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCall
 
 from mmpo.data.collator import PreferenceDataset
 from mmpo.data.records import save_records
+from mmpo.losses.dama import DamaController
 from mmpo.training import trainer as trainer_module
-from mmpo.training.config import DamaArguments, DataArguments, Methods, ModelArguments, PreferenceConfig
+from mmpo.training.config import DataArguments, ModelArguments, PreferenceConfig
 from mmpo.training.run import run_training
 from mmpo.training.trainer import (
     NonFiniteLossError,
@@ -182,9 +183,9 @@ def test_a_filtered_record_with_an_inf_loss_does_not_make_the_loss_nan(tmp_path,
     """DAMA's model-aware filter drops record 0; its loss is inf. Before: ``(losses * keep).sum()``
     gave inf * 0 = NaN; the mean over the three kept records is finite."""
     trainer = make_trainer(tmp_path, tiny_checkpoint, tiny_records)
-    trainer.methods = Methods(dama=DamaArguments(dama_model=True))
+    trainer.dama = DamaController(0.1, model_aware=True)
     keep = torch.tensor([False, True, True, True])
-    monkeypatch.setattr(trainer, "_dama_beta", lambda *args: (torch.full((4,), 0.1), keep))
+    monkeypatch.setattr(trainer.dama, "beta", lambda *args: (torch.full((4,), 0.1), keep, {}))
     real, seen = trainer_module.preference_loss, {}
 
     def preference_loss(*args):

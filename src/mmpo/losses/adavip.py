@@ -1,4 +1,10 @@
-"""AdaViP: one Plackett-Luce loss over a language- and a vision-rejected sample (002_e01c27e38e93a90d)."""
+"""AdaViP: one Plackett-Luce loss over a language- and a vision-rejected sample.
+
+"AdaViP: Aligning Multi-modal LLMs via Adaptive Vision-enhanced Preference Optimization",
+arXiv:2504.15619, section 3.3. The vision-rejected images come from
+:mod:`mmpo.data.construct.vision_rejected`; :func:`mmpo.losses.compose.preference_loss` picks the
+loss by the ``adavip_loss`` setting.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ def _vision_mask(vision_mask: torch.Tensor | None, like: torch.Tensor) -> torch.
     return vision_mask.to(device=like.device, dtype=torch.bool)
 
 
-def adavip_loss(
+def adavip_plackett_luce_loss(
     chosen_rewards: torch.Tensor,
     lang_rejected_rewards: torch.Tensor,
     vision_rejected_rewards: torch.Tensor,

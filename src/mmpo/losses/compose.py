@@ -2,8 +2,8 @@
 
 Every method changes one part of the DPO objective, so they compose: DAMA rescales ``beta`` per
 record, ASPO replaces the chosen log-ratio by a sentence-weighted one, AdaViP adds a third
-(vision-rejected) sample and changes the link function. The trainer computes the adjusted
-pieces; this function turns them into per-record losses plus detached diagnostics under TRL's
+(vision-rejected) sample and changes the link function. The method modules compute the adjusted
+pieces (:func:`mmpo.losses.aspo.aspo_step`, :class:`mmpo.losses.dama.DamaController`); this function turns them into per-record losses plus detached diagnostics under TRL's
 metric names (and ``adavip/...`` when the vision sample is present).
 """
 
@@ -13,10 +13,10 @@ from typing import Literal
 
 import torch
 
-from .adavip import adavip_loss, adavip_plus_vision_loss
+from .adavip import adavip_plackett_luce_loss, adavip_plus_vision_loss
 from .dpo import dpo_loss
 
-VisionLink = Literal["plackett_luce", "plus_vision"]
+AdavipLoss = Literal["plackett_luce", "plus_vision"]
 
 
 def preference_loss(
@@ -25,7 +25,7 @@ def preference_loss(
     beta: float | torch.Tensor,
     vision_logratios: torch.Tensor | None = None,
     vision_mask: torch.Tensor | None = None,
-    vision_link: VisionLink = "plackett_luce",
+    adavip_loss: AdavipLoss = "plackett_luce",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-record preference losses and diagnostics.
 
@@ -36,7 +36,8 @@ def preference_loss(
         vision_logratios: ``(B,)`` log-ratios of the chosen text on the vision-rejected image
             (AdaViP), or None for two-sample DPO.
         vision_mask: ``(B,)`` bool, True where a record has a vision-rejected sample.
-        vision_link: ``"plackett_luce"`` (AdaViP Eq. 11) or ``"plus_vision"`` (two DPO losses).
+        adavip_loss: with a vision sample, ``"plackett_luce"`` (AdaViP Eq. 11) or ``"plus_vision"``
+            (the ablation: two DPO losses); the config key of the same name.
 
     Returns:
         ``(losses (B,), diagnostics)``; diagnostics hold detached ``(B,)`` tensors keyed
@@ -57,13 +58,13 @@ def preference_loss(
 
     vision_rewards = beta * vision_logratios  # (B,)
     mask = torch.ones_like(chosen_rewards, dtype=torch.bool) if vision_mask is None else vision_mask.bool()
-    if vision_link == "plackett_luce":
-        losses, weight_vision = adavip_loss(chosen_rewards, rejected_rewards, vision_rewards, mask)
-    elif vision_link == "plus_vision":
+    if adavip_loss == "plackett_luce":
+        losses, weight_vision = adavip_plackett_luce_loss(chosen_rewards, rejected_rewards, vision_rewards, mask)
+    elif adavip_loss == "plus_vision":
         losses = adavip_plus_vision_loss(chosen_rewards, rejected_rewards, vision_rewards, mask)
         weight_vision = torch.sigmoid(vision_rewards - rejected_rewards).detach()
     else:
-        raise ValueError(f"vision_link must be plackett_luce or plus_vision, not {vision_link!r}")
+        raise ValueError(f"adavip_loss must be plackett_luce or plus_vision, not {adavip_loss!r}")
     # Always the same keys (possibly empty), so every process logs the same metrics.
     diag["rewards/vision_rejected"] = vision_rewards[mask].detach()
     diag["rewards/vision_margins"] = (chosen_rewards - vision_rewards)[mask].detach()

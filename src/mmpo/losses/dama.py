@@ -1,4 +1,6 @@
-"""DAMA: data- and model-aware per-record beta (003_d7f65a13b9e44e88, sections 3.1-3.3).
+"""DAMA: data- and model-aware per-record beta.
+
+"DAMA: Data- and Model-aware Alignment of Multi-modal LLMs", arXiv:2502.01943, sections 3.1-3.3.
 
 ``beta_C = beta * alpha`` per record, with ``alpha`` combining an offline data factor ``alpha_D``
 (how clearly CLIP separates chosen from rejected) and an online model factor ``alpha_M`` (how far
@@ -10,6 +12,9 @@ is NaN).
 Both factors are bounded (docs/methods.md, "DAMA numerics"): ``alpha_D`` lies in
 :data:`mmpo.types.DATA_ALPHA_RANGE` and, with the default ``"bounded"`` normaliser, ``alpha_M`` in
 ``[1 / alpha_max, alpha_max]`` and ``|R_B|, |R_bar| <= (N / K) / tau`` whatever the gaps are.
+
+The functions are the paper's equations; :class:`DamaController` is DAMA's training step built on
+them (per-record beta, the filtered mean, the running mean and its checkpointed state).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -380,3 +385,179 @@ def dama_combine(
     if mode == "sum":
         return (1.0 - rho) * alpha_model + rho * alpha_data
     raise ValueError(f"mode must be 'product' or 'sum', got {mode!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The training step
+# ---------------------------------------------------------------------------------------------
+
+
+class BatchGather(Protocol):
+    """How the DAMA step sees the other processes' records (the trainer passes one built on
+    ``accelerate``; :class:`SingleProcess` for one process)."""
+
+    num_processes: int
+
+    def concat(self, values: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """All processes' ``(B_p,)`` values concatenated in process order, and this process's offset."""
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        """A 0-dim value summed over processes."""
+
+
+class SingleProcess:
+    """:class:`BatchGather` for one process: the global batch is the local one."""
+
+    num_processes = 1
+
+    def concat(self, values: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return values, 0
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        return value
+
+
+class DamaController:
+    """DAMA's whole training-step logic and its state: the per-record ``beta_C``, the model-aware
+    filter's mean over the kept records, and the running mean ``R_bar`` with its update after each
+    optimizer step.
+
+    One step, as :class:`~mmpo.training.trainer.PreferenceTrainer` drives it:
+
+    1. :meth:`beta` for each micro-batch: ``beta_C = beta * alpha`` ``(B,)``, the keep mask ``(B,)``
+       (model-aware) and diagnostics; the batch's ``R_B`` is queued (training only);
+    2. :meth:`mean_loss`: the per-record losses averaged over the records kept in the *global* batch;
+    3. :meth:`step_end` after the optimizer step: ``R_bar`` moves by the mean of the queued ``R_B``.
+       A skipped batch takes its ``R_B`` back (:meth:`mark` / :meth:`discard_since`), a skipped
+       optimizer step all of them (:meth:`discard_pending`).
+
+    :meth:`state_dict` holds ``R_bar`` and the random generator of the ``"sample"`` filter, for
+    checkpoints. With both factors off, :meth:`beta` returns the plain ``beta`` and keeps everything:
+    the step is DPO's.
+
+    Args:
+        beta: the base DPO beta.
+        data_aware / model_aware: the two factors (D2PO = data only, MDPO = model only).
+        keep: ``K / N``, the fraction of the global batch the model-aware filter keeps.
+        filter, normalizer, floor, alpha_max: see :func:`dama_model_alpha`.
+        gamma: momentum of ``R_bar`` (:class:`DamaState`).
+        gap_uses_beta: ``R_i = beta * (ratio_w - ratio_l)`` (paper) or the raw margin (authors' code).
+        combine, rho: see :func:`dama_combine`.
+        seed: seed of the ``"sample"`` filter's generator.
+        gather: how to see the global batch; default one process.
+    """
+
+    def __init__(self, beta: float, *, data_aware: bool = False, model_aware: bool = False, keep: float = 0.75,
+                 filter: FilterMode = "topk", gamma: float = 0.9, gap_uses_beta: bool = True,
+                 combine: CombineMode = "product", rho: float = 0.5, normalizer: Normalizer = "bounded",
+                 floor: float = R_FLOOR, alpha_max: float = ALPHA_MODEL_MAX, seed: int = 0,
+                 gather: BatchGather | None = None):
+        self.beta_base = beta
+        self.data_aware, self.model_aware = data_aware, model_aware
+        self.keep, self.filter, self.gap_uses_beta = keep, filter, gap_uses_beta
+        self.combine, self.rho = combine, rho
+        self.normalizer, self.floor, self.alpha_max = normalizer, floor, alpha_max
+        self.state = DamaState(gamma=gamma)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.gather: BatchGather = gather or SingleProcess()
+        self._pending: list[float] = []  # this optimizer step's R_B values, one per micro-batch
+
+    @classmethod
+    def from_arguments(cls, dama: Any, beta: float, seed: int = 0, gather: BatchGather | None = None
+                       ) -> DamaController:
+        """From a :class:`~mmpo.training.config.DamaArguments` (its ``dama_*`` fields)."""
+        return cls(beta, data_aware=dama.dama_data, model_aware=dama.dama_model, keep=dama.dama_keep,
+                   filter=dama.dama_filter, gamma=dama.dama_gamma, gap_uses_beta=dama.dama_gap_uses_beta,
+                   combine=dama.dama_combine, rho=dama.dama_rho, normalizer=dama.dama_normalizer,
+                   floor=dama.dama_scale_floor, alpha_max=dama.dama_alpha_model_max, seed=seed, gather=gather)
+
+    @property
+    def enabled(self) -> bool:
+        return self.data_aware or self.model_aware
+
+    @property
+    def r_bar(self) -> float:
+        return self.state.r_bar
+
+    def beta(self, chosen: torch.Tensor, rejected: torch.Tensor, data_alpha: torch.Tensor | None = None,
+             training: bool = True) -> tuple[float | torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+        """This micro-batch's ``beta_C``, the model-aware keep mask and the diagnostics.
+
+        Args:
+            chosen / rejected: ``(B,)`` log-ratios of the two responses (ASPO's weighted chosen one
+                when ASPO is on); detached here.
+            data_alpha: ``(B,)`` the records' offline ``alpha_D`` (needed when data-aware).
+            training: queue the batch's ``R_B`` for :meth:`step_end` (not in evaluation).
+
+        Returns:
+            ``(beta, keep, diagnostics)``: ``beta`` a ``(B,)`` tensor (the float ``beta`` when DAMA is
+            off), ``keep`` a ``(B,)`` bool mask of this process's records (None unless model-aware).
+        """
+        if not self.enabled:
+            return self.beta_base, None, {}
+        chosen, rejected = chosen.detach(), rejected.detach()
+        if self.data_aware and data_alpha is None:
+            raise ValueError("data-aware DAMA needs each record's data_alpha (mmpo score-sentences --dama)")
+        alpha_data = data_alpha.to(chosen) if self.data_aware else torch.ones_like(chosen)  # (B,)
+        gaps = chosen - rejected  # (B,)
+        if self.gap_uses_beta:
+            gaps = self.beta_base * gaps
+        alpha_model: float | torch.Tensor = 1.0
+        keep, diag = None, {}
+        if self.model_aware:
+            global_gaps, offset = self.gather.concat(gaps)  # (N,)
+            k = max(1, round(self.keep * global_gaps.shape[0]))
+            alpha_model, keep_global, r_batch = dama_model_alpha(
+                global_gaps, self.state.r_bar, k, self.filter, generator=self.generator,
+                normalizer=self.normalizer, floor=self.floor, alpha_max=self.alpha_max)
+            keep = keep_global[offset : offset + chosen.shape[0]].to(chosen.device)  # (B,)
+            if training:
+                self._pending.append(float(r_batch))
+            diag = {"dama/alpha_model": alpha_model.reshape(1), "dama/r_bar": torch.tensor([self.state.r_bar]),
+                    "dama/r_batch": r_batch.reshape(1), "dama/kept_fraction": keep.float()}
+        alpha = dama_combine(alpha_data, alpha_model, self.combine, self.rho)  # (B,)
+        diag["dama/alpha_data_mean"] = alpha_data
+        diag["dama/beta_mean"] = self.beta_base * alpha
+        if self.data_aware:
+            easy = alpha_data >= 1
+            diag["dama/gap_easy"] = gaps[easy]
+            diag["dama/gap_hard"] = gaps[~easy]
+        return self.beta_base * alpha, keep, diag
+
+    def mean_loss(self, losses: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """The mean of ``losses`` ``(B,)`` over the records kept in the global batch (all without a mask).
+
+        DDP averages gradients over processes, so each process scales its kept sum by
+        ``P / K_global``. A filtered record's loss is replaced, not multiplied by 0: ``inf * 0`` is NaN.
+        """
+        if keep is None:
+            return losses.mean()
+        kept_global = self.gather.sum(keep.float().sum())
+        kept_losses = torch.where(keep, losses, torch.zeros_like(losses))  # (B,)
+        return kept_losses.sum() * self.gather.num_processes / kept_global.clamp(min=1)
+
+    def mark(self) -> int:
+        """A position in the queue of ``R_B`` values, for :meth:`discard_since`."""
+        return len(self._pending)
+
+    def discard_since(self, mark: int) -> None:
+        """Take back the ``R_B`` values queued after ``mark`` (their batch was skipped)."""
+        del self._pending[mark:]
+
+    def discard_pending(self) -> None:
+        """Take back every queued ``R_B`` (the optimizer step was skipped)."""
+        self._pending.clear()
+
+    def step_end(self) -> None:
+        """After each optimizer step: ``R_bar <- gamma R_bar + (1 - gamma) R_B`` (mean over micro-batches)."""
+        if self._pending:
+            self.state.update(sum(self._pending) / len(self._pending))
+            self._pending.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        """``R_bar`` and the filter's generator, in the layout of ``mmpo_state.json``."""
+        return {"dama": self.state.state_dict(), "dama_generator": self.generator.get_state().tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state.load_state_dict(state["dama"])
+        self.generator.set_state(torch.tensor(state["dama_generator"], dtype=torch.uint8))

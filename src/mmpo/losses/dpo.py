@@ -1,4 +1,9 @@
-"""Direct Preference Optimization (Rafailov et al., 2023), the loss every other method extends."""
+"""Direct Preference Optimization, the loss every other method extends.
+
+"Direct Preference Optimization: Your Language Model is Secretly a Reward Model" (Rafailov et al.,
+2023), arXiv:2305.18290. The implicit rewards ``beta * ratio`` are logged by
+:func:`mmpo.losses.compose.preference_loss`.
+"""
 
 from __future__ import annotations
 
@@ -29,25 +34,3 @@ def dpo_loss(
     margin = beta * (chosen_logratios - rejected_logratios)  # (B,)
     return -F.logsigmoid(margin)
 
-
-def dpo_rewards(
-    chosen_logratios: torch.Tensor,
-    rejected_logratios: torch.Tensor,
-    beta: float | torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The implicit rewards ``r(y) = beta * ratio(y)`` of both responses, detached, for logging.
-
-    They feed TRL's metric names: ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``
-    (chosen minus rejected) and ``rewards/accuracies`` (chosen > rejected).
-
-    Args:
-        chosen_logratios: ``(B,)`` chosen log-ratios.
-        rejected_logratios: ``(B,)`` rejected log-ratios.
-        beta: a float or a ``(B,)`` tensor.
-
-    Returns:
-        ``(chosen_rewards, rejected_rewards)``, each ``(B,)`` and detached.
-    """
-    chosen = (beta * chosen_logratios).detach()
-    rejected = (beta * rejected_logratios).detach()
-    return chosen, rejected

@@ -1,5 +1,2 @@
-"""Sentence scoring: splitting, CLIP similarity, perplexity and ASPO's sentence weights."""
-
-from mmpo.scoring.weights import aspo_sentence_weights
-
-__all__ = ["aspo_sentence_weights"]
+"""Sentence scoring for the data pipelines: splitting responses into sentences and CLIP image-text
+similarity. (ASPO's sentence weights, computed in the training step, are in :mod:`mmpo.losses.aspo`.)"""

@@ -188,7 +188,8 @@ class PreferenceConfig(TrainingArguments):
 
 @dataclass
 class AspoArguments:
-    """ASPO: sentence-level adaptive rewards on the chosen response (arXiv 2505.19100, section 3.2)."""
+    """ASPO: sentence-level adaptive rewards on the chosen response ("ASPO: Adaptive Sentence-Level
+    Preference Optimization for Fine-Grained Multimodal Reasoning", arXiv:2505.19100, section 3.2)."""
 
     aspo: bool = field(default=False, metadata={"help": "Weight each chosen sentence's reward by CLIP similarity "
                                                 "and the policy's own perplexity."})
@@ -207,10 +208,15 @@ class AspoArguments:
         check_choice("aspo_granularity", self.aspo_granularity, ("sentence", "token", "response"))
         check_number("aspo_alpha", self.aspo_alpha, low=0, high=1)
 
+    @property
+    def enabled(self) -> bool:
+        return self.aspo
+
 
 @dataclass
 class DamaArguments:
-    """DAMA: data- and model-aware per-record beta (arXiv 2502.01943). D2PO = data only, MDPO = model only."""
+    """DAMA: data- and model-aware per-record beta ("DAMA: Data- and Model-aware Alignment of Multi-modal
+    LLMs", arXiv:2502.01943). D2PO = data only, MDPO = model only."""
 
     dama_data: bool = field(default=False, metadata={
         "help": "Scale beta per record by the offline alpha_D stored in the records (mmpo score-sentences --dama)."})
@@ -249,10 +255,15 @@ class DamaArguments:
         check_number("dama_scale_floor", self.dama_scale_floor, low=0, low_open=True)
         check_number("dama_alpha_model_max", self.dama_alpha_model_max, low=1)
 
+    @property
+    def enabled(self) -> bool:
+        return self.dama_data or self.dama_model
+
 
 @dataclass
 class AdavipArguments:
-    """AdaViP: vision-rejected images and the adaptive Plackett-Luce loss (section 3.3, Eq. 11)."""
+    """AdaViP: vision-rejected images and the adaptive Plackett-Luce loss ("AdaViP: Aligning Multi-modal
+    LLMs via Adaptive Vision-enhanced Preference Optimization", arXiv:2504.15619, section 3.3, Eq. 11)."""
 
     adavip: bool = field(default=False, metadata={
         "help": "Add a third sample per record, the chosen text on its rejected_image; records without one "
@@ -261,13 +272,21 @@ class AdavipArguments:
         "help": "'plackett_luce' (paper, Eq. 11) or 'plus_vision' (ablation: sum of two equal-weight DPO losses)."})
 
     def __post_init__(self):
-        if self.adavip_loss not in ("plackett_luce", "plus_vision"):
-            raise ValueError(f"adavip_loss must be plackett_luce or plus_vision, not {self.adavip_loss!r}")
+        check_choice("adavip_loss", self.adavip_loss, ("plackett_luce", "plus_vision"))
+
+    @property
+    def enabled(self) -> bool:
+        return self.adavip
 
 
 @dataclass
 class Methods:
-    """The method switches, each with its own sub-config; all off is plain DPO."""
+    """The method switches, each with its own sub-config; all off is plain DPO.
+
+    ``methods.aspo.enabled``, ``methods.dama.enabled`` (data- or model-aware) and
+    ``methods.adavip.enabled`` say which are on; the YAML keys stay the flat field names
+    (``aspo: true``, ``dama_model: true``, ``adavip_loss: plus_vision``).
+    """
 
     aspo: AspoArguments = field(default_factory=AspoArguments)
     dama: DamaArguments = field(default_factory=DamaArguments)

@@ -1,15 +1,17 @@
 """``PreferenceTrainer``: a ``transformers.Trainer`` that optimises a preference loss for VLMs.
 
-The training step, top to bottom (``compute_loss``):
+The training step, top to bottom (``compute_loss``); each method's maths lives in its own module
+of :mod:`mmpo.losses`, torch only and unit-tested without a Trainer:
 
 1. one policy forward over the batch's rows (chosen, rejected, and AdaViP's vision-rejected)
    -> response-aligned per-token log-probs ``(R, L)``;
 2. the reference's per-token log-probs for the same rows (frozen copy, adapter-off, or table);
 3. per-record log-ratios ``log pi(y) - log pi_ref(y)``; with ASPO the chosen one is re-weighted
-   per sentence (weights from CLIP similarity and the policy's perplexity on the same forward);
-4. with DAMA, ``beta`` becomes a per-record ``beta_C`` and outlier records are filtered out;
+   per sentence (:func:`mmpo.losses.aspo.aspo_step`);
+4. with DAMA, ``beta`` becomes a per-record ``beta_C`` and outlier records are filtered out
+   (:class:`mmpo.losses.dama.DamaController`, which also keeps the running mean ``R_bar``);
 5. :func:`mmpo.losses.compose.preference_loss` gives per-record losses (DPO, or AdaViP's
-   Plackett-Luce link when there is a vision-rejected sample);
+   Plackett-Luce loss when there is a vision-rejected sample);
 6. the mean over kept records, plus an optional NLL term on the chosen response.
 
 A step whose loss or gradients are NaN/inf stops the run with :class:`NonFiniteLossError`
@@ -37,10 +39,10 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from ..data.collator import PreferenceCollator, PreferenceDataset, RowEncoder
 from ..data.preflight import bound_max_length, model_max_positions, preflight
 from ..hub import pretrained_kwargs
-from ..logprobs import policy_response_logps, span_sums
-from ..losses import DamaState, aspo_chosen_logratio, aspo_scale, dama_combine, dama_model_alpha
+from ..logprobs import policy_response_logps
+from ..losses.aspo import aspo_step
 from ..losses.compose import preference_loss
-from ..scoring.weights import aspo_sentence_weights_batched
+from ..losses.dama import DamaController
 from .checkpoints import (
     STATE_FILE,
     TRAINER_STATE_FILE,
@@ -90,24 +92,21 @@ class PreferenceTrainer(Trainer):
         self.methods = methods or Methods()
         aspo, dama, adavip = self.methods.aspo, self.methods.dama, self.methods.adavip
         splitter = None
-        if aspo.aspo:
+        if aspo.enabled:
             from ..scoring.sentences import RuleSplitter
 
             splitter = RuleSplitter()
         collator = PreferenceCollator(
             RowEncoder(processor, max_length=args.max_length, prompt_format=args.prompt_format),
-            vision_rows=adavip.adavip,
+            vision_rows=adavip.enabled,
             sentence_splitter=splitter, granularity=aspo.aspo_granularity,
-            need_sentence_scores=aspo.aspo and aspo.aspo_alpha > 0, need_data_alpha=dama.dama_data,
+            need_sentence_scores=aspo.enabled and aspo.aspo_alpha > 0, need_data_alpha=dama.dama_data,
         )
         bound_max_length(collator, model_max_positions(model))
         if args.preflight:  # every record through this collator now, so that no bad record ends a run mid-way
             train_dataset = self._preflight(train_dataset, collator, on_bad_record, "training records", args)
             if isinstance(eval_dataset, PreferenceDataset):
                 eval_dataset = self._preflight(eval_dataset, collator, on_bad_record, "eval records", args)
-        self.dama_state = DamaState(gamma=dama.dama_gamma)
-        self._dama_pending: list[float] = []
-        self._dama_generator = torch.Generator().manual_seed(args.seed)
         #: Batches skipped for NaN/inf (``on_nonfinite='skip'``), over the whole run (kept in checkpoints).
         self.nonfinite_skipped = 0
         self._step_records: list[list[str]] = []  # record ids of this optimizer step's finite micro-batches
@@ -116,6 +115,9 @@ class PreferenceTrainer(Trainer):
         callbacks = [_NonFiniteGuard(self)] + list(callbacks or []) + ([_DamaCallback(self)] if dama.dama_model else [])
         super().__init__(model=model, args=args, data_collator=collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processor, callbacks=callbacks)
+        self.gather = AcceleratorGather(self.accelerator)
+        #: DAMA's step and state (``R_bar``); with DAMA off its beta is the plain ``args.beta``.
+        self.dama = DamaController.from_arguments(dama, args.beta, seed=args.seed, gather=self.gather)
         # Our loss is a mean over records: let Trainer divide it by the accumulation steps.
         self.loss_is_scaled_for_ga = False
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(lambda: [0.0, 0.0]),
@@ -155,57 +157,47 @@ class PreferenceTrainer(Trainer):
 
     # ------------------------------------------------------------------ the loss
     def compute_loss(self, model, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
-        mode = "train" if model.training else "eval"
-        B = inputs["record_index"].shape[0]
-        pending = len(self._dama_pending)  # DAMA's R_B values queued before this batch
+        """The batch's loss: steps 1-6 of the module docstring, one line each; NaN/inf is handled by
+        :meth:`_skip_nonfinite` (a skipped batch's loss is an exact zero)."""
+        training, B = model.training, inputs["record_index"].shape[0]
+        aspo, dama_mark = self.methods.aspo, self.dama.mark()
         policy, mask = policy_response_logps(model, inputs)  # (R, L), R = 2B or 3B
-        reference = self._eval_reference if mode == "eval" and self._eval_reference is not None else self.reference
         with torch.no_grad():
-            ref = reference(inputs)  # (R, L)
-        token_ratios = (policy - ref) * mask  # (R, L)
+            reference = self._reference(training)(inputs)  # (R, L)
+        token_ratios = (policy - reference) * mask  # (R, L)
         ratios = token_ratios.sum(dim=1)  # (R,)
         chosen, rejected = ratios[:B], ratios[B : 2 * B]  # (B,)
-        vision = ratios[2 * B : 3 * B] if self.methods.adavip.adavip else None
+        vision = ratios[2 * B : 3 * B] if self.methods.adavip.enabled else None  # (B,) AdaViP's third row
         diag: dict[str, torch.Tensor] = {}
-
-        if self.methods.aspo.aspo:
-            chosen = self._aspo_chosen(token_ratios[:B], policy[:B].detach(), inputs, diag)
-        beta: float | torch.Tensor = self.args.beta
-        keep = None
-        if self.methods.dama.dama_data or self.methods.dama.dama_model:
-            beta, keep = self._dama_beta(chosen.detach(), rejected.detach(), inputs, mode, diag)
-
+        if aspo.enabled:
+            chosen, diag = aspo_step(token_ratios[:B], policy[:B], inputs["unit_spans"], inputs["unit_mask"],
+                                     inputs["unit_scores"], aspo.aspo_alpha, aspo.aspo_normalizer)
+        beta, keep, dama_diag = self.dama.beta(chosen, rejected, inputs.get("data_alpha"), training)
         losses, loss_diag = preference_loss(chosen, rejected, beta, vision, inputs.get("vision_mask"),
                                             self.methods.adavip.adavip_loss)
-        diag.update(loss_diag)
-        if keep is None:
-            loss = losses.mean()
+        loss, nll = self._with_sft_term(self.dama.mean_loss(losses, keep), policy, mask, B, diag)
+        if training and self._skip_nonfinite(model, inputs, loss, losses, keep, nll, dama_mark):
+            loss = _zero_loss(model)
         else:
-            # Mean over the records kept in the *global* batch: DDP averages gradients over
-            # processes, so each process scales its kept sum by P / K_global. A filtered record's
-            # loss is replaced, not multiplied by 0: inf * 0 would be NaN.
-            kept_global = self._gather_sum(keep.float().sum())
-            kept_losses = torch.where(keep, losses, torch.zeros_like(losses))  # (B,)
-            loss = kept_losses.sum() * self.accelerator.num_processes / kept_global.clamp(min=1)
+            self._record("train" if training else "eval", {**diag, **dama_diag, **loss_diag})
+        return (loss, {"losses": losses.detach()}) if return_outputs else loss
+
+    def _reference(self, training: bool):
+        """The reference for this pass: the eval table in evaluation with a precomputed reference."""
+        return self.reference if training or self._eval_reference is None else self._eval_reference
+
+    def _with_sft_term(self, loss: torch.Tensor, policy: torch.Tensor, mask: torch.Tensor, B: int,
+                       diag: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``loss + sft_weight * NLL`` (mean per-token NLL of the chosen responses) and the NLL (None
+        when ``sft_weight`` is 0); logs ``loss/sft`` and the responses' summed log-probs."""
         policy_sums = (policy * mask).sum(dim=1)  # (R,)
-        nll = None
-        if self.args.sft_weight > 0:
-            n_tokens = mask[:B].sum(dim=1).clamp(min=1)
-            nll = -(policy_sums[:B] / n_tokens).mean()
-            loss = loss + self.args.sft_weight * nll
-            diag["loss/sft"] = nll.detach()
         diag["logps/chosen"] = policy_sums[:B].detach()
         diag["logps/rejected"] = policy_sums[B : 2 * B].detach()
-        if mode == "train":
-            self._skipped_batch = self._nonfinite_loss(model, inputs, loss, losses, keep, nll)
-            if self._skipped_batch:
-                del self._dama_pending[pending:]  # this batch's R_B must not reach R_bar
-                self._step_skips += 1
-                loss = _zero_loss(model)
-                return (loss, {"losses": losses.detach()}) if return_outputs else loss
-            self._step_records.append(self._record_ids(inputs))
-        self._record(mode, diag)
-        return (loss, {"losses": losses.detach()}) if return_outputs else loss
+        if self.args.sft_weight == 0:
+            return loss, None
+        nll = -(policy_sums[:B] / mask[:B].sum(dim=1).clamp(min=1)).mean()
+        diag["loss/sft"] = nll.detach()
+        return loss + self.args.sft_weight * nll, nll
 
     # ------------------------------------------------------------------ NaN / inf guard
     def _record_ids(self, inputs: dict[str, Any]) -> list[str]:
@@ -214,6 +206,19 @@ class PreferenceTrainer(Trainer):
         indices = [int(i) for i in inputs["record_index"]]
         return [str(records[i].id) if records[i].id is not None else f"#{i}" for i in indices]
 
+    def _skip_nonfinite(self, model, inputs: dict[str, Any], loss: torch.Tensor, losses: torch.Tensor,
+                        keep: torch.Tensor | None, nll: torch.Tensor | None, dama_mark: int) -> bool:
+        """A training batch's bookkeeping: False when its loss is finite (its records join the
+        optimizer step's); raises :class:`NonFiniteLossError`, or (with ``on_nonfinite='skip'``)
+        warns, counts, takes back its DAMA ``R_B`` and returns True when it is not."""
+        self._skipped_batch = self._nonfinite_loss(model, inputs, loss, losses, keep, nll)
+        if self._skipped_batch:
+            self.dama.discard_since(dama_mark)  # this batch's R_B must not reach R_bar
+            self._step_skips += 1
+        else:
+            self._step_records.append(self._record_ids(inputs))
+        return self._skipped_batch
+
     def _nonfinite_loss(self, model, inputs: dict[str, Any], loss: torch.Tensor, losses: torch.Tensor,
                         keep: torch.Tensor | None, nll: torch.Tensor | None) -> bool:
         """False when the training loss is finite; raises :class:`NonFiniteLossError`, or (with
@@ -221,7 +226,7 @@ class PreferenceTrainer(Trainer):
         bad = not bool(torch.isfinite(loss.detach()))
         if self.args.on_nonfinite == "raise" and self.accelerator.num_processes > 1:
             # Every process stops together (one process raising alone would hang the others).
-            anywhere = bool(self._gather_sum(torch.tensor(float(bad), device=loss.device)) > 0)
+            anywhere = bool(self.gather.sum(torch.tensor(float(bad), device=loss.device)) > 0)
             if anywhere and not bad:
                 raise NonFiniteLossError(f"step {self.state.global_step + 1}: the loss is NaN/inf on another "
                                          "process (its error names the records)")
@@ -269,7 +274,7 @@ class PreferenceTrainer(Trainer):
                 raise NonFiniteLossError(f"{message}. Lower learning_rate, check these records, or set "
                                          "on_nonfinite: skip to skip such steps")
             self.nonfinite_skipped += len(records)
-            self._dama_pending.clear()
+            self.dama.discard_pending()
             logger.warning("%s; optimizer step skipped (on_nonfinite=skip, %d batches skipped so far)", message,
                            self.nonfinite_skipped)
         if bad or (skips and not trained):
@@ -283,81 +288,6 @@ class PreferenceTrainer(Trainer):
         loss = super().training_step(model, inputs, num_items_in_batch)
         return torch.full_like(loss, float("nan")) if self._skipped_batch else loss
 
-    def _aspo_chosen(self, token_ratios: torch.Tensor, policy: torch.Tensor, inputs: dict[str, Any],
-                     diag: dict[str, torch.Tensor]) -> torch.Tensor:
-        """ASPO's weighted chosen log-ratio ``(B,)`` from unit (sentence) spans of the chosen rows."""
-        aspo = self.methods.aspo
-        spans, unit_mask = inputs["unit_spans"], inputs["unit_mask"]  # (B, S, 2), (B, S)
-        unit_ratios = span_sums(token_ratios, spans)  # (B, S), differentiable
-        with torch.no_grad():
-            n_tokens = (spans[..., 1] - spans[..., 0]).clamp(min=1)  # (B, S)
-            mean_logp = span_sums(policy.double(), spans) / n_tokens  # (B, S)
-            perplexity = torch.exp(-mean_logp)  # (B, S), PPL_i under the policy, same forward pass
-            weights = aspo_sentence_weights_batched(inputs["unit_scores"].double(), perplexity, unit_mask,
-                                                    aspo.aspo_alpha).to(unit_ratios.dtype)  # (B, S)
-            valid = weights[unit_mask]
-            diag["aspo/weight_mean"] = valid
-            diag["aspo/weight_std"] = valid.std().reshape(1) if valid.numel() > 1 else torch.zeros(1)
-            diag["aspo/sentences_per_response"] = unit_mask.sum(dim=1).float()
-            diag["aspo/scale"] = aspo_scale(unit_ratios, weights, unit_mask, aspo.aspo_normalizer)
-        return aspo_chosen_logratio(unit_ratios, weights, unit_mask, aspo.aspo_normalizer)
-
-    def _dama_beta(self, chosen: torch.Tensor, rejected: torch.Tensor, inputs: dict[str, Any], mode: str,
-                   diag: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """DAMA's per-record ``beta_C`` ``(B,)`` and the model-aware keep mask ``(B,)`` (or None)."""
-        dama = self.methods.dama
-        B = chosen.shape[0]
-        alpha_data = inputs["data_alpha"].to(chosen) if dama.dama_data else torch.ones_like(chosen)  # (B,)
-        alpha_model: float | torch.Tensor = 1.0
-        keep = None
-        gaps = chosen - rejected  # (B,)
-        if dama.dama_gap_uses_beta:
-            gaps = self.args.beta * gaps
-        if dama.dama_model:
-            global_gaps, offset = self._gather_batch(gaps)  # (N,)
-            n = global_gaps.shape[0]
-            k = max(1, round(dama.dama_keep * n))
-            alpha_model, keep_global, r_batch = dama_model_alpha(
-                global_gaps, self.dama_state.r_bar, k, dama.dama_filter, generator=self._dama_generator,
-                normalizer=dama.dama_normalizer, floor=dama.dama_scale_floor, alpha_max=dama.dama_alpha_model_max)
-            keep = keep_global[offset : offset + B].to(chosen.device)  # (B,)
-            if mode == "train":
-                self._dama_pending.append(float(r_batch))
-            diag["dama/alpha_model"] = alpha_model.reshape(1)
-            diag["dama/r_bar"] = torch.tensor([self.dama_state.r_bar])
-            diag["dama/r_batch"] = r_batch.reshape(1)
-            diag["dama/kept_fraction"] = keep.float()
-        alpha = dama_combine(alpha_data, alpha_model, dama.dama_combine, dama.dama_rho)  # (B,)
-        diag["dama/alpha_data_mean"] = alpha_data
-        diag["dama/beta_mean"] = self.args.beta * alpha
-        easy = alpha_data >= 1
-        if dama.dama_data:
-            diag["dama/gap_easy"] = gaps[easy]
-            diag["dama/gap_hard"] = gaps[~easy]
-        return self.args.beta * alpha, keep
-
-    def _gather_batch(self, values: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """All processes' ``(B_p,)`` values concatenated in process order, and this process's offset."""
-        if self.accelerator.num_processes == 1:
-            return values, 0
-        sizes = self.accelerator.gather(torch.tensor([values.shape[0]], device=values.device))  # (P,)
-        padded = self.accelerator.pad_across_processes(values, dim=0)  # (B_max,)
-        everything = self.accelerator.gather(padded).reshape(len(sizes), -1)  # (P, B_max)
-        parts = [everything[p, : int(sizes[p])] for p in range(len(sizes))]
-        offset = int(sizes[: self.accelerator.process_index].sum())
-        return torch.cat(parts), offset
-
-    def _gather_sum(self, value: torch.Tensor) -> torch.Tensor:
-        if self.accelerator.num_processes == 1:
-            return value
-        return self.accelerator.gather(value.reshape(1)).sum()
-
-    def dama_step_end(self) -> None:
-        """After each optimizer step: ``R_bar <- gamma R_bar + (1 - gamma) R_B`` (mean over micro-batches)."""
-        if self._dama_pending:
-            self.dama_state.update(sum(self._dama_pending) / len(self._dama_pending))
-            self._dama_pending.clear()
-
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
@@ -366,12 +296,10 @@ class PreferenceTrainer(Trainer):
 
     # ------------------------------------------------------------------ state across checkpoints
     def mmpo_state(self) -> dict[str, Any]:
-        return {"dama": self.dama_state.state_dict(), "dama_generator": self._dama_generator.get_state().tolist(),
-                "nonfinite_skipped_batches": self.nonfinite_skipped}
+        return {**self.dama.state_dict(), "nonfinite_skipped_batches": self.nonfinite_skipped}
 
     def load_mmpo_state(self, state: dict[str, Any]) -> None:
-        self.dama_state.load_state_dict(state["dama"])
-        self._dama_generator.set_state(torch.tensor(state["dama_generator"], dtype=torch.uint8))
+        self.dama.load_state_dict(state)
         self.nonfinite_skipped = int(state.get("nonfinite_skipped_batches", 0))
 
     def _save_checkpoint(self, model, trial) -> None:
@@ -506,7 +434,7 @@ class _DamaCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.trainer.dama_step_end()
+        self.trainer.dama.step_end()
 
 
 class _NonFiniteGuard(TrainerCallback):
@@ -518,3 +446,30 @@ class _NonFiniteGuard(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         self.trainer.check_gradients(model if model is not None else self.trainer.model)
+
+
+class AcceleratorGather:
+    """:class:`~mmpo.losses.dama.BatchGather` over ``accelerate``'s processes (DAMA's global batch,
+    the NaN/inf guard's agreement)."""
+
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+
+    @property
+    def num_processes(self) -> int:
+        return self.accelerator.num_processes
+
+    def concat(self, values: torch.Tensor) -> tuple[torch.Tensor, int]:
+        if self.num_processes == 1:
+            return values, 0
+        sizes = self.accelerator.gather(torch.tensor([values.shape[0]], device=values.device))  # (P,)
+        padded = self.accelerator.pad_across_processes(values, dim=0)  # (B_max,)
+        everything = self.accelerator.gather(padded).reshape(len(sizes), -1)  # (P, B_max)
+        parts = [everything[p, : int(sizes[p])] for p in range(len(sizes))]
+        offset = int(sizes[: self.accelerator.process_index].sum())
+        return torch.cat(parts), offset
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        if self.num_processes == 1:
+            return value
+        return self.accelerator.gather(value.reshape(1)).sum()

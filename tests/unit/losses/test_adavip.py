@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmpo.losses.adavip import adavip_loss, adavip_plus_vision_loss
+from mmpo.losses.adavip import adavip_plackett_luce_loss, adavip_plus_vision_loss
 from mmpo.losses.dpo import dpo_loss
 
 
@@ -18,7 +18,7 @@ def test_hand_worked_values():
     weight_vision = omega_{-+} = sigmoid(r_vis - r_lang) = sigmoid(0.5) = 0.6224593
     Second record, all rewards equal: L = log 3 = 1.0986123, weight_vision = 0.5.
     """
-    losses, weight_vision = adavip_loss(
+    losses, weight_vision = adavip_plackett_luce_loss(
         torch.tensor([1.0, 0.2]), torch.tensor([0.0, 0.2]), torch.tensor([0.5, 0.2])
     )
     torch.testing.assert_close(losses, torch.tensor([0.6802697, math.log(3)]))
@@ -37,7 +37,7 @@ def test_gradient_weights_match_eq_13():
     chosen = torch.tensor([1.0], requires_grad=True)
     lang = torch.tensor([0.0], requires_grad=True)
     vis = torch.tensor([0.5], requires_grad=True)
-    losses, weight_vision = adavip_loss(chosen, lang, vis)
+    losses, weight_vision = adavip_plackett_luce_loss(chosen, lang, vis)
     losses.sum().backward()
     torch.testing.assert_close(lang.grad, torch.tensor([0.1863237]))
     torch.testing.assert_close(vis.grad, torch.tensor([0.3071959]))
@@ -52,7 +52,7 @@ def test_gradient_share_equals_weight_vision_on_random_inputs():
     chosen, lang, vis = (
         torch.randn(64, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(3)
     )
-    losses, weight_vision = adavip_loss(chosen, lang, vis)
+    losses, weight_vision = adavip_plackett_luce_loss(chosen, lang, vis)
     losses.sum().backward()
     torch.testing.assert_close(vis.grad / (vis.grad + lang.grad), weight_vision)
     torch.testing.assert_close(chosen.grad, -(vis.grad + lang.grad))
@@ -62,7 +62,7 @@ def test_matches_naive_reference():
     gen = torch.Generator().manual_seed(3)
     chosen, lang, vis = (torch.randn(32, generator=gen, dtype=torch.float64) * 4 for _ in range(3))
     mask = torch.rand(32, generator=gen) > 0.3
-    losses, weight_vision = adavip_loss(chosen, lang, vis, mask)
+    losses, weight_vision = adavip_plackett_luce_loss(chosen, lang, vis, mask)
     plus_vision = adavip_plus_vision_loss(chosen, lang, vis, mask)
     for i in range(32):
         c, rl, rv = chosen[i].item(), lang[i].item(), vis[i].item()
@@ -87,7 +87,7 @@ def test_without_vision_sample_is_exactly_dpo():
     rejected_ratio = torch.tensor([1.0, 2.0, 0.0])
     chosen = (beta * chosen_ratio).requires_grad_()
     vis = torch.tensor([1e30, -1e30, 0.0], requires_grad=True)
-    losses, weight_vision = adavip_loss(chosen, beta * rejected_ratio, vis, torch.zeros(3, dtype=torch.bool))
+    losses, weight_vision = adavip_plackett_luce_loss(chosen, beta * rejected_ratio, vis, torch.zeros(3, dtype=torch.bool))
     assert torch.equal(losses.detach(), F.softplus(beta * rejected_ratio - beta * chosen_ratio))
     torch.testing.assert_close(losses, dpo_loss(chosen_ratio, rejected_ratio, beta))
     assert torch.equal(weight_vision, torch.zeros(3))
@@ -98,7 +98,7 @@ def test_without_vision_sample_is_exactly_dpo():
 
 def test_vanishing_vision_sample_tends_to_dpo():
     """r_vis -> -inf removes the vision term: L -> softplus(r_lang - r_c), weight_vision -> 0."""
-    losses, weight_vision = adavip_loss(torch.tensor([0.5]), torch.tensor([0.2]), torch.tensor([-1e4]))
+    losses, weight_vision = adavip_plackett_luce_loss(torch.tensor([0.5]), torch.tensor([0.2]), torch.tensor([-1e4]))
     torch.testing.assert_close(losses, F.softplus(torch.tensor([0.2 - 0.5])))
     torch.testing.assert_close(weight_vision, torch.tensor([0.0]))
 
@@ -125,7 +125,7 @@ def test_finite_for_extreme_inputs(rows, beta):
     lang = torch.tensor([r[1] for r in rows], requires_grad=True)
     vis = torch.tensor([r[2] for r in rows], requires_grad=True)
     mask = torch.tensor([r[3] for r in rows])
-    losses, weight_vision = adavip_loss(beta * chosen, beta * lang, beta * vis, mask)
+    losses, weight_vision = adavip_plackett_luce_loss(beta * chosen, beta * lang, beta * vis, mask)
     plus = adavip_plus_vision_loss(beta * chosen, beta * lang, beta * vis, mask)
     (losses.sum() + plus.sum()).backward()
     for t in (losses, weight_vision, plus, chosen.grad, lang.grad, vis.grad):

@@ -6,7 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmpo.losses.dpo import dpo_loss, dpo_rewards
+from mmpo.losses.compose import preference_loss
+from mmpo.losses.dpo import dpo_loss
 
 
 def test_hand_worked_values():
@@ -49,13 +50,17 @@ def test_gradient_is_beta_times_sigmoid_of_minus_margin():
     torch.testing.assert_close(rejected.grad, torch.tensor([0.7550813]))
 
 
-def test_rewards_are_beta_times_logratio_and_detached():
+def test_logged_rewards_are_beta_times_logratio_and_detached():
+    """preference_loss logs TRL's reward metrics: r = beta * ratio, margins, accuracies."""
     chosen = torch.tensor([1.0, -2.0], requires_grad=True)
     rejected = torch.tensor([0.5, 4.0], requires_grad=True)
-    r_c, r_r = dpo_rewards(chosen, rejected, 0.1)
-    torch.testing.assert_close(r_c, torch.tensor([0.1, -0.2]))
-    torch.testing.assert_close(r_r, torch.tensor([0.05, 0.4]))
-    assert not r_c.requires_grad and not r_r.requires_grad
+    losses, diag = preference_loss(chosen, rejected, 0.1)
+    torch.testing.assert_close(losses, dpo_loss(chosen, rejected, 0.1))
+    torch.testing.assert_close(diag["rewards/chosen"], torch.tensor([0.1, -0.2]))
+    torch.testing.assert_close(diag["rewards/rejected"], torch.tensor([0.05, 0.4]))
+    torch.testing.assert_close(diag["rewards/margins"], torch.tensor([0.05, -0.6]))
+    assert diag["rewards/accuracies"].tolist() == [1.0, 0.0]
+    assert not any(value.requires_grad for value in diag.values())
 
 
 finite = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False)
