@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import os
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from mmpo.io import default_cache_dir
 from mmpo.losses.compose import preference_loss
 from mmpo.losses.dama import dama_combine, dama_data_alpha, dama_delta, dama_model_alpha
 from mmpo.types import DATA_ALPHA_RANGE
@@ -145,7 +145,7 @@ def flip_labels(records: list, fraction: float, seed: int = 0) -> list:
 def train_runs(ns: argparse.Namespace) -> str:
     from mmpo.cli.demo import DemoOptions, prepare_records
     from mmpo.data.collator import PreferenceDataset
-    from mmpo.toyworld.base import BaseModelRecipe, ensure_base_model
+    from mmpo.toyworld.base_model import BaseModelRecipe, ensure_base_model
     from mmpo.toyworld.scenes import WorldConfig
     from mmpo.training.config import DamaArguments, Methods, ModelArguments, PreferenceConfig
     from mmpo.training.model_loading import load_policy
@@ -234,7 +234,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--data-alpha", action="store_true",
                    help="score the records with the world's tiny CLIP (trained on first use) for data_alpha, so "
                         "the runs are data- and model-aware (default: model-aware only)")
-    p.add_argument("--cache-dir", default=os.environ.get("MMPO_CACHE", str(Path.home() / ".cache" / "mmpo")))
+    p.add_argument("--cache-dir", default=str(default_cache_dir()), help="$MMPO_CACHE, else ~/.cache/mmpo")
     p.add_argument("--sweep-only", action="store_true", help="only the float32 sweep (no training)")
     p.add_argument("--out", help="also write the report to this file")
     ns = p.parse_args(argv)

@@ -3,17 +3,24 @@
 Every ``from_pretrained`` in mmpo goes through :func:`pretrained_kwargs`, so a mistyped relative
 path is a clear "no such directory" instead of minutes of DNS look-ups against the Hugging Face
 Hub. Downloading is opt-in: ``allow_download=True`` (or ``MMPO_ALLOW_DOWNLOAD=1`` in the
-environment) lets a name that is not a local directory be fetched as a Hub id.
+environment) lets a name that is not a local directory be fetched as a Hub id; the subcommands'
+``--allow-download`` flag (:data:`ALLOW_DOWNLOAD_HELP`) sets it with :func:`allowing_downloads`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 #: Set to 1 to let names that are not local directories be downloaded from the Hub.
 ALLOW_DOWNLOAD_ENV = "MMPO_ALLOW_DOWNLOAD"
+#: The ``--allow-download`` flag's help, shared by the subcommands that load checkpoints.
+ALLOW_DOWNLOAD_HELP = (f"let a model path that is not a local directory be downloaded from the Hugging Face Hub "
+                       f"(default: local checkpoint directories only, so a mistyped path is an error naming it "
+                       f"and nothing touches the network; {ALLOW_DOWNLOAD_ENV}=1 does the same)")
 
 
 def downloads_allowed(allow_download: bool | None = None) -> bool:
@@ -50,3 +57,21 @@ def pretrained_kwargs(path: str | os.PathLike, what: str = "model",
             f"{what} path {os.fspath(path)!r} ({directory.absolute()}) {kind}; mmpo loads local checkpoint "
             f"directories only (set {ALLOW_DOWNLOAD_ENV}=1 to let Hub ids be downloaded)")
     return {"local_files_only": True}
+
+
+@contextlib.contextmanager
+def allowing_downloads(allowed: bool) -> Iterator[None]:
+    """While inside, with ``allowed``, let Hub ids be downloaded (sets ``MMPO_ALLOW_DOWNLOAD=1``,
+    which :func:`pretrained_kwargs` reads); without it, nothing changes."""
+    if not allowed:
+        yield
+        return
+    before = os.environ.get(ALLOW_DOWNLOAD_ENV)
+    os.environ[ALLOW_DOWNLOAD_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ALLOW_DOWNLOAD_ENV, None)
+        else:
+            os.environ[ALLOW_DOWNLOAD_ENV] = before

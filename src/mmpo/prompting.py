@@ -13,7 +13,8 @@ Three things differ between VLM families and are easy to get silently wrong:
 * **Images.** Processors that tile or count images per sample (Idefics3, SmolVLM, Gemma 3, Mllama)
   need one list of images per row; every processor accepts that nesting, so it is always used.
 
-Only PIL, numpy and :mod:`mmpo.types` are imported, so data, training and evaluation can all depend on it.
+Images are read with :func:`mmpo.io.load_image`. Only :mod:`mmpo.io` and :mod:`mmpo.types` are imported, so
+data, training, evaluation and generation can all depend on it.
 """
 
 from __future__ import annotations
@@ -21,9 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-from PIL import Image, ImageOps
-
+from .io import load_image
 from .types import ImageRef, Prompt, prompt_messages
 
 PROMPT_FORMATS = ("auto", "chat", "plain")
@@ -32,65 +31,6 @@ PROMPT_FORMATS = ("auto", "chat", "plain")
 #: suffix (PaliGemma's prefix/suffix convention): the response is tokenised on its own, and
 #: ``token_type_ids`` mark it with 1 (causal) against the bidirectional prefix's 0.
 SUFFIX_PROCESSORS = ("PaliGemmaProcessor",)
-
-
-def load_image(image: ImageRef) -> Image.Image:
-    """A PIL RGB image from a path or an in-memory image, as a viewer would show it.
-
-    The EXIF orientation is applied (phone photos are stored sideways); 16-bit and 32-bit
-    greyscale (``I;16*``, ``I``) and float (``F``) images are *scaled* to 8 bits (PIL's own
-    ``convert`` clips them, so a 16-bit PNG would come out nearly white); images with transparency
-    (``RGBA``, ``LA``, ``PA``, ``P`` with a transparent colour) are composited on white.
-    """
-    if isinstance(image, Image.Image):
-        return to_rgb(image)
-    with Image.open(image) as opened:
-        return to_rgb(opened)
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """``image`` as 8-bit RGB; see :func:`load_image` for what is done to which mode."""
-    # The bit depth the pixels were stored with: 16 for ``I;16*`` and for a PNG that PIL opens as
-    # ``I`` (PNG holds at most 16 bits a sample); unknown (None) for an in-memory ``I`` image.
-    bits = 16 if image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG") else None
-    image = ImageOps.exif_transpose(image) or image  # a copy, which no longer knows its file format
-    mode = image.mode
-    if mode == "RGB":
-        return image.copy() if image.readonly else image
-    if mode.startswith("I") or mode == "F":
-        return Image.fromarray(_as_8bit(np.asarray(image), is_float=mode == "F", bits=bits), mode="L").convert("RGB")
-    if mode == "P" and "transparency" in image.info:
-        image, mode = image.convert("RGBA"), "RGBA"
-    if mode == "La":  # premultiplied: PIL converts it to LA only
-        image, mode = image.convert("LA"), "LA"
-    if mode in ("RGBA", "LA", "PA", "RGBa"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def _as_8bit(values: np.ndarray, is_float: bool, bits: int | None = None) -> np.ndarray:
-    """Greyscale values of any integer or float range scaled to uint8.
-
-    Integers stored with 16 bits (``bits=16``: ``I;16*`` modes, 16-bit PNGs) are divided by 257
-    whatever their values, so a dark 16-bit image stays dark. Integers of unknown depth: 0..255
-    kept, 0..65535 divided by 257. Floats: [0, 1] times 255. Anything wider is stretched from its
-    minimum to its maximum.
-    """
-    values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-    if bits == 16 and not is_float and low >= 0 and high <= 65535:
-        scaled = values / 257
-    elif is_float and low >= 0 and high <= 1:
-        scaled = values * 255
-    elif low >= 0 and high <= 255:
-        scaled = values
-    elif low >= 0 and high <= 65535 and not is_float:
-        scaled = values / 257
-    else:
-        scaled = (values - low) / (high - low or 1.0) * 255
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 def tokenizer_of(processor: Any) -> Any:

@@ -1,9 +1,12 @@
-"""`mmpo demo` end to end at a tiny scale: the run directory and the metrics.json schema."""
+"""`mmpo demo` end to end at a tiny scale: the run directory and the metrics.json schema; its
+command line and its method configs."""
 
+import dataclasses
 import json
 
 import pytest
 
+from mmpo.cli import demo
 from mmpo.cli.main import main
 
 
@@ -22,6 +25,9 @@ def test_demo_writes_metrics_log_and_plot(tmp_path):
     assert any("rewards/margins" in e for e in log)
     assert (out / "rewards.png").stat().st_size > 1000
     assert (out / "data" / "train.jsonl").read_text().count("\n") == 24
+    # The options as run: the ones left to the method's config carry the config's values.
+    assert metrics["config"] == str(demo.CONFIG_DIR / "dpo.yaml")
+    assert metrics["options"]["steps"] == 4 and metrics["options"]["learning_rate"] == pytest.approx(3e-4)
     # The base model is cached: a second demo reuses it.
     assert len(list((tmp_path / "cache").glob("toyworld-base-*"))) == 1
 
@@ -48,3 +54,71 @@ def test_every_method_runs_end_to_end(tmp_path, method):
 def test_unknown_subcommand_is_an_error(capsys):
     assert main(["nope"]) == 2
     assert "unknown subcommand" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- options
+def test_the_parser_is_built_from_the_options():
+    """Every DemoOptions field is a flag with help text, and no flag given is the dataclass's defaults."""
+    parser = demo.build_parser()
+    assert demo.DemoOptions(**vars(parser.parse_args([]))) == demo.DemoOptions()
+    flags = {action.dest: action for action in parser._actions if action.dest != "help"}
+    assert set(flags) == {f.name for f in dataclasses.fields(demo.DemoOptions)}
+    assert all(action.help for action in flags.values())
+    assert flags["progress"].option_strings == ["--no-progress"]
+    assert flags["method"].choices == list(demo.method_configs())
+    ns = parser.parse_args(["--method", "adavip-plus-vision", "--n-pairs", "3", "--beta", "0.5", "--no-progress"])
+    assert (ns.method, ns.n_pairs, ns.beta, ns.progress) == ("adavip-plus-vision", 3, 0.5, False)
+
+
+def test_the_methods_are_the_shipped_configs():
+    assert set(demo.method_configs()) == {"dpo", "aspo", "d2po", "mdpo", "dama", "adavip", "adavip-plus-vision"}
+
+
+#: method -> (aspo, dama_data, dama_model, adavip, adavip_loss) as its config sets them
+SWITCHES = {"dpo": (False, False, False, False, "plackett_luce"), "aspo": (True, False, False, False, "plackett_luce"),
+            "d2po": (False, True, False, False, "plackett_luce"), "mdpo": (False, False, True, False, "plackett_luce"),
+            "dama": (False, True, True, False, "plackett_luce"), "adavip": (False, False, False, True, "plackett_luce"),
+            "adavip-plus-vision": (False, False, False, True, "plus_vision")}
+
+
+@pytest.mark.parametrize("method", sorted(SWITCHES))
+def test_the_demo_reads_the_method_config(method, tmp_path):
+    """The switches and training settings come from the config; the demo's paths, seed and device
+    override it, and so do the settings given on its command line."""
+    path, (model_args, data_args, args, aspo, dama, adavip) = demo.demo_config(
+        demo.DemoOptions(method=method, seed=7, progress=False), tmp_path)
+    assert path == demo.method_configs()[method]
+    assert (aspo.aspo, dama.dama_data, dama.dama_model, adavip.adavip, adavip.adavip_loss) == SWITCHES[method]
+    assert (args.max_steps, args.per_device_train_batch_size, args.learning_rate, args.beta, args.sft_weight,
+            args.warmup_steps) == (200, 16, pytest.approx(3e-4), pytest.approx(0.1), pytest.approx(1.0), 10)
+    assert args.output_dir == str(tmp_path / "train") and data_args.train_file == str(tmp_path / "data" / "train.jsonl")
+    assert args.seed == 7 and args.disable_tqdm and args.save_strategy == "no"
+
+
+def test_the_command_line_overrides_the_config(tmp_path):
+    opts = demo.DemoOptions(method="dama", steps=4, batch_size=2, learning_rate=1e-3, beta=0.2, sft_weight=0.0)
+    _, (_, _, args, _, dama, _) = demo.demo_config(opts, tmp_path)
+    assert (args.max_steps, args.per_device_train_batch_size, args.learning_rate, args.beta, args.sft_weight) == \
+        (4, 2, pytest.approx(1e-3), pytest.approx(0.2), 0.0)
+    assert args.warmup_steps == 0  # a short run warms up for at most a tenth of its steps
+    assert dama.dama_data and dama.dama_model
+
+
+def test_an_unknown_method_or_data_kind_names_the_choices(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown method 'nope': the configs in .* are adavip, adavip-plus-vision"):
+        demo.demo_config(demo.DemoOptions(method="nope"), tmp_path)
+    with pytest.raises(ValueError, match=r"data must be truth or seva, not 'both'"):
+        demo.demo_config(demo.DemoOptions(data="both"), tmp_path)
+
+
+def test_missing_configs_are_an_error_naming_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        demo.method_configs(tmp_path)
+
+
+def test_metrics_table():
+    metrics = {"before": {"chair_i": 0.5, "pope_f1": 0.25, "n": 3}, "after": {"chair_i": 0.375, "pope_f1": 0.5}}
+    assert demo.metrics_table(metrics) == ("| metric | before | after | change |\n"
+                                           "| --- | --- | --- | --- |\n"
+                                           "| chair_i | 0.500 | 0.375 | -0.125 |\n"
+                                           "| pope_f1 | 0.250 | 0.500 | +0.250 |")

@@ -7,55 +7,26 @@ import gzip
 import json
 import math
 import shutil
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
 
+from helpers import chat_reply, fake_chat_server
 from mmpo.cli.evaluate import BENCHMARKS, build_parser, main
 from mmpo.evaluation.report import scalar_metrics
-from mmpo.toyworld.benchmarks import write_toy_benchmarks
+from mmpo.toyworld.benchmark_files import write_toy_benchmarks
 from mmpo.toyworld.scenes import WorldConfig, sample_scenes
-
-
-class RateFour(BaseHTTPRequestHandler):
-    """Answers every chat completion with "Rating: 4" and records the Authorization header."""
-
-    def do_POST(self):  # noqa: N802 (http.server's naming)
-        self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.auth.append(self.headers.get("Authorization"))
-        data = json.dumps({"choices": [{"message": {"content": "Fine.\nRating: 4"}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture
 def judge_url(monkeypatch):
-    """The fake judge on 127.0.0.1, announced through MMPO_JUDGE_URL / MMPO_JUDGE_API_KEY. Bounded:
-    its thread serves at most 3 requests (MMHal's 3 questions here) or until 120 s have passed,
-    then stops by itself."""
-    server = HTTPServer(("127.0.0.1", 0), RateFour)
-    server.timeout, server.auth = 0.5, []
-    deadline = time.monotonic() + 120
-
-    def serve():
-        while len(server.auth) < 3 and time.monotonic() < deadline:
-            server.handle_request()        # returns after one request or server.timeout
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    monkeypatch.setenv("MMPO_JUDGE_URL", f"http://127.0.0.1:{server.server_address[1]}/v1")
-    monkeypatch.setenv("MMPO_JUDGE_API_KEY", "sk-local")
-    yield server
-    thread.join(timeout=5)
-    server.server_close()
+    """A fake judge on 127.0.0.1 (:func:`helpers.fake_chat_server`) that answers every chat completion
+    with "Rating: 4", announced through MMPO_JUDGE_URL / MMPO_JUDGE_API_KEY; its ``requests``
+    record each request's Authorization header."""
+    with fake_chat_server(lambda server, request: (200, chat_reply("Fine.\nRating: 4"), {})) as server:
+        monkeypatch.setenv("MMPO_JUDGE_URL", f"{server.url}/v1")
+        monkeypatch.setenv("MMPO_JUDGE_API_KEY", "sk-local")
+        yield server
 
 
 def test_usage_errors():
@@ -106,7 +77,7 @@ def test_evaluate_every_benchmark_then_compare(tiny_checkpoint, tmp_path, judge_
     assert set(b["pope"]["random"]) >= {"accuracy", "precision", "recall", "f1", "yes_ratio"}
     assert b["pope"]["random"]["n"] > 0
     assert b["mmhal"] == {**b["mmhal"], "average_score": 4.0, "hallucination_rate": 0.0, "n_replies": 3}
-    assert judge_url.auth == ["Bearer sk-local"] * 3
+    assert [r["auth"] for r in judge_url.requests] == ["Bearer sk-local"] * 3
     assert "predictions" not in b["amber"] and "reviews" not in b["mmhal"]
     assert "| amber | reference | AMBER_score |" in (run / "results.md").read_text()
     assert "| pope | reference | mean/f1 |" in capsys.readouterr().out
@@ -231,7 +202,7 @@ def test_predictions_mmhal_answered_template_is_judged(tmp_path, judge_url):
     template.write_text(json.dumps(records))
     got, out = _score(["--predictions", str(template)], tmp_path, "mmhal")
     assert got["average_score"] == 4.0 and got["n_replies"] == 3 and got["hallucination_rate"] == 0.0
-    assert judge_url.auth == ["Bearer sk-local"] * 3
+    assert [r["auth"] for r in judge_url.requests] == ["Bearer sk-local"] * 3
     assert len(json.loads((out / "predictions" / "mmhal.json").read_text())["reviews"]) == 3
 
 

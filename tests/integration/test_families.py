@@ -24,6 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import training_args
 from mmpo.data.collator import MODEL_INPUTS, PreferenceCollator, PreferenceDataset, RowEncoder
 from mmpo.logprobs import policy_response_logps
 from mmpo.toyworld.families import FAMILIES, build_family
@@ -172,10 +173,7 @@ def _record(img, prompt, chosen, rejected):
 
 
 def make_args(tmp_path, **kw) -> PreferenceConfig:
-    defaults = dict(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4,
-                    per_device_eval_batch_size=2, learning_rate=1e-2, logging_steps=1, save_strategy="no",
-                    use_cpu=True, disable_tqdm=True, seed=0, report_to=[])
-    return PreferenceConfig(**{**defaults, **kw})
+    return training_args(tmp_path / "out", **{"per_device_eval_batch_size": 2, "learning_rate": 1e-2, **kw})
 
 
 def trainer_for(name, tmp_path, methods: Methods | None = None, lora=False, **args) -> PreferenceTrainer:

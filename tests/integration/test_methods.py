@@ -8,29 +8,13 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
+from transformers import TrainerCallback
 
+from helpers import load_tiny, training_args
 from mmpo.data.collator import PreferenceDataset
-from mmpo.training.config import AdavipArguments, AspoArguments, DamaArguments, Methods, PreferenceConfig
+from mmpo.training.config import AdavipArguments, AspoArguments, DamaArguments, Methods
 from mmpo.training.reference import FrozenCopyReference
 from mmpo.training.trainer import STATE_FILE, PreferenceTrainer
-
-
-def make_args(tmp_path, **kw) -> PreferenceConfig:
-    defaults = dict(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4,
-                    per_device_eval_batch_size=4, learning_rate=1e-3, logging_steps=1, save_strategy="no",
-                    use_cpu=True, disable_tqdm=True, seed=0)
-    return PreferenceConfig(**{**defaults, **kw})
-
-
-def load(tiny_checkpoint, perturb: bool = False):
-    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint)
-    if perturb:
-        g = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.02 * torch.randn(p.shape, generator=g))
-    return model, AutoProcessor.from_pretrained(tiny_checkpoint)
 
 
 def scored(records):
@@ -42,10 +26,10 @@ def scored(records):
 def batch_loss(tmp_path, tiny_checkpoint, records, methods: Methods, **args) -> torch.Tensor:
     """compute_loss on the first four records, with the policy moved away from the reference;
     ``args`` override the training arguments (e.g. ``beta``)."""
-    model, processor = load(tiny_checkpoint, perturb=True)
-    trainer = PreferenceTrainer(model, make_args(tmp_path, **args), processor, PreferenceDataset(records),
+    model, processor = load_tiny(tiny_checkpoint, perturb=True)
+    trainer = PreferenceTrainer(model, training_args(tmp_path / "out", **args), processor, PreferenceDataset(records),
                                 methods=methods)
-    trainer.reference = FrozenCopyReference(load(tiny_checkpoint)[0])
+    trainer.reference = FrozenCopyReference(load_tiny(tiny_checkpoint)[0])
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     trainer.model.eval()
     with torch.no_grad():
@@ -93,9 +77,10 @@ def test_aspo_reward_normalizer_keeps_dpo_value_count_normalizer_does_not(tmp_pa
 
 @pytest.mark.parametrize("granularity", ["sentence", "token"])
 def test_aspo_trains_and_logs(tmp_path, tiny_checkpoint, tiny_records, granularity):
-    model, processor = load(tiny_checkpoint)
+    model, processor = load_tiny(tiny_checkpoint)
     methods = Methods(aspo=AspoArguments(aspo=True, aspo_granularity=granularity))
-    trainer = PreferenceTrainer(model, make_args(tmp_path), processor, PreferenceDataset(scored(tiny_records)),
+    trainer = PreferenceTrainer(model, training_args(tmp_path / "out"), processor,
+                                PreferenceDataset(scored(tiny_records)),
                                 methods=methods)
     trainer.train()
     assert {"aspo/weight_mean", "aspo/weight_std", "aspo/sentences_per_response", "rewards/margins"} \
@@ -105,9 +90,9 @@ def test_aspo_trains_and_logs(tmp_path, tiny_checkpoint, tiny_records, granulari
 
 def test_aspo_without_scores_names_the_record(tmp_path, tiny_checkpoint, tiny_records):
     """Found by the preflight, before training starts."""
-    model, processor = load(tiny_checkpoint)
+    model, processor = load_tiny(tiny_checkpoint)
     with pytest.raises(ValueError, match=r"#0 \(id 't-000000'\) field 'chosen_sentence_scores': missing; ASPO"):
-        PreferenceTrainer(model, make_args(tmp_path), processor, PreferenceDataset(tiny_records),
+        PreferenceTrainer(model, training_args(tmp_path / "out"), processor, PreferenceDataset(tiny_records),
                           methods=Methods(aspo=AspoArguments(aspo=True)))
 
 
@@ -148,12 +133,14 @@ def test_dama_state_survives_a_checkpoint_resume(tmp_path, tiny_checkpoint, tiny
     common = dict(max_steps=6, per_device_train_batch_size=4, save_strategy="steps", save_steps=3,
                   learning_rate=5e-3)
 
-    model, processor = load(tiny_checkpoint)
-    straight = PreferenceTrainer(model, make_args(tmp_path / "a", **common), processor, records, methods=methods)
+    model, processor = load_tiny(tiny_checkpoint)
+    straight = PreferenceTrainer(model, training_args(tmp_path / "a" / "out", **common), processor,
+                                 records, methods=methods)
     straight.train()
 
-    model, processor = load(tiny_checkpoint)
-    first = PreferenceTrainer(model, make_args(tmp_path / "b", **common), processor, records, methods=methods,
+    model, processor = load_tiny(tiny_checkpoint)
+    first = PreferenceTrainer(model, training_args(tmp_path / "b" / "out", **common), processor,
+                              records, methods=methods,
                               callbacks=[StopAt(3)])
     first.train()
     assert first.state.global_step == 3
@@ -161,8 +148,9 @@ def test_dama_state_survives_a_checkpoint_resume(tmp_path, tiny_checkpoint, tiny
     saved = json.loads((checkpoint / STATE_FILE).read_text())
     assert saved["dama"]["step"] == 3 and saved["dama"]["r_bar"] == first.dama.r_bar
 
-    model, processor = load(tiny_checkpoint)
-    resumed = PreferenceTrainer(model, make_args(tmp_path / "b", **common), processor, records, methods=methods)
+    model, processor = load_tiny(tiny_checkpoint)
+    resumed = PreferenceTrainer(model, training_args(tmp_path / "b" / "out", **common), processor,
+                                records, methods=methods)
     resumed.train(resume_from_checkpoint=str(checkpoint))
 
     assert straight.dama.r_bar != 0.0
@@ -179,9 +167,9 @@ def test_dama_state_survives_a_checkpoint_resume(tmp_path, tiny_checkpoint, tiny
 
 
 def test_dama_trains_and_logs(tmp_path, tiny_checkpoint, tiny_records):
-    model, processor = load(tiny_checkpoint)
+    model, processor = load_tiny(tiny_checkpoint)
     methods = Methods(dama=DamaArguments(dama_data=True, dama_model=True))
-    trainer = PreferenceTrainer(model, make_args(tmp_path, max_steps=3), processor,
+    trainer = PreferenceTrainer(model, training_args(tmp_path / "out", max_steps=3), processor,
                                 PreferenceDataset(hardness(tiny_records)), methods=methods)
     trainer.train()
     assert {"dama/alpha_data_mean", "dama/alpha_model", "dama/r_bar", "dama/kept_fraction",
@@ -193,10 +181,10 @@ def test_dama_trains_and_logs(tmp_path, tiny_checkpoint, tiny_records):
 
 def test_missing_data_alpha_names_the_record(tmp_path, tiny_checkpoint, tiny_records):
     """Found by the preflight, before training starts."""
-    model, processor = load(tiny_checkpoint)
+    model, processor = load_tiny(tiny_checkpoint)
     records = [dataclasses.replace(r, data_alpha=None if i == 1 else 1.0) for i, r in enumerate(tiny_records)]
     with pytest.raises(ValueError, match=r"#1 \(id 't-000001'\) field 'data_alpha': missing; DAMA"):
-        PreferenceTrainer(model, make_args(tmp_path), processor, PreferenceDataset(records),
+        PreferenceTrainer(model, training_args(tmp_path / "out"), processor, PreferenceDataset(records),
                           methods=Methods(dama=DamaArguments(dama_data=True)))
 
 
@@ -224,8 +212,9 @@ def test_adavip_loss_exceeds_dpo_with_a_vision_sample(tmp_path, tiny_checkpoint,
 
 
 def test_adavip_trains_and_logs_the_eq13_weights(tmp_path, tiny_checkpoint, tiny_records):
-    model, processor = load(tiny_checkpoint)
-    trainer = PreferenceTrainer(model, make_args(tmp_path), processor, PreferenceDataset(vision_rejected(tiny_records)),
+    model, processor = load_tiny(tiny_checkpoint)
+    trainer = PreferenceTrainer(model, training_args(tmp_path / "out"), processor,
+                                PreferenceDataset(vision_rejected(tiny_records)),
                                 methods=Methods(adavip=AdavipArguments(adavip=True)))
     trainer.train()
     assert {"adavip/weight_vision", "adavip/weight_language", "rewards/vision_rejected"} <= logged_keys(trainer)
@@ -240,8 +229,9 @@ def test_all_methods_compose(tmp_path, tiny_checkpoint, tiny_records):
     records = vision_rejected(hardness(scored(tiny_records)))
     methods = Methods(aspo=AspoArguments(aspo=True), dama=DamaArguments(dama_data=True, dama_model=True),
                       adavip=AdavipArguments(adavip=True))
-    model, processor = load(tiny_checkpoint)
-    trainer = PreferenceTrainer(model, make_args(tmp_path, sft_weight=0.5), processor, PreferenceDataset(records),
+    model, processor = load_tiny(tiny_checkpoint)
+    trainer = PreferenceTrainer(model, training_args(tmp_path / "out", sft_weight=0.5), processor,
+                                PreferenceDataset(records),
                                 methods=methods)
     trainer.train()
     keys = logged_keys(trainer)

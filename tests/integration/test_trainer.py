@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from helpers import load_tiny, training_args
 from mmpo.data.collator import PreferenceCollator, PreferenceDataset, RowEncoder
-from mmpo.training.config import ModelArguments, PreferenceConfig
+from mmpo.training.config import ModelArguments
 from mmpo.training.model_loading import prepare_policy
 from mmpo.training.reference import FrozenCopyReference, load_or_compute_reference
 from mmpo.training.trainer import PreferenceTrainer
@@ -18,22 +18,11 @@ EXPECTED_KEYS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins"
                  "logps/chosen", "logps/rejected"}
 
 
-def make_args(tmp_path, **kw) -> PreferenceConfig:
-    defaults = dict(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=4,
-                    per_device_eval_batch_size=4, learning_rate=1e-3, logging_steps=1, save_strategy="no",
-                    use_cpu=True, disable_tqdm=True, seed=0)
-    return PreferenceConfig(**{**defaults, **kw})
-
-
-def load(tiny_checkpoint):
-    return AutoModelForImageTextToText.from_pretrained(tiny_checkpoint), AutoProcessor.from_pretrained(tiny_checkpoint)
-
-
 @pytest.mark.parametrize("reference", ["copy", "precomputed"])
 def test_training_changes_weights_and_logs_trl_keys(tmp_path, tiny_checkpoint, tiny_records, reference):
-    model, processor = load(tiny_checkpoint)
+    model, processor = load_tiny(tiny_checkpoint)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    args = make_args(tmp_path, reference=reference, sft_weight=0.5)
+    args = training_args(tmp_path / "out", max_steps=3, reference=reference, sft_weight=0.5)
     trainer = PreferenceTrainer(model, args, processor, PreferenceDataset(tiny_records))
     trainer.train()
     unchanged = {n for n, p in trainer.model.named_parameters() if torch.equal(p.detach(), before[n])}
@@ -48,11 +37,11 @@ def test_training_changes_weights_and_logs_trl_keys(tmp_path, tiny_checkpoint, t
 
 def test_precomputed_reference_gives_the_live_reference_loss(tmp_path, tiny_checkpoint, tiny_records):
     """The same batch through the live frozen copy and through the cached table: same loss."""
-    model, processor = load(tiny_checkpoint)
+    model, processor = load_tiny(tiny_checkpoint)
     with torch.no_grad():  # move the policy away from the reference so log-ratios are not all 0
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    reference_model, _ = load(tiny_checkpoint)
+    reference_model, _ = load_tiny(tiny_checkpoint)
     ds = PreferenceDataset(tiny_records)
     collator = PreferenceCollator(RowEncoder(processor))
     live = FrozenCopyReference(reference_model)
@@ -61,7 +50,7 @@ def test_precomputed_reference_gives_the_live_reference_loss(tmp_path, tiny_chec
     batch = collator([ds[i] for i in (5, 2, 7)])
     torch.testing.assert_close(table(batch), live(batch), rtol=1e-5, atol=1e-5)
 
-    args = make_args(tmp_path)
+    args = training_args(tmp_path / "out", max_steps=3)
     trainer = PreferenceTrainer(model, args, processor, ds)
     trainer.model.eval()
     trainer.reference = live
@@ -77,9 +66,9 @@ def test_precomputed_reference_gives_the_live_reference_loss(tmp_path, tiny_chec
 
 
 def test_lora_uses_the_adapter_off_policy_as_reference(tmp_path, tiny_checkpoint, tiny_records):
-    model, processor = load(tiny_checkpoint)
+    model, processor = load_tiny(tiny_checkpoint)
     model_args = ModelArguments(model_name_or_path=str(tiny_checkpoint), use_lora=True, lora_r=4, lora_alpha=8)
-    args = make_args(tmp_path, freeze_vision_tower=True, freeze_projector=True)
+    args = training_args(tmp_path / "out", max_steps=3, freeze_vision_tower=True, freeze_projector=True)
     model = prepare_policy(model, model_args, args)
     trainer = PreferenceTrainer(model, args, processor, PreferenceDataset(tiny_records))
     assert trainer.reference_kind == "adapter"

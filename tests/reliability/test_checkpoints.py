@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerState
+from transformers import TrainerState
 
+from helpers import load_tiny, training_args
 from mmpo.data.collator import PreferenceDataset
 from mmpo.training.checkpoints import (
     STATE_FILE,
     TRAINER_STATE_FILE,
     CheckpointError,
     newest_complete_checkpoint,
-    write_json_atomic,
 )
 from mmpo.training.config import DamaArguments, Methods, PreferenceConfig
 from mmpo.training.trainer import PreferenceTrainer
@@ -33,16 +33,12 @@ DAMA = Methods(dama=DamaArguments(dama_model=True))
 
 
 def make_args(out: Path, **kw) -> PreferenceConfig:
-    defaults = dict(output_dir=str(out), max_steps=STEPS, per_device_train_batch_size=4, learning_rate=1e-3,
-                    logging_steps=1, save_strategy="steps", save_steps=1, use_cpu=True, disable_tqdm=True, seed=0,
-                    report_to="none", sft_weight=1.0)
-    return PreferenceConfig(**{**defaults, **kw})
+    return training_args(out, **{"max_steps": STEPS, "save_strategy": "steps", "save_steps": 1, "sft_weight": 1.0, **kw})
 
 
 def run(tiny_checkpoint, records, out: Path, methods: Methods = DAMA, resume=None, **kw) -> PreferenceTrainer:
-    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint)
-    trainer = PreferenceTrainer(model, make_args(out, **kw), AutoProcessor.from_pretrained(tiny_checkpoint),
-                                PreferenceDataset(records), methods=methods)
+    model, processor = load_tiny(tiny_checkpoint)
+    trainer = PreferenceTrainer(model, make_args(out, **kw), processor, PreferenceDataset(records), methods=methods)
     trainer.train(resume_from_checkpoint=resume)
     return trainer
 
@@ -170,11 +166,3 @@ def test_no_complete_checkpoint_is_an_error_naming_why(uninterrupted, tmp_path, 
     with pytest.raises(CheckpointError, match=r"no checkpoint in .* is complete: .*checkpoint-1.*trainer_state"):
         run(tiny_checkpoint, tiny_records, out, resume=True)
 
-
-def test_an_atomic_write_leaves_the_old_file_when_it_fails(tmp_path):
-    path = tmp_path / STATE_FILE
-    write_json_atomic(path, {"r_bar": 1.5})
-    with pytest.raises(TypeError):
-        write_json_atomic(path, {"r_bar": object()})  # fails halfway through json.dump
-    assert json.loads(path.read_text()) == {"r_bar": 1.5}
-    assert [p.name for p in tmp_path.iterdir()] == [STATE_FILE]

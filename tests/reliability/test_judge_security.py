@@ -8,81 +8,38 @@ in threads: the configured one redirects, the other one counts what reaches it.
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 
+from helpers import chat_reply, fake_chat_server
 from mmpo.evaluation.judge import OpenAIChatJudge
 from mmpo.evaluation.mmhal import score_mmhal
 
 KEY = "sk-secret-test-key"
 
 
-class Handler(BaseHTTPRequestHandler):
+def redirect_or_rate(server, request):
     """``server.redirect``: reply with that status and ``Location: server.location``; otherwise
-    answer a chat completion rating 6 (or ``server.reply`` verbatim). Every request is recorded."""
-
-    def _serve(self):
-        server = self.server
-        length = int(self.headers.get("Content-Length") or 0)
-        server.requests.append({"method": self.command, "path": self.path,
-                                "auth": self.headers.get("Authorization"), "body": self.rfile.read(length)})
-        if server.redirect:
-            self.send_response(server.redirect)
-            self.send_header("Location", server.location)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        data = server.reply if server.reply is not None else json.dumps(
-            {"choices": [{"message": {"role": "assistant", "content": "Rating: 6"}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = _serve  # noqa: N815 (http.server's naming)
-
-    def log_message(self, *args):
-        pass
-
-
-def start_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.requests, server.redirect, server.location, server.reply = [], None, None, None
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    watchdog = threading.Timer(60, server.shutdown)
-    watchdog.daemon = True
-    watchdog.start()
-    return server, thread, watchdog
+    answer a chat completion rating 6 (or ``server.reply`` verbatim)."""
+    if server.redirect:
+        return server.redirect, b"", {"Location": server.location}
+    return 200, server.reply if server.reply is not None else chat_reply("Rating: 6"), {}
 
 
 @pytest.fixture
 def servers():
-    """``(configured, elsewhere)``: two servers on 127.0.0.1, on two free ports."""
-    started = [start_server(), start_server()]
-    try:
-        yield started[0][0], started[1][0]
-    finally:
-        for server, thread, watchdog in started:
-            watchdog.cancel()
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
-
-
-def url_of(server) -> str:
-    return f"http://127.0.0.1:{server.server_address[1]}"
+    """``(configured, elsewhere)``: two servers on 127.0.0.1, on two free ports; every request is
+    recorded."""
+    with fake_chat_server(redirect_or_rate) as configured, fake_chat_server(redirect_or_rate) as elsewhere:
+        for server in (configured, elsewhere):
+            server.redirect, server.location, server.reply = None, None, None
+        yield configured, elsewhere
 
 
 @pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
 def test_a_redirect_is_refused_and_the_key_goes_nowhere_else(servers, code):
     configured, elsewhere = servers
-    configured.redirect, configured.location = code, url_of(elsewhere) + "/steal/chat/completions"
-    judge = OpenAIChatJudge(url=url_of(configured) + "/v1", api_key=KEY, timeout=5, max_retries=2, retry_wait=0.01)
+    configured.redirect, configured.location = code, elsewhere.url + "/steal/chat/completions"
+    judge = OpenAIChatJudge(url=configured.url + "/v1", api_key=KEY, timeout=5, max_retries=2, retry_wait=0.01)
     with pytest.raises(RuntimeError, match=r"redirected \(HTTP \d+\) to http://127\.0\.0\.1:\d+/steal/"
                                            r"chat/completions; refusing to follow") as caught:
         judge("rate this")
@@ -94,8 +51,8 @@ def test_a_redirect_is_refused_and_the_key_goes_nowhere_else(servers, code):
 
 def test_no_rating_is_taken_from_a_redirect_target(servers):
     configured, elsewhere = servers
-    configured.redirect, configured.location = 302, url_of(elsewhere) + "/v1/chat/completions"
-    judge = OpenAIChatJudge(url=url_of(configured) + "/v1", api_key=KEY, timeout=5, retry_wait=0.01)
+    configured.redirect, configured.location = 302, elsewhere.url + "/v1/chat/completions"
+    judge = OpenAIChatJudge(url=configured.url + "/v1", api_key=KEY, timeout=5, retry_wait=0.01)
     record = {"question_type": "attribute", "question_topic": "t", "image_id": "x", "image_src": "x.png",
               "image_content": ["red star"], "question": "what colour is the star ?",
               "gt_answer": "the star is red .", "model_answer": "the star is blue ."}
@@ -106,7 +63,7 @@ def test_no_rating_is_taken_from_a_redirect_target(servers):
 
 def test_the_configured_endpoint_still_answers(servers):
     configured, _ = servers
-    judge = OpenAIChatJudge(url=url_of(configured) + "/v1", api_key=KEY, timeout=5, retry_wait=0.01)
+    judge = OpenAIChatJudge(url=configured.url + "/v1", api_key=KEY, timeout=5, retry_wait=0.01)
     assert judge("rate this") == "Rating: 6"
     assert configured.requests[0]["path"] == "/v1/chat/completions"
 
@@ -115,7 +72,7 @@ def test_the_configured_endpoint_still_answers(servers):
 def test_a_reply_without_a_completion_is_a_clear_error(servers, reply):
     configured, _ = servers
     configured.reply = reply
-    judge = OpenAIChatJudge(url=url_of(configured), api_key=KEY, timeout=5, retry_wait=0.01)
+    judge = OpenAIChatJudge(url=configured.url, api_key=KEY, timeout=5, retry_wait=0.01)
     with pytest.raises(RuntimeError, match=r"judge endpoint http://127\.0\.0\.1:\d+/chat/completions sent no "
                                            r"chat completion .*reply starts"):
         judge("rate this")

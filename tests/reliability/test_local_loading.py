@@ -16,14 +16,15 @@ import transformers
 import transformers.utils.hub
 
 from mmpo import hub
-from mmpo.cli import evaluate as evaluate_cli
 from mmpo.cli.main import main
-from mmpo.data.construct.vision_models import GroundingDinoDetector, OwlV2Detector, SamSegmenter
+from mmpo.data.construct.vision_hf_models import GroundingDinoDetector, OwlV2Detector, SamSegmenter
 from mmpo.data.records import save_records
 from mmpo.scoring.clip import CLIPScorer
 from mmpo.scoring.sentences import LLMSplitter
 from mmpo.toyworld.data import ground_truth_pairs
 from mmpo.toyworld.scenes import WorldConfig, sample_scenes
+from mmpo.training import model_loading
+from mmpo.training.config import ModelArguments
 
 TYPO = os.path.join("checkpoints", "no-such-model")
 
@@ -58,7 +59,7 @@ def assert_names_the_path(error: BaseException, tmp_path, what: str) -> None:
 
 
 @pytest.mark.parametrize("load, what", [
-    (lambda: evaluate_cli.load_checkpoint(TYPO), "model path"),
+    (lambda: model_loading.load_policy(ModelArguments(model_name_or_path=TYPO), what="model"), "model path"),
     (lambda: CLIPScorer(TYPO), "CLIP model path"),
     (lambda: OwlV2Detector(TYPO), "OWLv2 detector path"),
     (lambda: GroundingDinoDetector(TYPO), "Grounding DINO detector path"),
@@ -89,8 +90,10 @@ def test_a_local_checkpoint_loads_with_local_files_only(offline, monkeypatch, ti
             return _original(path, *args, **kwargs)
 
         monkeypatch.setattr(cls, "from_pretrained", spy)
-    model, processor = evaluate_cli.load_checkpoint(str(tiny_checkpoint), device="cpu")
-    assert model is not None and processor is not None
+    model, processor = model_loading.load_policy(ModelArguments(model_name_or_path=str(tiny_checkpoint)),
+                                                 device="cpu")
+    assert model is not None and processor is not None and not model.training  # eval mode, for generation
+    assert next(model.parameters()).device.type == "cpu"
     assert len(seen) == 2 and all(kwargs.get("local_files_only") is True for kwargs in seen)
     assert offline == []
 
@@ -121,11 +124,11 @@ def test_the_clis_report_a_mistyped_model_path_in_one_line(offline, tmp_path, re
 def test_allow_download_is_passed_to_the_loaders_and_then_reset(offline, monkeypatch, capsys):
     allowed: list[bool] = []
 
-    def stand_in(path, device="auto", dtype="auto", allow_download=None):
-        allowed.append(hub.downloads_allowed(allow_download))
+    def stand_in(model_args, device=None, what=None):
+        allowed.append(hub.downloads_allowed(True if model_args.allow_download else None))
         raise RuntimeError("stand-in stops here")
 
-    monkeypatch.setattr(evaluate_cli, "load_checkpoint", stand_in)
+    monkeypatch.setattr(model_loading, "load_policy", stand_in)
     base = ["noisy-pairs", "--model", "org/model", "--synthetic", "1", "--output", "p.jsonl"]
     assert main([*base, "--allow-download"]) == 2 and main(base) == 2
     assert allowed == [True, False]

@@ -24,21 +24,19 @@ import pytest
 import torch
 from PIL import Image
 
+from mmpo import io as mmpo_io
 from mmpo.cli import demo
 from mmpo.cli import noisy_pairs as noisy_pairs_cli
 from mmpo.cli.main import main
-from mmpo.data.construct import journal, noisy_pairs
+from mmpo.data.construct import noisy_pairs
 from mmpo.data.construct.inpainting import MeanFillInpainter
-from mmpo.data.construct.noisy_pairs import build_noisy_pairs, progress_path_for
-from mmpo.data.construct.vision_backends import (
-    AnnotationDetector,
-    AnnotationSegmenter,
-    NounTagger,
-    SceneIndex,
-)
+from mmpo.data.construct.noisy_pairs import build_noisy_pairs
 from mmpo.data.construct.vision_rejected import VisionRejectedPipeline, build_vision_rejected
+from mmpo.data.construct.vision_steps import NounTagger
 from mmpo.data.records import load_records
-from mmpo.toyworld.benchmarks import write_toy_benchmarks
+from mmpo.io import progress_path_for
+from mmpo.toyworld.annotations import AnnotationDetector, AnnotationSegmenter, SceneIndex
+from mmpo.toyworld.benchmark_files import write_toy_benchmarks
 from mmpo.toyworld.data import ground_truth_pairs
 from mmpo.toyworld.scenes import SHAPES, WorldConfig, sample_scenes
 from mmpo.types import PreferenceRecord
@@ -100,7 +98,7 @@ def no_temporary_files(directory: Path) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# The journal's atomic writes
+# Atomic writes (mmpo.io)
 
 
 def test_a_kill_before_the_rename_keeps_the_old_file(monkeypatch, tmp_path):
@@ -110,32 +108,32 @@ def test_a_kill_before_the_rename_keeps_the_old_file(monkeypatch, tmp_path):
     def killed(src, dst):
         raise Killed
 
-    monkeypatch.setattr(journal.os, "replace", killed)
+    monkeypatch.setattr(mmpo_io.os, "replace", killed)
     with pytest.raises(Killed):
-        journal.atomic_write_text(target, "new")
+        mmpo_io.atomic_write_text(target, "new")
     assert target.read_text() == "old" and no_temporary_files(tmp_path)
     monkeypatch.undo()
-    journal.atomic_write_text(target, "new")
+    mmpo_io.atomic_write_text(target, "new")
     assert target.read_text() == "new" and no_temporary_files(tmp_path)
     assert (target.stat().st_mode & 0o777) == 0o644
 
 
 def test_content_addressed_pngs_are_fsynced_before_the_rename(monkeypatch, tmp_path):
-    """journal.save_png (the noisy-pairs pipeline's in-memory images) renamed an unsynced file."""
+    """save_png_by_hash (the pipelines' in-memory images) once renamed an unsynced file."""
     events: list[str] = []
     fsync, replace = os.fsync, os.replace
     monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), fsync(fd))[1])
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace"), replace(a, b))[1])
-    path = journal.save_png(Image.new("RGB", (4, 4), (1, 2, 3)), tmp_path)
+    path = mmpo_io.save_png_by_hash(Image.new("RGB", (4, 4), (1, 2, 3)), tmp_path)
     assert decodes(path) and "replace" in events
     assert "fsync" in events[: events.index("replace")]
 
 
 def test_a_damaged_content_addressed_png_is_rewritten(tmp_path):
     image = Image.new("RGB", (4, 4), (9, 9, 9))
-    path = journal.save_png(image, tmp_path)
+    path = mmpo_io.save_png_by_hash(image, tmp_path)
     path.write_bytes(b"")  # a kill mid-write by an older version
-    assert journal.save_png(image, tmp_path) == path and decodes(path)
+    assert mmpo_io.save_png_by_hash(image, tmp_path) == path and decodes(path)
 
 
 def test_ensure_png_keeps_good_files_and_rerenders_damaged_ones(tmp_path, caplog):
@@ -152,14 +150,14 @@ def test_ensure_png_keeps_good_files_and_rerenders_damaged_ones(tmp_path, caplog
         renders.append(1)
         return image
 
-    with caplog.at_level(logging.WARNING, logger="mmpo.data.construct.journal"):
+    with caplog.at_level(logging.WARNING, logger="mmpo.io"):
         for path in (good, empty, cut):
-            journal.ensure_png(path, render)
+            mmpo_io.ensure_png(path, render)
     assert len(renders) == 2 and good.stat().st_mtime_ns == before
     assert all(decodes(p) for p in (good, empty, cut))
     assert sum("re-rendering" in r.getMessage() for r in caplog.records) == 2
     assert "empty" in caplog.text and str(cut) in caplog.text
-    assert journal.image_problem(tmp_path / "missing.png") == "the file does not exist"
+    assert mmpo_io.image_problem(tmp_path / "missing.png") == "the file does not exist"
 
 
 # ---------------------------------------------------------------------------------------------

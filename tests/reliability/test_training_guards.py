@@ -13,8 +13,9 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
+from transformers import TrainerCallback
 
+from helpers import load_tiny, training_args
 from mmpo.data.collator import PreferenceDataset
 from mmpo.data.records import save_records
 from mmpo.losses.dama import DamaController
@@ -30,15 +31,11 @@ from mmpo.training.trainer import (
 
 
 def make_args(tmp_path, **kw) -> PreferenceConfig:
-    defaults = dict(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4,
-                    per_device_eval_batch_size=4, learning_rate=1e-3, logging_steps=1, save_strategy="no",
-                    use_cpu=True, disable_tqdm=True, seed=0, report_to="none", lr_scheduler_type="constant")
-    return PreferenceConfig(**{**defaults, **kw})
+    return training_args(tmp_path / "out", **{"lr_scheduler_type": "constant", **kw})
 
 
 def make_trainer(tmp_path, tiny_checkpoint, tiny_records, **kw) -> PreferenceTrainer:
-    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint)
-    processor = AutoProcessor.from_pretrained(tiny_checkpoint)
+    model, processor = load_tiny(tiny_checkpoint)
     return PreferenceTrainer(model, make_args(tmp_path, **kw), processor, PreferenceDataset(tiny_records))
 
 
@@ -185,7 +182,7 @@ def test_a_filtered_record_with_an_inf_loss_does_not_make_the_loss_nan(tmp_path,
     trainer = make_trainer(tmp_path, tiny_checkpoint, tiny_records)
     trainer.dama = DamaController(0.1, model_aware=True)
     keep = torch.tensor([False, True, True, True])
-    monkeypatch.setattr(trainer.dama, "beta", lambda *args: (torch.full((4,), 0.1), keep, {}))
+    monkeypatch.setattr(trainer.dama, "beta", lambda *args, **kwargs: (torch.full((4,), 0.1), keep, {}))
     real, seen = trainer_module.preference_loss, {}
 
     def preference_loss(*args):

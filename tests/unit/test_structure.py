@@ -1,8 +1,18 @@
-"""Gates: every module imports without side effects, and the layering rules hold."""
+"""Gates: every module imports without side effects, and the layering rules hold.
+
+The layers, bottom up: ``mmpo.types``, ``mmpo.io`` (all file I/O), ``mmpo.hub``, ``mmpo.prompting``,
+``mmpo.generation``; then ``mmpo.losses`` (torch only), ``mmpo.scoring``, ``mmpo.data``,
+``mmpo.evaluation``, ``mmpo.training``; then ``mmpo.toyworld`` (the synthetic world, which may use
+all of them) and ``mmpo.cli`` (the commands). A layer never imports one above it. Each import gate
+checks both what a fresh interpreter loads and the source text (lazy imports inside functions
+included), and names the module and the import line that break it.
+"""
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import pkgutil
 import subprocess
 import sys
@@ -11,6 +21,75 @@ from pathlib import Path
 import mmpo
 
 MODULES = sorted(m.name for m in pkgutil.walk_packages(mmpo.__path__, "mmpo."))
+ROOT = Path(mmpo.__file__).parent
+
+
+def source_of(module: str) -> Path:
+    """The file of ``mmpo.x.y``: ``x/y.py`` or ``x/y/__init__.py`` under the package."""
+    path = ROOT.joinpath(*module.split(".")[1:])
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def import_statements(module: str) -> list[tuple[int, str, list[str], str]]:
+    """Every import statement in ``module``'s source, lazy ones inside functions included, as
+    ``(line number, module, names, source line)``: ``import a.b`` gives ``("a.b", [])``,
+    ``from a import b, c`` gives ``("a", ["b", "c"])``; relative imports are resolved to absolute names."""
+    path = source_of(module)
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = []
+    for node in ast.walk(ast.parse(text, str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name, [], lines[node.lineno - 1].strip()) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            found.append((node.lineno, base, [alias.name for alias in node.names], lines[node.lineno - 1].strip()))
+    return found
+
+
+def imports_of(module: str) -> list[tuple[int, str, str]]:
+    """``(line number, imported module, source line)`` per module an import statement of ``module``
+    may load: ``from package import name`` lists ``package`` and ``package.name`` (``name`` may be a module)."""
+    return [(number, name, line) for number, base, names, line in import_statements(module)
+            for name in [base, *(f"{base}.{n}" for n in names)]]
+
+
+def offending_imports(modules: list[str], forbidden: tuple[str, ...]) -> list[str]:
+    """``"path:line imports X: <line>"`` for every import statement in ``modules`` of a module that is,
+    or is under, one of ``forbidden``."""
+    prefixes = tuple(f"{name}." for name in forbidden)
+    problems = {}
+    for module in modules:
+        for number, name, line in imports_of(module):
+            if name in forbidden or name.startswith(prefixes):
+                where = f"{source_of(module).relative_to(ROOT.parent)}:{number}"
+                problems.setdefault(where, f"{where} imports {name}: {line}")
+    return list(problems.values())
+
+
+def loaded_on_import(modules: list[str], forbidden: tuple[str, ...]) -> str:
+    """Import ``modules`` one by one in a fresh interpreter; ``""``, or which of them first loads a
+    module under ``forbidden`` and which modules those are."""
+    code = ("import importlib, sys\n"
+            f"for name in {modules!r}:\n"
+            "    importlib.import_module(name)\n"
+            f"    bad = sorted(m for m in sys.modules if m in {forbidden!r} or m.startswith({tuple(f'{p}.' for p in forbidden)!r}))\n"
+            "    if bad:\n"
+            "        print(f'importing {name} loads {\" \".join(bad)}'); break\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def assert_never_imports(modules: list[str], forbidden: tuple[str, ...]) -> None:
+    """Neither at run time nor in the source text does any of ``modules`` import ``forbidden``."""
+    assert modules
+    problems = offending_imports(modules, forbidden)
+    assert problems == [], "\n".join(problems)
+    loaded = loaded_on_import(modules, forbidden)
+    assert loaded == "", loaded
 
 
 def test_every_module_imports():
@@ -32,9 +111,52 @@ def mmpo_modules_after(module: str) -> set[str]:
     return set(out.split())
 
 
+def test_every_import_names_something_that_exists():
+    """Each import of an mmpo module in mmpo's source, lazy ones inside functions included (which
+    importing the module does not run), names a module that exists and names in it that exist: a
+    module moved or renamed leaves no stale import behind."""
+    problems = []
+    for module in MODULES:
+        for number, base, names, line in import_statements(module):
+            if not base.startswith("mmpo"):
+                continue
+            where = f"{source_of(module).relative_to(ROOT.parent)}:{number}"
+            try:
+                target = importlib.import_module(base)
+            except ImportError as error:
+                problems.append(f"{where}: {line} ({error})")
+                continue
+            missing = [n for n in names if not hasattr(target, n)
+                       and not (hasattr(target, "__path__") and importlib.util.find_spec(f"{base}.{n}"))]
+            if missing:
+                problems.append(f"{where}: {line} ({base} has no {', '.join(missing)})")
+    assert problems == [], "\n".join(problems)
+
+
+#: The torch-only modules the method steps in ``mmpo.losses`` build on.
+LOSSES_MAY_IMPORT = ("mmpo.losses", "mmpo.types", "mmpo.logprobs")
+
+
 def test_losses_need_only_torch():
+    """Every method's training-step maths runs with torch alone: in the source of every
+    ``mmpo.losses`` module each import is the standard library, torch or a torch-only mmpo module
+    (:data:`LOSSES_MAY_IMPORT`), and importing them in a fresh interpreter loads nothing heavier."""
+    losses = [name for name in MODULES if name == "mmpo.losses" or name.startswith("mmpo.losses.")]
+    assert {"mmpo.losses.aspo", "mmpo.losses.dama", "mmpo.losses.adavip", "mmpo.losses.compose"} <= set(losses)
+    problems = []
+    for module in losses:
+        for number, name, line in imports_of(module):
+            top = name.split(".")[0]
+            if name.startswith("mmpo"):
+                ok = name == "mmpo" or any(name == m or name.startswith(f"{m}.") for m in LOSSES_MAY_IMPORT)
+            else:
+                ok = top in sys.stdlib_module_names or top == "torch"
+            if not ok:
+                problems.append(f"{source_of(module).relative_to(ROOT.parent)}:{number} imports {name}: {line}")
+    assert problems == [], "\n".join(problems)
     loaded = imported_after("mmpo.losses")
-    assert not loaded & {"transformers", "peft", "accelerate", "datasets", "PIL"}
+    assert not loaded & {"transformers", "peft", "accelerate", "datasets", "PIL", "safetensors"}
+    assert not {m for m in mmpo_modules_after("mmpo.losses") if not m.startswith(LOSSES_MAY_IMPORT)} - {"mmpo"}
 
 
 def test_evaluation_does_not_import_training():
@@ -54,21 +176,49 @@ def test_nothing_imports_the_cli():
     assert out.strip() == "", f"{out.strip()} imports mmpo.cli"
 
 
-def test_evaluation_does_not_import_the_toyworld():
-    """The benchmark scorers stand alone: importing every ``mmpo.evaluation`` module loads no
-    ``mmpo.toyworld`` module, and no evaluation source names it in an import (lazy ones included)."""
-    evaluation = [name for name in MODULES if name.startswith("mmpo.evaluation")]
-    assert {"mmpo.evaluation.chair", "mmpo.evaluation.pope", "mmpo.evaluation.amber",
-            "mmpo.evaluation.mmhal", "mmpo.evaluation.judge", "mmpo.evaluation.synthetic"} <= set(evaluation)
-    code = ("import importlib, sys\n"
-            f"for name in {evaluation!r}:\n"
-            "    importlib.import_module(name)\n"
-            "print(' '.join(m for m in sys.modules if m.startswith('mmpo.toyworld')))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "", f"importing mmpo.evaluation loads {out.strip()}"
-    root = Path(mmpo.__file__).parent / "evaluation"
-    for path in sorted(root.glob("*.py")):
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            words = line.split()
-            if words[:1] in (["import"], ["from"]) and "toyworld" in line:
-                raise AssertionError(f"{path.name}:{number} imports the toyworld: {line.strip()}")
+def test_the_library_does_not_import_the_toyworld():
+    """The library stands alone: importing every module outside ``mmpo.toyworld`` and ``mmpo.cli``
+    (the benchmark scorers, the data pipelines, training, ...) loads no ``mmpo.toyworld`` module, and
+    none names it in an import. The synthetic world's ground-truth stand-ins for the AdaViP stages
+    live in ``mmpo.toyworld.annotations``; the CLI wires them in."""
+    library = [name for name in MODULES if not name.startswith(("mmpo.cli", "mmpo.toyworld"))]
+    assert {"mmpo.evaluation.chair", "mmpo.evaluation.pope", "mmpo.evaluation.amber", "mmpo.evaluation.mmhal",
+            "mmpo.evaluation.judge", "mmpo.evaluation.synthetic", "mmpo.data.construct.vision_steps",
+            "mmpo.data.construct.vision_rejected", "mmpo.io"} <= set(library)
+    assert_never_imports(library, ("mmpo.toyworld",))
+
+
+def test_data_does_not_import_evaluation():
+    """Building and reading training data needs no benchmark code: batched generation, which both
+    use, is the neutral ``mmpo.generation``."""
+    data = [name for name in MODULES if name.startswith("mmpo.data")]
+    assert "mmpo.data.construct.noisy_pairs" in data
+    assert_never_imports(data, ("mmpo.evaluation",))
+
+
+def test_construct_modules_share_helpers_through_io_not_each_other():
+    """A construction pipeline imports a sibling only for the step interfaces it composes
+    (``vision_steps``: tag/detect/segment, ``inpainting``); shared helpers (image keys, the resume
+    journal, atomic files) come from ``mmpo.io``."""
+    construct = [name for name in MODULES if name.startswith("mmpo.data.construct.")]
+    steps = ("mmpo.data.construct.vision_steps", "mmpo.data.construct.inpainting")
+    for module in construct:
+        siblings = tuple(name for name in construct if name != module and name not in steps)
+        problems = offending_imports([module], siblings)
+        assert problems == [], "\n".join(problems)
+
+
+def test_cli_subcommands_do_not_import_each_other():
+    """Each ``mmpo.cli.X`` stands on the library alone; only ``mmpo.cli.main`` knows them all (it
+    dispatches by name). What two subcommands share (checkpoint loading, the download switch, the
+    cache directory) lives in the library: ``mmpo.training.model_loading``, ``mmpo.hub``, ``mmpo.io``."""
+    cli = [name for name in MODULES if name.startswith("mmpo.cli.")]
+    assert {"mmpo.cli.evaluate", "mmpo.cli.noisy_pairs", "mmpo.cli.main"} <= set(cli)
+    for module in cli:
+        if module == "mmpo.cli.main":
+            continue
+        others = tuple(name for name in cli if name != module)
+        problems = offending_imports([module], others)
+        assert problems == [], "\n".join(problems)
+        loaded = loaded_on_import([module], others)
+        assert loaded == "", loaded

@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from ..toyworld.base import BaseModelRecipe, build_base_model
+    from ..toyworld.base_model import BaseModelRecipe, build_base_model
     from ..toyworld.scenes import WorldConfig
 
     ns = build_parser().parse_args(argv)

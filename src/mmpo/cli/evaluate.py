@@ -46,7 +46,6 @@ examples:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +75,7 @@ def _split_file(text: str) -> tuple[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     from ..evaluation.chair import DEFAULT_PROMPT
     from ..evaluation.common import PARSINGS
-    from .main import ALLOW_DOWNLOAD_HELP
+    from ..hub import ALLOW_DOWNLOAD_HELP
 
     p = argparse.ArgumentParser(prog="mmpo evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -199,25 +198,6 @@ def _check(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
         parser.error("--benchmark pope needs --pope-dir or --pope-file SPLIT=PATH")
 
 
-def load_checkpoint(path: str, device: str = "auto", dtype: str = "auto",
-                    allow_download: bool | None = None) -> tuple[Any, Any]:
-    """A local VLM checkpoint: ``AutoModelForImageTextToText`` (in eval mode, on ``device``) and
-    ``AutoProcessor``. A ``path`` that is not a directory raises ``FileNotFoundError`` naming it,
-    with no Hub look-up, unless ``allow_download`` (or ``MMPO_ALLOW_DOWNLOAD=1``; see ``mmpo.hub``)."""
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from ..hub import pretrained_kwargs
-
-    local = pretrained_kwargs(path, what="model", allow_download=allow_download)
-    kwargs = {} if dtype == "auto" else {"dtype": getattr(torch, dtype)}
-    model = AutoModelForImageTextToText.from_pretrained(path, **kwargs, **local)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device).eval()
-    return model, AutoProcessor.from_pretrained(path, **local)
-
-
 def _judge(ns: argparse.Namespace):
     from ..evaluation.judge import judge_from_config
 
@@ -334,13 +314,16 @@ def run_benchmark(bench: str, ns: argparse.Namespace, model: Any, processor: Any
 def evaluate(ns: argparse.Namespace, judge: Any = None) -> dict[str, Any]:
     """Run every requested benchmark (or score ``--predictions``); write the run directory;
     return the results."""
-    from ..data.construct.journal import atomic_write_text
     from ..evaluation.report import write_run
+    from ..io import atomic_write_json
+    from ..training.config import ModelArguments
+    from ..training.model_loading import load_policy
 
     out = Path(ns.output_dir)
     model = processor = None
     if not ns.predictions:
-        model, processor = load_checkpoint(ns.model, ns.device, ns.dtype)
+        model, processor = load_policy(ModelArguments(model_name_or_path=ns.model, dtype=ns.dtype),
+                                       device=ns.device, what="model")
     settings = {k: getattr(ns, k) for k in ("batch_size", "max_new_tokens", "yes_no_max_new_tokens", "limit",
                                             "parsing")}
     if ns.predictions:
@@ -360,7 +343,7 @@ def evaluate(ns: argparse.Namespace, judge: Any = None) -> dict[str, Any]:
         _warn_if_nothing_matched(bench, result)
         bulky = {k: result.pop(k) for k in BULKY_KEYS if k in result}
         if bulky:
-            atomic_write_text(out / "predictions" / f"{bench}.json", json.dumps(bulky, indent=1, default=str) + "\n")
+            atomic_write_json(out / "predictions" / f"{bench}.json", bulky, indent=1, default=str)
         results["benchmarks"][bench] = result
         write_run(results, out)            # after each benchmark, so a crash keeps what is done
     return results
@@ -382,7 +365,7 @@ def _warn_if_nothing_matched(bench: str, result: dict[str, Any]) -> None:
 
 def main(argv: list[str]) -> int:
     from ..evaluation.report import compare_runs, run_table
-    from .main import allowing_downloads
+    from ..hub import allowing_downloads
 
     parser = build_parser()
     ns = parser.parse_args(argv)

@@ -9,13 +9,9 @@ exception is a bug and keeps its traceback. ``--debug`` anywhere on the command 
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import sys
-from collections.abc import Iterator
-
-from ..hub import ALLOW_DOWNLOAD_ENV
 
 #: subcommand -> (module under mmpo.cli, one-line help)
 SUBCOMMANDS = {
@@ -36,10 +32,6 @@ ERROR_STATUS, INTERRUPTED_STATUS = 2, 130
 REPORTED = (ValueError, OSError, RuntimeError)
 NOT_REPORTED = (NotImplementedError, RecursionError)
 DEBUG_HINT = f"(run with --debug or {DEBUG_ENV}=1 for the traceback)"
-#: The ``--allow-download`` flag's help, shared by the subcommands that load checkpoints.
-ALLOW_DOWNLOAD_HELP = (f"let a model path that is not a local directory be downloaded from the Hugging Face Hub "
-                       f"(default: local checkpoint directories only, so a mistyped path is an error naming it "
-                       f"and nothing touches the network; {ALLOW_DOWNLOAD_ENV}=1 does the same)")
 
 
 def usage() -> str:
@@ -97,24 +89,6 @@ def _pop_debug(argv: list[str]) -> tuple[list[str], bool]:
         else:
             debug = True
     return kept, debug
-
-
-@contextlib.contextmanager
-def allowing_downloads(allowed: bool) -> Iterator[None]:
-    """While inside, with ``allowed``, let Hub ids be downloaded (sets ``MMPO_ALLOW_DOWNLOAD=1``,
-    which :func:`mmpo.hub.pretrained_kwargs` reads); without it, nothing changes."""
-    if not allowed:
-        yield
-        return
-    before = os.environ.get(ALLOW_DOWNLOAD_ENV)
-    os.environ[ALLOW_DOWNLOAD_ENV] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(ALLOW_DOWNLOAD_ENV, None)
-        else:
-            os.environ[ALLOW_DOWNLOAD_ENV] = before
 
 
 def entry() -> None:

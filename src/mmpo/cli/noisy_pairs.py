@@ -25,7 +25,7 @@ from typing import Any
 
 def build_parser() -> argparse.ArgumentParser:
     from ..data.construct.noisy_pairs import SCHEDULES
-    from .main import ALLOW_DOWNLOAD_HELP
+    from ..hub import ALLOW_DOWNLOAD_HELP
 
     p = argparse.ArgumentParser(prog="mmpo noisy-pairs", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,24 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def read_items(path: str | Path) -> list[tuple[str, str, Any]]:
-    """``(id, image path, prompt)`` per non-blank line of a JSONL file; raises ValueError on a bad line."""
+    """``(id, image path, prompt)`` per non-blank line of a JSONL file; raises ValueError naming the
+    file and line of a bad line."""
+    from ..io import BadLine, read_jsonl_lines
+
     path = Path(path)
     items = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path} line {number} is not JSON: {exc}") from exc
-            if not isinstance(row, dict):
-                raise ValueError(f"{path} line {number}: expected an object")
-            prompt = row.get("prompt", row.get("instruction"))
-            if not row.get("image") or not prompt:
-                raise ValueError(f"{path} line {number}: needs 'image' and 'prompt' (or 'instruction')")
-            item_id = row.get("id", len(items))
-            items.append((str(item_id), str(path.parent / Path(row["image"]).expanduser()), prompt))
+    for number, row in read_jsonl_lines(path):
+        if isinstance(row, BadLine):
+            raise ValueError(row.message)
+        if not isinstance(row, dict):
+            raise ValueError(f"{path} line {number}: expected an object")
+        prompt = row.get("prompt", row.get("instruction"))
+        if not row.get("image") or not prompt:
+            raise ValueError(f"{path} line {number}: needs 'image' and 'prompt' (or 'instruction')")
+        item_id = row.get("id", len(items))
+        items.append((str(item_id), str(path.parent / Path(row["image"]).expanduser()), prompt))
     return items
 
 
@@ -80,7 +78,7 @@ def synthetic_items(n: int, seed: int, image_dir: Path) -> list[tuple[str, str, 
 
     Each PNG is written atomically; on a rerun an existing one is kept only if it decodes
     completely, so a damaged file (from a run killed before atomic writes) is re-rendered."""
-    from ..data.construct.journal import ensure_png
+    from ..io import ensure_png
     from ..toyworld.scenes import DESCRIBE_PROMPT, WorldConfig, sample_scenes
 
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -93,8 +91,9 @@ def synthetic_items(n: int, seed: int, image_dir: Path) -> list[tuple[str, str, 
 
 def main(argv: list[str]) -> int:
     from ..data.construct.noisy_pairs import DiffusionNoise, build_noisy_pairs
-    from .evaluate import load_checkpoint
-    from .main import allowing_downloads
+    from ..hub import allowing_downloads
+    from ..training.config import ModelArguments
+    from ..training.model_loading import load_policy
 
     parser = build_parser()
     ns = parser.parse_args(argv)
@@ -108,7 +107,8 @@ def main(argv: list[str]) -> int:
     except ValueError as error:
         parser.error(str(error))
     with allowing_downloads(ns.allow_download):  # first: a mistyped --model fails before any work
-        model, processor = load_checkpoint(ns.model, ns.device, ns.dtype)
+        model, processor = load_policy(ModelArguments(model_name_or_path=ns.model, dtype=ns.dtype),
+                                       device=ns.device, what="model")
     output = Path(ns.output)
     image_dir = Path(ns.image_dir) if ns.image_dir else output.parent / "images"
     if ns.input:

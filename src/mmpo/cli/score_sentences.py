@@ -8,20 +8,19 @@ The synthetic world's tiny CLIP is built (and cached) with ``--clip toyworld``.
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .main import ALLOW_DOWNLOAD_HELP
+    from ..hub import ALLOW_DOWNLOAD_HELP
+    from ..io import default_cache_dir
 
     p = argparse.ArgumentParser(prog="mmpo score-sentences", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True, help="preference records (JSONL or saved dataset)")
     p.add_argument("--output", required=True, help="JSONL to write, with scores and data_alpha")
     p.add_argument("--clip", required=True, help="local CLIP checkpoint directory, or 'toyworld'")
-    p.add_argument("--cache-dir", default=os.environ.get("MMPO_CACHE", str(Path.home() / ".cache" / "mmpo")),
-                   help="embedding cache (and where the toyworld CLIP is kept)")
+    p.add_argument("--cache-dir", default=str(default_cache_dir()),
+                   help="embedding cache (and where the toyworld CLIP is kept; default $MMPO_CACHE or ~/.cache/mmpo)")
     p.add_argument("--dama-mode", choices=("softmax", "ratio"), default="softmax",
                    help="delta from a softmax over all sentence scores (paper) or the ratio of sums (ablation)")
     p.add_argument("--on-bad-record", choices=("raise", "skip"), default="raise")
@@ -34,9 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     from ..data.construct.sentence_scores import score_sentences
     from ..data.records import load_records, save_records
+    from ..hub import allowing_downloads
     from ..scoring.clip import CLIPScorer
     from ..scoring.sentences import RuleSplitter
-    from .main import allowing_downloads
 
     ns = build_parser().parse_args(argv)
     clip = ns.clip

@@ -20,13 +20,13 @@ examples:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .main import ALLOW_DOWNLOAD_HELP
+    from ..hub import ALLOW_DOWNLOAD_HELP
+    from ..io import default_cache_dir
 
     p = argparse.ArgumentParser(prog="mmpo vision-rejected", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-dir", help="where the rejected PNGs go (default: vision_rejected/ next to --output)")
     p.add_argument("--clip", required=True,
                    help="local CLIP checkpoint directory for the selection score (and --tagger clip), or 'toyworld'")
-    p.add_argument("--cache-dir", default=os.environ.get("MMPO_CACHE", str(Path.home() / ".cache" / "mmpo")),
-                   help="CLIP embedding cache (and where the toyworld CLIP is kept)")
+    p.add_argument("--cache-dir", default=str(default_cache_dir()),
+                   help="CLIP embedding cache (and where the toyworld CLIP is kept; default $MMPO_CACHE or ~/.cache/mmpo)")
     p.add_argument("--vocabulary", default="toyworld",
                    help="category names: 'toyworld' (the synthetic shapes) or a text file, one name per line")
     p.add_argument("--tagger", choices=("nouns", "clip"), default="nouns",
@@ -76,18 +76,12 @@ def _vocabulary(value: str) -> list[str]:
 
 def main(argv: list[str]) -> int:
     from ..data.construct.inpainting import MeanFillInpainter, TeleaInpainter
-    from ..data.construct.vision_backends import (
-        AnnotationDetector,
-        AnnotationSegmenter,
-        BoxSegmenter,
-        CLIPTagger,
-        NounTagger,
-        SceneIndex,
-    )
     from ..data.construct.vision_rejected import VisionRejectedPipeline, build_vision_rejected
+    from ..data.construct.vision_steps import BoxSegmenter, CLIPTagger, NounTagger
     from ..data.records import load_records
+    from ..hub import allowing_downloads
     from ..scoring.clip import CLIPScorer
-    from .main import allowing_downloads
+    from ..toyworld.annotations import AnnotationDetector, AnnotationSegmenter, SceneIndex
 
     parser = build_parser()
     ns = parser.parse_args(argv)
@@ -130,12 +124,12 @@ def main(argv: list[str]) -> int:
         if ns.detector == "annotations":
             detector = AnnotationDetector(scenes)
         elif ns.detector == "owlv2":
-            from ..data.construct.vision_models import OwlV2Detector
+            from ..data.construct.vision_hf_models import OwlV2Detector
 
             kwargs = {"threshold": ns.box_threshold} if ns.box_threshold is not None else {}
             detector = OwlV2Detector(ns.detector_path, device=ns.device, **kwargs)
         else:
-            from ..data.construct.vision_models import GroundingDinoDetector
+            from ..data.construct.vision_hf_models import GroundingDinoDetector
 
             kwargs = {"box_threshold": ns.box_threshold} if ns.box_threshold is not None else {}
             detector = GroundingDinoDetector(ns.detector_path, device=ns.device, **kwargs)
@@ -145,7 +139,7 @@ def main(argv: list[str]) -> int:
         elif ns.segmenter == "box":
             segmenter = BoxSegmenter()
         else:
-            from ..data.construct.vision_models import SamSegmenter
+            from ..data.construct.vision_hf_models import SamSegmenter
 
             segmenter = SamSegmenter(ns.segmenter_path, device=ns.device)
 

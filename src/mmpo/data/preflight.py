@@ -23,7 +23,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..prompting import load_image, tokenizer_of
+from ..io import load_image
+from ..prompting import tokenizer_of
 from ..types import PreferenceRecord
 from .collator import PreferenceCollator, PreferenceDataset, SequenceTooLongError
 from .records import LoadResult, RecordError, RecordValidationError

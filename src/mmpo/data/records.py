@@ -3,7 +3,8 @@
 ``load_records`` reads a JSONL file, a ``datasets.Dataset`` (in memory, or a directory written by
 ``save_to_disk``) or a list of dicts, in any layout of ``formats.py``, and checks every record before
 training sees it. ``save_records`` writes JSONL atomically; ``records_to_dataset`` builds a
-``datasets.Dataset`` that ``load_records`` reads back.
+``datasets.Dataset`` that ``load_records`` reads back. The files themselves are read and written
+with :mod:`mmpo.io`.
 
 Image placeholders: mmpo puts the record's image into the prompt itself, so a *leading* ``<image>``
 (as LLaVA-style data writes ``"<image>\nWhat is ...?"``) is removed from the prompt, counted in
@@ -21,14 +22,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import io
 import json
 import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from numbers import Real
 from pathlib import Path
@@ -38,6 +37,7 @@ import datasets
 import PIL.Image
 
 from mmpo.data.formats import FORMATS, FieldProblem, detect_format, native_fields, source_field
+from mmpo.io import BadLine, atomic_writer, image_reference, json_line, read_jsonl_lines
 from mmpo.types import DATA_ALPHA_RANGE, PreferenceRecord, prompt_messages
 
 logger = logging.getLogger(__name__)
@@ -51,8 +51,6 @@ IMAGE_PLACEHOLDER = "<image>"
 PLACEHOLDERS = (IMAGE_PLACEHOLDER, "<video>")
 _LEADING_PLACEHOLDER = re.compile(r"\s*<image>\s*")
 _ONLY_PLACEHOLDER = f"empty prompt: it holds only the image placeholder {IMAGE_PLACEHOLDER!r} and no question"
-
-_PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,13 +94,6 @@ class LoadResult:
         shown = "; ".join(str(error) for error in self.errors[:max_errors])
         more = f"; and {len(self.errors) - max_errors} more" if len(self.errors) > max_errors else ""
         return f"{text}; skipped {len(self.errors)}: {shown}{more}"
-
-
-@dataclasses.dataclass(frozen=True)
-class _UnreadableRow:
-    """A source row that could not even be parsed (a JSONL line that is not JSON)."""
-
-    message: str
 
 
 def load_records(
@@ -179,7 +170,8 @@ def _open_source(source: Any) -> tuple[Iterable[Any], list[str] | None, Path]:
     if isinstance(source, (str, os.PathLike)):
         path = Path(os.path.abspath(source))
         if path.is_file():
-            rows = _read_jsonl(path)
+            # one row per non-blank line; a line that is not UTF-8 JSON is a BadLine, one bad record
+            rows = [row for _, row in read_jsonl_lines(path)]
             return rows, _first_keys(rows), path.parent
         if not path.is_dir():
             raise FileNotFoundError(f"no such records file or dataset directory: {path}")
@@ -195,28 +187,6 @@ def _open_source(source: Any) -> tuple[Iterable[Any], list[str] | None, Path]:
         f"cannot read records from a {type(source).__name__}: expected a JSONL path, a dataset directory, "
         "a datasets.Dataset or a list of dicts"
     )
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any] | _UnreadableRow]:
-    """One row per non-blank line; a line that is not UTF-8 JSON becomes an ``_UnreadableRow``.
-
-    Lines are decoded one at a time, so one bad byte costs one record (skippable), not the file.
-    """
-    rows: list[dict[str, Any] | _UnreadableRow] = []
-    with path.open("rb") as lines:
-        for line_number, raw in enumerate(lines, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                rows.append(_UnreadableRow(f"{path.name} line {line_number} is not UTF-8 text: {exc}"))
-                continue
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                rows.append(_UnreadableRow(f"{path.name} line {line_number} is not JSON: {exc}"))
-    return rows
 
 
 def _dataset_rows(dataset: datasets.Dataset) -> Iterable[dict[str, Any]]:
@@ -248,7 +218,7 @@ def _row_id(row: Any, fmt: str) -> str | None:
 def _record(row: Any, index: int, fmt: str, base_dir: Path, check_images: bool) -> tuple[PreferenceRecord, bool]:
     """The validated record of one row, and whether a leading placeholder was removed from its
     prompt. Cheap text checks run before images are opened."""
-    if isinstance(row, _UnreadableRow):
+    if isinstance(row, BadLine):
         raise FieldProblem(None, row.message)
     if not isinstance(row, dict):
         raise FieldProblem(None, f"expected a mapping of field names to values, got {type(row).__name__}")
@@ -501,62 +471,25 @@ def save_records(records: Iterable[PreferenceRecord], path: str | os.PathLike) -
         the path written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     out_dir = Path(os.path.abspath(path.parent))
     new_images: list[Path] = []
-    tmp = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=out_dir, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
     try:
-        with tmp:
+        with atomic_writer(path, text=True) as file:
             for index, record in enumerate(records):
                 try:
                     references = {
-                        key: _image_reference(getattr(record, key), out_dir, new_images)
+                        key: image_reference(getattr(record, key), out_dir, out_dir / IMAGES_DIR, new_images)
                         for key in ("image", "rejected_image")
                         if getattr(record, key) is not None
                     }
-                    row = dataclasses.replace(record, **references).to_dict()
-                    tmp.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+                    file.write(json_line(dataclasses.replace(record, **references).to_dict()) + "\n")
                 except Exception as exc:
                     raise ValueError(f"cannot save record #{index} (id {record.id!r}): {exc}") from exc
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp.name, path)
     except BaseException:
-        Path(tmp.name).unlink(missing_ok=True)
         for image_path in new_images:
             image_path.unlink(missing_ok=True)
         raise
     return path
-
-
-def _image_reference(image: Any, out_dir: Path, new_images: list[Path]) -> str:
-    """How a saved file refers to ``image``: relative to ``out_dir`` where possible."""
-    if isinstance(image, PIL.Image.Image):
-        path = _write_png(image, out_dir / IMAGES_DIR, new_images)
-    else:
-        path = Path(os.path.abspath(image))
-    try:
-        return path.relative_to(out_dir).as_posix()
-    except ValueError:
-        return str(path)
-
-
-def _write_png(image: PIL.Image.Image, images_dir: Path, new_images: list[Path]) -> Path:
-    """Write ``image`` as ``images_dir/<content hash>.png`` unless it is there already."""
-    buffer = io.BytesIO()
-    (image if image.mode in _PNG_MODES else image.convert("RGB")).save(buffer, format="PNG")
-    data = buffer.getvalue()
-    target = images_dir / f"{hashlib.sha256(data).hexdigest()[:16]}.png"
-    if target.exists():
-        return target
-    images_dir.mkdir(exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=images_dir, prefix=f".{target.name}.", delete=False) as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, target)
-    new_images.append(target)
-    return target
 
 
 def records_to_dataset(records: Iterable[PreferenceRecord]) -> datasets.Dataset:

@@ -623,7 +623,7 @@ def run_amber(model: Any, processor: Any, queries: str | Path, annotations: str 
     Returns:
         :func:`score_amber`'s dict plus ``predictions``: ``[{"id", "response"}]`` (AMBER's format).
     """
-    from mmpo.evaluation.generation import generate_responses
+    from mmpo.generation import generate_responses
 
     data = load_amber_data(annotations, associations=associations, safe_words=safe_words, metrics=metrics,
                            parsing=parsing)

@@ -64,7 +64,6 @@ The synthetic world's helpers (:func:`tokenize`, :func:`singular_forms`, :func:`
 from __future__ import annotations
 
 import base64
-import io
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -580,11 +579,8 @@ def load_coco_ground_truth(annotations: str | Path | Iterable[str | Path],
                 file_names[image["id"]] = image.get("file_name", str(image["id"]))
                 objects.setdefault(image["id"], set())
         for index, ann in enumerate(data["annotations"]):
-            try:
-                image_id, category_id = ann["image_id"], ann["category_id"]
-            except (KeyError, TypeError):
-                raise ValueError(f"COCO instances file {path}: annotations[{index}] needs 'image_id' and "
-                                 f"'category_id'") from None
+            image_id, category_id = _annotation_fields(ann, ("image_id", "category_id"), f"COCO instances file {path}",
+                                                       index)
             if keep is not None and image_id not in keep:
                 continue
             if category_id not in names:
@@ -595,15 +591,19 @@ def load_coco_ground_truth(annotations: str | Path | Iterable[str | Path],
     for path in caption_files:
         data = _coco_file(path, ("annotations",), "COCO captions")
         for index, ann in enumerate(data["annotations"]):
-            try:
-                image_id, caption = ann["image_id"], ann["caption"]
-            except (KeyError, TypeError):
-                raise ValueError(f"COCO captions file {path}: annotations[{index}] needs 'image_id' and "
-                                 f"'caption'") from None
+            image_id, caption = _annotation_fields(ann, ("image_id", "caption"), f"COCO captions file {path}", index)
             if keep is None or image_id in keep:
                 texts.setdefault(image_id, []).append(caption)
     return CocoGroundTruth({k: frozenset(v) for k, v in objects.items()}, {k: tuple(v) for k, v in texts.items()},
                            file_names, tuple(names[k] for k in sorted(names)))
+
+
+def _annotation_fields(ann: Any, keys: tuple[str, ...], where: str, index: int) -> tuple[Any, ...]:
+    """The ``keys`` of one COCO annotation; ``ValueError`` naming the file and the annotation when one is missing."""
+    try:
+        return tuple(ann[key] for key in keys)
+    except (KeyError, TypeError):
+        raise ValueError(f"{where}: annotations[{index}] needs {' and '.join(map(repr, keys))}") from None
 
 
 def image_ground_truth(ground_truth: CocoGroundTruth, image_id: Any, tables: ReferenceTables) -> dict[str, Any]:
@@ -890,13 +890,10 @@ def open_image_field(value: str, image_dir: str | Path | None):
     path = Path(image_dir) / value if image_dir is not None else Path(value)
     if len(value) < 1024 and path.exists():
         return path
-    from PIL import Image
-
-    from mmpo.prompting import to_rgb
+    from mmpo.io import load_image
 
     try:
-        with Image.open(io.BytesIO(base64.b64decode(value, validate=True))) as image:
-            return to_rgb(image)
+        return load_image(base64.b64decode(value, validate=True))
     except Exception as error:  # not a file and not base64 image data
         raise FileNotFoundError(f"image {value[:80]!r} is neither a file under {image_dir} nor base64 data") from error
 
@@ -920,7 +917,7 @@ def run_chair(model: Any, processor: Any, annotations: CocoGroundTruth | str | P
 
     Args:
         model, processor: a transformers VLM and its processor (see
-            :func:`mmpo.evaluation.generation.generate_responses`).
+            :func:`mmpo.generation.generate_responses`).
         annotations: a :class:`CocoGroundTruth`, or what :func:`load_coco_ground_truth` reads (a
             folder or instances files; ``captions`` as there).
         image_dir: folder of the images (``file_name`` of the instances file, or the question's
@@ -935,7 +932,7 @@ def run_chair(model: Any, processor: Any, annotations: CocoGroundTruth | str | P
         ``{"chair": score_chair(...), "object_halbench": score_object_halbench(...),
         "predictions": [{"image_id", "question", "caption"}]}``.
     """
-    from mmpo.evaluation import generation
+    from mmpo import generation
 
     truth = annotations if isinstance(annotations, CocoGroundTruth) else load_coco_ground_truth(annotations, captions)
     if questions is not None:

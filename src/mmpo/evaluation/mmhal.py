@@ -273,7 +273,7 @@ def run_mmhal(model: Any, processor: Any, template: str | Path, image_dir: str |
     (or by an ``image_path`` field). Returns the scores plus ``predictions``: the template records
     with ``model_answer`` filled in (MMHal-Bench's response format).
     """
-    from mmpo.evaluation.generation import generate_responses
+    from mmpo.generation import generate_responses
 
     records = load_mmhal_template(template)[:limit]
     answers = generate_responses(model, processor, [_mmhal_image(r, image_dir) for r in records],

@@ -389,7 +389,7 @@ def run_pope(model: Any, processor: Any, question_files: Mapping[str, str | Path
         :func:`score_pope`'s dict plus ``predictions``: ``{split: [{"question_id", "prompt", "text"}]}``
         (LLaVA's answer format).
     """
-    from mmpo.evaluation.generation import generate_responses
+    from mmpo.generation import generate_responses
 
     if not isinstance(question_files, Mapping):
         question_files = find_pope_files(question_files)

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mmpo.data.construct.journal import atomic_write_text
+from mmpo.io import atomic_write_json, atomic_write_text
 
 RESULTS_JSON = "results.json"
 RESULTS_MARKDOWN = "results.md"
@@ -77,7 +77,7 @@ def write_run(results: Mapping[str, Any], out_dir: str | Path) -> tuple[Path, Pa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / RESULTS_JSON, out_dir / RESULTS_MARKDOWN
-    atomic_write_text(json_path, json.dumps(results, indent=2, default=str) + "\n")
+    atomic_write_json(json_path, results, indent=2, default=str)
     title = f"# {results.get('run', out_dir.name)}\n\n"
     model = f"model: `{results['model']}`\n\n" if results.get("model") else ""
     atomic_write_text(md_path, title + model + run_table(results))

@@ -13,8 +13,8 @@ from collections.abc import Collection, Sequence
 from typing import Any, Protocol
 
 from mmpo.evaluation.chair import chair_scores, extract_mentions, singular_forms, tokenize
-from mmpo.evaluation.generation import generate_responses
 from mmpo.evaluation.pope import parse_yes_no, pope_metrics
+from mmpo.generation import generate_responses
 
 
 class KnownObject(Protocol):

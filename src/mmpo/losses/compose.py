@@ -2,9 +2,10 @@
 
 Every method changes one part of the DPO objective, so they compose: DAMA rescales ``beta`` per
 record, ASPO replaces the chosen log-ratio by a sentence-weighted one, AdaViP adds a third
-(vision-rejected) sample and changes the link function. The method modules compute the adjusted
-pieces (:func:`mmpo.losses.aspo.aspo_step`, :class:`mmpo.losses.dama.DamaController`); this function turns them into per-record losses plus detached diagnostics under TRL's
-metric names (and ``adavip/...`` when the vision sample is present).
+(vision-rejected) sample and changes the loss. The method modules compute the adjusted pieces
+(:func:`mmpo.losses.aspo.aspo_step`, :class:`mmpo.losses.dama.DamaController`); this function
+turns them into per-record losses plus detached diagnostics under TRL's metric names (and
+``adavip/...`` when the vision sample is present).
 """
 
 from __future__ import annotations

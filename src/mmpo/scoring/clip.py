@@ -1,8 +1,10 @@
 """Image-text similarity with CLIP, for ASPO's sentence scores and DAMA/AdaViP's CLIP scores.
 
-ASPO (001_fef0c8c325b372e6, Eq. 6) scores each sentence ``S_i = cos(CLIP_img(I), CLIP_txt(s_i))``;
-DAMA (003_d7f65a13b9e44e88, section 3.1) and AdaViP (002_e01c27e38e93a90d, section 3.2) score
-sub-sentences the same way. :class:`CLIPScorer` is the real backend: a ``transformers.CLIPModel``
+ASPO ("ASPO: Adaptive Sentence-Level Preference Optimization for Fine-Grained Multimodal Reasoning",
+arXiv:2505.19100, Eq. 6) scores each sentence ``S_i = cos(CLIP_img(I), CLIP_txt(s_i))``; DAMA ("DAMA:
+Data- and Model-aware Alignment of Multi-modal LLMs", arXiv:2502.01943, section 3.1) and AdaViP
+("AdaViP: Aligning Multi-modal LLMs via Adaptive Vision-enhanced Preference Optimization",
+arXiv:2504.15619, section 3.2) score sub-sentences the same way. :class:`CLIPScorer` is the real backend: a ``transformers.CLIPModel``
 loaded from a local checkpoint directory (an OpenAI CLIP on disk, or the synthetic world's tiny
 CLIP from :mod:`mmpo.toyworld.clip`), with a disk cache so a dataset is embedded once.
 """
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmpo.prompting import load_image
+from mmpo.io import load_image
 
 __all__ = ["CLIPScorer", "EmbeddingCache", "ImageTextScorer"]
 
@@ -158,7 +160,7 @@ class CLIPScorer:
         vectors: dict[str, np.ndarray] = {}
         keys: list[str] = []
         for chunk in _chunks(list(images), self.batch_size):
-            loaded = [_load_rgb(im) for im in chunk]
+            loaded = [load_image(im) for im in chunk]  # the one loader of every model input
             chunk_keys = [self._image_key(im) for im in loaded]
             keys += chunk_keys
             todo = self._lookup(chunk_keys, vectors)
@@ -266,10 +268,6 @@ class CLIPScorer:
         if not keys:
             return torch.zeros(0, self.model.config.projection_dim)
         return torch.from_numpy(np.stack([vectors[k] for k in keys]))  # (N, D)
-
-
-def _load_rgb(image: Any) -> Image.Image:
-    return load_image(image)  # the one loader of every model input: EXIF, 16-bit, alpha
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

@@ -1,8 +1,10 @@
 """Sentence splitting and sentence token spans.
 
-ASPO (001_fef0c8c325b372e6, section 3.2) weights the chosen response per *sentence*; AdaViP and
-DAMA (002_e01c27e38e93a90d section 3.2, 003_d7f65a13b9e44e88 section 3.1) score sub-sentences
-with CLIP. Two splitters implement the :class:`SentenceSplitter` protocol:
+ASPO ("ASPO: Adaptive Sentence-Level Preference Optimization for Fine-Grained Multimodal Reasoning",
+arXiv:2505.19100, section 3.2) weights the chosen response per *sentence*; AdaViP ("AdaViP: Aligning
+Multi-modal LLMs via Adaptive Vision-enhanced Preference Optimization", arXiv:2504.15619, section 3.2)
+and DAMA ("DAMA: Data- and Model-aware Alignment of Multi-modal LLMs", arXiv:2502.01943, section 3.1)
+score sub-sentences with CLIP. Two splitters implement the :class:`SentenceSplitter` protocol:
 
 * :class:`RuleSplitter` — deterministic, weight-free, exact character spans. ASPO needs these:
   its sentence rewards sum the log-ratios of each sentence's *tokens*, so every sentence must be

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..data.construct.journal import ensure_png
+from ..io import ensure_png
 from ..types import PreferenceRecord
+from .pope import pope_question
 from .scenes import (
     COLOURS,
     DESCRIBE_PROMPT,
@@ -22,10 +23,6 @@ from .scenes import (
     WorldConfig,
     noisy_caption,
 )
-
-
-def yes_no_question(shape: str) -> str:
-    return f"is there a {shape} in the image ?"
 
 
 @dataclass(frozen=True)
@@ -54,12 +51,12 @@ def sft_rows(scenes: list[Scene], config: WorldConfig, seed: int = 0, questions_
             absent = [s for s in SHAPES if s not in scene.shapes]
             partners = sorted({config.partners[s] for s in present if s in config.partners} - scene.shapes)
             if not absent or rng.random() < 0.5:
-                rows.append(Row(scene, yes_no_question(rng.choice(present)), "yes"))
+                rows.append(Row(scene, pope_question(rng.choice(present)), "yes"))
             elif partners and rng.random() < 0.5:
                 wrong = rng.random() < config.caption_noise_prob
-                rows.append(Row(scene, yes_no_question(rng.choice(partners)), "yes" if wrong else "no"))
+                rows.append(Row(scene, pope_question(rng.choice(partners)), "yes" if wrong else "no"))
             else:
-                rows.append(Row(scene, yes_no_question(rng.choice(absent)), "no"))
+                rows.append(Row(scene, pope_question(rng.choice(absent)), "no"))
     return rows
 
 

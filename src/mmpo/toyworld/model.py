@@ -22,6 +22,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from .pope import pope_question
 from .scenes import COLOURS, DESCRIBE_PROMPT, QUADRANTS, SHAPES, SIZES
 
 PAD, UNK, BOS, EOS, IMAGE = "<pad>", "<unk>", "<s>", "</s>", "<image>"
@@ -46,8 +47,8 @@ def world_corpus() -> list[str]:
     """Every word the world's prompts, descriptions and answers can use (one text per line)."""
     lines = [DESCRIBE_PROMPT, "user : assistant :", "is there a in the image ? yes no", ". , ?"]
     lines += [f"a {s} {c} {sh} is at the {q} ." for s in SIZES for c in COLOURS for sh in SHAPES for q in QUADRANTS]
-    lines += [f"is there a {sh} in the image ?" for sh in SHAPES]
-    # Words of the world's AMBER- and MMHal-style benchmark questions (mmpo.toyworld.benchmarks).
+    lines += [pope_question(sh) for sh in SHAPES]
+    # Words of the world's AMBER- and MMHal-style benchmark questions (mmpo.toyworld.benchmark_files).
     lines += ["is the left of right above below what colour how many objects are there no 0 1 2 3 4"]
     return lines
 

@@ -4,7 +4,7 @@
 ``adapter_model.safetensors``), the optimizer, scheduler and RNG states, then ``trainer_state.json``,
 then deletes checkpoints beyond ``save_total_limit``. :class:`~mmpo.training.trainer.PreferenceTrainer`
 writes ``mmpo_state.json`` (DAMA's running mean, its generator, the skipped-batch count) *before*
-all of these, atomically. So a kill at any moment leaves either a complete checkpoint or one
+all of these, atomically (:func:`mmpo.io.atomic_write_json`). So a kill at any moment leaves either a complete checkpoint or one
 without a readable ``trainer_state.json``, and :func:`checkpoint_problem` tells them apart;
 ``transformers.trainer_utils.get_last_checkpoint`` only looks at folder names, which would resume
 from a half-written checkpoint.
@@ -19,8 +19,6 @@ from typing import Any
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..data.construct.journal import atomic_write_text
-
 #: mmpo's state inside each ``checkpoint-N`` folder.
 STATE_FILE = "mmpo_state.json"
 #: ``Trainer``'s state, written last: its presence marks a finished checkpoint.
@@ -31,12 +29,6 @@ WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "model.safeten
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be resumed from: a file is missing or damaged (the message names it)."""
-
-
-def write_json_atomic(path: str | os.PathLike, value: Any) -> None:
-    """Write ``value`` as JSON to ``path`` so that a kill leaves the old file or the new one, never part
-    (:func:`mmpo.data.construct.journal.atomic_write_text`: temporary file, fsync, ``os.replace``)."""
-    atomic_write_text(path, json.dumps(value))
 
 
 def read_json(path: Path) -> Any:

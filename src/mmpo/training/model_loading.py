@@ -1,10 +1,11 @@
-"""Load a policy and its processor from a local checkpoint; freeze parts; add LoRA adapters."""
+"""Load a VLM and its processor from a local checkpoint (to train, evaluate or generate with); freeze parts; add LoRA."""
 
 from __future__ import annotations
 
 import logging
 import re
 import warnings
+from typing import Any
 
 import torch
 
@@ -24,20 +25,32 @@ VISION_TOWER_KEYS = ("vision_tower.", "visual.", "vision_model.")
 PROJECTOR_KEYS = ("multi_modal_projector.", "visual.merger.", "connector.")
 
 
-def load_policy(model_args: ModelArguments):
-    """``(model, processor)`` from ``model_args.model_name_or_path``.
+def load_policy(model_args: ModelArguments, *, device: str | None = None,
+                what: str | None = None) -> tuple[Any, Any]:
+    """``(model, processor)`` from ``model_args.model_name_or_path``: ``AutoModelForImageTextToText``
+    in ``model_args.dtype`` and ``AutoProcessor``; the one loader of a VLM checkpoint for training
+    (``mmpo train``, the demo), evaluation and generation (``mmpo evaluate``, ``mmpo noisy-pairs``).
 
     A local directory, loaded with ``local_files_only=True``; a Hub id only with
-    ``model_args.allow_download`` (or ``MMPO_ALLOW_DOWNLOAD=1``).
+    ``model_args.allow_download`` (or ``MMPO_ALLOW_DOWNLOAD=1``). The model comes in eval mode
+    (``from_pretrained``'s; ``Trainer`` switches to training itself).
+
+    Args:
+        model_args: the checkpoint, its dtype and whether it may be downloaded.
+        device: move the model there (``"auto"``: CUDA when available, else the CPU); ``None``
+            leaves it where ``from_pretrained`` put it (the CPU; ``Trainer`` places it).
+        what: how the path was given, for the error message (e.g. ``"model"`` for the ``--model``
+            flag); default the config's ``model_name_or_path`` (see :func:`model_source`).
 
     Raises:
         FileNotFoundError: the path is not a directory and downloads are not allowed, before
             anything is loaded (see :func:`model_source`).
+        ValueError: ``AutoProcessor`` built no multimodal processor.
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor, ProcessorMixin
 
     path = model_args.model_name_or_path
-    source = model_source(model_args)
+    source = model_source(model_args, what)
     dtype = model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
     processor = AutoProcessor.from_pretrained(path, **source)
     if not isinstance(processor, ProcessorMixin):
@@ -48,18 +61,24 @@ def load_policy(model_args: ModelArguments):
                          "install torchvision next to torch")
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **source)
     warn_if_untested(model)
+    if device is not None:
+        model.to(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     return model, processor
 
 
-def model_source(model_args: ModelArguments) -> dict:
+def model_source(model_args: ModelArguments, what: str | None = None) -> dict:
     """The ``from_pretrained`` keyword arguments for the policy, after checking its path exists.
 
     ``allow_download=False`` defers to ``MMPO_ALLOW_DOWNLOAD`` (unset: local directories only).
+    A missing path is a ``FileNotFoundError`` naming it as ``what`` (default: the config field
+    ``model_name_or_path``, and then the message also points to ``allow_download: true``).
     """
     try:
-        return pretrained_kwargs(model_args.model_name_or_path, "model (model_name_or_path)",
+        return pretrained_kwargs(model_args.model_name_or_path, what or "model (model_name_or_path)",
                                  allow_download=True if model_args.allow_download else None)
     except FileNotFoundError as error:
+        if what is not None:
+            raise
         raise FileNotFoundError(f"{error}, or allow_download: true in the config") from None
 
 

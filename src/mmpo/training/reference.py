@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.collator import move_batch
+from ..io import atomic_writer
 from ..logprobs import pad_response_logprobs, policy_response_logps
 
 logger = logging.getLogger(__name__)
@@ -184,8 +185,6 @@ def load_or_compute_reference(model, dataset, collator, batch_size: int, cache_d
                                path, type(error).__name__, error)
         if table is None:
             table = compute_reference_table(model, dataset, collator, batch_size, device)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(table, tmp)
-            tmp.replace(path)
+            with atomic_writer(path) as file:  # a kill leaves the old cache or none, never half a table
+                torch.save(table, file)
     return PrecomputedReference(table), path

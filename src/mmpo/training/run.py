@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from ..data.collator import PreferenceDataset
 from ..data.records import load_records
+from ..io import atomic_write_json
 from .config import DataArguments, Methods, ModelArguments, PreferenceConfig, resume_value
 from .model_loading import count_parameters, load_policy, model_source, prepare_policy
 from .trainer import PreferenceTrainer, check_finite_parameters
@@ -50,5 +50,5 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, args: Pre
     check_finite_parameters(trainer.model)  # never exit 0 with NaN weights, nor save them as the result
     trainer.save_model(args.output_dir)
     processor.save_pretrained(args.output_dir)
-    Path(args.output_dir, "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))
+    atomic_write_json(Path(args.output_dir, "log_history.json"), trainer.state.log_history, indent=2)
     return trainer

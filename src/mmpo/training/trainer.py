@@ -39,6 +39,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from ..data.collator import PreferenceCollator, PreferenceDataset, RowEncoder
 from ..data.preflight import bound_max_length, model_max_positions, preflight
 from ..hub import pretrained_kwargs
+from ..io import atomic_write_json
 from ..logprobs import policy_response_logps
 from ..losses.aspo import aspo_step
 from ..losses.compose import preference_loss
@@ -50,7 +51,6 @@ from .checkpoints import (
     checkpoint_problem,
     newest_complete_checkpoint,
     read_json,
-    write_json_atomic,
 )
 from .config import Methods, PreferenceConfig, resume_value
 from .reference import AdapterReference, FrozenCopyReference, load_or_compute_reference
@@ -172,7 +172,7 @@ class PreferenceTrainer(Trainer):
         if aspo.enabled:
             chosen, diag = aspo_step(token_ratios[:B], policy[:B], inputs["unit_spans"], inputs["unit_mask"],
                                      inputs["unit_scores"], aspo.aspo_alpha, aspo.aspo_normalizer)
-        beta, keep, dama_diag = self.dama.beta(chosen, rejected, inputs.get("data_alpha"), training)
+        beta, keep, dama_diag = self.dama.beta(chosen, rejected, inputs.get("data_alpha"), training=training)
         losses, loss_diag = preference_loss(chosen, rejected, beta, vision, inputs.get("vision_mask"),
                                             self.methods.adavip.adavip_loss)
         loss, nll = self._with_sft_term(self.dama.mean_loss(losses, keep), policy, mask, B, diag)
@@ -317,7 +317,7 @@ class PreferenceTrainer(Trainer):
             folder.mkdir(parents=True, exist_ok=True)
             # A folder left by an earlier run at this step must not look finished while it is rewritten.
             (folder / TRAINER_STATE_FILE).unlink(missing_ok=True)
-            write_json_atomic(folder / STATE_FILE, self.mmpo_state())
+            atomic_write_json(folder / STATE_FILE, self.mmpo_state())
         super()._save_checkpoint(model, trial)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):

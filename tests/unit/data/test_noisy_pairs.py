@@ -17,10 +17,9 @@ from mmpo.data.construct.noisy_pairs import (
     alphas_cumprod,
     build_noisy_pairs,
     diffuse,
-    image_key,
-    progress_path_for,
 )
 from mmpo.data.records import load_records
+from mmpo.io import image_key, progress_path_for
 from mmpo.toyworld.scenes import DESCRIBE_PROMPT, WorldConfig, sample_scenes
 
 # ---------------------------------------------------------------------------------------------

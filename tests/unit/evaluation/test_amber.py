@@ -447,8 +447,8 @@ def test_loaders_validate_and_name_the_problem(tmp_path):
 # ------------------------------------------------------------------------------------------ run
 
 def _toy(tmp_path, monkeypatch):
-    from mmpo.evaluation import generation
-    from mmpo.toyworld.benchmarks import write_toy_benchmarks
+    from mmpo import generation
+    from mmpo.toyworld.benchmark_files import write_toy_benchmarks
     from mmpo.toyworld.scenes import SHAPES, WorldConfig, sample_scenes
 
     scenes = sample_scenes(WorldConfig(seed=11).held_out(), 4, prefix="o")

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import mmpo.evaluation.generation as generation
+import mmpo.generation as generation
 from mmpo.evaluation import chair
 from mmpo.evaluation.chair import (
     COCO_CATEGORIES,
@@ -37,7 +37,7 @@ from mmpo.evaluation.chair import (
     singular_forms,
     tokenize,
 )
-from mmpo.toyworld.benchmarks import write_toy_benchmarks
+from mmpo.toyworld.benchmark_files import write_toy_benchmarks
 from mmpo.toyworld.scenes import DESCRIBE_PROMPT, SHAPES, WorldConfig, sample_scenes
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "reference" / "chair"

@@ -3,65 +3,33 @@ and its settings from arguments, config or the environment."""
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 
+from helpers import chat_reply, fake_chat_server
 from mmpo.evaluation.judge import OpenAIChatJudge, judge_from_config
 from mmpo.evaluation.mmhal import score_mmhal
 
 
-class FakeJudgeHandler(BaseHTTPRequestHandler):
-    """A chat-completions endpoint: rates 6 when the assistant's answer equals the reference,
-    else 1; answers 503 to the first ``fail_first`` requests and 401 to a wrong key."""
-
-    def do_POST(self):  # noqa: N802 (http.server's naming)
-        server = self.server
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-        if self.headers.get("Authorization") != "Bearer sk-test":
-            return self._reply(401, {"error": "bad key"})
-        if server.fail_first > 0:
-            server.fail_first -= 1
-            return self._reply(503, {"error": "busy"})
-        prompt = body["messages"][-1]["content"]
-        lines = dict(line.split(": ", 1) for line in prompt.splitlines() if ": " in line)
-        rating = 6 if lines["Reference answer"] == lines["Assistant's answer"] else 1
-        self._reply(200, {"choices": [{"message": {"role": "assistant",
-                                                   "content": f"Compared with the reference.\nRating: {rating}"}}]})
-
-    def _reply(self, code, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+def rate_against_the_reference(server, request):
+    """A chat-completions endpoint: rates 6 when the assistant's answer equals the reference, else 1;
+    answers 503 to the first ``server.fail_first`` requests and 401 to a wrong key."""
+    if request["auth"] != "Bearer sk-test":
+        return 401, {"error": "bad key"}, {}
+    if server.fail_first > 0:
+        server.fail_first -= 1
+        return 503, {"error": "busy"}, {}
+    prompt = request["body"]["messages"][-1]["content"]
+    lines = dict(line.split(": ", 1) for line in prompt.splitlines() if ": " in line)
+    rating = 6 if lines["Reference answer"] == lines["Assistant's answer"] else 1
+    return 200, chat_reply(f"Compared with the reference.\nRating: {rating}"), {}
 
 
 @pytest.fixture
 def judge_server():
-    """The fake judge on 127.0.0.1 (a free port), served from a daemon thread; shut down after the
-    test, and by a 60 s timer at the latest."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeJudgeHandler)
-    server.requests, server.fail_first = [], 0
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    watchdog = threading.Timer(60, server.shutdown)
-    watchdog.daemon = True
-    watchdog.start()
-    try:
+    """The fake judge (:func:`helpers.fake_chat_server`), with ``fail_first = 0``."""
+    with fake_chat_server(rate_against_the_reference) as server:
+        server.fail_first = 0
         yield server
-    finally:
-        watchdog.cancel()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def mmhal_record(kind, answer):
@@ -74,7 +42,7 @@ def test_openai_judge_against_fake_server(judge_server):
     """Three records: two right (rating 6), one wrong (rating 1). The first request gets a 503 and
     is retried. average = (6 + 6 + 1) / 3 = 13/3; hallucination rate = 1/3."""
     judge_server.fail_first = 1
-    url = f"http://127.0.0.1:{judge_server.server_address[1]}/v1"
+    url = f"{judge_server.url}/v1"
     judge = OpenAIChatJudge(url=url, api_key="sk-test", model="judge-model", timeout=5, retry_wait=0.01)
     records = [mmhal_record("attribute", "the star is red ."), mmhal_record("counting", "the star is red ."),
                mmhal_record("attribute", "the star is blue .")]

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import mmpo.evaluation.generation as generation
+import mmpo.generation as generation
 from mmpo.evaluation.pope import (
     POPE_RATES,
     SPLITS,

@@ -1,6 +1,7 @@
 """Object removal for AdaViP's candidates: fill a mask from its surroundings (stage 4, Eq. 8).
 
-The paper removes each segmented object with Big-LaMa (002_e01c27e38e93a90d, section 3.2). Every
+The paper (AdaViP, "AdaViP: Aligning Multi-modal LLMs via Adaptive Vision-enhanced Preference
+Optimization", arXiv:2504.15619, section 3.2) removes each segmented object with Big-LaMa. Every
 inpainter here implements :class:`Inpainter` and changes pixels **only inside the mask dilated by
 ``dilate`` pixels** (the dilation covers the object's anti-aliased rim and a segmenter's slightly
 tight edge); outside it the candidate is the original, pixel for pixel.
@@ -19,6 +20,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
+
+from mmpo.io import load_image
 
 __all__ = ["Inpainter", "MeanFillInpainter", "TeleaInpainter", "TorchScriptInpainter", "composite", "dilate_mask"]
 
@@ -62,7 +65,7 @@ def composite(original: np.ndarray, filled: np.ndarray, region: np.ndarray) -> I
 
 
 def _prepare(image: Image.Image, mask: np.ndarray, dilate: int) -> tuple[np.ndarray, np.ndarray]:
-    rgb = np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
+    rgb = np.asarray(load_image(image))  # (H, W, 3) uint8
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != rgb.shape[:2]:
         raise ValueError(f"mask shape {mask.shape} does not match the image's (H, W) = {rgb.shape[:2]}")

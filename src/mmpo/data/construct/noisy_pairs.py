@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import os
@@ -30,10 +29,9 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from mmpo.evaluation.generation import generate_responses
+from mmpo.generation import generate_responses
+from mmpo.io import ResumeJournal, image_key, image_reference, load_image
 from mmpo.types import ImageRef, PreferenceRecord, Prompt
-
-from .journal import append_lines, image_reference, open_append, read_image, read_json_lines, repair_truncated
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +39,6 @@ logger = logging.getLogger(__name__)
 SOURCE = "seva-noisy-image"
 #: Outcomes of an item, as listed in the progress file.
 WRITTEN, DROPPED_IDENTICAL, DROPPED_EMPTY = "written", "dropped:identical", "dropped:empty"
-#: Suffix of the sidecar progress file next to the output JSONL.
-PROGRESS_SUFFIX = ".progress.jsonl"
 
 Schedule = Literal["linear", "cosine", "sigmoid"]
 SCHEDULES: tuple[str, ...] = ("linear", "cosine", "sigmoid")
@@ -94,14 +90,6 @@ def diffuse(x0: np.ndarray, abar: float, eps: np.ndarray) -> np.ndarray:
     return math.sqrt(abar) * x0 + math.sqrt(1 - abar) * eps
 
 
-def image_key(image: Image.Image) -> str:
-    """A content hash of an image's RGB pixels (and size): the default noise key."""
-    rgb = image.convert("RGB")
-    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())
-    digest.update(rgb.tobytes())
-    return digest.hexdigest()
-
-
 @dataclasses.dataclass(frozen=True)
 class DiffusionNoise:
     """Forward-diffusion (DDPM) noise: ``q(x_k | x_0) = N(sqrt(abar_k) x_0, (1 - abar_k) I)``.
@@ -112,7 +100,7 @@ class DiffusionNoise:
     the image comes back unchanged.
 
     The noise ``eps`` is seeded per image from ``(seed, key)``, where the key is a hash of the image's
-    pixels unless one is given: the same image always gets the same noise, in any order, batch or
+    pixels (:func:`mmpo.io.image_key`) unless one is given: the same image always gets the same noise, in any order, batch or
     run, which makes a construction run reproducible and resumable.
 
     Attributes:
@@ -153,8 +141,9 @@ class DiffusionNoise:
         return np.random.default_rng(int.from_bytes(digest[:16], "little"))
 
     def __call__(self, image: Image.Image, key: str | None = None) -> Image.Image:
-        """The noisy copy of ``image`` (an RGB ``PIL.Image``); ``key`` defaults to ``image_key(image)``."""
-        rgb = image.convert("RGB")
+        """The noisy copy of ``image`` (made RGB by :func:`mmpo.io.load_image`); ``key`` defaults to
+        ``image_key(image)``."""
+        rgb = load_image(image)
         x0 = np.asarray(rgb, dtype=np.float64) / 127.5 - 1.0  # (H, W, 3) in [-1, 1]
         eps = self.rng(image_key(rgb) if key is None else key).standard_normal(x0.shape)
         xk = diffuse(x0, self.abar, eps)
@@ -214,12 +203,7 @@ class _Item:
 
     def load_image(self) -> Image.Image:
         """The item's RGB image; a missing or undecodable file raises ValueError naming the item."""
-        return read_image(self.image, f"item #{self.index} (id {self.id!r})")
-
-
-def progress_path_for(out_path: str | os.PathLike) -> Path:
-    """The sidecar progress file of an output file: ``out_path + ".progress.jsonl"``."""
-    return Path(str(out_path) + PROGRESS_SUFFIX)
+        return load_image(self.image, f"item #{self.index} (id {self.id!r})")
 
 
 def build_noisy_pairs(
@@ -244,9 +228,10 @@ def build_noisy_pairs(
     ``PreferenceRecord``s with ``image`` = the clean image's path and ``meta`` = ``{"source":
     "seva-noisy-image", "noise_step", "noise_steps_total", "noise_schedule", "noise_seed", ...}``.
 
-    Resuming: records are appended one whole line per ``write`` call and fsynced per batch; then
-    each processed item id and its outcome (``written``, ``dropped:identical``, ``dropped:empty``)
-    is appended to ``out_path + ".progress.jsonl"``, whose first line holds the settings. Calling
+    Resuming (:class:`mmpo.io.ResumeJournal`): records are appended one whole line per ``write`` call
+    and fsynced per batch; then each processed item id and its outcome (``written``,
+    ``dropped:identical``, ``dropped:empty``) is appended to ``out_path + ".progress.jsonl"``, whose
+    first line holds the settings. Calling
     again with the same arguments skips every item already written (found in the output itself) or
     dropped (found in the progress file), first cutting off a truncated last line of either file.
     A resume with other noise settings or ``max_new_tokens`` raises ``ValueError``; an existing
@@ -286,47 +271,45 @@ def build_noisy_pairs(
     settings = {**noise.describe(), "max_new_tokens": max_new_tokens}
 
     report = NoisyPairsReport(out_path=out_path, total=len(checked))
-    done, report.repaired_lines = _resume(out_path, progress_path_for(out_path), settings)
-    pending = [item for item in checked if item.id not in done]
+    journal = ResumeJournal.open(out_path, settings, writer="build_noisy_pairs", outcome_of=lambda row: WRITTEN,
+                                 line_outcomes={WRITTEN}, what="items")
+    report.repaired_lines = journal.repaired_lines
+    pending = [item for item in checked if item.id not in journal.done]
     report.skipped_done = len(checked) - len(pending)
     if report.skipped_done or report.repaired_lines:
         logger.info("resuming %s: %d of %d items done before", out_path, report.skipped_done, len(checked))
 
-    records_fd = open_append(out_path)
-    progress_fd = open_append(progress_path_for(out_path))
-    try:
-        with tqdm(total=len(checked), initial=report.skipped_done, desc="noisy pairs", disable=not progress) as bar:
-            for start in range(0, len(pending), batch_size):
-                batch = pending[start:start + batch_size]
-                clean = [item.load_image() for item in batch]
-                noisy = [noise(image) for image in clean]
-                prompts = [item.prompt for item in batch]
-                answers = generate_responses(model, processor, clean + noisy, prompts + prompts,
-                                             batch_size=2 * len(batch), max_new_tokens=max_new_tokens,
-                                             progress=False)  # (2B,): B clean answers, then B noisy
-                chosen, rejected = answers[:len(batch)], answers[len(batch):]
-                record_lines, progress_lines = [], []
-                for item, clean_image, y_w, y_l in zip(batch, clean, chosen, rejected, strict=True):
-                    outcome = _outcome(y_w, y_l)
-                    if outcome == WRITTEN:
-                        record = PreferenceRecord(
-                            image=image_reference(item.image, clean_image, image_dir, out_path.parent),
-                            prompt=item.prompt, chosen=y_w, rejected=y_l, id=item.id,
-                            meta={**record_meta, **item.meta},
-                        )
-                        record_lines.append(json.dumps(record.to_dict(), ensure_ascii=False, allow_nan=False))
-                        report.written += 1
-                    else:
-                        report.dropped[outcome.split(":", 1)[1]] += 1
-                    progress_lines.append(json.dumps({"id": item.id, "outcome": outcome}, ensure_ascii=False))
-                # records first: a kill between the two leaves records the progress file lacks, which
-                # the next run reads back from the output itself (never a duplicate, never a loss)
-                append_lines(records_fd, record_lines)
-                append_lines(progress_fd, progress_lines)
-                bar.update(len(batch))
-    finally:
-        os.close(records_fd)
-        os.close(progress_fd)
+    with journal, tqdm(total=len(checked), initial=report.skipped_done, desc="noisy pairs",
+                       disable=not progress) as bar:
+        for start in range(0, len(pending), batch_size):
+            batch = pending[start:start + batch_size]
+            clean = [item.load_image() for item in batch]
+            noisy = [noise(image) for image in clean]
+            prompts = [item.prompt for item in batch]
+            answers = generate_responses(model, processor, clean + noisy, prompts + prompts,
+                                         batch_size=2 * len(batch), max_new_tokens=max_new_tokens,
+                                         progress=False)  # (2B,): B clean answers, then B noisy
+            chosen, rejected = answers[:len(batch)], answers[len(batch):]
+            rows, outcomes = [], []
+            for item, clean_image, y_w, y_l in zip(batch, clean, chosen, rejected, strict=True):
+                outcome = _outcome(y_w, y_l)
+                if outcome == WRITTEN:
+                    # a file is referenced as it is; an in-memory image is saved as the RGB the model saw
+                    image = clean_image if isinstance(item.image, Image.Image) else item.image
+                    record = PreferenceRecord(
+                        image=image_reference(image, out_path.parent, image_dir),
+                        prompt=item.prompt, chosen=y_w, rejected=y_l, id=item.id,
+                        meta={**record_meta, **item.meta},
+                    )
+                    rows.append(record.to_dict())
+                    report.written += 1
+                else:
+                    report.dropped[outcome.split(":", 1)[1]] += 1
+                outcomes.append((item.id, outcome))
+            # records first: a kill between the two leaves records the progress file lacks, which
+            # the next run reads back from the output itself (never a duplicate, never a loss)
+            journal.append(rows, outcomes)
+            bar.update(len(batch))
     return report
 
 
@@ -361,42 +344,3 @@ def _outcome(chosen: str, rejected: str) -> str:
     if not chosen or not rejected:
         return DROPPED_EMPTY
     return DROPPED_IDENTICAL if chosen == rejected else WRITTEN
-
-
-def _resume(out_path: Path, progress_path: Path, settings: dict[str, Any]) -> tuple[dict[str, str], int]:
-    """The outcome of every item an earlier run finished, and how many truncated lines were cut.
-
-    Starts a fresh progress file (its first line: the settings) when there is none.
-    """
-    repaired = repair_truncated(progress_path) + repair_truncated(out_path)
-    progress_rows = read_json_lines(progress_path) if progress_path.exists() else []
-    record_ids = [str(row.get("id")) for row in read_json_lines(out_path)] if out_path.exists() else []
-    if not progress_rows:
-        if record_ids:
-            raise FileExistsError(f"{out_path} holds records but has no progress file {progress_path.name}: "
-                                  "it was not written by build_noisy_pairs; remove it or choose another output")
-        with progress_path.open("w", encoding="utf-8") as file:
-            file.write(json.dumps({"settings": settings}) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-        return {}, repaired
-
-    header, *entries = progress_rows
-    before = header.get("settings") if isinstance(header, dict) else None
-    if before != settings:
-        raise ValueError(f"{out_path} was built with other settings ({before}) than now "
-                         f"({settings}); resume with the same ones, or write to another output")
-    done = {str(row["id"]): row["outcome"] for row in entries if row.get("outcome") != WRITTEN}
-    written_before = {str(row["id"]) for row in entries if row.get("outcome") == WRITTEN}
-    if lost := written_before - set(record_ids):
-        logger.warning("%d items listed as written are missing from %s; they will be redone", len(lost), out_path)
-    # records whose progress line a kill prevented: list them now
-    unlisted = [record_id for record_id in dict.fromkeys(record_ids) if record_id not in written_before]
-    fd = open_append(progress_path)
-    try:
-        append_lines(fd, [json.dumps({"id": record_id, "outcome": WRITTEN}, ensure_ascii=False)
-                           for record_id in unlisted])
-    finally:
-        os.close(fd)
-    done.update(dict.fromkeys(record_ids, WRITTEN))
-    return done, repaired

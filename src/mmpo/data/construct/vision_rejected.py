@@ -1,7 +1,7 @@
 """AdaViP vision-rejected images: remove the object whose absence contradicts the chosen response most.
 
-AdaViP (002_e01c27e38e93a90d, section 3.2; ``docs/methods.md``, AdaViP section) keeps the preferred
-pair ``(I_w, y_w)`` and builds a rejected *image* ``I_l`` for the same chosen response:
+AdaViP ("AdaViP: Aligning Multi-modal LLMs via Adaptive Vision-enhanced Preference Optimization",
+arXiv:2504.15619, section 3.2; ``docs/methods.md``, AdaViP section) keeps the preferred pair ``(I_w, y_w)`` and builds a rejected *image* ``I_l`` for the same chosen response:
 
 1. tag the image -> categories ``t_1..t_n`` (Eq. 5);
 2. detect each tag -> boxes (Eq. 6);
@@ -13,7 +13,7 @@ pair ``(I_w, y_w)`` and builds a rejected *image* ``I_l`` for the same chosen re
    description most.
 
 Each stage is a protocol with a model backend and a weight-free one
-(:mod:`~mmpo.data.construct.vision_backends`, :mod:`~mmpo.data.construct.vision_models`,
+(:mod:`~mmpo.data.construct.vision_steps`, :mod:`~mmpo.data.construct.vision_hf_models`,
 :mod:`~mmpo.data.construct.inpainting`); :class:`VisionRejectedPipeline` chains them for one image
 and :func:`build_vision_rejected` runs it over records, resumably, writing PNG files and JSONL.
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import os
@@ -42,21 +41,11 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
 from mmpo.data.construct.inpainting import Inpainter
-from mmpo.data.construct.vision_backends import Detection, Detector, Segmenter, Tagger
+from mmpo.data.construct.vision_steps import Detection, Detector, Segmenter, Tagger
+from mmpo.io import ResumeJournal, image_reference, load_image, write_png_atomic
 from mmpo.scoring.clip import ImageTextScorer
 from mmpo.scoring.sentences import RuleSplitter, SentenceSplitter
 from mmpo.types import PreferenceRecord
-
-from .journal import (
-    append_lines,
-    image_reference,
-    open_append,
-    read_image,
-    read_json_lines,
-    repair_truncated,
-    save_png_atomic,
-)
-from .noisy_pairs import progress_path_for
 
 logger = logging.getLogger(__name__)
 
@@ -179,8 +168,8 @@ class VisionRejectedPipeline:
             "max_candidates": self.max_candidates, "min_mask_pixels": self.min_mask_pixels}
 
     def run(self, image: Image.Image, response: str) -> Construction:
-        """Steps 1-6 on one RGB image and its chosen response."""
-        image = image.convert("RGB")
+        """Steps 1-6 on one image (made RGB by :func:`mmpo.io.load_image`) and its chosen response."""
+        image = load_image(image)
         out = Construction(tags=list(self.tagger.tag(image, response)))
         if not out.tags:
             return dataclasses.replace(out, skipped=NO_TAGS)
@@ -198,7 +187,7 @@ class VisionRejectedPipeline:
             return dataclasses.replace(out, skipped=EMPTY_MASKS)
         original = np.asarray(image)
         for detection, mask in kept:
-            candidate = self.inpainter.inpaint(image, mask).convert("RGB")
+            candidate = load_image(self.inpainter.inpaint(image, mask))
             if candidate.size != image.size:
                 raise ValueError(f"{type(self.inpainter).__name__} changed the image size "
                                  f"from {image.size} to {candidate.size}")
@@ -281,7 +270,7 @@ def build_vision_rejected(
     Image paths inside ``out_path``'s directory are stored relative to it (``load_records``
     resolves them), others absolute; an in-memory input image is saved as PNG into ``image_dir``.
 
-    Resuming: each PNG is written to a temporary file and renamed into place (never half an image);
+    Resuming (:class:`mmpo.io.ResumeJournal`): each PNG is written to a temporary file and renamed into place (never half an image);
     then the record is appended as one whole line and fsynced; then ``id`` and outcome go to
     ``out_path + ".progress.jsonl"``, whose first line holds :meth:`VisionRejectedPipeline.settings`.
     Calling again with the same arguments first cuts a truncated last line off either file, then
@@ -309,44 +298,40 @@ def build_vision_rejected(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     image_dir = Path(os.path.abspath(image_dir))
     image_dir.mkdir(parents=True, exist_ok=True)
-    progress_path = progress_path_for(out_path)
 
     report = VisionRejectedReport(out_path=out_path, total=len(records))
-    done, report.repaired_lines = _resume(out_path, progress_path, pipeline.settings())
-    pending = [(index, record) for index, record in enumerate(records) if record.id not in done]
+    journal = ResumeJournal.open(out_path, pipeline.settings(), writer="build_vision_rejected",
+                                 outcome_of=_outcome_of, what="records")
+    report.repaired_lines = journal.repaired_lines
+    pending = [(index, record) for index, record in enumerate(records) if record.id not in journal.done]
     report.done_before = len(records) - len(pending)
     if report.done_before or report.repaired_lines:
         logger.info("resuming %s: %d of %d records done before", out_path, report.done_before, len(records))
 
     sheet: list[tuple[str, Image.Image, Construction]] = []
-    records_fd = open_append(out_path)
-    progress_fd = open_append(progress_path)
-    try:
-        with tqdm(total=len(records), initial=report.done_before, desc="vision-rejected",
-                  disable=not progress) as bar:
-            for index, record in pending:
-                image = read_image(record.image, f"record #{index} (id {record.id!r})")
-                built = pipeline.run(image, record.chosen)
-                meta = {**record.meta, "adavip": built.describe()}
-                image_ref = image_reference(record.image, image, image_dir, out_path.parent)
-                if built.selected is not None:
-                    path = save_png_atomic(built.rejected, image_dir / f"{_file_stem(record.id)}.png")
-                    rejected = image_reference(str(path), built.rejected, image_dir, out_path.parent)
-                    outcome = BUILT
-                    report.built += 1
-                    if contact_sheet is not None and len(sheet) < contact_sheet_records:
-                        sheet.append((str(record.id), image, built))
-                else:
-                    rejected, outcome = None, f"skipped:{built.skipped}"
-                    report.skipped[built.skipped] = report.skipped.get(built.skipped, 0) + 1
-                new = dataclasses.replace(record, image=image_ref, rejected_image=rejected, meta=meta)
-                # the record first: a kill before the progress line is repaired from the output on resume
-                append_lines(records_fd, [json.dumps(new.to_dict(), ensure_ascii=False, allow_nan=False)])
-                append_lines(progress_fd, [json.dumps({"id": record.id, "outcome": outcome}, ensure_ascii=False)])
-                bar.update(1)
-    finally:
-        os.close(records_fd)
-        os.close(progress_fd)
+    with journal, tqdm(total=len(records), initial=report.done_before, desc="vision-rejected",
+                       disable=not progress) as bar:
+        for index, record in pending:
+            image = load_image(record.image, f"record #{index} (id {record.id!r})")
+            built = pipeline.run(image, record.chosen)
+            meta = {**record.meta, "adavip": built.describe()}
+            # a file is referenced as it is; an in-memory image is saved as the RGB the stages saw
+            image_ref = image_reference(image if isinstance(record.image, Image.Image) else record.image,
+                                        out_path.parent, image_dir)
+            if built.selected is not None:
+                path = write_png_atomic(built.rejected, image_dir / f"{_file_stem(record.id)}.png")
+                rejected = image_reference(path, out_path.parent, image_dir)
+                outcome = BUILT
+                report.built += 1
+                if contact_sheet is not None and len(sheet) < contact_sheet_records:
+                    sheet.append((str(record.id), image, built))
+            else:
+                rejected, outcome = None, f"skipped:{built.skipped}"
+                report.skipped[built.skipped] = report.skipped.get(built.skipped, 0) + 1
+            new = dataclasses.replace(record, image=image_ref, rejected_image=rejected, meta=meta)
+            # the record first: a kill before the progress line is repaired from the output on resume
+            journal.append([new.to_dict()], [(record.id, outcome)])
+            bar.update(1)
     if contact_sheet is not None and sheet:
         report.contact_sheet = save_contact_sheet(sheet, contact_sheet)
     return report
@@ -376,44 +361,6 @@ def _outcome_of(row: dict[str, Any]) -> str:
     meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
     adavip = meta.get("adavip") if isinstance(meta.get("adavip"), dict) else {}
     return f"skipped:{adavip.get('skipped')}"
-
-
-def _resume(out_path: Path, progress_path: Path, settings: dict[str, Any]) -> tuple[set[str], int]:
-    """The ids an earlier run wrote to the output, and how many truncated lines were cut.
-
-    The output is the record of what is done (every record gets one line); the progress file
-    holds the settings and, per id, the outcome. Output lines the progress file lacks (a kill
-    between the two appends) are listed now. Starts a fresh progress file when there is none.
-    """
-    repaired = repair_truncated(progress_path) + repair_truncated(out_path)
-    progress_rows = read_json_lines(progress_path) if progress_path.exists() else []
-    out_rows = read_json_lines(out_path) if out_path.exists() else []
-    if not progress_rows:
-        if out_rows:
-            raise FileExistsError(f"{out_path} holds records but has no progress file {progress_path.name}: "
-                                  "it was not written by build_vision_rejected; remove it or choose another output")
-        with progress_path.open("w", encoding="utf-8") as file:
-            file.write(json.dumps({"settings": settings}) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-        return set(), repaired
-
-    header, *entries = progress_rows
-    before = header.get("settings") if isinstance(header, dict) else None
-    if before != settings:
-        raise ValueError(f"{out_path} was built with other settings ({before}) than now ({settings}); "
-                         "resume with the same stages, or write to another output")
-    written = {str(row.get("id")): row for row in out_rows}
-    listed = {str(row.get("id")) for row in entries}
-    if lost := listed - set(written):
-        logger.warning("%d records listed as done are missing from %s; they will be redone", len(lost), out_path)
-    fd = open_append(progress_path)
-    try:
-        append_lines(fd, [json.dumps({"id": record_id, "outcome": _outcome_of(row)}, ensure_ascii=False)
-                           for record_id, row in written.items() if record_id not in listed])
-    finally:
-        os.close(fd)
-    return set(written), repaired
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,4 +405,4 @@ def save_contact_sheet(rows: Sequence[tuple[str, Image.Image, Construction]], pa
                 draw.text((x, y + tile + 2 + k * line), words, fill=_SELECTED if selected else (0, 0, 0), font=font)
     path = Path(os.path.abspath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    return save_png_atomic(sheet, path)
+    return write_png_atomic(sheet, path)

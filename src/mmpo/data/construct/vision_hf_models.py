@@ -1,12 +1,13 @@
-"""Model backends for AdaViP's construction stages, each loaded from a local checkpoint directory.
+"""The transformers-backed detectors and segmenter of AdaViP's construction, each loaded from a local checkpoint.
 
 * :class:`OwlV2Detector` — OWLv2 open-vocabulary detection (``Owlv2ForObjectDetection``);
 * :class:`GroundingDinoDetector` — Grounding DINO, the paper's detector
   (``AutoModelForZeroShotObjectDetection``);
 * :class:`SamSegmenter` — Segment Anything with box prompts, the paper's segmenter (``SamModel``).
 
-They implement the protocols of :mod:`mmpo.data.construct.vision_backends`; the weight-free and
-ground-truth alternatives live there. Nothing is downloaded: ``path`` is a directory holding the
+They implement the step interfaces of :mod:`mmpo.data.construct.vision_steps`, which also holds the
+box utilities and the light backends (the synthetic world's ground-truth stand-ins are in
+:mod:`mmpo.toyworld.annotations`). Nothing is downloaded: ``path`` is a directory holding the
 model and its processor (``save_pretrained`` output, e.g. a snapshot of
 ``google/owlv2-base-patch16-ensemble``, ``IDEA-Research/grounding-dino-tiny`` or ``facebook/sam-vit-base``),
 loaded with ``local_files_only=True`` (:func:`mmpo.hub.pretrained_kwargs`); a mistyped path is a
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmpo.data.construct.vision_backends import Box, Detection, clip_box, non_max_suppression
+from mmpo.data.construct.vision_steps import Box, Detection, clip_box, non_max_suppression
 from mmpo.hub import pretrained_kwargs
 
 __all__ = ["GroundingDinoDetector", "OwlV2Detector", "SamSegmenter"]
@@ -38,7 +39,7 @@ class OwlV2Detector:
 
     Boxes scoring above ``threshold`` are kept (transformers' ``post_process_grounded_object_detection``),
     clipped to the image, then thinned by per-label non-maximum suppression
-    (:func:`~mmpo.data.construct.vision_backends.non_max_suppression`).
+    (:func:`~mmpo.data.construct.vision_steps.non_max_suppression`).
 
     Args:
         path: local checkpoint directory (``Owlv2ForObjectDetection`` + ``Owlv2Processor``).

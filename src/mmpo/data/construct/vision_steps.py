@@ -1,23 +1,26 @@
-"""The stages of AdaViP's vision-rejected image construction, as replaceable components.
+"""The steps tag -> detect -> segment of AdaViP's vision-rejected images: interfaces, box utilities, light backends.
 
-AdaViP (002_e01c27e38e93a90d, section 3.2, Eqs. 5-8) cascades four vision models to remove one
-object at a time from the preferred image ``I_w``:
+AdaViP ("AdaViP: Aligning Multi-modal LLMs via Adaptive Vision-enhanced Preference Optimization",
+arXiv:2504.15619, section 3.2, Eqs. 5-8) cascades four vision models to remove one object at a time
+from the preferred image ``I_w``:
 
 1. tag the image (paper: Recognize Anything) -> category names ``t_1..t_n``  (:class:`Tagger`);
 2. detect each tag (paper: Grounding DINO) -> boxes ``b_i``                   (:class:`Detector`);
 3. segment each box (paper: SAM) -> masks ``m_i``                             (:class:`Segmenter`);
 4. inpaint each mask (paper: Big-LaMa) -> candidates ``c_i``   (:mod:`mmpo.data.construct.inpainting`).
 
-This module holds the protocols of stages 1-3 and their weight-free backends; the backends that
-load a checkpoint are in :mod:`mmpo.data.construct.vision_models` (OWLv2, Grounding DINO, SAM).
+This module holds the interfaces of steps 1-3 (:class:`Tagger`, :class:`Detector`,
+:class:`Segmenter`, and :class:`Detection`), the box utilities every backend shares
+(:func:`box_iou`, :func:`clip_box`, :func:`non_max_suppression`) and the light backends, which load
+no detector or segmenter checkpoint. The transformers-backed detectors and segmenter (OWLv2,
+Grounding DINO, SAM) are in :mod:`mmpo.data.construct.vision_hf_models`; the synthetic world's
+ground-truth stand-ins are in :mod:`mmpo.toyworld.annotations`.
 
 * :class:`NounTagger` — the object nouns of the chosen response, from a vocabulary (the
   weight-free stand-in for RAM that ``docs/methods.md``, AdaViP section, asks for);
 * :class:`CLIPTagger` — zero-shot CLIP over a vocabulary (needs a CLIP checkpoint, through any
   :class:`~mmpo.scoring.clip.ImageTextScorer`);
-* :class:`BoxSegmenter` — the detected box, filled;
-* :class:`AnnotationDetector` and :class:`AnnotationSegmenter` — **ground truth**, not models:
-  they read the exact boxes and masks of the synthetic world's scenes (:class:`SceneIndex`).
+* :class:`BoxSegmenter` — the detected box, filled.
 
 Boxes are ``(x0, y0, x1, y1)`` in pixels of the image, edges exclusive: pixel column ``i``
 spans ``[i, i + 1)``, so a box covering columns 3..9 has ``x0 = 3, x1 = 10`` (the synthetic
@@ -26,7 +29,6 @@ world's convention, and the continuous corner format transformers' detectors ret
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,20 +37,15 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from mmpo.data.construct.noisy_pairs import image_key
 from mmpo.scoring.clip import ImageTextScorer
-from mmpo.toyworld.scenes import Scene
-from mmpo.types import PreferenceRecord
 
 __all__ = [
-    "AnnotationDetector",
-    "AnnotationSegmenter",
+    "Box",
     "BoxSegmenter",
     "CLIPTagger",
     "Detection",
     "Detector",
     "NounTagger",
-    "SceneIndex",
     "Segmenter",
     "Tagger",
     "box_iou",
@@ -286,85 +283,4 @@ class BoxSegmenter:
             c0, r0, c1, r1 = _box_pixels(box, width, height)
             mask[r0:r1, c0:c1] = True
             masks.append(mask)
-        return masks
-
-
-# ---------------------------------------------------------------------------------------------
-# The synthetic world's ground truth
-
-
-class SceneIndex:
-    """The synthetic world's scenes, found by their rendered pixels.
-
-    The annotation backends receive only the image (that is the stage protocol), so they find
-    its scene here: the key is a hash of the RGB pixels (``noisy_pairs.image_key``), and PNG is
-    lossless, so a record's image file finds the scene it was rendered from.
-    """
-
-    def __init__(self, scenes: Iterable[Scene]):
-        self._scenes: dict[str, Scene] = {image_key(scene.render()): scene for scene in scenes}
-
-    @classmethod
-    def from_records(cls, records: Iterable[PreferenceRecord]) -> SceneIndex:
-        """The scenes in the records' ``meta["scene"]`` (``Scene.to_dict()``, as JSON text or a dict),
-        as ``mmpo.toyworld.data.ground_truth_pairs`` writes them; raises ``ValueError`` naming the
-        first record without one."""
-        scenes = []
-        for index, record in enumerate(records):
-            name = f"record {record.id!r}" if record.id is not None else f"record #{index}"
-            value = record.meta.get("scene")
-            if value is None:
-                raise ValueError(f"{name} has no meta['scene']: the annotation backends read the synthetic "
-                                 "world's ground truth, so every record needs its scene (as ground_truth_pairs "
-                                 "writes it); use a model backend for other data")
-            try:
-                scenes.append(Scene.from_dict(json.loads(value) if isinstance(value, str) else value))
-            except (TypeError, KeyError, ValueError) as exc:
-                raise ValueError(f"{name}: meta['scene'] is not a Scene.to_dict() ({exc})") from exc
-        return cls(scenes)
-
-    def __len__(self) -> int:
-        return len(self._scenes)
-
-    def scene_for(self, image: Image.Image) -> Scene:
-        """The scene ``image`` is a rendering of; ``KeyError`` when it is none of them."""
-        key = image_key(image)
-        if key not in self._scenes:
-            raise KeyError(f"this {image.size[0]}x{image.size[1]} image is not the rendering of any of the "
-                           f"{len(self._scenes)} indexed scenes (the annotation backends work only on the "
-                           "synthetic world's unmodified images)")
-        return self._scenes[key]
-
-
-class AnnotationDetector:
-    """Ground truth, not a model: the exact box of every object of the scene whose shape was tagged (score 1)."""
-
-    def __init__(self, scenes: SceneIndex):
-        self.scenes = scenes
-
-    def detect(self, image: Image.Image, tags: Sequence[str]) -> list[Detection]:
-        wanted = set(tags)
-        scene = self.scenes.scene_for(image)
-        return [Detection(obj.shape, tuple(float(v) for v in obj.box), 1.0)
-                for obj in scene.objects if obj.shape in wanted]
-
-
-class AnnotationSegmenter:
-    """Ground truth, not a model: for each box, the exact drawn pixels of the scene's object that
-    overlaps it most (IoU at least ``min_iou``), else an empty mask."""
-
-    def __init__(self, scenes: SceneIndex, min_iou: float = 0.5):
-        self.scenes = scenes
-        self.min_iou = min_iou
-
-    def segment(self, image: Image.Image, boxes: Sequence[Box]) -> list[np.ndarray]:
-        scene = self.scenes.scene_for(image)
-        masks = []
-        for box in boxes:
-            ious = [box_iou(tuple(map(float, obj.box)), tuple(map(float, box))) for obj in scene.objects]
-            best = int(np.argmax(ious)) if ious else -1
-            if best >= 0 and ious[best] >= self.min_iou:
-                masks.append(scene.mask(best))
-            else:
-                masks.append(np.zeros((image.size[1], image.size[0]), dtype=bool))
         return masks

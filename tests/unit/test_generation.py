@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mmpo.evaluation.generation import generate_responses
+from mmpo.generation import generate_responses
 from mmpo.toyworld.scenes import DESCRIBE_PROMPT, WorldConfig, sample_scenes
 
 

@@ -31,16 +31,15 @@ shapes present once that sit in different columns.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data.construct.journal import atomic_write_text, save_png_atomic
 from ..evaluation.mmhal import MMHAL_QUESTION_TYPES
-from .pope import SPLITS, build_pope_questions, category_frequencies, cooccurrence_counts
+from ..io import atomic_write_json, atomic_write_jsonl, atomic_write_text, write_png_atomic
+from .pope import SPLITS, build_pope_questions, category_frequencies, cooccurrence_counts, pope_question
 from .scenes import COLOURS, DESCRIBE_PROMPT, PARTNERS, QUADRANTS, SHAPES, Scene, WorldConfig, sample_scenes
 
 
@@ -58,14 +57,6 @@ class ToyBenchmarkFiles:
     amber_queries: Path
     amber_annotations: Path
     mmhal_template: Path
-
-
-def _write_json(path: Path, data: Any) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=1) + "\n")
-
-
-def _write_jsonl(path: Path, rows: Sequence[dict]) -> Path:
-    return atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def coco_instances(scenes: Sequence[Scene]) -> dict[str, Any]:
@@ -110,7 +101,7 @@ def amber_items(scenes: Sequence[Scene], seed: int = 0, max_relations_per_scene:
         hallu = _absent_partners_first(scene)
         generative.append({"image": image, "query": DESCRIBE_PROMPT, "type": "generative",
                            "truth": [s for s in SHAPES if s in scene.shapes], "hallu": hallu})
-        existence += [{"image": image, "query": f"is there a {shape} in the image ?",
+        existence += [{"image": image, "query": pope_question(shape),
                        "type": "discriminative-hallucination", "truth": "no"} for shape in hallu]
         once = [o for o in scene.objects if sum(p.shape == o.shape for p in scene.objects) == 1]
         for obj in once:
@@ -174,15 +165,15 @@ def write_toy_benchmarks(out_dir: str | Path, scenes: Sequence[Scene] | None = N
     images = root / "images"
     images.mkdir(parents=True, exist_ok=True)
     for scene in scenes:
-        save_png_atomic(scene.render(), images / f"{scene.id}.png")
+        write_png_atomic(scene.render(), images / f"{scene.id}.png")
 
     instances = coco_instances(scenes)
-    instances_path = _write_json(root / "annotations" / "instances_toyworld.json", instances)
-    captions_path = _write_json(root / "annotations" / "captions_toyworld.json", {
+    instances_path = atomic_write_json(root / "annotations" / "instances_toyworld.json", instances, indent=1)
+    captions_path = atomic_write_json(root / "annotations" / "captions_toyworld.json", {
         "images": instances["images"],
         "annotations": [{"id": i, "image_id": i, "caption": s.description()} for i, s in enumerate(scenes, start=1)],
-    })
-    questions_path = _write_jsonl(root / "object_halbench" / "questions.jsonl", [
+    }, indent=1)
+    questions_path = atomic_write_jsonl(root / "object_halbench" / "questions.jsonl", [
         {"image_id": i, "image": f"{s.id}.png", "question": DESCRIBE_PROMPT} for i, s in enumerate(scenes, start=1)])
 
     stats = scenes if stats_scenes is None else list(stats_scenes)
@@ -190,7 +181,7 @@ def write_toy_benchmarks(out_dir: str | Path, scenes: Sequence[Scene] | None = N
     for split in SPLITS:
         questions = build_pope_questions(scenes, split, seed=seed, cooccurrence=cooccurrence_counts(stats),
                                          frequency=category_frequencies(stats))
-        pope[split] = _write_jsonl(root / "pope" / f"toyworld_pope_{split}.json", [
+        pope[split] = atomic_write_jsonl(root / "pope" / f"toyworld_pope_{split}.json", [
             {"question_id": i, "image": f"{q.scene_id}.png", "text": q.question, "label": q.label}
             for i, q in enumerate(questions, start=1)])
 
@@ -200,26 +191,26 @@ def write_toy_benchmarks(out_dir: str | Path, scenes: Sequence[Scene] | None = N
     def queries(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [{"id": r["id"], "image": r["image"], "query": r["query"]} for r in rows]
 
-    query_all = _write_json(amber / "query" / "query_all.json", queries(items))
-    _write_json(amber / "query" / "query_generative.json", queries([r for r in items if r["type"] == "generative"]))
-    _write_json(amber / "query" / "query_discriminative.json",
-                queries([r for r in items if r["type"] != "generative"]))
+    query_all = atomic_write_json(amber / "query" / "query_all.json", queries(items), indent=1)
+    atomic_write_json(amber / "query" / "query_generative.json", queries([r for r in items if r["type"] == "generative"]), indent=1)
+    atomic_write_json(amber / "query" / "query_discriminative.json",
+                queries([r for r in items if r["type"] != "generative"]), indent=1)
     for dimension, prefix in (("existence", "discriminative-hallucination"),
                               ("attribute", "discriminative-attribute"), ("relation", "discriminative-relation")):
-        _write_json(amber / "query" / f"query_discriminative-{dimension}.json",
-                    queries([r for r in items if r["type"].startswith(prefix)]))
-    annotations = _write_json(amber / "annotations.json", [
-        {k: r[k] for k in ("id", "type", "truth", "hallu") if k in r} for r in items])
+        atomic_write_json(amber / "query" / f"query_discriminative-{dimension}.json",
+                    queries([r for r in items if r["type"].startswith(prefix)]), indent=1)
+    annotations = atomic_write_json(amber / "annotations.json", [
+        {k: r[k] for k in ("id", "type", "truth", "hallu") if k in r} for r in items], indent=1)
     # AMBER's scorer reads three more data files from beside annotations.json: the word
     # associations of each object (none in this world), the global safe words (none) and the
     # counters' initial values (AMBER's own: every denominator starts at 0.001, every numerator at 0)
-    _write_json(amber / "relation.json", {shape: [] for shape in SHAPES})
+    atomic_write_json(amber / "relation.json", {shape: [] for shape in SHAPES}, indent=1)
     atomic_write_text(amber / "safe_words.txt", "")
     counters = ["chair", "safe_cover", "hallu_cover", "non_hallu"] + [
         f"{prefix}{name}" for prefix in ("", "as_", "an_", "aa_", "asso_", "ha_") for name in ("qa_correct", "qa_no", "qa_ans_no")]
     atomic_write_text(amber / "metrics.txt", "".join(f"{c}_score=0\n{c}_num=0.001\n" for c in counters))
 
-    template = _write_json(root / "mmhal" / "response_template.json", mmhal_records(scenes))
+    template = atomic_write_json(root / "mmhal" / "response_template.json", mmhal_records(scenes), indent=1)
     return ToyBenchmarkFiles(root=root, images=images, instances=instances_path, captions=captions_path,
                              chair_questions=questions_path, pope_dir=root / "pope", pope=pope,
                              amber_queries=query_all, amber_annotations=annotations, mmhal_template=template)
