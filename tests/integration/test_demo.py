@@ -119,6 +119,6 @@ def test_missing_configs_are_an_error_naming_the_folder(tmp_path):
 def test_metrics_table():
     metrics = {"before": {"chair_i": 0.5, "pope_f1": 0.25, "n": 3}, "after": {"chair_i": 0.375, "pope_f1": 0.5}}
     assert demo.metrics_table(metrics) == ("| metric | before | after | change |\n"
-                                           "| --- | --- | --- | --- |\n"
+                                           "| --- | ---: | ---: | ---: |\n"
                                            "| chair_i | 0.500 | 0.375 | -0.125 |\n"
                                            "| pope_f1 | 0.250 | 0.500 | +0.250 |")

@@ -394,7 +394,8 @@ def metrics_table(metrics: dict) -> str:
     before, after = metrics["before"], metrics["after"]
     rows = [(key, f"{before[key]:.3f}", f"{after[key]:.3f}", f"{after[key] - before[key]:+.3f}")
             for key in TABLE_KEYS if key in before and key in after]
-    return markdown_table(("metric", "before", "after", "change"), rows).rstrip("\n")
+    return markdown_table(("metric", "before", "after", "change"), rows,
+                          right=("before", "after", "change")).rstrip("\n")
 
 
 def _key(*parts) -> str:

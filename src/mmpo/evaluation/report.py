@@ -57,12 +57,14 @@ def format_value(value: float | None) -> str:
     return "nan" if math.isnan(value) else f"{value:.4f}"
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub-flavoured Markdown table (``|`` inside cells escaped)."""
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[str] = ()) -> str:
+    """A GitHub-flavoured Markdown table (``|`` inside cells escaped); the columns named in ``right``
+    are right-aligned (numbers)."""
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
-    return "\n".join([line(header), line(["---"] * len(header)), *map(line, rows)]) + "\n"
+    rule = ["---:" if name in right else "---" for name in header]
+    return "\n".join([line(header), line(rule), *map(line, rows)]) + "\n"
 
 
 def run_table(results: Mapping[str, Any]) -> str:
