@@ -19,7 +19,8 @@
 * **Resuming.** :class:`ResumeJournal` is an output JSONL file plus its progress file, which the
   construction pipelines (noisy-image pairs, vision-rejected images) append to, and which a rerun
   of the same call continues: nothing lost, duplicated or half written.
-* **The cache directory**: :func:`default_cache_dir` (``$MMPO_CACHE``, else ``~/.cache/mmpo``).
+* **The cache directory**: :func:`default_cache_dir` (``$MMPO_CACHE``, else ``~/.cache/mmpo``);
+  :func:`ensure_directory` builds one entry of it (a trained model) so that a kill leaves none half-written.
 
 Only PIL, numpy and :mod:`mmpo.types` are imported, so every layer of mmpo can depend on it.
 """
@@ -33,6 +34,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
@@ -289,6 +291,34 @@ def image_reference(image: ImageRef, out_dir: Path, image_dir: Path, written: li
         return path.relative_to(out_dir).as_posix()
     except ValueError:
         return str(path)
+
+
+def ensure_directory(target: str | os.PathLike, build: Callable[[Path], None], complete: str) -> tuple[Path, bool]:
+    """The directory ``target``, built by ``build(folder)`` unless it already holds the file
+    ``complete`` (which ``build`` writes last); returns ``(target, was_there)``.
+
+    ``build`` fills a fresh temporary folder next to ``target``, which is then renamed into place,
+    so an interrupted build never leaves a half-written entry (the temporary folder is removed). A
+    stale ``target`` without ``complete`` is replaced; if another process finished the same entry
+    first, its copy is kept and this one discarded.
+    """
+    target = Path(target)
+    if (target / complete).exists():
+        return target, True
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))
+    try:
+        build(tmp)
+        if target.exists() and not (target / complete).exists():
+            shutil.rmtree(target, ignore_errors=True)  # a stale, incomplete entry
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / complete).exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename, unless another copy won
+    return target, False
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -21,6 +21,7 @@ from mmpo.io import (
     atomic_write_json,
     atomic_writer,
     default_cache_dir,
+    ensure_directory,
     image_reference,
     json_line,
     load_image,
@@ -216,3 +217,29 @@ def test_other_settings_or_a_foreign_output_are_refused(tmp_path):
         journal(foreign)
     with pytest.raises(RuntimeError, match="inside `with journal:`"):
         journal(out).append([], [])
+
+
+def test_ensure_directory_builds_once_and_never_leaves_half_an_entry(tmp_path):
+    """A build that fails leaves neither the entry nor its temporary folder; a stale entry without
+    its completion file is replaced; a complete one is returned without building."""
+    target = tmp_path / "cache" / "entry"
+    calls = []
+
+    def failing(folder: Path) -> None:
+        (folder / "weights.bin").write_bytes(b"half")
+        raise RuntimeError("killed mid-build")
+
+    def build(folder: Path) -> None:
+        calls.append(folder)
+        (folder / "weights.bin").write_bytes(b"whole")
+        (folder / "done.json").write_text("{}")
+
+    with pytest.raises(RuntimeError, match="mid-build"):
+        ensure_directory(target, failing, "done.json")
+    assert list((tmp_path / "cache").iterdir()) == []
+    target.mkdir()
+    (target / "weights.bin").write_bytes(b"stale")  # an entry some older code left unfinished
+    assert ensure_directory(target, build, "done.json") == (target, False)
+    assert (target / "weights.bin").read_bytes() == b"whole"
+    assert ensure_directory(target, build, "done.json") == (target, True) and len(calls) == 1
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["entry"]

@@ -18,6 +18,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..io import ensure_directory
 from .model import TinyVLMConfig
 from .scenes import WorldConfig, sample_scenes
 
@@ -79,15 +80,9 @@ def build_base_model(recipe: BaseModelRecipe, out_dir: str | Path, progress: boo
 def ensure_base_model(recipe: BaseModelRecipe, cache_root: str | Path, progress: bool = True) -> tuple[Path, bool]:
     """The cached base model for ``recipe``, built first if missing. Returns ``(path, was_cached)``.
 
-    The model is built in a temporary directory and renamed into place, so an interrupted build
-    never leaves a half-written cache entry.
+    The model is built in a temporary directory and renamed into place (:func:`mmpo.io.ensure_directory`),
+    so an interrupted build never leaves a half-written cache entry.
     """
     target = Path(cache_root) / f"toyworld-base-{recipe.fingerprint()}"
-    if (target / "recipe.json").exists():
-        return target, True
-    tmp = target.with_name(target.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    build_base_model(recipe, tmp, progress=progress)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    return target, False
+    return ensure_directory(target, lambda folder: build_base_model(recipe, folder, progress=progress),
+                            "recipe.json")

@@ -41,14 +41,13 @@ import hashlib
 import json
 import math
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ..io import ensure_directory
 from .scenes import COLOURS, QUADRANTS, SHAPES, SIZES, Scene, SceneObject, WorldConfig, sample_scenes
 
 __all__ = [
@@ -357,24 +356,9 @@ def ensure_tiny_clip(cache_root: str | Path, recipe: TinyCLIPRecipe | None = Non
     entry first, its copy is kept and this one discarded.
     """
     recipe = recipe if recipe is not None else TinyCLIPRecipe()
-    cache_root = Path(cache_root)
-    target = cache_root / f"toyworld-clip-{recipe.fingerprint()}"
-    if (target / "recipe.json").exists():
-        return target, True
-    cache_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=cache_root))
-    try:
-        train_tiny_clip(tmp, recipe=recipe, progress=progress)
-        if target.exists() and not (target / "recipe.json").exists():
-            shutil.rmtree(target, ignore_errors=True)  # a stale, incomplete entry
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not (target / "recipe.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target, False
+    target = Path(cache_root) / f"toyworld-clip-{recipe.fingerprint()}"
+    return ensure_directory(target, lambda folder: train_tiny_clip(folder, recipe=recipe, progress=progress),
+                            "recipe.json")
 
 
 # ---------------------------------------------------------------------------------------------
