@@ -174,9 +174,9 @@ def test_mean_over_micro_batches_and_state_round_trip():
     """step_end mixes in the mean R_B of the step's micro-batches; state_dict restores R_bar and the
     sample filter's generator, so a resumed run draws the same records."""
     a = DamaController(0.1, model_aware=True, filter="sample", seed=3)
-    for gaps in (torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([2.0, 2.0, 5.0, 1.0])):
-        a.beta(gaps, torch.zeros(4))
-    expected = 0.1 * (sum(a._pending) / 2)
+    r_batches = [a.beta(gaps, torch.zeros(4))[2]["dama/r_batch"].item()
+                 for gaps in (torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([2.0, 2.0, 5.0, 1.0]))]
+    expected = 0.1 * (sum(r_batches) / 2)  # (1 - gamma) * mean R_B, from R_bar = 0
     a.step_end()
     assert a.r_bar == pytest.approx(expected)
     b = DamaController(0.1, model_aware=True, filter="sample", seed=99)
