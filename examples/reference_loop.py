@@ -16,7 +16,7 @@ import sys
 import torch
 
 from mmpo.data.collator import PreferenceCollator, PreferenceDataset, RowEncoder
-from mmpo.logprobs import policy_response_logps
+from mmpo.forward import policy_response_logps
 from mmpo.losses import dpo_loss
 
 

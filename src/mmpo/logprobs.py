@@ -9,8 +9,6 @@ precomputed reference log-probs are stored in it.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 
@@ -54,16 +52,6 @@ def response_logprobs(
     index = (response_start.unsqueeze(1) - 1 + offsets).clamp(0, per_token.shape[1] - 1)  # (R, L)
     logps = torch.gather(per_token, 1, index).masked_fill(~mask, 0.0)
     return logps, mask
-
-
-def policy_response_logps(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward pass over all rows of a collated batch; response-aligned log-probs and mask ``(R, L)``.
-
-    Only ``batch["model_inputs"]`` reaches the model (see :mod:`mmpo.data.collator`).
-    """
-    inputs = batch["model_inputs"]
-    logits = model(**inputs, use_cache=False).logits  # (R, T, V)
-    return response_logprobs(logits, inputs["input_ids"], batch["response_start"], batch["response_length"])
 
 
 def pad_response_logprobs(rows: list[torch.Tensor], width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

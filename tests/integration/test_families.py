@@ -26,7 +26,7 @@ from PIL import Image
 
 from helpers import training_args
 from mmpo.data.collator import MODEL_INPUTS, PreferenceCollator, PreferenceDataset, RowEncoder
-from mmpo.logprobs import policy_response_logps
+from mmpo.forward import policy_response_logps
 from mmpo.toyworld.families import FAMILIES, build_family
 from mmpo.training.config import (
     AdavipArguments,

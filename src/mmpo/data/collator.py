@@ -41,6 +41,11 @@ from ..types import PreferenceRecord, Prompt
 
 #: Key of the model's own inputs in a collated batch.
 MODEL_INPUTS = "model_inputs"
+#: Key of a prefix-shared batch's segment ids (:meth:`RowEncoder.encode_shared`); its presence marks the layout.
+SEGMENT_IDS = "segment_ids"
+#: Keys of two Python ints every batch carries, so the forward pass needs no host-device sync: the
+#: first position whose logits any response needs, and the longest response.
+LOGITS_FROM, RESPONSE_WIDTH = "logits_from", "response_width"
 
 #: Per-token processor outputs and how each continues over the response tokens: a constant, or
 #: ``"repeat"`` (the prompt's last position, e.g. Mllama's cross-attention to the image, which every
@@ -178,26 +183,12 @@ class RowEncoder:
         tokenizer = self.tokenizer
         texts = [render_prompt(self.processor, p, self.prompt_format) for p in prompts]
         enc = encode_inputs(self.processor, images, texts)
-        prompt_width = enc["input_ids"].shape[1]
         prompt_lengths = enc["attention_mask"].sum(dim=1).tolist()
         rows, starts, lengths, kept_offsets = [], [], [], []
         for r, (ids, n_prompt, text, response) in enumerate(
                 zip(enc["input_ids"], prompt_lengths, texts, responses, strict=True)):
-            resp, offsets = self.response_ids(text, response)
-            if self.max_length is not None:
-                room = self.max_length - n_prompt
-                if room < 1:
-                    name = row_names[r] if row_names else f"row {r}"
-                    raise SequenceTooLongError(
-                        f"{name}: the prompt with its image tokens is {n_prompt} tokens, which leaves no room "
-                        f"for a response within max_length={self.max_length}; image tokens are never "
-                        f"truncated, so raise max_length")
-                if len(resp) > room:
-                    resp, offsets = resp[:room], offsets[:room]
-                    self.truncated += 1
-                    if self.truncated == 1:
-                        warnings.warn(f"responses longer than max_length={self.max_length} are truncated "
-                                      "(the prompt and image tokens are kept whole)", stacklevel=2)
+            resp, offsets = self._fit(*self.response_ids(text, response), n_prompt,
+                                      row_names[r] if row_names else f"row {r}")
             rows.append(ids[:n_prompt].tolist() + resp)
             starts.append(n_prompt)
             lengths.append(len(resp))
@@ -212,20 +203,112 @@ class RowEncoder:
             input_ids[r, : len(row)] = torch.tensor(row)
             attention_mask[r, : len(row)] = 1
             labels[r, s : s + n] = input_ids[r, s : s + n]
-        model_inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        model_inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
+                        **self._image_inputs(enc, prompt_lengths, row_lengths, width)}
+        return {MODEL_INPUTS: model_inputs, "labels": labels, "response_start": torch.tensor(starts),
+                "response_length": torch.tensor(lengths), "response_offsets": kept_offsets,
+                LOGITS_FROM: max(min(starts) - 1, 0), RESPONSE_WIDTH: max(lengths, default=0)}
+
+    def encode_shared(self, images: list[Any], prompts: list[Prompt], groups: list[list[str]],
+                      row_names: list[str] | None = None) -> dict[str, Any]:
+        """Encode rows that share their prompt: row ``n`` is ``[prompt_n, groups[n][0], groups[n][1], ...]``,
+        the image and prompt tokens once, each response after them as if it were alone.
+
+        Every response is tokenised and truncated exactly as :meth:`__call__` would encode it in a
+        row of its own; :func:`mmpo.forward.policy_response_logps` then runs the row with a block
+        attention mask (each response sees the prompt and its own earlier tokens, never another
+        response) and restarted position ids, which gives the same log-probs as separate rows.
+
+        Returns a dict with ``model_inputs`` (``input_ids`` ``(N, T)`` and the processor's image
+        and per-token tensors; no ``attention_mask``: the forward builds the 4-D one),
+        ``segment_ids`` ``(N, T)`` (0 the prompt, ``k`` the ``k``-th response, -1 padding),
+        ``position_ids`` ``(N, T)`` (each response's positions continue the prompt's), and one
+        entry per response in group order: ``response_row`` ``(R,)`` (its row),
+        ``response_tokens`` / ``response_logit_index`` ``(R, L)`` (the positions of its tokens and
+        of the logits that predict them; the first token of every response is predicted by the
+        prompt's last position), ``response_length`` ``(R,)`` and ``response_offsets``.
+        """
+        texts = [render_prompt(self.processor, p, self.prompt_format) for p in prompts]
+        enc = encode_inputs(self.processor, images, texts)
+        prompt_lengths = enc["attention_mask"].sum(dim=1).tolist()
+        rows, segments, positions = [], [], []
+        owner, tokens, predictors, lengths, kept_offsets = [], [], [], [], []
+        for n, (ids, n_prompt, text, group) in enumerate(
+                zip(enc["input_ids"], prompt_lengths, texts, groups, strict=True)):
+            row, segment, position = ids[:n_prompt].tolist(), [0] * n_prompt, list(range(n_prompt))
+            for k, response in enumerate(group, start=1):
+                resp, offsets = self._fit(*self.response_ids(text, response), n_prompt,
+                                          row_names[n] if row_names else f"row {n}")
+                start = len(row)
+                owner.append(n)
+                tokens.append(list(range(start, start + len(resp))))
+                predictors.append(([n_prompt - 1] + list(range(start, start + len(resp) - 1)))[: len(resp)])
+                lengths.append(len(resp))
+                kept_offsets.append(offsets)
+                row += resp
+                segment += [k] * len(resp)
+                position += range(n_prompt, n_prompt + len(resp))
+            rows.append(row)
+            segments.append(segment)
+            positions.append(position)
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)  # (N, T)
+        segment_ids = torch.full((len(rows), width), -1, dtype=torch.long)  # (N, T)
+        position_ids = torch.zeros((len(rows), width), dtype=torch.long)  # (N, T)
+        for n, (row, segment, position) in enumerate(zip(rows, segments, positions, strict=True)):
+            input_ids[n, : len(row)] = torch.tensor(row)
+            segment_ids[n, : len(row)] = torch.tensor(segment)
+            position_ids[n, : len(row)] = torch.tensor(position)
+        L = max(lengths, default=0)
+        response_tokens = torch.zeros((len(lengths), L), dtype=torch.long)  # (R, L)
+        logit_index = torch.zeros((len(lengths), L), dtype=torch.long)  # (R, L)
+        for r, (tok, pred) in enumerate(zip(tokens, predictors, strict=True)):
+            response_tokens[r, : len(tok)] = torch.tensor(tok, dtype=torch.long)
+            logit_index[r, : len(pred)] = torch.tensor(pred, dtype=torch.long)
+        model_inputs = {"input_ids": input_ids,
+                        **self._image_inputs(enc, prompt_lengths, [len(r) for r in rows], width)}
+        return {MODEL_INPUTS: model_inputs, SEGMENT_IDS: segment_ids, "position_ids": position_ids,
+                "response_row": torch.tensor(owner, dtype=torch.long), "response_tokens": response_tokens,
+                "response_logit_index": logit_index, "response_length": torch.tensor(lengths, dtype=torch.long),
+                "response_offsets": kept_offsets, LOGITS_FROM: max(min(prompt_lengths) - 1, 0), RESPONSE_WIDTH: L}
+
+    def _fit(self, resp: list[int], offsets: list[tuple[int, int]], n_prompt: int,
+             name: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """A response's ids and offsets cut to the room ``max_length`` leaves after the prompt."""
+        if self.max_length is None:
+            return resp, offsets
+        room = self.max_length - n_prompt
+        if room < 1:
+            raise SequenceTooLongError(
+                f"{name}: the prompt with its image tokens is {n_prompt} tokens, which leaves no room "
+                f"for a response within max_length={self.max_length}; image tokens are never "
+                f"truncated, so raise max_length")
+        if len(resp) > room:
+            resp, offsets = resp[:room], offsets[:room]
+            self.truncated += 1
+            if self.truncated == 1:
+                warnings.warn(f"responses longer than max_length={self.max_length} are truncated "
+                              "(the prompt and image tokens are kept whole)", stacklevel=3)
+        return resp, offsets
+
+    def _image_inputs(self, enc: Any, prompt_lengths: list[int], row_lengths: list[int],
+                      width: int) -> dict[str, Any]:
+        """The processor's outputs besides ``input_ids``/``attention_mask``; per-token ones are widened
+        from the prompt to the whole row (:data:`RESPONSE_FILL`)."""
+        prompt_width, out = enc["input_ids"].shape[1], {}
         for key, value in enc.items():
             if key in ("input_ids", "attention_mask"):
                 continue
             if key in RESPONSE_FILL:
                 value = extend_per_token(value, prompt_lengths, row_lengths, width, response_fill(self.processor, key))
-            elif torch.is_tensor(value) and value.dim() >= 2 and value.shape[:2] == (len(rows), prompt_width):
+            elif torch.is_tensor(value) and value.dim() >= 2 and value.shape[:2] == (len(row_lengths), prompt_width):
                 raise ValueError(
                     f"{type(self.processor).__name__} returned {key!r} of shape {tuple(value.shape)}, a per-token "
                     "tensor at prompt width that mmpo does not know how to continue over the response; add its "
                     "rule to mmpo.data.collator.RESPONSE_FILL")
-            model_inputs[key] = value
-        return {MODEL_INPUTS: model_inputs, "labels": labels, "response_start": torch.tensor(starts),
-                "response_length": torch.tensor(lengths), "response_offsets": kept_offsets}
+            out[key] = value
+        return out
 
 
 class PreferenceDataset(torch.utils.data.Dataset):
@@ -254,6 +337,9 @@ class PreferenceCollator:
         need_sentence_scores: require each record's ``chosen_sentence_scores`` (one per sentence)
             and add them per unit.
         need_data_alpha: require each record's ``data_alpha`` (DAMA) and add it.
+        prefix_sharing: encode each record's image and prompt once, with its chosen and rejected
+            responses after it in one row (:meth:`RowEncoder.encode_shared`); the log-probs are the
+            same as with one row per response.
 
     The batch holds the encoder's ``model_inputs`` (the only thing passed to ``model.forward``),
     ``labels``, ``response_start``, ``response_length``, and mmpo's own side tensors beside them:
@@ -268,18 +354,12 @@ class PreferenceCollator:
     granularity: str = "sentence"
     need_sentence_scores: bool = False
     need_data_alpha: bool = False
+    prefix_sharing: bool = False
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         records: list[PreferenceRecord] = [it["record"] for it in items]
         names = [record_name(it["index"], r) for it, r in zip(items, records, strict=True)]
-        images = [r.image for r in records] * 2
-        prompts = [r.prompt for r in records] * 2
-        responses = [r.chosen for r in records] + [r.rejected for r in records]
-        if self.vision_rows:
-            images += [r.rejected_image if r.rejected_image is not None else r.image for r in records]
-            prompts += [r.prompt for r in records]
-            responses += [r.chosen for r in records]
-        batch = self.encoder(images, prompts, responses, row_names=names * (len(responses) // len(records)))
+        batch = self._shared_rows(records, names) if self.prefix_sharing else self._rows(records, names)
         offsets = batch.pop("response_offsets")
         batch["record_index"] = torch.tensor([it["index"] for it in items])
         if self.vision_rows:
@@ -303,6 +383,39 @@ class PreferenceCollator:
                     scores[b, s] = score
                     mask[b, s] = True
             batch.update(unit_spans=spans, unit_mask=mask, unit_scores=scores)
+        return batch
+
+    def _rows(self, records: list[PreferenceRecord], names: list[str]) -> dict[str, Any]:
+        """One row per (image, prompt, response): chosen, rejected, then the vision-rejected rows."""
+        images = [r.image for r in records] * 2
+        prompts = [r.prompt for r in records] * 2
+        responses = [r.chosen for r in records] + [r.rejected for r in records]
+        if self.vision_rows:
+            images += [r.rejected_image if r.rejected_image is not None else r.image for r in records]
+            prompts += [r.prompt for r in records]
+            responses += [r.chosen for r in records]
+        return self.encoder(images, prompts, responses, row_names=names * (len(responses) // len(records)))
+
+    def _shared_rows(self, records: list[PreferenceRecord], names: list[str]) -> dict[str, Any]:
+        """One row per record holding its prompt once and both responses after it, plus one row per
+        vision-rejected image (its own image, the prompt, the chosen response); the responses come
+        out in the order of :meth:`_rows` (chosen, rejected, vision). A record without a rejected
+        image takes its vision entry from its chosen response: the same image, prompt and response."""
+        B = len(records)
+        with_image = [b for b, r in enumerate(records) if self.vision_rows and r.rejected_image is not None]
+        images = [r.image for r in records] + [records[b].rejected_image for b in with_image]
+        prompts = [r.prompt for r in records] + [records[b].prompt for b in with_image]
+        groups = [[r.chosen, r.rejected] for r in records] + [[records[b].chosen] for b in with_image]
+        batch = self.encoder.encode_shared(images, prompts, groups, row_names=names + [names[b] for b in with_image])
+        # Entries in group order: record b's chosen is 2b, its rejected 2b + 1, the j-th vision row 2B + j.
+        order = [2 * b for b in range(B)] + [2 * b + 1 for b in range(B)]
+        if self.vision_rows:
+            vision_entry = {b: 2 * B + j for j, b in enumerate(with_image)}
+            order += [vision_entry.get(b, 2 * b) for b in range(B)]
+        index = torch.tensor(order, dtype=torch.long)
+        for key in ("response_row", "response_tokens", "response_logit_index", "response_length"):
+            batch[key] = batch[key][index]
+        batch["response_offsets"] = [batch["response_offsets"][i] for i in order]
         return batch
 
     def _units(self, record: PreferenceRecord, offsets: list[tuple[int, int]],

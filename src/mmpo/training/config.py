@@ -156,6 +156,12 @@ class PreferenceConfig(TrainingArguments):
                 "model's positions, method fields, the processor's placeholder tokens), with a progress bar; bad "
                 "records are handled by on_bad_record. Off: such records fail mid-run."})
 
+    prefix_sharing: bool = field(default=True, metadata={
+        "help": "Run each record's image and prompt once, its chosen and rejected responses after them in one row "
+                "(a block attention mask and restarted positions give the same log-probs as one row per "
+                "response). Models that cannot (Gemma 3, Mllama, flash attention) use one row per response "
+                "and the run logs why."})
+
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: the collator needs the records."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
 

@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from ..data.collator import move_batch
 from ..io import atomic_writer
-from ..logprobs import pad_response_logprobs, policy_response_logps
+from ..forward import policy_response_logps
+from ..logprobs import pad_response_logprobs
 
 logger = logging.getLogger(__name__)
 

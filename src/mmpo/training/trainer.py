@@ -40,7 +40,7 @@ from ..data.collator import PreferenceCollator, PreferenceDataset, RowEncoder
 from ..data.preflight import bound_max_length, model_max_positions, preflight
 from ..hub import pretrained_kwargs
 from ..io import atomic_write_json
-from ..logprobs import policy_response_logps
+from ..forward import policy_response_logps, prefix_sharing_problem
 from ..losses.aspo import aspo_step
 from ..losses.compose import preference_loss
 from ..losses.dama import DamaController
@@ -101,6 +101,7 @@ class PreferenceTrainer(Trainer):
             vision_rows=adavip.enabled,
             sentence_splitter=splitter, granularity=aspo.aspo_granularity,
             need_sentence_scores=aspo.enabled and aspo.aspo_alpha > 0, need_data_alpha=dama.dama_data,
+            prefix_sharing=self._can_share(model, args),
         )
         bound_max_length(collator, model_max_positions(model))
         if args.preflight:  # every record through this collator now, so that no bad record ends a run mid-way
@@ -123,6 +124,16 @@ class PreferenceTrainer(Trainer):
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(lambda: [0.0, 0.0]),
                                                              "eval": defaultdict(lambda: [0.0, 0.0])}
         self.reference = self._build_reference(args, collator, train_dataset)
+
+    @staticmethod
+    def _can_share(model, args: PreferenceConfig) -> bool:
+        """``args.prefix_sharing`` unless the model cannot run shared rows exactly (logged once, with why)."""
+        if not args.prefix_sharing:
+            return False
+        problem = prefix_sharing_problem(model)
+        if problem:
+            logger.info("prefix sharing is off for this model (one row per response instead): %s", problem)
+        return problem is None
 
     @staticmethod
     def _preflight(dataset: PreferenceDataset, collator: PreferenceCollator, on_bad_record: str, what: str,
