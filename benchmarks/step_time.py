@@ -2,11 +2,13 @@
 
     python benchmarks/step_time.py [--steps 30] [--batch-size 16]
 
-Rows: SFT (one sequence per record), DPO with a live frozen-copy reference (two policy rows and
-two reference rows per record), DPO with precomputed reference log-probs (the reference pass is
-done once before training; its one-off cost is printed separately), then ASPO, DAMA (data +
-model aware) and AdaViP (three rows per record), each with a live reference. Targets: ASPO and
-DAMA within 5% of DPO, AdaViP at most 1.6x. Sentence scores and data_alpha are filled with
+Rows: SFT (one sequence per record); DPO with a live frozen-copy reference, first with one row
+per response (two policy rows and two reference rows per record), then prefix-shared (the
+default: the image and prompt once, both responses after them in one row); DPO with precomputed
+reference log-probs (the reference pass is done once before training; its one-off cost is
+printed separately); then ASPO, DAMA (data + model aware) and AdaViP (a third, vision-rejected
+row per record, with its own image), each prefix-shared with a live reference, AdaViP also with
+one row per response. Targets: ASPO and DAMA within 5% of DPO, AdaViP at most 1.6x. Sentence scores and data_alpha are filled with
 fixed made-up values (timing does not depend on them); AdaViP's rejected image is the scene
 rendered without its first object. Not a test: machines are noisy, so nothing asserts a time.
 """
@@ -81,17 +83,19 @@ def main(argv: list[str]) -> int:
         record.data_alpha = 0.5 + 0.5 * (len(scene.objects) % 3)
         record.rejected_image = str(tmp / "vision" / f"{scene.id}.png")
     dataset = PreferenceDataset(records)
-    runs = (
-        ("DPO, live reference", "copy", Methods()),
-        ("DPO, precomputed reference", "precomputed", Methods()),
-        ("ASPO", "copy", Methods(aspo=AspoArguments(aspo=True))),
-        ("DAMA", "copy", Methods(dama=DamaArguments(dama_data=True, dama_model=True))),
-        ("AdaViP", "copy", Methods(adavip=AdavipArguments(adavip=True))),
+    runs = (  # (row, reference, methods, prefix sharing)
+        ("DPO, one row per response", "copy", Methods(), False),
+        ("DPO, live reference", "copy", Methods(), True),
+        ("DPO, precomputed reference", "precomputed", Methods(), True),
+        ("ASPO", "copy", Methods(aspo=AspoArguments(aspo=True)), True),
+        ("DAMA", "copy", Methods(dama=DamaArguments(dama_data=True, dama_model=True)), True),
+        ("AdaViP, one row per response", "copy", Methods(adavip=AdavipArguments(adavip=True)), False),
+        ("AdaViP", "copy", Methods(adavip=AdavipArguments(adavip=True)), True),
     )
-    for name, reference, methods in runs:
+    for name, reference, methods, sharing in runs:
         timer = StepTimer()
-        args = PreferenceConfig(output_dir=str(tmp / name.replace(" ", "_")), reference=reference, sft_weight=1.0,
-                                **common)
+        args = PreferenceConfig(output_dir=str(tmp / name.replace(" ", "_").replace(",", "")), reference=reference,
+                                sft_weight=1.0, prefix_sharing=sharing, **common)
         t0 = time.perf_counter()
         trainer = PreferenceTrainer(build_tiny_vlm(tokenizer), args, processor, dataset, methods=methods,
                                     callbacks=[timer])

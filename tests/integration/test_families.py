@@ -263,8 +263,10 @@ def test_qwen2_vl_precomputed_reference_trains(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ batch contract
-def test_only_model_inputs_reach_the_model(tmp_path):
-    """Every mmpo side tensor stays outside ``model_inputs``; everything inside is a forward argument."""
+@pytest.mark.parametrize("shared", [False, True])
+def test_only_model_inputs_reach_the_model(shared, tmp_path):
+    """Every mmpo side tensor stays outside ``model_inputs``; everything inside is a forward argument
+    (prefix-shared rows add their mask and position ids in :mod:`mmpo.forward`)."""
     import inspect
 
     model, processor = build_family("mllama")
@@ -272,12 +274,14 @@ def test_only_model_inputs_reach_the_model(tmp_path):
     from mmpo.scoring.sentences import RuleSplitter
 
     collate = PreferenceCollator(RowEncoder(processor), vision_rows=True, sentence_splitter=RuleSplitter(),
-                                 need_sentence_scores=True, need_data_alpha=True)
+                                 need_sentence_scores=True, need_data_alpha=True, prefix_sharing=shared)
     batch = collate([ds[i] for i in range(4)])
     inputs = batch[MODEL_INPUTS]
     side = set(batch) - {MODEL_INPUTS}
-    assert {"labels", "response_start", "response_length", "record_index", "vision_mask", "unit_spans",
-            "unit_mask", "unit_scores", "data_alpha"} == side
+    layout = ({"segment_ids", "position_ids", "response_row", "response_tokens", "response_logit_index"} if shared
+              else {"labels", "response_start"})
+    assert {"response_length", "record_index", "record_indices", "vision_mask", "unit_spans", "unit_mask", "unit_scores",
+            "data_alpha", "logits_from", "response_width"} | layout == side
     assert not side & set(inputs)
     assert set(inputs) <= set(inspect.signature(model.forward).parameters)
 

@@ -84,3 +84,51 @@ def test_freezing_an_unknown_architecture_is_an_error():
 
     with pytest.raises(ValueError, match="not known to mmpo"):
         freeze(torch.nn.Linear(2, 2), vision_tower=True, projector=False)
+
+
+HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
+
+
+def mmpo_host_reads(run) -> list[str]:
+    """Every read of a tensor's value on the host (a host-device sync on a GPU) made by mmpo's own
+    code while ``run()`` runs, as ``file:line``; the model's own reads are not counted."""
+    import sys
+    from pathlib import Path
+
+    import mmpo
+
+    root, seen = str(Path(mmpo.__file__).parent), []
+    originals = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+
+    def counting(name):
+        def read(self, *args, **kwargs):
+            caller = sys._getframe(1)
+            if caller.f_code.co_filename.startswith(root):
+                seen.append(f"{Path(caller.f_code.co_filename).name}:{caller.f_lineno} {name}")
+            return originals[name](self, *args, **kwargs)
+        return read
+
+    try:
+        for name in HOST_READS:
+            setattr(torch.Tensor, name, counting(name))
+        run()
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+    return seen
+
+
+@pytest.mark.parametrize("reference", ["copy", "precomputed"])
+def test_a_dpo_step_reads_one_value_on_the_host(tmp_path, tiny_checkpoint, tiny_records, reference):
+    """The training loss of a DPO step (+ SFT term) reads one tensor value on the host: the NaN/inf
+    guard's. The metrics stay on the device until the logging step reads them all at once."""
+    model, processor = load_tiny(tiny_checkpoint)
+    trainer = PreferenceTrainer(model, training_args(tmp_path / "out", reference=reference, sft_weight=0.5),
+                                processor, PreferenceDataset(tiny_records))
+    batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
+    trainer.model.train()
+    reads = mmpo_host_reads(lambda: trainer.compute_loss(trainer.model, batch))
+    assert len(reads) == 1 and "trainer.py" in reads[0], reads
+    logged = mmpo_host_reads(lambda: trainer.log({"loss": 0.5}))
+    assert len(logged) == 1, logged  # every metric of the window in one read
+    assert "rewards/margins" in trainer.state.log_history[-1]

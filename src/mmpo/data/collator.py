@@ -343,7 +343,7 @@ class PreferenceCollator:
 
     The batch holds the encoder's ``model_inputs`` (the only thing passed to ``model.forward``),
     ``labels``, ``response_start``, ``response_length``, and mmpo's own side tensors beside them:
-    ``record_index`` ``(B,)``; ``vision_mask`` ``(B,)`` bool; ``unit_spans`` ``(B, S, 2)``
+    ``record_index`` ``(B,)`` (and ``record_indices``, the same as a list); ``vision_mask`` ``(B,)`` bool; ``unit_spans`` ``(B, S, 2)``
     end-exclusive token spans into the response-aligned layout, ``unit_mask`` ``(B, S)``,
     ``unit_scores`` ``(B, S)``; ``data_alpha`` ``(B,)``.
     """
@@ -362,6 +362,7 @@ class PreferenceCollator:
         batch = self._shared_rows(records, names) if self.prefix_sharing else self._rows(records, names)
         offsets = batch.pop("response_offsets")
         batch["record_index"] = torch.tensor([it["index"] for it in items])
+        batch["record_indices"] = [it["index"] for it in items]  # the same on the host: read without a sync
         if self.vision_rows:
             batch["vision_mask"] = torch.tensor([r.rejected_image is not None for r in records])
         if self.need_data_alpha:

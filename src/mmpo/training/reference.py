@@ -68,7 +68,8 @@ class PrecomputedReference:
         self.table = table
 
     def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
-        indices = batch["record_index"].tolist()
+        # The collator's host-side copy of the indices: reading the device tensor would be a sync.
+        indices = batch.get("record_indices") or batch["record_index"].tolist()
         device = batch["response_length"].device
         n_kinds = batch["response_length"].shape[0] // len(indices)
         rows = []
@@ -77,8 +78,9 @@ class PrecomputedReference:
                 # A record without a vision-rejected image has no vision row of its own; the
                 # collator repeated the chosen row there and the loss ignores it.
                 rows.append(self.table[i].get(kind, self.table[i]["chosen"]))
-        logps, _ = pad_response_logprobs(rows, width=int(batch["response_length"].max()))
-        return logps.to(device)
+        width = batch.get("response_width")
+        logps, _ = pad_response_logprobs(rows, width=int(batch["response_length"].max()) if width is None else width)
+        return logps.to(device, non_blocking=True)
 
 
 @torch.no_grad()

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -121,8 +120,8 @@ class PreferenceTrainer(Trainer):
         self.dama = DamaController.from_arguments(dama, args.beta, seed=args.seed, gather=self.gather)
         # Our loss is a mean over records: let Trainer divide it by the accumulation steps.
         self.loss_is_scaled_for_ga = False
-        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(lambda: [0.0, 0.0]),
-                                                             "eval": defaultdict(lambda: [0.0, 0.0])}
+        #: Per mode and key, the logging window's (sum on the device, count): read once per log.
+        self._metrics: dict[str, dict[str, tuple[torch.Tensor, int]]] = {"train": {}, "eval": {}}
         self.reference = self._build_reference(args, collator, train_dataset)
 
     @staticmethod
@@ -211,10 +210,12 @@ class PreferenceTrainer(Trainer):
         return loss + self.args.sft_weight * nll, nll
 
     # ------------------------------------------------------------------ NaN / inf guard
-    def _record_ids(self, inputs: dict[str, Any]) -> list[str]:
-        """The batch's record ids (``#index`` in the training set for a record without one)."""
+    def _record_ids(self, inputs: dict[str, Any] | torch.Tensor) -> list[str]:
+        """The batch's record ids (``#index`` in the training set for a record without one), from the
+        batch or its ``record_index``; read only to name records in an error (a host-device sync)."""
         records = self.train_dataset.records
-        indices = [int(i) for i in inputs["record_index"]]
+        indices = inputs.tolist() if torch.is_tensor(inputs) else inputs.get("record_indices") or \
+            inputs["record_index"].tolist()
         return [str(records[i].id) if records[i].id is not None else f"#{i}" for i in indices]
 
     def _skip_nonfinite(self, model, inputs: dict[str, Any], loss: torch.Tensor, losses: torch.Tensor,
@@ -227,7 +228,7 @@ class PreferenceTrainer(Trainer):
             self.dama.discard_since(dama_mark)  # this batch's R_B must not reach R_bar
             self._step_skips += 1
         else:
-            self._step_records.append(self._record_ids(inputs))
+            self._step_records.append(inputs["record_index"].detach())
         return self._skipped_batch
 
     def _nonfinite_loss(self, model, inputs: dict[str, Any], loss: torch.Tensor, losses: torch.Tensor,
@@ -278,7 +279,7 @@ class PreferenceTrainer(Trainer):
             flags = torch.tensor([[float(bad), float(trained)]], device=grads[0].device)
             bad, trained = (bool(v > 0) for v in self.accelerator.gather(flags).sum(dim=0))
         if bad:
-            ids = [i for batch in records for i in batch]
+            ids = [i for batch in records for i in self._record_ids(batch)]
             message = (f"step {self.state.global_step + 1}: grad_norm is {norm} after clipping "
                        f"(records {', '.join(map(repr, ids))})")
             if self.args.on_nonfinite == "raise":
@@ -405,20 +406,39 @@ class PreferenceTrainer(Trainer):
 
     # ------------------------------------------------------------------ logging
     def _record(self, mode: str, diag: dict[str, torch.Tensor]) -> None:
-        """Accumulate (sum, count) per key over the logging window, summed over processes."""
+        """Accumulate (sum, count) per key over the logging window. The sums stay on the device, so a
+        step makes no host-device sync for its metrics; :meth:`log` reads them once."""
+        window = self._metrics[mode]
         for key, value in diag.items():
             value = value.detach().float().reshape(-1)
-            pair = torch.stack([value.sum(), torch.tensor(float(value.numel()), device=value.device)])
-            if self.accelerator.num_processes > 1:
-                pair = self.accelerator.gather(pair.reshape(1, 2)).sum(dim=0)
-            acc = self._metrics[mode][key]
-            acc[0] += pair[0].item()
-            acc[1] += pair[1].item()
+            total, count = window.get(key, (0.0, 0))
+            window[key] = (value.sum() + total, count + value.numel())
+
+    def _window_means(self, mode: str) -> dict[str, float]:
+        """The logging window's mean per key over every process's records: one gather of the key
+        names and one of the sums (a process that recorded nothing for a key adds zeros)."""
+        window = self._metrics[mode]
+        keys = sorted(window)
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            keys = sorted(set().union(*gather_object([keys])))
+        if not keys:
+            return {}
+        zero = torch.zeros((), device=self.args.device)
+        sums = torch.stack([torch.as_tensor(window[k][0], device=self.args.device).float() if k in window
+                            else zero for k in keys])  # (K,)
+        counts = torch.tensor([float(window[k][1]) if k in window else 0.0 for k in keys], device=sums.device)
+        pairs = torch.stack([sums, counts])  # (2, K)
+        if self.accelerator.num_processes > 1:
+            pairs = self.accelerator.gather(pairs.unsqueeze(0)).sum(dim=0)
+        totals, numbers = pairs.tolist()
+        return {k: s / n for k, s, n in zip(keys, totals, numbers, strict=True) if n > 0}
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """``Trainer.log`` plus the window's metric means; NaN/inf means are logged as they are."""
         mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
-        averaged = {k: s / n for k, (s, n) in self._metrics[mode].items() if n > 0}
+        averaged = self._window_means(mode)
         if mode == "eval":
             averaged = {f"eval_{k}": v for k, v in averaged.items()}
         elif self.args.on_nonfinite == "skip":
