@@ -24,8 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.collator import move_batch
-from ..io import atomic_writer
 from ..forward import policy_response_logps
+from ..io import atomic_writer
 from ..logprobs import pad_response_logprobs
 
 logger = logging.getLogger(__name__)

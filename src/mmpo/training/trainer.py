@@ -37,9 +37,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data.collator import PreferenceCollator, PreferenceDataset, RowEncoder
 from ..data.preflight import bound_max_length, model_max_positions, preflight
+from ..forward import policy_response_logps, prefix_sharing_problem
 from ..hub import pretrained_kwargs
 from ..io import atomic_write_json
-from ..forward import policy_response_logps, prefix_sharing_problem
 from ..losses.aspo import aspo_step
 from ..losses.compose import preference_loss
 from ..losses.dama import DamaController
