@@ -227,3 +227,21 @@ def test_shared_and_separate_training_take_the_same_steps(tmp_path):
         weights.append({n: p.detach().clone() for n, p in trainer.model.named_parameters()})
     worst = max((weights[0][n] - weights[1][n]).abs().max().item() for n in weights[0])
     assert worst < 1e-4, worst
+
+
+def test_records_with_the_same_image_and_prompt_share_one_row(tmp_path):
+    """Self-generated data has several pairs per image: records with the same image file and prompt
+    run it once, all their responses after it, and each log-prob is still its own row's."""
+    model, processor = build_family("qwen2_vl")
+    base = records(3)
+    path = _saved(base[0].image, tmp_path / "shared.png")
+    recs = [dataclasses.replace(base[0], image=path, id="a"),
+            dataclasses.replace(base[1], image=path, prompt=base[0].prompt, id="b"),
+            dataclasses.replace(base[2], image=path, id="c", prompt="a different prompt .")]
+    shared = collate(processor, recs, shared=True)
+    assert shared["model_inputs"]["input_ids"].shape[0] == 2 + 2  # two (image, prompt) rows + two vision rows
+    assert shared["response_row"].tolist()[:6] == [0, 0, 1, 0, 0, 1]
+    with torch.no_grad():
+        want, _ = policy_response_logps(model, collate(processor, recs, shared=False))
+        got, _ = policy_response_logps(model, shared)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)

@@ -22,6 +22,7 @@ policy needs one forward pass of ``2B`` (or ``3B``) rows.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -398,21 +399,43 @@ class PreferenceCollator:
         return self.encoder(images, prompts, responses, row_names=names * (len(responses) // len(records)))
 
     def _shared_rows(self, records: list[PreferenceRecord], names: list[str]) -> dict[str, Any]:
-        """One row per record holding its prompt once and both responses after it, plus one row per
-        vision-rejected image (its own image, the prompt, the chosen response); the responses come
-        out in the order of :meth:`_rows` (chosen, rejected, vision). A record without a rejected
-        image takes its vision entry from its chosen response: the same image, prompt and response."""
-        B = len(records)
-        with_image = [b for b, r in enumerate(records) if self.vision_rows and r.rejected_image is not None]
-        images = [r.image for r in records] + [records[b].rejected_image for b in with_image]
-        prompts = [r.prompt for r in records] + [records[b].prompt for b in with_image]
-        groups = [[r.chosen, r.rejected] for r in records] + [[records[b].chosen] for b in with_image]
-        batch = self.encoder.encode_shared(images, prompts, groups, row_names=names + [names[b] for b in with_image])
-        # Entries in group order: record b's chosen is 2b, its rejected 2b + 1, the j-th vision row 2B + j.
-        order = [2 * b for b in range(B)] + [2 * b + 1 for b in range(B)]
+        """One row per distinct (image, prompt) of the batch holding the prompt once and every
+        response of the records that have it after it, plus one row per vision-rejected image (its
+        own image, the prompt, the chosen response); the responses come out in the order of
+        :meth:`_rows` (chosen, rejected, vision). Records with the same image file (or image object)
+        and prompt, as in self-generated data with several pairs per image, share one row. A record
+        without a rejected image takes its vision entry from its chosen response: the same image,
+        prompt and response."""
+        row_of: dict[tuple[Any, str], int] = {}
+        images, prompts, groups, row_names, chosen_entry, rejected_entry = [], [], [], [], [], []
+        for record, name in zip(records, names, strict=True):
+            key = (_identity(record.image), repr(record.prompt))
+            if key not in row_of:
+                row_of[key] = len(groups)
+                images.append(record.image)
+                prompts.append(record.prompt)
+                groups.append([])
+                row_names.append(name)
+            n = row_of[key]
+            chosen_entry.append((n, len(groups[n])))
+            rejected_entry.append((n, len(groups[n]) + 1))
+            groups[n] += [record.chosen, record.rejected]
+        vision_entry = []
         if self.vision_rows:
-            vision_entry = {b: 2 * B + j for j, b in enumerate(with_image)}
-            order += [vision_entry.get(b, 2 * b) for b in range(B)]
+            for b, (record, name) in enumerate(zip(records, names, strict=True)):
+                if record.rejected_image is None:
+                    vision_entry.append(chosen_entry[b])
+                    continue
+                vision_entry.append((len(groups), 0))
+                images.append(record.rejected_image)
+                prompts.append(record.prompt)
+                groups.append([record.chosen])
+                row_names.append(name)
+        batch = self.encoder.encode_shared(images, prompts, groups, row_names=row_names)
+        first = [0]  # the entry index of each row's first response (entries come in group order)
+        for group in groups:
+            first.append(first[-1] + len(group))
+        order = [first[n] + k for n, k in chosen_entry + rejected_entry + vision_entry]
         index = torch.tensor(order, dtype=torch.long)
         for key in ("response_row", "response_tokens", "response_logit_index", "response_length"):
             batch[key] = batch[key][index]
@@ -447,6 +470,11 @@ class PreferenceCollator:
         if self.granularity == "token":
             return [(t, t + 1, c) for start, end, c in pieces for t in range(start, end)]
         return pieces
+
+
+def _identity(image: Any) -> Any:
+    """What makes two records' images the same for prefix sharing: the same path, or the same object."""
+    return str(image) if isinstance(image, (str, os.PathLike)) else id(image)
 
 
 def record_name(index: int, record: PreferenceRecord) -> str:
