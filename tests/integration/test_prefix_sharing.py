@@ -245,3 +245,15 @@ def test_records_with_the_same_image_and_prompt_share_one_row(tmp_path):
         want, _ = policy_response_logps(model, collate(processor, recs, shared=False))
         got, _ = policy_response_logps(model, shared)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_gradient_checkpointing_keeps_shared_rows_exact():
+    model, processor = build_family("llava")
+    model.train()
+    recs = records()
+    _, _, want = logps_and_grads(model, collate(processor, recs, shared=False))
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    _, _, got = logps_and_grads(model, collate(processor, recs, shared=True))
+    scale = max(g.abs().max() for g in want.values())
+    for key, grad in want.items():
+        torch.testing.assert_close(got[key] / scale, grad / scale, atol=1e-5, rtol=0, msg=key)

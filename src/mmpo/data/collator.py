@@ -15,9 +15,16 @@ A collated batch keeps what goes into ``model.forward`` apart from mmpo's own te
 processor's image tensors), everything else (``labels``, ``response_start``, ...) sits beside it and
 can never reach the model.
 
-A preference batch of ``B`` records has rows ``[chosen_0..chosen_{B-1}, rejected_0..rejected_{B-1}]``
-(and, when any record has a vision-rejected image, ``[vision_0..vision_{B-1}]`` after them), so the
-policy needs one forward pass of ``2B`` (or ``3B``) rows.
+A preference batch of ``B`` records has responses ``[chosen_0..chosen_{B-1}, rejected_0..rejected_{B-1}]``
+(and, with AdaViP, ``[vision_0..vision_{B-1}]`` after them), and its log-probs come out in that
+order, ``(2B, L)`` or ``(3B, L)``. The rows that carry them come in two layouts:
+
+* one row per response (``2B`` or ``3B`` rows), each ``[image + prompt, response]``;
+* **prefix-shared** (``prefix_sharing=True``, the trainer's default where the model allows it):
+  one row per distinct (image, prompt), ``[image + prompt, chosen, rejected, ...]``, plus one row
+  per vision-rejected image. :mod:`mmpo.forward` runs it with a block attention mask and restarted
+  positions, so each response gets exactly the log-probs of a row of its own, while the image and
+  prompt are encoded and run once instead of once per response.
 """
 
 from __future__ import annotations
