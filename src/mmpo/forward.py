@@ -40,8 +40,15 @@ BIDIRECTIONAL_PREFIX = ("paligemma",)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model under a peft wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    """The transformers model under its wrappers: DDP / FSDP / DeepSpeed (``.module``) and peft."""
+    while True:
+        inner = getattr(model, "module", None)
+        if isinstance(inner, torch.nn.Module):
+            model = inner
+        elif hasattr(model, "get_base_model"):
+            return model.get_base_model()
+        else:
+            return model
 
 
 def model_type(model: torch.nn.Module) -> str:

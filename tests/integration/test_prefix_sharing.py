@@ -257,3 +257,28 @@ def test_gradient_checkpointing_keeps_shared_rows_exact():
     scale = max(g.abs().max() for g in want.values())
     for key, grad in want.items():
         torch.testing.assert_close(got[key] / scale, grad / scale, atol=1e-5, rtol=0, msg=key)
+
+
+def test_a_wrapped_model_keeps_its_family_rules():
+    """Under DDP (or FSDP / DeepSpeed) the model arrives wrapped: PaliGemma must keep its
+    bidirectional prefix and its attention implementation must still be read."""
+    from mmpo.forward import attention_implementation, model_type, unwrap
+
+    model, processor = build_family("paligemma")
+
+    class Wrapper(torch.nn.Module):  # what DistributedDataParallel looks like from outside
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args, **kwargs):
+            return self.module(*args, **kwargs)
+
+    wrapped = Wrapper(model)
+    assert unwrap(wrapped) is model and model_type(wrapped) == "paligemma"
+    assert attention_implementation(wrapped) == attention_implementation(model)
+    recs = records()
+    with torch.no_grad():
+        want, _ = policy_response_logps(model, collate(processor, recs, shared=False))
+        got, _ = policy_response_logps(wrapped, collate(processor, recs, shared=True))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
