@@ -35,7 +35,8 @@ from mmpo.training.trainer import PreferenceTrainer
 
 
 class StepTimer(TrainerCallback):
-    """Wall time of each optimizer step (data loading included, as a user would see it)."""
+    """Wall time of each optimizer step. transformers 5 collates the batch before `on_step_begin`, so
+    collation is not included."""
 
     def __init__(self):
         self.times: list[float] = []
