@@ -9,8 +9,9 @@ Used by ``benchmarks/vs_trl.py`` and ``benchmarks/gpu_throughput.py``; importabl
   projector and a Llama text model with LLaVA-1.5's vocabulary of 32064. ``size="7b"`` is
   LLaVA-1.5-7B's exact architecture (CLIP ViT-L/14-336 + Llama-2-7B/Vicuna-7B); ``size="cpu"`` keeps
   the image geometry and the vocabulary (the LM head is a large part of a step, and its saving by
-  ``logits_to_keep`` depends on the vocabulary) but shrinks the widths and depths so that a CPU step
-  at batch 4 takes about a second.
+  ``logits_to_keep`` depends on the vocabulary) but shrinks the widths and depths (text hidden 128,
+  4 layers; vision hidden 64, 2 layers) so that an mmpo DPO step at batch 4 takes about 2 s on 2 CPU
+  cores (hidden 256 took 3-5 s there: most of a step is vocabulary-wide work that no width removes).
 * The processor is a ``LlavaProcessor`` with a ``CLIPImageProcessorPil`` at 336 (crop 336) and the
   byte-level tokenizer of :mod:`mmpo.toyworld.families` (about 450 tokens: every id is valid in the
   32064-row embedding), with a Vicuna / LLaVA-1.5 chat template ("USER: <image>\\n... ASSISTANT: ...</s>").
@@ -48,7 +49,7 @@ SIZES: dict[str, dict[str, dict]] = {
     "cpu": {
         "vision": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
                        projection_dim=64, hidden_act="quick_gelu", layer_norm_eps=1e-5),
-        "text": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
+        "text": dict(hidden_size=128, intermediate_size=344, num_hidden_layers=4, num_attention_heads=4,
                      num_key_value_heads=4, max_position_embeddings=4096, rms_norm_eps=1e-5, hidden_act="silu",
                      rope_theta=10000.0, tie_word_embeddings=False),
     },
@@ -97,7 +98,7 @@ def build_llava15(size: str, dtype: torch.dtype = torch.float32, seed: int = 0, 
     """``(model, processor)``: a random-init LLaVA-1.5-shaped ``LlavaForConditionalGeneration``.
 
     Args:
-        size: "cpu" (about 20M parameters, most of them the 32064-token embedding and LM head) or
+        size: "cpu" (9.2M parameters, most of them the 32064-token embedding and LM head) or
             "7b" (LLaVA-1.5-7B's exact architecture, 7.06B parameters).
         dtype: the weights' dtype.
         seed: ``torch.manual_seed`` before the weights are drawn (same seed, same weights).

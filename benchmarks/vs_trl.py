@@ -5,9 +5,10 @@
                                 [--batch-size B] [--quick] [--no-memory] [--out-dir DIR]
 
 A script, not a test: it prints figures and asserts no timing (machines are noisy; the ratios are
-what to compare). The default run (both shapes, 5 rounds of 3 steps, memory subprocesses) took
-about 10 minutes on 2 CPU cores (see ``elapsed_s`` in the JSON); ``--quick`` (1 round of 2 steps,
-no memory subprocesses) is a smoke check of a few minutes.
+what to compare). The default run (both shapes, 4 rounds of 3 steps after 2 warm-up steps, memory
+subprocesses) took 11 minutes on 2 CPU cores (toy 73 s, llava15 584 s, of which about 100 s are
+the memory subprocesses; ``elapsed_s`` in the JSON); ``--quick`` (1 round of 2 steps, no memory
+subprocesses) takes about 3 minutes, ``--no-memory`` saves about 2.
 
 Shapes:
 
@@ -38,9 +39,10 @@ its real ``Trainer`` loop, and the round keeps each row's median step time. A wa
 first and is discarded. A step is the wall time from the end of the previous step to the end of
 this one (collation, forward, backward, clipping, optimizer). Reported per row: the median over
 rounds of the round medians; vs TRL, the median of the per-round ratios and the ratio of the
-minimum step times. Peak memory is measured per row in a subprocess of its own (CPU: peak RSS,
-``ru_maxrss``, minus the RSS after the model was built; CUDA: ``max_memory_allocated`` minus the
-memory allocated after the model was built).
+minimum step times. Peak memory is measured per row in a subprocess of its own, over
+``--memory-steps`` steps (CPU: peak RSS minus the RSS after the model was built; the peak is read
+from ``VmHWM``, since ``ru_maxrss`` carries the parent's high-water mark over fork + exec; CUDA:
+``max_memory_allocated`` minus the memory allocated after the model was built).
 
 Parity, before any update: every policy is the same seeded perturbation of the initial weights
 (``w + 0.01 * N(0, 1)``) and every reference is the initial weights, so rewards are not all zero.
@@ -50,6 +52,14 @@ the log-probs, ``compute_loss`` and its logged metrics for the loss and rewards)
 both sides score responses that end with EOS, mmpo's default (``RowEncoder.append_eos=True``);
 TRL gets the EOS from the LLaVA-1.5 chat template (which ends an assistant turn with ``</s>``),
 and on the toy shape, whose template renders none, from an EOS appended to TRL's response text.
+
+Reading the numbers: on the CPU, TRL's step is dominated by its chunked fused LM head (TRL 1.16
+scores completions through ``ChunkedLogProbFunction``, which also computes entropy, mean logits and
+top-1 hits and recomputes its tiles in the backward pass: about 80% of TRL's step on the llava15
+shape under ``torch.profiler``), so the mmpo/TRL ratios here overstate what a GPU would show.
+AdaViP's vision-rejected sample has its own image, so it cannot share the record's prefix: on the
+llava15 shape it adds an image + prompt + chosen row (about 770 tokens, padded to the packed rows'
+width) to a packed row of about 920, i.e. at least 1.8x the tokens of a DPO step.
 
 Output: a Markdown table on stdout, and ``DIR/vs_trl-<shape>.json`` (default ``benchmarks/results``):
 rows, settings, parity, targets and the machine.
@@ -74,7 +84,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -108,6 +118,9 @@ TARGETS = (
     ("AdaViP shared / DPO shared (per-round median)", "mmpo prefix-shared + AdaViP", "mmpo prefix-shared", None, 1.3),
 )
 DEFAULT_BATCH = {"toy": 16, "llava15": 4}
+#: transformers 5.x renamed ``gradient_checkpointing`` to ``activation_checkpointing`` (the old name warns).
+CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                 else "gradient_checkpointing")
 
 
 # ------------------------------------------------------------------------------------------ shapes
@@ -184,7 +197,7 @@ def common_args(max_steps: int, batch_size: int) -> dict[str, Any]:
                 learning_rate=LEARNING_RATE, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
                 max_grad_norm=1.0, optim="adamw_torch", seed=0, logging_steps=10**6, save_strategy="no",
                 disable_tqdm=True, report_to=[], use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
-                bf16=False, fp16=False, gradient_checkpointing=False, beta=BETA, max_length=None)
+                bf16=False, fp16=False, beta=BETA, max_length=None, **{CHECKPOINTING: False})
 
 
 def build_trainer(name: str, shape: Shape, datasets: dict, max_steps: int, batch_size: int, tmp: Path,
@@ -213,6 +226,7 @@ def build_trainer(name: str, shape: Shape, datasets: dict, max_steps: int, batch
         trainer = PreferenceTrainer(model, args, processor, datasets["mmpo"], methods=methods, callbacks=callbacks)
         trainer.data_collator.encoder.append_eos = True  # mmpo's default, stated: responses end with EOS
     sync()
+    trainer.remove_callback(PrinterCallback)  # no train-summary dicts in the output
     return trainer, time.perf_counter() - start
 
 
@@ -288,7 +302,10 @@ class TurnTaker(TrainerCallback):
         if self._left <= 0 and not self._finishing:
             self._parked.release()
             self._go.acquire()
+        if self._finishing:  # finish() (after the last round, or after another row failed): stop here
+            control.should_training_stop = True
         self._resume = time.perf_counter()
+        return control
 
 
 # ------------------------------------------------------------------------------------------ parity
@@ -360,10 +377,11 @@ def parity(mmpo: dict[str, Any], trl: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ memory
-def rss_mb() -> float:
+def proc_status_mb(key: str) -> float:
+    """A ``/proc/self/status`` memory field in MB: ``VmRSS`` (now) or ``VmHWM`` (this process's peak RSS)."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -373,24 +391,23 @@ def memory_row(name: str, shape_name: str, batch_size: int, steps: int) -> dict[
     tmp = Path(tempfile.mkdtemp(prefix="mmpo-vs-trl-mem-"))
     shape = build_shape(shape_name, batch_size * steps, tmp)
     datasets = {"mmpo": mmpo_dataset(shape), "trl": trl_dataset(shape) if ROWS[name].kind == "trl" else None}
-    probe = shape.make_model
     cuda = torch.cuda.is_available()
-
-    def make_model():
-        model = probe()
-        return model.to("cuda") if cuda else model
-
-    shape.make_model = make_model
-    model = make_model()  # the baseline: the model built (and dropped again; the row builds its own)
-    base = torch.cuda.memory_allocated() / 2**20 if cuda else rss_mb()
+    fresh = shape.make_model
+    model = fresh().to(device())
+    sync()
+    base = torch.cuda.memory_allocated() / 2**20 if cuda else proc_status_mb("VmRSS")  # baseline: the policy built
+    built = [model]
+    shape.make_model = lambda: built.pop() if built else fresh().to(device())  # the row's policy is this one
     del model
     trainer, _ = build_trainer(name, shape, datasets, steps, batch_size, tmp, [])
     trainer.train()
-    if cuda:
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"baseline_mb": base, "peak_mb": peak, "delta_mb": peak - base}
+    # ru_maxrss is not this process's own peak: Linux carries the high-water mark over fork + exec,
+    # so a subprocess of the benchmark (whose trainers hold gigabytes) starts at the parent's RSS.
+    # VmHWM is the peak RSS of this process image alone; ru_maxrss is kept in the JSON for reference.
+    ru_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else proc_status_mb("VmHWM")
+    return {"baseline_mb": base, "peak_mb": peak, "delta_mb": peak - base, "ru_maxrss_mb": ru_maxrss,
+            "measure": "cuda max_memory_allocated" if cuda else "VmHWM (peak RSS)"}
 
 
 def measure_memory(names: list[str], shape_name: str, batch_size: int, steps: int) -> dict[str, dict]:
@@ -463,7 +480,6 @@ def run_shape(shape_name: str, ns, names: list[str]) -> dict[str, Any]:
         taker = TurnTaker(name)
         taker.trainer, setup[name] = build_trainer(name, shape, datasets, total_steps, batch, tmp, [taker])
         takers[name] = taker
-        taker.trainer.remove_callback(PrinterCallback)  # no train-summary dicts in the output
     model0 = takers[names[0]].trainer.model
     params = sum(p.numel() for p in model0.parameters())
     print(f"{params / 1e6:.2f}M parameters, batch {batch} records, {ns.rounds} rounds x {ns.steps_per_round} "
@@ -582,13 +598,13 @@ def run_shape(shape_name: str, ns, names: list[str]) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", choices=("toy", "llava15", "both"), default="both")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--steps-per-round", type=int, default=3)
     p.add_argument("--warmup-steps", type=int, default=2, help="steps per row before the first round (discarded)")
     p.add_argument("--batch-size", type=int, default=None, help="records per batch (default: toy 16, llava15 4)")
     p.add_argument("--quick", action="store_true", help="smoke check: 1 round of 2 steps, 1 warm-up, no memory")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the memory subprocesses")
-    p.add_argument("--memory-steps", type=int, default=3)
+    p.add_argument("--memory-steps", type=int, default=2)
     p.add_argument("--rows", default=None, help="comma-separated subset of the rows (default: all)")
     p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--_memory-row", dest="memory_row", default=None, help=argparse.SUPPRESS)
