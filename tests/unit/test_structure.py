@@ -1,7 +1,7 @@
 """Gates: every module imports without side effects, and the layering rules hold.
 
 The layers, bottom up: ``mmpo.types``, ``mmpo.io`` (all file I/O), ``mmpo.hub``, ``mmpo.prompting``,
-``mmpo.generation``; then ``mmpo.losses`` (torch only), ``mmpo.scoring``, ``mmpo.data``,
+``mmpo.generation``, ``mmpo.logprobs`` and ``mmpo.forward`` (torch only); then ``mmpo.losses`` (torch only), ``mmpo.scoring``, ``mmpo.data``,
 ``mmpo.evaluation``, ``mmpo.training``; then ``mmpo.toyworld`` (the synthetic world, which may use
 all of them) and ``mmpo.cli`` (the commands). A layer never imports one above it. Each import gate
 checks both what a fresh interpreter loads and the source text (lazy imports inside functions
