@@ -159,7 +159,7 @@ class PreferenceConfig(TrainingArguments):
     prefix_sharing: bool = field(default=True, metadata={
         "help": "Run each record's image and prompt once, its chosen and rejected responses after them in one row "
                 "(a block attention mask and restarted positions give the same log-probs as one row per "
-                "response). Models that cannot (Gemma 3, Mllama, flash attention) use one row per response "
+                "response). Models that cannot (Gemma 3; flash or flex attention) use one row per response "
                 "and the run logs why."})
 
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: the collator needs the records."})
