@@ -282,3 +282,16 @@ def test_a_wrapped_model_keeps_its_family_rules():
         want, _ = policy_response_logps(model, collate(processor, recs, shared=False))
         got, _ = policy_response_logps(wrapped, collate(processor, recs, shared=True))
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_each_layout_has_its_own_reference_cache(tmp_path):
+    """The layouts agree to 1e-5, not bit for bit, so a precomputed table is cached per layout and
+    the policy == reference rewards stay exactly 0 at step 0 under either."""
+    from mmpo.training.reference import load_or_compute_reference
+
+    model, processor = build_family("llava")
+    recs = records()
+    dataset = PreferenceDataset(recs)
+    paths = {shared: load_or_compute_reference(model, dataset, PreferenceCollator(
+        RowEncoder(processor), prefix_sharing=shared), 2, tmp_path)[1] for shared in (False, True)}
+    assert paths[False] != paths[True] and paths[False].exists() and paths[True].exists()

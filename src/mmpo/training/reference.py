@@ -173,6 +173,8 @@ def load_or_compute_reference(model, dataset, collator, batch_size: int, cache_d
                               device="cpu", main_process_first=None) -> tuple[PrecomputedReference, Path]:
     """The cached table if its fingerprint matches, else computed now and saved atomically."""
     settings = {**collator.encoder.settings(), "vision_rows": getattr(collator, "vision_rows", None),
+                # The two row layouts agree to 1e-5, not bit for bit: a table serves its own layout.
+                "prefix_sharing": getattr(collator, "prefix_sharing", False),
                 "processor": processor_settings(getattr(collator.encoder, "processor", None))}
     path = Path(cache_dir) / f"reference-{reference_fingerprint(model, dataset.records, settings)}.pt"
     ctx = main_process_first() if main_process_first is not None else contextlib.nullcontext()
