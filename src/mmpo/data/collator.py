@@ -188,34 +188,17 @@ class RowEncoder:
         responses), ``response_start``/``response_length`` ``(R,)`` and ``response_offsets`` (per row,
         the character offsets of its kept response tokens; a list, not a tensor).
         """
-        tokenizer = self.tokenizer
-        texts = [render_prompt(self.processor, p, self.prompt_format) for p in prompts]
-        enc = encode_inputs(self.processor, images, texts)
-        prompt_lengths = enc["attention_mask"].sum(dim=1).tolist()
-        rows, starts, lengths, kept_offsets = [], [], [], []
-        for r, (ids, n_prompt, text, response) in enumerate(
-                zip(enc["input_ids"], prompt_lengths, texts, responses, strict=True)):
-            resp, offsets = self._fit(*self.response_ids(text, response), n_prompt,
-                                      row_names[r] if row_names else f"row {r}")
-            rows.append(ids[:n_prompt].tolist() + resp)
-            starts.append(n_prompt)
-            lengths.append(len(resp))
-            kept_offsets.append(offsets)
-        width = max(len(r) for r in rows)
-        row_lengths = [len(r) for r in rows]
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)  # (R, T)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)  # (R, T)
-        labels = torch.full((len(rows), width), -100, dtype=torch.long)  # (R, T)
-        for r, (row, s, n) in enumerate(zip(rows, starts, lengths, strict=True)):
-            input_ids[r, : len(row)] = torch.tensor(row)
-            attention_mask[r, : len(row)] = 1
-            labels[r, s : s + n] = input_ids[r, s : s + n]
-        model_inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
-                        **self._image_inputs(enc, prompt_lengths, row_lengths, width)}
-        return {MODEL_INPUTS: model_inputs, "labels": labels, "response_start": torch.tensor(starts),
-                "response_length": torch.tensor(lengths), "response_offsets": kept_offsets,
-                LOGITS_FROM: max(min(starts) - 1, 0), RESPONSE_WIDTH: max(lengths, default=0)}
+        # One response per row is the shared layout with groups of one: the same rows, padded alike.
+        rows = self.encode_shared(images, prompts, [[response] for response in responses], row_names)
+        segments, lengths = rows[SEGMENT_IDS], rows["response_length"]  # (R, T), (R,)
+        input_ids = rows[MODEL_INPUTS]["input_ids"]  # (R, T)
+        starts = (segments == 0).sum(dim=1)  # (R,) the prompt's tokens come first
+        labels = torch.where(segments == 1, input_ids, torch.full_like(input_ids, -100))  # (R, T)
+        model_inputs = {"input_ids": input_ids, "attention_mask": (segments >= 0).long(),
+                        **{k: v for k, v in rows[MODEL_INPUTS].items() if k != "input_ids"}}
+        return {MODEL_INPUTS: model_inputs, "labels": labels, "response_start": starts, "response_length": lengths,
+                "response_offsets": rows["response_offsets"], LOGITS_FROM: rows[LOGITS_FROM],
+                RESPONSE_WIDTH: rows[RESPONSE_WIDTH]}
 
     def encode_shared(self, images: list[Any], prompts: list[Prompt], groups: list[list[str]],
                       row_names: list[str] | None = None) -> dict[str, Any]:
