@@ -426,8 +426,7 @@ class PreferenceTrainer(Trainer):
         if not keys:
             return {}
         zero = torch.zeros((), device=self.args.device)
-        sums = torch.stack([torch.as_tensor(window[k][0], device=self.args.device).float() if k in window
-                            else zero for k in keys])  # (K,)
+        sums = torch.stack([window[k][0] if k in window else zero for k in keys])  # (K,)
         counts = torch.tensor([float(window[k][1]) if k in window else 0.0 for k in keys], device=sums.device)
         pairs = torch.stack([sums, counts])  # (2, K)
         if self.accelerator.num_processes > 1:
