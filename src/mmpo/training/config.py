@@ -136,6 +136,10 @@ class PreferenceConfig(TrainingArguments):
         "help": "Reference model: 'copy' (frozen copy of the initial policy), 'adapter' (LoRA policy with "
                 "adapters off), 'precomputed' (one pass before training, cached on disk), or 'auto' "
                 "(adapter with LoRA, copy otherwise)."})
+    shard_reference: bool = field(default=True, metadata={
+        "help": "Under FSDP and DeepSpeed ZeRO-3, prepare the frozen-copy reference with the same engine as the "
+                "policy (sharded / partitioned). false keeps a whole copy on every process: no parameter gathers "
+                "for its forward pass, at the memory of a full model per GPU."})
     reference_cache_dir: str | None = field(default=None, metadata={
         "help": "Where precomputed reference log-probs are cached (default: OUTPUT_DIR/reference_cache)."})
     max_length: int | None = field(default=None, metadata={

@@ -32,17 +32,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import broadcast_object_list, gather_object
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data.collator import PreferenceCollator, PreferenceDataset, RowEncoder
 from ..data.preflight import bound_max_length, model_max_positions, preflight
-from ..forward import policy_response_logps, prefix_sharing_problem
+from ..forward import policy_response_logps, prefix_sharing_problem, unwrap
 from ..hub import pretrained_kwargs
 from ..io import atomic_write_json
 from ..losses.aspo import aspo_step
 from ..losses.compose import preference_loss
 from ..losses.dama import DamaController
+from . import distributed
 from .checkpoints import (
     STATE_FILE,
     TRAINER_STATE_FILE,
@@ -52,7 +54,17 @@ from .checkpoints import (
     read_json,
 )
 from .config import Methods, PreferenceConfig, resume_value
-from .reference import AdapterReference, FrozenCopyReference, load_or_compute_reference
+from .reference import (
+    AdapterReference,
+    FrozenCopyReference,
+    PrecomputedReference,
+    cache_path,
+    compute_reference_table,
+    encoder_fingerprint_settings,
+    read_table,
+    reference_fingerprint,
+    write_table,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +127,7 @@ class PreferenceTrainer(Trainer):
         callbacks = [_NonFiniteGuard(self)] + list(callbacks or []) + ([_DamaCallback(self)] if dama.dama_model else [])
         super().__init__(model=model, args=args, data_collator=collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processor, callbacks=callbacks)
+        distributed.wrap_only_present_layers(self.accelerator, unwrap(self.model))
         self.gather = AcceleratorGather(self.accelerator)
         #: DAMA's step and state (``R_bar``); with DAMA off its beta is the plain ``args.beta``.
         self.dama = DamaController.from_arguments(dama, args.beta, seed=args.seed, gather=self.gather)
@@ -150,20 +163,56 @@ class PreferenceTrainer(Trainer):
                 raise ValueError("reference='adapter' needs a peft (LoRA) model; set use_lora or another reference")
             return AdapterReference(lambda: self.accelerator.unwrap_model(self.model))
         if kind == "copy":
-            ref = FrozenCopyReference(self.model)
-            ref.model.to(self.args.device)
-            return ref
+            return FrozenCopyReference(self.model, self.accelerator, shard=args.shard_reference)
         cache_dir = args.reference_cache_dir or str(Path(args.output_dir) / "reference_cache")
         datasets = [train_dataset] + ([self.eval_dataset] if isinstance(self.eval_dataset, PreferenceDataset) else [])
         tables, self.reference_cache_paths = [], []
         for ds in datasets:
-            table, path = load_or_compute_reference(self.model, ds, collator, args.per_device_eval_batch_size,
-                                                    cache_dir, device=self.args.device,
-                                                    main_process_first=self.args.main_process_first)
+            table, path = self._precomputed_reference(ds, collator, cache_dir)
             tables.append(table)
             self.reference_cache_paths.append(str(path))
         self._eval_reference = tables[1] if len(tables) > 1 else None
         return tables[0]
+
+    def _precomputed_reference(self, dataset: PreferenceDataset, collator, cache_dir: str):
+        """The cached table, or one pass of the initial policy over ``dataset`` shared by all processes.
+
+        Every process reads the cache; unless all of them found it, all compute the table together
+        (each its share of the records) and the main process writes it once. Under FSDP and
+        DeepSpeed the pass waits for the first use, so that it runs on the prepared, sharded
+        policy rather than on a whole copy per device.
+        """
+        acc = self.accelerator
+        path = cache_path(cache_dir, self._reference_fingerprint(dataset, collator))
+        table = read_table(path, len(dataset.records))
+        if acc.num_processes > 1 and not all(gather_object([table is not None])):
+            table = None
+        if table is not None:
+            return PrecomputedReference(table), path
+
+        def compute(model: torch.nn.Module) -> list[dict[str, torch.Tensor]]:
+            table = compute_reference_table(model, dataset, collator, self.args.per_device_eval_batch_size,
+                                            acc.device, rank=acc.process_index, world=acc.num_processes,
+                                            gather=lambda share: gather_object([share]))
+            if acc.is_main_process:
+                write_table(path, table)
+            acc.wait_for_everyone()
+            return table
+
+        if distributed.engine(acc) in ("fsdp", "deepspeed"):
+            return PrecomputedReference(None, pending=compute), path
+        return PrecomputedReference(compute(self.model)), path
+
+    def _reference_fingerprint(self, dataset: PreferenceDataset, collator) -> str:
+        """The cache key, computed from the main process's weights and shared with every process
+        (under FSDP's rank-0 loading the other processes' weights are not loaded yet)."""
+        acc, settings = self.accelerator, encoder_fingerprint_settings(collator)
+        if distributed.is_partitioned(self.model):  # ZeRO-3 at load: every process gathers each tensor
+            key = reference_fingerprint(self.model, dataset.records, settings,
+                                        tensors=distributed.whole_tensors(self.model))
+        else:
+            key = reference_fingerprint(self.model, dataset.records, settings) if acc.is_main_process else None
+        return broadcast_object_list([key])[0] if acc.num_processes > 1 else key
 
     # ------------------------------------------------------------------ the loss
     def compute_loss(self, model, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
@@ -173,7 +222,7 @@ class PreferenceTrainer(Trainer):
         aspo, dama_mark = self.methods.aspo, self.dama.mark()
         policy, mask = policy_response_logps(model, inputs)  # (R, L), R = 2B or 3B
         with torch.no_grad():
-            reference = self._reference(training)(inputs)  # (R, L)
+            reference = self._reference(training, model)(inputs)  # (R, L)
         token_ratios = (policy - reference) * mask  # (R, L)
         ratios = token_ratios.sum(dim=1)  # (R,)
         chosen, rejected = ratios[:B], ratios[B : 2 * B]  # (B,)
@@ -192,9 +241,13 @@ class PreferenceTrainer(Trainer):
             self._record("train" if training else "eval", {**diag, **dama_diag, **loss_diag})
         return (loss, {"losses": losses.detach()}) if return_outputs else loss
 
-    def _reference(self, training: bool):
-        """The reference for this pass: the eval table in evaluation with a precomputed reference."""
-        return self.reference if training or self._eval_reference is None else self._eval_reference
+    def _reference(self, training: bool, model: torch.nn.Module):
+        """The reference for this pass: the eval table in evaluation with a precomputed reference
+        (computed now by ``model``, the prepared policy, if it waited for its first use)."""
+        reference = self.reference if training or self._eval_reference is None else self._eval_reference
+        if isinstance(reference, PrecomputedReference):
+            reference.ensure(model)
+        return reference
 
     def _with_sft_term(self, loss: torch.Tensor, policy: torch.Tensor, mask: torch.Tensor, B: int,
                        diag: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:

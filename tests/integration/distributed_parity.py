@@ -1,0 +1,85 @@
+"""Helper script for test_distributed_parity.py (run directly or under torchrun; not a test itself).
+
+    python distributed_parity.py RECORDS_DIR OUT_DIR PER_DEVICE_BATCH ENGINE CASE[,CASE...]
+
+ENGINE is ``single`` (plain python), ``ddp`` or ``fsdp`` (torchrun, 2 processes on CPU over gloo;
+FSDP2 through accelerate with ``mmpo.training.distributed.fsdp_on_cpu``). Each CASE trains the
+untrained tiny LLaVA for 3 steps from the same weights and writes, from the main process,
+``OUT_DIR/CASE.json`` (the log and how the reference was placed) and ``OUT_DIR/CASE.pt`` (the
+final weights, gathered whole under FSDP).
+
+Cases: dpo, aspo, adavip, dama (frozen-copy reference); dpo-precomputed, adavip-precomputed
+(the precomputed reference, its table computed by the processes together).
+"""
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from mmpo.data.collator import PreferenceDataset
+from mmpo.data.records import load_records
+from mmpo.toyworld.model import build_processor, build_tiny_vlm, train_tokenizer
+from mmpo.training import distributed
+from mmpo.training.config import AdavipArguments, AspoArguments, DamaArguments, Methods, PreferenceConfig
+from mmpo.training.trainer import PreferenceTrainer
+
+METHODS = {
+    "dpo": Methods(),
+    "aspo": Methods(aspo=AspoArguments(aspo=True)),
+    "adavip": Methods(adavip=AdavipArguments(adavip=True)),
+    "dama": Methods(dama=DamaArguments(dama_model=True, dama_keep=0.75)),
+}
+
+
+def local_fraction(module: torch.nn.Module) -> float:
+    """The fraction of ``module``'s parameter elements this process holds (1 unless sharded)."""
+    local = total = 0
+    for p in module.parameters():
+        total += p.numel()
+        local += p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+    return local / total
+
+
+def run_case(case: str, records, tokenizer, out_dir: Path, per_device: int, engine: str) -> None:
+    method, _, reference = case.partition("-")
+    sharded = {"fsdp": True, "fsdp_config": {"version": 2, "reshard_after_forward": True}} if engine == "fsdp" else {}
+    args = PreferenceConfig(output_dir=str(out_dir / f"trainer-{case}"), max_steps=3,
+                            per_device_train_batch_size=per_device, per_device_eval_batch_size=2,
+                            learning_rate=5e-3, logging_steps=1, save_strategy="no", use_cpu=True, disable_tqdm=True,
+                            seed=0, report_to="none", reference=reference or "copy", **sharded)
+    model = build_tiny_vlm(tokenizer, seed=0)
+    with distributed.fsdp_on_cpu() if engine == "fsdp" else contextlib.nullcontext():
+        trainer = PreferenceTrainer(model, args, build_processor(tokenizer), PreferenceDataset(records),
+                                    methods=METHODS[method])
+        trainer.train()
+        used = distributed.engine(trainer.accelerator)
+    weights = trainer.accelerator.get_state_dict(trainer.model)
+    ref_model = getattr(trainer.reference, "model", None)
+    info = {"log": trainer.state.log_history, "processes": trainer.accelerator.num_processes, "engine": used,
+            "reference_fraction": None if ref_model is None else local_fraction(ref_model),
+            "policy_fraction": local_fraction(trainer.model)}
+    fractions = trainer.accelerator.gather(torch.tensor([info["reference_fraction"] or 1.0]))
+    if trainer.is_world_process_zero():
+        info["reference_fractions"] = fractions.tolist()
+        torch.save({k: v.detach().cpu().float() for k, v in weights.items()}, out_dir / f"{case}.pt")
+        (out_dir / f"{case}.json").write_text(json.dumps(info))
+
+
+def main(records_dir: str, out: str, per_device: int, engine: str, cases: str) -> None:
+    torch.set_num_threads(1)
+    records = load_records(Path(records_dir) / "train.jsonl").records
+    tokenizer = train_tokenizer()
+    for case in cases.split(","):
+        run_case(case, records, tokenizer, Path(out), per_device, engine)
+    # Tear the process group down before exit: gloo's threads otherwise abort the interpreter
+    # at shutdown now and then ("terminate called without an active exception").
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
