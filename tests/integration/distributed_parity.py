@@ -2,8 +2,9 @@
 
     python distributed_parity.py RECORDS_DIR OUT_DIR PER_DEVICE_BATCH ENGINE CASE[,CASE...]
 
-ENGINE is ``single`` (plain python), ``ddp`` or ``fsdp`` (torchrun, 2 processes on CPU over gloo;
-FSDP2 through accelerate with ``mmpo.training.distributed.fsdp_on_cpu``). Each CASE trains the
+ENGINE is ``single`` (plain python), or ``ddp``, ``fsdp``, ``zero2``, ``zero3`` (torchrun, 2 processes
+on CPU over gloo; FSDP2 through accelerate with ``mmpo.training.distributed.fsdp_on_cpu``; DeepSpeed
+through the Trainer's ``deepspeed`` argument, on DeepSpeed's CPU accelerator). Each CASE trains the
 untrained tiny LLaVA for 3 steps from the same weights and writes, from the main process,
 ``OUT_DIR/CASE.json`` (the log and how the reference was placed) and ``OUT_DIR/CASE.pt`` (the
 final weights, gathered whole under FSDP).
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 import torch
+from transformers import LlavaForConditionalGeneration
 
 from mmpo.data.collator import PreferenceDataset
 from mmpo.data.records import load_records
@@ -38,27 +40,41 @@ def local_fraction(module: torch.nn.Module) -> float:
     """The fraction of ``module``'s parameter elements this process holds (1 unless sharded)."""
     local = total = 0
     for p in module.parameters():
-        total += p.numel()
-        local += p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+        if hasattr(p, "ds_numel"):  # ZeRO-3: the whole size, and this process's partition
+            total, local = total + p.ds_numel, local + p.ds_tensor.numel()
+        else:  # FSDP2 DTensor, or a plain tensor
+            total, local = total + p.numel(), local + (p.to_local().numel() if hasattr(p, "to_local") else p.numel())
     return local / total
 
 
-def run_case(case: str, records, tokenizer, out_dir: Path, per_device: int, engine: str) -> None:
+def run_case(case: str, records, tokenizer, checkpoint: Path, out_dir: Path, per_device: int, engine: str) -> None:
     method, _, reference = case.partition("-")
     sharded = {"fsdp": True, "fsdp_config": {"version": 2, "reshard_after_forward": True}} if engine == "fsdp" else {}
+    if engine.startswith("zero"):
+        sharded = {"deepspeed": {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                                 "gradient_clipping": "auto", "zero_allow_untested_optimizer": True,
+                                 "zero_optimization": {"stage": int(engine[-1]),
+                                                       "stage3_param_persistence_threshold": 0,
+                                                       "stage3_gather_16bit_weights_on_model_save": True}},
+                   "ddp_backend": "gloo"}
     args = PreferenceConfig(output_dir=str(out_dir / f"trainer-{case}"), max_steps=3,
                             per_device_train_batch_size=per_device, per_device_eval_batch_size=2,
-                            learning_rate=5e-3, logging_steps=1, save_strategy="no", use_cpu=True, disable_tqdm=True,
+                            learning_rate=5e-3, logging_steps=1, save_strategy="no", use_cpu=True,
+                            disable_tqdm=True,
                             seed=0, report_to="none", reference=reference or "copy", **sharded)
-    model = build_tiny_vlm(tokenizer, seed=0)
+    # Loaded after the config exists, as ``mmpo train`` does: under ZeRO-3 transformers then
+    # partitions the weights at load (zero.Init), and the frozen reference is loaded again from here.
+    model = LlavaForConditionalGeneration.from_pretrained(checkpoint)
+    partitioned_at_load = distributed.is_partitioned(model)
     with distributed.fsdp_on_cpu() if engine == "fsdp" else contextlib.nullcontext():
         trainer = PreferenceTrainer(model, args, build_processor(tokenizer), PreferenceDataset(records),
                                     methods=METHODS[method])
         trainer.train()
         used = distributed.engine(trainer.accelerator)
-    weights = trainer.accelerator.get_state_dict(trainer.model)
+    weights = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # gathered whole (FSDP, ZeRO-3)
     ref_model = getattr(trainer.reference, "model", None)
     info = {"log": trainer.state.log_history, "processes": trainer.accelerator.num_processes, "engine": used,
+            "partitioned_at_load": partitioned_at_load,
             "reference_fraction": None if ref_model is None else local_fraction(ref_model),
             "policy_fraction": local_fraction(trainer.model)}
     fractions = trainer.accelerator.gather(torch.tensor([info["reference_fraction"] or 1.0]))
@@ -72,8 +88,11 @@ def main(records_dir: str, out: str, per_device: int, engine: str, cases: str) -
     torch.set_num_threads(1)
     records = load_records(Path(records_dir) / "train.jsonl").records
     tokenizer = train_tokenizer()
+    checkpoint = Path(records_dir) / "checkpoint"
+    if engine == "single" and not checkpoint.exists():  # the single-process run comes first
+        build_tiny_vlm(tokenizer, seed=0).save_pretrained(checkpoint)
     for case in cases.split(","):
-        run_case(case, records, tokenizer, Path(out), per_device, engine)
+        run_case(case, records, tokenizer, checkpoint, Path(out), per_device, engine)
     # Tear the process group down before exit: gloo's threads otherwise abort the interpreter
     # at shutdown now and then ("terminate called without an active exception").
     if torch.distributed.is_available() and torch.distributed.is_initialized():

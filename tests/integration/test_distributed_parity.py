@@ -1,16 +1,22 @@
 """2 processes (torchrun on CPU, gloo) train the same as 1 process on the same global batch, under
-DDP for every method and under FSDP2 for DPO, DAMA and AdaViP, with the frozen-copy reference
-(sharded with the policy under FSDP) and with the precomputed reference (its table computed by
-the processes together). Same per-step losses, same final weights.
+DDP, FSDP2, DeepSpeed ZeRO-2 and ZeRO-3, for DPO, ASPO, AdaViP and DAMA, with the frozen-copy
+reference (sharded with the policy under FSDP and ZeRO-3) and with the precomputed reference (its
+table computed by the processes together). Same per-step losses, same final weights.
 
 FSDP on CPU: accelerate 1.15 enables FSDP only on accelerator devices (on CPU its state ignores
 the plugin and sets up DDP); torch 2.13's FSDP2 itself runs on CPU over gloo. The helper script
 therefore sets the FSDP type itself (``mmpo.training.distributed.fsdp_on_cpu``) and everything
 else — accelerate's FSDP2 preparation of the policy, the Trainer, mmpo's reference preparation —
 runs unchanged. FSDP1 is not tested here.
+
+DeepSpeed on CPU: DeepSpeed 0.19 runs on its CPU accelerator over gloo once it has compiled its
+shared-memory communication op (at the first run, with the system's C++ compiler). The policy is
+loaded after the config exists, so ZeRO-3's ``zero.Init`` partitions it at load, as in ``mmpo
+train``. Skipped when DeepSpeed is not installed (``make test`` installs it).
 """
 
 import dataclasses
+import importlib.util
 import json
 import os
 import shutil
@@ -28,8 +34,9 @@ from mmpo.toyworld.scenes import WorldConfig, sample_scenes
 
 SCRIPT = Path(__file__).with_name("distributed_parity.py")
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
-DDP_CASES = ("dpo", "aspo", "adavip", "dama", "dpo-precomputed")
-FSDP_CASES = ("dpo", "dama", "adavip", "dpo-precomputed", "adavip-precomputed")
+CASES = ("dpo", "aspo", "adavip", "dama", "dpo-precomputed", "adavip-precomputed")
+ENGINES = ("ddp", "fsdp", "zero2", "zero3")
+HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 
 pytestmark = pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
                                 reason="torchrun is not installed beside this Python")
@@ -61,7 +68,7 @@ def run(out: Path, records_dir: Path, engine: str, cases, per_device: int) -> No
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The three runs, once for the module: 1 x 8 records per step, and 2 x 4 under DDP and FSDP."""
+    """The runs, once for the module: 1 x 8 records per step, and 2 x 4 under each engine."""
     tmp = tmp_path_factory.mktemp("parity")
     world = WorldConfig(seed=9)
     records = ground_truth_pairs(sample_scenes(world, 24, prefix="par"), world, tmp / "images", progress=False)
@@ -71,9 +78,10 @@ def runs(tmp_path_factory):
                                    rejected_image=records[(i + 1) % len(records)].image if i % 2 == 0 else None)
                for i, r in enumerate(records)]
     save_records(records, tmp / "train.jsonl")
-    run(tmp / "single", tmp, "single", sorted(set(DDP_CASES) | set(FSDP_CASES)), 8)
-    run(tmp / "ddp", tmp, "ddp", DDP_CASES, 4)
-    run(tmp / "fsdp", tmp, "fsdp", FSDP_CASES, 4)
+    run(tmp / "single", tmp, "single", CASES, 8)
+    for engine in ENGINES:
+        if HAS_DEEPSPEED or not engine.startswith("zero"):
+            run(tmp / engine, tmp, engine, CASES, 4)
     return tmp
 
 
@@ -90,7 +98,8 @@ def max_weight_difference(a: Path, b: Path) -> float:
 def check(runs: Path, engine: str, case: str) -> float:
     one = json.loads((runs / "single" / f"{case}.json").read_text())
     two = json.loads((runs / engine / f"{case}.json").read_text())
-    assert one["processes"] == 1 and two["processes"] == 2 and two["engine"] == engine
+    assert one["processes"] == 1 and two["processes"] == 2
+    assert two["engine"] == ("deepspeed" if engine.startswith("zero") else engine)
     losses = per_step(one["log"], "loss")
     assert len(losses) == 3 and losses[-1] != losses[0]  # it trained
     assert per_step(two["log"], "loss") == pytest.approx(losses, rel=1e-4)
@@ -108,35 +117,43 @@ def check(runs: Path, engine: str, case: str) -> float:
     return difference
 
 
-@pytest.mark.parametrize("case", DDP_CASES)
-def test_ddp_matches_one_process(runs, case):
-    check(runs, "ddp", case)
+def needs(engine: str):
+    return pytest.mark.skipif(engine.startswith("zero") and not HAS_DEEPSPEED,
+                              reason="DeepSpeed is not installed (make test installs it)")
 
 
-@pytest.mark.parametrize("case", FSDP_CASES)
-def test_fsdp_matches_one_process(runs, case):
-    check(runs, "fsdp", case)
+@pytest.mark.parametrize("engine", [pytest.param(e, marks=needs(e)) for e in ENGINES])
+@pytest.mark.parametrize("case", CASES)
+def test_two_processes_match_one_process(runs, engine, case):
+    check(runs, engine, case)
 
 
-def test_under_fsdp_the_frozen_reference_is_sharded_like_the_policy(runs):
-    info = json.loads((runs / "fsdp" / "dpo.json").read_text())
+@pytest.mark.parametrize("engine", [pytest.param(e, marks=needs(e)) for e in ENGINES])
+def test_the_frozen_reference_is_sharded_like_the_policy(runs, engine):
+    info = json.loads((runs / engine / "dpo.json").read_text())
+    if engine in ("ddp", "zero2"):  # parameters replicated: a whole copy, as the policy is
+        assert info["reference_fractions"] == [1.0, 1.0]
+        return
     # Each of the 2 processes holds about half of every parameter (FSDP2 pads a dimension that
     # does not split evenly, so not exactly half).
     assert all(0.45 < f < 0.55 for f in info["reference_fractions"]), info["reference_fractions"]
-    assert 0.45 < info["policy_fraction"] < 0.55
-    assert json.loads((runs / "ddp" / "dpo.json").read_text())["reference_fraction"] == 1.0
+    if engine == "fsdp":
+        assert 0.45 < info["policy_fraction"] < 0.55
+    else:  # ZeRO-3 partitioned the policy at load, so the reference was loaded again, partitioned
+        assert info["partitioned_at_load"]
 
 
-def test_the_precomputed_table_is_written_once_and_reused(runs):
-    for engine in ("single", "ddp", "fsdp"):
-        caches = list((runs / engine / "trainer-dpo-precomputed" / "reference_cache").glob("reference-*.pt"))
-        assert len(caches) == 1, (engine, caches)
-    # Computed by two processes, each its share: the same table as one process computed.
-    one = torch.load(next((runs / "single" / "trainer-dpo-precomputed" / "reference_cache").glob("*.pt")))
-    for engine in ("ddp", "fsdp"):
-        two = torch.load(next((runs / engine / "trainer-dpo-precomputed" / "reference_cache").glob("*.pt")))
-        assert len(one) == len(two) == 24
-        for a, b in zip(one, two, strict=True):
-            assert a.keys() == b.keys()
-            for kind in a:
-                torch.testing.assert_close(a[kind], b[kind], rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("engine", [pytest.param(e, marks=needs(e)) for e in ENGINES])
+def test_the_precomputed_table_is_written_once_and_matches_one_process(runs, engine):
+    """Computed by two processes, each its share, and written once: the table one process computes."""
+    def table(run: str):
+        caches = list((runs / run / "trainer-dpo-precomputed" / "reference_cache").glob("reference-*.pt"))
+        assert len(caches) == 1, (run, caches)
+        return torch.load(caches[0])
+
+    one, two = table("single"), table(engine)
+    assert len(one) == len(two) == 24
+    for a, b in zip(one, two, strict=True):
+        assert a.keys() == b.keys()
+        for kind in a:
+            torch.testing.assert_close(a[kind], b[kind], rtol=1e-5, atol=1e-5)
