@@ -10,7 +10,8 @@ untrained tiny LLaVA for 3 steps from the same weights and writes, from the main
 final weights, gathered whole under FSDP).
 
 Cases: dpo, aspo, adavip, dama (frozen-copy reference); dpo-precomputed, adavip-precomputed
-(the precomputed reference, its table computed by the processes together).
+(the precomputed reference, its table computed by the processes together); lora (DPO on a LoRA
+policy, the adapter-off reference).
 """
 
 import contextlib
@@ -26,13 +27,14 @@ from mmpo.data.records import load_records
 from mmpo.toyworld.model import build_processor, build_tiny_vlm, train_tokenizer
 from mmpo.training import distributed
 from mmpo.training.config import AdavipArguments, AspoArguments, DamaArguments, Methods, PreferenceConfig
-from mmpo.training.trainer import PreferenceTrainer
+from mmpo.training.trainer import PreferenceTrainer, check_finite_parameters
 
 METHODS = {
     "dpo": Methods(),
     "aspo": Methods(aspo=AspoArguments(aspo=True)),
     "adavip": Methods(adavip=AdavipArguments(adavip=True)),
     "dama": Methods(dama=DamaArguments(dama_model=True, dama_keep=0.75)),
+    "lora": Methods(),  # DPO on a LoRA policy, with the adapter-off reference
 }
 
 
@@ -61,20 +63,28 @@ def run_case(case: str, records, tokenizer, checkpoint: Path, out_dir: Path, per
                             per_device_train_batch_size=per_device, per_device_eval_batch_size=2,
                             learning_rate=5e-3, logging_steps=1, save_strategy="no", use_cpu=True,
                             disable_tqdm=True,
-                            seed=0, report_to="none", reference=reference or "copy", **sharded)
+                            seed=0, report_to="none", reference=reference or ("adapter" if method == "lora" else "copy"),
+                            **sharded)
     # Loaded after the config exists, as ``mmpo train`` does: under ZeRO-3 transformers then
     # partitions the weights at load (zero.Init), and the frozen reference is loaded again from here.
     model = LlavaForConditionalGeneration.from_pretrained(checkpoint)
     partitioned_at_load = distributed.is_partitioned(model)
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(0)
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                 init_lora_weights="gaussian"))
     with distributed.fsdp_on_cpu() if engine == "fsdp" else contextlib.nullcontext():
         trainer = PreferenceTrainer(model, args, build_processor(tokenizer), PreferenceDataset(records),
                                     methods=METHODS[method])
         trainer.train()
+        check_finite_parameters(trainer.model)  # each process its own shard
         used = distributed.engine(trainer.accelerator)
     weights = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # gathered whole (FSDP, ZeRO-3)
     ref_model = getattr(trainer.reference, "model", None)
     info = {"log": trainer.state.log_history, "processes": trainer.accelerator.num_processes, "engine": used,
-            "partitioned_at_load": partitioned_at_load,
+            "partitioned_at_load": partitioned_at_load, "r_bar": trainer.dama.r_bar,
             "reference_fraction": None if ref_model is None else local_fraction(ref_model),
             "policy_fraction": local_fraction(trainer.model)}
     fractions = trainer.accelerator.gather(torch.tensor([info["reference_fraction"] or 1.0]))

@@ -59,6 +59,13 @@ def shards_parameters(accelerator) -> bool:
     return kind == "fsdp" or (kind == "deepspeed" and zero_stage(accelerator) == 3)
 
 
+def local_shard(p: torch.Tensor) -> torch.Tensor:
+    """The part of ``p`` this process holds: ZeRO-3's partition, FSDP2's local shard, or ``p``."""
+    if hasattr(p, "ds_tensor"):
+        return p.ds_tensor
+    return p.to_local() if hasattr(p, "to_local") else p
+
+
 def is_partitioned(model: torch.nn.Module) -> bool:
     """True if DeepSpeed's ``zero.Init`` partitioned ``model``'s parameters at load (``ds_id`` set)."""
     return any(hasattr(p, "ds_id") for p in model.parameters())

@@ -153,7 +153,10 @@ def prepare_policy(model: torch.nn.Module, model_args: ModelArguments, args: Pre
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """``(trainable, total)`` parameter counts."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """``(trainable, total)`` parameter counts (whole sizes also where ZeRO-3 partitioned them at load)."""
+    def size(p: torch.nn.Parameter) -> int:
+        return getattr(p, "ds_numel", p.numel())
+
+    total = sum(size(p) for p in model.parameters())
+    trainable = sum(size(p) for p in model.parameters() if p.requires_grad)
     return trainable, total

@@ -79,8 +79,11 @@ class NonFiniteParameterError(RuntimeError):
 
 
 def check_finite_parameters(model: torch.nn.Module) -> None:
-    """Raise :class:`NonFiniteParameterError` when any trainable parameter holds NaN or inf."""
-    bad = [name for name, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+    """Raise :class:`NonFiniteParameterError` when any trainable parameter holds NaN or inf.
+
+    Under FSDP and ZeRO-3 each process checks the shard it holds (together: every element)."""
+    bad = [name for name, p in model.named_parameters()
+           if p.requires_grad and not torch.isfinite(distributed.local_shard(p)).all()]
     if bad:
         raise NonFiniteParameterError(f"{len(bad)} trainable parameters hold NaN/inf after training "
                                       f"(first: {bad[:3]}); the model was not saved")
