@@ -6,13 +6,13 @@ STAMP := $(VENV)/.mmpo-installed
 
 .PHONY: demo test lint bench clean
 
+# DeepSpeed is for the ZeRO-2/3 tests (they run on its CPU accelerator): built against the torch
+# installed first (no build isolation, which would fetch another torch) and without its CUDA ops.
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
-	# DeepSpeed for the ZeRO-2/3 tests (they run on its CPU accelerator): built against the torch
-	# above (no build isolation, which would fetch another torch) and without its CUDA ops.
 	DS_BUILD_OPS=0 $(PY) -m pip install -q --no-build-isolation deepspeed==0.19.8
 	touch $(STAMP)
 

@@ -132,3 +132,29 @@ def test_a_dpo_step_reads_one_value_on_the_host(tmp_path, tiny_checkpoint, tiny_
     logged = mmpo_host_reads(lambda: trainer.log({"loss": 0.5}))
     assert len(logged) == 1, logged  # every metric of the window in one read
     assert "rewards/margins" in trainer.state.log_history[-1]
+
+
+def test_tables_waiting_for_the_prepared_policy_are_computed_together_before_the_first_step(
+        tmp_path, tiny_checkpoint, tiny_records):
+    """Under FSDP/DeepSpeed the precomputed tables wait for the sharded policy: the first use computes
+    the train *and* the eval table (at a later evaluation the policy has moved); after a step, a
+    missing table is an error naming the cache, never a table of the trained policy."""
+    from mmpo.training.reference import PrecomputedReference
+
+    model, processor = load_tiny(tiny_checkpoint)
+    dataset = PreferenceDataset(tiny_records[:4])
+    trainer = PreferenceTrainer(model, training_args(tmp_path / "out", reference="precomputed"), processor, dataset,
+                                eval_dataset=PreferenceDataset(tiny_records[4:6]))
+    computed = {"train": trainer.reference.table, "eval": trainer._eval_reference.table}
+    calls = []
+    for name, attribute in (("train", "reference"), ("eval", "_eval_reference")):
+        setattr(trainer, attribute, PrecomputedReference(
+            None, pending=lambda m, name=name: calls.append((name, m)) or computed[name]))
+    assert trainer._reference(True, trainer.model) is trainer.reference
+    assert calls == [("train", trainer.model), ("eval", trainer.model)]  # both, by the model given
+    assert trainer.reference.table is computed["train"] and trainer._eval_reference.table is computed["eval"]
+
+    trainer._eval_reference = PrecomputedReference(None, pending=lambda m: pytest.fail("must not compute"))
+    trainer.state.global_step = 7
+    with pytest.raises(RuntimeError, match="missing at step 7.*reference-"):
+        trainer._reference(False, trainer.model)

@@ -152,7 +152,20 @@ def test_fsdp_wraps_only_layer_classes_the_model_has(tiny_checkpoint):
     assert distributed.wrap_only_present_layers(stand_in("ddp"), model) is None
 
 
-def test_a_model_partitioned_at_load_is_loaded_again_from_its_checkpoint(tiny_checkpoint, tmp_path):
+def test_a_model_partitioned_at_load_is_loaded_again_from_its_checkpoint(tiny_checkpoint, tmp_path, monkeypatch):
+    deepspeed = pytest.importorskip("deepspeed", reason="DeepSpeed is not installed")
+
+    class Gathered:  # the parameters here are whole already: gathering them is a no-op
+        def __init__(self, params):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(deepspeed.zero, "GatheredParameters", Gathered)
     model, _ = load_tiny(tiny_checkpoint)
     for p in model.parameters():
         p.ds_id = 0  # what zero.Init leaves on each partitioned parameter
@@ -161,6 +174,11 @@ def test_a_model_partitioned_at_load_is_loaded_again_from_its_checkpoint(tiny_ch
     again = distributed.frozen_copy(model)
     assert not distributed.is_partitioned(again) and not any(p.requires_grad for p in again.parameters())
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values(), strict=True))
+
+    with torch.no_grad():  # the policy changed after loading: its checkpoint is not its reference
+        next(model.parameters()).add_(0.1)
+    with pytest.raises(ValueError, match="differ from that checkpoint"):
+        distributed.frozen_copy(model)
 
     model.config._name_or_path = str(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="reference: precomputed"):

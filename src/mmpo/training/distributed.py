@@ -159,7 +159,22 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
             "reference, or load the policy from a local checkpoint directory.")
     dtype = next(model.parameters()).dtype
     logger.info("ZeRO-3: loading the frozen reference again from %s (partitioned at load)", path)
-    return type(model).from_pretrained(path, dtype=dtype).eval().requires_grad_(False)
+    reference = type(model).from_pretrained(path, dtype=dtype).eval().requires_grad_(False)
+    if weights_digest(reference) != weights_digest(model):
+        raise ValueError(
+            f"under DeepSpeed ZeRO-3 the frozen reference is loaded again from {path}, but the policy's weights "
+            "differ from that checkpoint's (changed after loading?). Save the policy and train from that "
+            "directory, or use reference: precomputed or LoRA with the adapter-off reference.")
+    return reference
+
+
+def weights_digest(model: torch.nn.Module) -> list[tuple[str, str]]:
+    """Per state-dict tensor: its name and its sum and sum of squares to 7 digits (whole, gathered under ZeRO-3)."""
+    out = []
+    for name, tensor in whole_tensors(model):
+        t = tensor.detach().float()
+        out.append((name, f"{t.sum().item():.6e},{t.square().sum().item():.6e}"))
+    return out
 
 
 def _fsdp_prepare(model: torch.nn.Module, accelerator) -> torch.nn.Module:

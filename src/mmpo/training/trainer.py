@@ -245,12 +245,23 @@ class PreferenceTrainer(Trainer):
         return (loss, {"losses": losses.detach()}) if return_outputs else loss
 
     def _reference(self, training: bool, model: torch.nn.Module):
-        """The reference for this pass: the eval table in evaluation with a precomputed reference
-        (computed now by ``model``, the prepared policy, if it waited for its first use)."""
-        reference = self.reference if training or self._eval_reference is None else self._eval_reference
-        if isinstance(reference, PrecomputedReference):
-            reference.ensure(model)
-        return reference
+        """The reference for this pass: the eval table in evaluation with a precomputed reference.
+
+        Tables that waited for the prepared policy (FSDP, DeepSpeed) are all computed now by
+        ``model``, the train and the eval table together: only before the first optimizer step is
+        the policy still the reference.
+        """
+        pending = [r for r in (self.reference, self._eval_reference)
+                   if isinstance(r, PrecomputedReference) and r.table is None]
+        if pending:
+            if self.state.global_step > 0:
+                raise RuntimeError(
+                    f"the precomputed reference table is missing at step {self.state.global_step} (a resumed run "
+                    f"whose cache {', '.join(self.reference_cache_paths)} is gone), and the policy is no longer "
+                    "the initial one: restore the cache file, or start the run from its initial weights")
+            for table in pending:
+                table.ensure(model)
+        return self.reference if training or self._eval_reference is None else self._eval_reference
 
     def _with_sft_term(self, loss: torch.Tensor, policy: torch.Tensor, mask: torch.Tensor, B: int,
                        diag: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
