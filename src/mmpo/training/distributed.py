@@ -31,10 +31,6 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-#: What the frozen reference does under each engine (the log line and the docs use these).
-ENGINES = ("single", "ddp", "fsdp", "deepspeed")
-
-
 def engine(accelerator) -> str:
     """``single``, ``ddp``, ``fsdp`` or ``deepspeed`` for this run's accelerator."""
     from accelerate.utils import DistributedType
@@ -115,7 +111,9 @@ def prepare_reference_model(model: torch.nn.Module, accelerator, *, shard: bool 
     reference = frozen_copy(model)
     if shard and kind == "fsdp":
         prepared = _fsdp_prepare(reference, accelerator)
-    elif shard and kind == "deepspeed" and stage == 3:
+    elif kind == "deepspeed" and stage == 3 and (shard or is_partitioned(reference)):
+        if not shard:  # zero.Init partitioned it at load: only an engine can run it
+            logger.warning("shard_reference: false does not apply: ZeRO-3 partitioned the model at load")
         prepared = _deepspeed_prepare(reference, accelerator)
     else:
         prepared = reference.to(accelerator.device)
