@@ -40,21 +40,17 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from vs_trl import proc_status_mb  # noqa: E402
+
 GIB = 2**30
-
-
-def status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
 
 
 class PeakMemory(TrainerCallback):
     """Resets the peak RSS when the first step begins; keeps it and the step times."""
 
     def __init__(self):
-        self.peak_kib, self.steps, self._start = None, [], None
+        self.peak_mib, self.steps, self._start = None, [], None
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self._start is None:
@@ -64,7 +60,7 @@ class PeakMemory(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.steps.append(time.perf_counter() - self._start)
-        self.peak_kib = status_kib("VmHWM")
+        self.peak_mib = proc_status_mb("VmHWM")
 
 
 def worker(ns) -> None:
@@ -95,7 +91,7 @@ def worker(ns) -> None:
         trainer.train()
     reference_bytes = sum(distributed.local_shard(p).numel() * p.element_size()
                           for p in trainer.reference.model.parameters())
-    mine = {"rank": trainer.accelerator.process_index, "peak_gib": peak.peak_kib / 2**20,
+    mine = {"rank": trainer.accelerator.process_index, "peak_gib": peak.peak_mib / 1024,
             "reference_gib": reference_bytes / GIB, "median_step_s": statistics.median(peak.steps[1:] or peak.steps)}
     from accelerate.utils import gather_object
 

@@ -42,10 +42,8 @@ def local_fraction(module: torch.nn.Module) -> float:
     """The fraction of ``module``'s parameter elements this process holds (1 unless sharded)."""
     local = total = 0
     for p in module.parameters():
-        if hasattr(p, "ds_numel"):  # ZeRO-3: the whole size, and this process's partition
-            total, local = total + p.ds_numel, local + p.ds_tensor.numel()
-        else:  # FSDP2 DTensor, or a plain tensor
-            total, local = total + p.numel(), local + (p.to_local().numel() if hasattr(p, "to_local") else p.numel())
+        total += getattr(p, "ds_numel", p.numel())  # ZeRO-3 keeps the whole size aside
+        local += distributed.local_shard(p).numel()
     return local / total
 
 

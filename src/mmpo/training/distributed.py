@@ -167,12 +167,14 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def weights_digest(model: torch.nn.Module) -> list[tuple[str, str]]:
-    """Per state-dict tensor: its name and its sum and sum of squares to 7 digits (whole, gathered under ZeRO-3)."""
-    out = []
-    for name, tensor in whole_tensors(model):
-        t = tensor.detach().float()
-        out.append((name, f"{t.sum().item():.6e},{t.square().sum().item():.6e}"))
-    return out
+    """Per state-dict tensor: its name and :func:`tensor_summary` (whole, gathered under ZeRO-3)."""
+    return [(name, tensor_summary(tensor)) for name, tensor in whole_tensors(model)]
+
+
+def tensor_summary(tensor: torch.Tensor) -> str:
+    """Cheap but weight-sensitive: the tensor's sum and sum of squares, to 9 digits."""
+    t = tensor.detach().float()
+    return f"{t.sum().item():.8e},{t.square().sum().item():.8e}"
 
 
 def _fsdp_prepare(model: torch.nn.Module, accelerator) -> torch.nn.Module:

@@ -27,7 +27,7 @@ from ..data.collator import move_batch
 from ..forward import policy_response_logps
 from ..io import atomic_writer
 from ..logprobs import pad_response_logprobs
-from .distributed import frozen_copy, prepare_reference_model
+from .distributed import frozen_copy, prepare_reference_model, tensor_summary
 
 logger = logging.getLogger(__name__)
 
@@ -168,9 +168,7 @@ def reference_fingerprint(model: torch.nn.Module, records: list, encoder_setting
     for name, p in (model.state_dict().items() if tensors is None else tensors):
         h.update(name.encode())
         h.update(str(tuple(p.shape)).encode())
-        # Cheap but weight-sensitive: the sum and the sum of squares of every tensor.
-        t = p.detach().float()
-        h.update(f"{t.sum().item():.8e},{t.square().sum().item():.8e}".encode())
+        h.update(tensor_summary(p).encode())
     for r in records:
         h.update(json.dumps([r.prompt, r.chosen, r.rejected], default=str).encode())
         h.update(image_digest(r.image).encode())
