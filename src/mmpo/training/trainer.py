@@ -210,9 +210,9 @@ class PreferenceTrainer(Trainer):
         """The cache key, computed from the main process's weights and shared with every process
         (under FSDP's rank-0 loading the other processes' weights are not loaded yet)."""
         acc, settings = self.accelerator, encoder_fingerprint_settings(collator)
-        if distributed.is_partitioned(self.model):  # ZeRO-3 at load: every process gathers each tensor
-            key = reference_fingerprint(self.model, dataset.records, settings,
-                                        tensors=distributed.whole_tensors(self.model))
+        if distributed.is_partitioned(self.model):  # ZeRO-3 at load: every process gathers each tensor,
+            records = dataset.records if acc.is_main_process else []  # but only the main one hashes the images
+            key = reference_fingerprint(self.model, records, settings, tensors=distributed.whole_tensors(self.model))
         else:
             key = reference_fingerprint(self.model, dataset.records, settings) if acc.is_main_process else None
         return broadcast_object_list([key])[0] if acc.num_processes > 1 else key
