@@ -22,8 +22,11 @@ def generate_responses(
     max_new_tokens: int = 64,
     progress: bool = True,
     prompt_format: str = "auto",
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
 ) -> list[str]:
-    """Greedy responses of ``model`` to ``(image, prompt)`` pairs, one string per image.
+    """Greedy (or sampled) responses of ``model`` to ``(image, prompt)`` pairs, one string per image.
 
     Each prompt is rendered and encoded as in training (:func:`mmpo.prompting.render_prompt` and
     :func:`mmpo.prompting.encode_inputs`: chat template or plain prefix, one BOS, one image list per
@@ -42,6 +45,9 @@ def generate_responses(
         max_new_tokens: generation length limit.
         progress: show a tqdm bar.
         prompt_format: ``"auto"``, ``"chat"`` or ``"plain"`` (see :mod:`mmpo.prompting`).
+        do_sample: sample with ``temperature`` and ``top_p`` instead of decoding greedily (seed
+            torch's generator first for reproducible samples).
+        temperature, top_p: the sampling settings (used only with ``do_sample``).
 
     Returns:
         ``len(images)`` stripped responses, in input order.
@@ -66,7 +72,9 @@ def generate_responses(
                 # floating tensors (pixel_values) take the model's dtype; ids and masks keep theirs
                 inputs = inputs.to(model.device, dtype=model.dtype)
                 extra = {} if tokenizer.pad_token_id is None else {"pad_token_id": tokenizer.pad_token_id}
-                output = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens, **extra)
+                if do_sample:
+                    extra.update(temperature=temperature, top_p=top_p, top_k=0)
+                output = model.generate(**inputs, do_sample=do_sample, max_new_tokens=max_new_tokens, **extra)
                 new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (B, T_new)
                 responses += [r.strip() for r in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
                 bar.update(len(batch_texts))

@@ -521,3 +521,23 @@ class ResumeJournal:
         records_fd, progress_fd = self._fds
         append_lines(records_fd, [json_line(row) for row in rows])
         append_lines(progress_fd, [json_line({"id": item, "outcome": outcome}) for item, outcome in outcomes])
+
+
+def read_items(path: str | os.PathLike) -> list[tuple[str, str, Any]]:
+    """``(id, image path, prompt)`` per non-blank line of an items JSONL file (``{"id", "image", "prompt"
+    (or "instruction")}``; relative image paths start from the file's folder, a missing id is the
+    item's index), as ``mmpo noisy-pairs`` and ``mmpo self-pairs`` read it; raises ValueError naming the
+    file and line of a bad line."""
+    path = Path(path)
+    items = []
+    for number, row in read_jsonl_lines(path):
+        if isinstance(row, BadLine):
+            raise ValueError(row.message)
+        if not isinstance(row, dict):
+            raise ValueError(f"{path} line {number}: expected an object")
+        prompt = row.get("prompt", row.get("instruction"))
+        if not row.get("image") or not prompt:
+            raise ValueError(f"{path} line {number}: needs 'image' and 'prompt' (or 'instruction')")
+        item_id = row.get("id", len(items))
+        items.append((str(item_id), str(path.parent / Path(row["image"]).expanduser()), prompt))
+    return items

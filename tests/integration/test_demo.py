@@ -24,7 +24,12 @@ def test_demo_writes_metrics_log_and_plot(tmp_path):
     log = json.loads((out / "train_log.json").read_text())
     assert any("rewards/margins" in e for e in log)
     assert (out / "rewards.png").stat().st_size > 1000
-    assert (out / "data" / "train.jsonl").read_text().count("\n") == 24
+    # the default pairs: the base model's own samples, judged against the scenes; the control beside the method
+    assert metrics["data"] == "self" and metrics["n_records"] > 0
+    assert (out / "data" / "train.jsonl").read_text().count("\n") == metrics["n_records"]
+    assert metrics["self_pairs"]["written"] == metrics["n_records"] <= 24
+    assert set(metrics["control"]) == set(metrics["after"])
+    assert len(list((tmp_path / "cache").glob("demo-data-*/control-metrics-*.json"))) == 1
     # The options as run: the ones left to the method's config carry the config's values.
     assert metrics["config"] == str(demo.CONFIG_DIR / "dpo.yaml")
     assert metrics["options"]["steps"] == 4 and metrics["options"]["learning_rate"] == pytest.approx(3e-4)
@@ -32,17 +37,20 @@ def test_demo_writes_metrics_log_and_plot(tmp_path):
     assert len(list((tmp_path / "cache").glob("toyworld-base-*"))) == 1
 
 
-@pytest.mark.parametrize("method", ["aspo", "dama", "adavip"])
-def test_every_method_runs_end_to_end(tmp_path, method):
-    """ASPO on SeVa pairs with CLIP sentence scores, DAMA with alpha_D from CLIP, AdaViP with
-    vision-rejected images: each path at a tiny scale, sharing one cache."""
+@pytest.mark.parametrize("method, data", [("aspo", "seva"), ("dama", "self"), ("adavip", "truth")])
+def test_every_method_runs_end_to_end(tmp_path, method, data):
+    """ASPO on SeVa pairs with CLIP sentence scores, DAMA with alpha_D from CLIP on self-generated
+    pairs, AdaViP with vision-rejected images on ground-truth pairs: each path at a tiny scale,
+    sharing one cache (without the control, which the first test covers)."""
     out = tmp_path / method
-    code = main(["demo", "--method", method, "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"),
-                 "--base-steps", "20", "--base-scenes", "64", "--clip-steps", "3", "--n-pairs", "16",
-                 "--n-eval-scenes", "6", "--steps", "3", "--batch-size", "4", "--no-progress"])
+    code = main(["demo", "--method", method, "--data", data, "--output-dir", str(out), "--cache-dir",
+                 str(tmp_path / "cache"), "--base-steps", "20", "--base-scenes", "64", "--clip-steps", "3",
+                 "--n-pairs", "16", "--n-eval-scenes", "6", "--steps", "3", "--batch-size", "4", "--no-progress",
+                 "--no-control"])
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["method"] == method and metrics["n_records"] > 0
+    assert metrics["method"] == method and metrics["data"] == data and metrics["n_records"] > 0
+    assert "control" not in metrics
     assert {"chair_i", "chair_s", "coverage", "pope_f1"} <= set(metrics["after"])
     log = json.loads((out / "train_log.json").read_text())
     namespace = {"aspo": "aspo/weight_mean", "dama": "dama/alpha_model", "adavip": "adavip/weight_vision"}[method]
@@ -71,14 +79,17 @@ def test_the_parser_is_built_from_the_options():
 
 
 def test_the_methods_are_the_shipped_configs():
-    assert set(demo.method_configs()) == {"dpo", "aspo", "d2po", "mdpo", "dama", "adavip", "adavip-plus-vision"}
+    assert set(demo.method_configs()) == {"dpo", "aspo", "d2po", "mdpo", "dama", "adavip", "adavip-plus-vision",
+                                          "aspo-dama-adavip", "sft-chosen"}
 
 
 #: method -> (aspo, dama_data, dama_model, adavip, adavip_loss) as its config sets them
 SWITCHES = {"dpo": (False, False, False, False, "plackett_luce"), "aspo": (True, False, False, False, "plackett_luce"),
             "d2po": (False, True, False, False, "plackett_luce"), "mdpo": (False, False, True, False, "plackett_luce"),
             "dama": (False, True, True, False, "plackett_luce"), "adavip": (False, False, False, True, "plackett_luce"),
-            "adavip-plus-vision": (False, False, False, True, "plus_vision")}
+            "adavip-plus-vision": (False, False, False, True, "plus_vision"),
+            "aspo-dama-adavip": (True, True, True, True, "plackett_luce"),
+            "sft-chosen": (False, False, False, False, "plackett_luce")}
 
 
 @pytest.mark.parametrize("method", sorted(SWITCHES))
@@ -93,6 +104,7 @@ def test_the_demo_reads_the_method_config(method, tmp_path):
             args.warmup_steps) == (200, 16, pytest.approx(3e-4), pytest.approx(0.1), pytest.approx(1.0), 10)
     assert args.output_dir == str(tmp_path / "train") and data_args.train_file == str(tmp_path / "data" / "train.jsonl")
     assert args.seed == 7 and args.disable_tqdm and args.save_strategy == "no"
+    assert args.preference_weight == (0.0 if method == "sft-chosen" else 1.0)
 
 
 def test_the_command_line_overrides_the_config(tmp_path):
@@ -107,8 +119,15 @@ def test_the_command_line_overrides_the_config(tmp_path):
 def test_an_unknown_method_or_data_kind_names_the_choices(tmp_path):
     with pytest.raises(ValueError, match=r"unknown method 'nope': the configs in .* are adavip, adavip-plus-vision"):
         demo.demo_config(demo.DemoOptions(method="nope"), tmp_path)
-    with pytest.raises(ValueError, match=r"data must be truth or seva, not 'both'"):
+    with pytest.raises(ValueError, match=r"data must be self or truth or seva, not 'both'"):
         demo.demo_config(demo.DemoOptions(data="both"), tmp_path)
+
+
+def test_the_control_keeps_an_nll_term(tmp_path):
+    assert demo.control_options(demo.DemoOptions(method="dpo", sft_weight=0.0)).sft_weight is None  # the config's 1
+    assert demo.control_options(demo.DemoOptions(method="dpo", sft_weight=0.5)).sft_weight == 0.5
+    _, (_, _, args, *_) = demo.demo_config(demo.control_options(demo.DemoOptions(sft_weight=0.0)), tmp_path)
+    assert (args.preference_weight, args.sft_weight) == (0.0, 1.0)
 
 
 def test_missing_configs_are_an_error_naming_the_folder(tmp_path):
@@ -122,3 +141,10 @@ def test_metrics_table():
                                            "| --- | ---: | ---: | ---: |\n"
                                            "| chair_i | 0.500 | 0.375 | -0.125 |\n"
                                            "| pope_f1 | 0.250 | 0.500 | +0.250 |")
+
+
+def test_metrics_table_with_the_control():
+    metrics = {"method": "dpo", "before": {"chair_i": 0.5}, "after": {"chair_i": 0.25}, "control": {"chair_i": 0.375}}
+    assert demo.metrics_table(metrics) == ("| metric | before | SFT control | dpo | change | dpo - control |\n"
+                                           "| --- | ---: | ---: | ---: | ---: | ---: |\n"
+                                           "| chair_i | 0.500 | 0.375 | 0.250 | -0.250 | -0.125 |")

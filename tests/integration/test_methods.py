@@ -237,3 +237,18 @@ def test_all_methods_compose(tmp_path, tiny_checkpoint, tiny_records):
     keys = logged_keys(trainer)
     assert {"aspo/weight_mean", "dama/alpha_model", "adavip/weight_vision", "loss/sft"} <= keys
     assert_finite_logs(trainer)
+
+
+# ---------------------------------------------------------------------------------------------- the control
+def test_sft_control_trains_on_the_chosen_nll_alone(tmp_path, tiny_checkpoint, tiny_records):
+    """preference_weight 0: the logged loss is the chosen responses' NLL, whatever the rewards do."""
+    model, processor = load_tiny(tiny_checkpoint)
+    trainer = PreferenceTrainer(model, training_args(tmp_path / "out", sft_weight=1.0, preference_weight=0.0,
+                                                     max_steps=2, logging_steps=1), processor,
+                                PreferenceDataset(tiny_records))
+    trainer.train()
+    steps = [e for e in trainer.state.log_history if "loss/sft" in e]
+    assert len(steps) == 2
+    for e in steps:
+        assert e["loss"] == pytest.approx(e["loss/sft"], rel=1e-4)
+        assert math.isfinite(e["rewards/margins"])  # still logged, only not trained on

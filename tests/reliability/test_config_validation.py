@@ -46,6 +46,8 @@ BAD = [
     ({}, ["--beta", "0"], r"beta must be a finite number > 0, not 0.0"),
     ({"sft_weight": -1}, [], r"sft_weight must be a finite number >= 0, not -1"),
     ({"sft_weight": NAN}, [], r"sft_weight must be a finite number >= 0, not nan"),
+    ({"preference_weight": -1}, [], r"preference_weight must be a finite number >= 0, not -1"),
+    ({"preference_weight": 0, "sft_weight": 0}, [], r"preference_weight and sft_weight are both 0"),
     ({"max_steps": 2.5}, [], r"config\.yaml: max_steps must be an integer, not 2.5"),
     ({"max_steps": "ten"}, [], r"max_steps must be an integer, not the string 'ten'"),
     ({"max_length": 0}, [], r"max_length must be an integer > 0, not 0"),

@@ -48,3 +48,18 @@ def test_length_mismatch(tiny, images):
     model, processor = tiny
     with pytest.raises(ValueError):
         generate_responses(model, processor, images, ["a", "b"], progress=False)
+
+
+def test_sampling_is_seeded_and_differs_from_greedy(tiny, images):
+    import torch
+
+    model, processor = tiny
+    greedy = generate_responses(model, processor, images * 4, DESCRIBE_PROMPT, max_new_tokens=6, progress=False)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(11)
+        runs.append(generate_responses(model, processor, images * 4, DESCRIBE_PROMPT, max_new_tokens=6,
+                                       progress=False, do_sample=True, temperature=1.5))
+    assert runs[0] == runs[1]
+    assert runs[0] != greedy
+    assert len(set(runs[0][0::3])) > 1  # the same image, different samples

@@ -198,10 +198,11 @@ def test_data_does_not_import_evaluation():
 
 def test_construct_modules_share_helpers_through_io_not_each_other():
     """A construction pipeline imports a sibling only for the step interfaces it composes
-    (``vision_steps``: tag/detect/segment, ``inpainting``); shared helpers (image keys, the resume
-    journal, atomic files) come from ``mmpo.io``."""
+    (``vision_steps``: tag/detect/segment, ``inpainting``, ``self_pairs``: the claim-judge protocol
+    the judges of ``claim_judges`` implement); shared helpers (image keys, the resume journal, atomic
+    files) come from ``mmpo.io``."""
     construct = [name for name in MODULES if name.startswith("mmpo.data.construct.")]
-    steps = ("mmpo.data.construct.vision_steps", "mmpo.data.construct.inpainting")
+    steps = ("mmpo.data.construct.vision_steps", "mmpo.data.construct.inpainting", "mmpo.data.construct.self_pairs")
     for module in construct:
         siblings = tuple(name for name in construct if name != module and name not in steps)
         problems = offending_imports([module], siblings)

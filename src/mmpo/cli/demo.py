@@ -1,12 +1,17 @@
 """``mmpo demo``: a preference method end to end on the synthetic world, on a laptop CPU.
 
 1. build (or reuse from the cache) the base model: tiny LLaVA, SFT on noisy captions;
-2. build preference records from fresh scenes, in the form the method needs:
-   ``truth`` pairs (chosen = exact description, rejected = one hallucinated object) or ``seva``
-   pairs (the base model's answers on the clean vs the diffusion-noised image); ASPO and DAMA add
-   per-sentence CLIP scores from the world's tiny CLIP; AdaViP adds vision-rejected images;
+2. build preference records from fresh scenes, in the form the method needs: by default ``self``
+   pairs, RLAIF-V's recipe (6 responses sampled from the base model per image, every sentence
+   judged against the scene's annotations, the best-judged vs the worst-judged response;
+   :mod:`mmpo.data.construct.self_pairs`), or ``truth`` pairs (chosen = exact description,
+   rejected = one hallucinated object) or ``seva`` pairs (the base model's answers on the clean vs
+   the diffusion-noised image); ASPO and DAMA add per-sentence CLIP scores from the world's tiny
+   CLIP; AdaViP adds vision-rejected images;
 3. evaluate the base model on the held-out split (CHAIR, coverage, POPE);
-4. train the method with :class:`~mmpo.training.trainer.PreferenceTrainer`;
+4. train the method with :class:`~mmpo.training.trainer.PreferenceTrainer`, and the SFT-on-chosen
+   control on the same records (``configs/toyworld/sft_chosen.yaml``: the chosen responses' NLL
+   alone), the baseline a preference method has to beat (``--no-control`` skips it);
 5. evaluate again; write ``metrics.json``, the training log and plots; print a table.
 
 Each method is a config file, the one ``mmpo train`` runs: ``configs/toyworld/METHOD.yaml`` in a
@@ -36,17 +41,20 @@ from ..io import default_cache_dir
 #: links here): ``adavip_plus_vision.yaml`` is ``--method adavip-plus-vision``.
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "toyworld"
 #: Preference pairs the demo builds; see :func:`preference_pairs`.
-DATA_KINDS = ("truth", "seva")
-#: Demo-specific, not training settings: the pairs a method trains on unless --data says otherwise.
-#: ASPO's paper trains on SeVa pairs (its section 4.1), so its demo builds those from the base model;
-#: every other method trains on ground-truth pairs, the synthetic world's stand-in for the
-#: annotated RLAIF-V pairs DAMA and AdaViP use.
-DEFAULT_DATA = {"aspo": "seva"}
+DATA_KINDS = ("self", "truth", "seva")
+#: The pairs every method trains on unless --data says otherwise: RLAIF-V-style self-generated,
+#: judged pairs, the data all three papers train on (ASPO also reports SeVa pairs: --data seva).
+DEFAULT_DATA_KIND = "self"
+#: The control trained next to the method (its config is configs/toyworld/sft_chosen.yaml).
+CONTROL_METHOD = "sft-chosen"
+#: How the demo's self-generated pairs are sampled: RLAIF-V-style, several samples per image at the
+#: model's own temperature.
+SELF_SAMPLES, SELF_TEMPERATURE = 6, 1.0
 #: demo option -> the config field it overrides when given (``None``: the config's value)
 TRAINING_OPTIONS = {"steps": "max_steps", "batch_size": "per_device_train_batch_size",
                     "learning_rate": "learning_rate", "beta": "beta", "sft_weight": "sft_weight"}
 #: Bumped whenever prepare_records changes what it builds, so stale cached records are not reused.
-DATA_VERSION = 2
+DATA_VERSION = 3
 TABLE_KEYS = ("chair_i", "chair_s", "coverage", "mentions_per_response", "attribute_error", "pope_f1",
               "pope_accuracy", "pope_yes_ratio")
 PLOTS = {
@@ -85,8 +93,12 @@ class DemoOptions:
 
     method: str = _option("dpo", "preference method to train: its config is configs/toyworld/METHOD.yaml",
                           choices=lambda: method_configs())
-    data: str | None = _option(None, "preference pairs: ground truth vs hallucinated, or the base model's clean "
-                               "vs noisy-image answers (default: seva for aspo, truth otherwise)", choices=DATA_KINDS)
+    data: str = _option(DEFAULT_DATA_KIND, "preference pairs: self = the base model's own samples, each sentence "
+                        "judged against the scene, best vs worst (RLAIF-V's recipe); truth = exact description vs one "
+                        "hallucinated object; seva = the base model's clean vs noisy-image answers", choices=DATA_KINDS)
+    judge_flip: float = _option(0.0, "with --data self: fraction of the scene judge's verdicts flipped (a noisy "
+                                "labeler, as RLAIF-V's is; 0 = exact)")
+    control: bool = _option(True, "skip the SFT-on-chosen control run (the baseline next to the method)")
     output_dir: str = _option("runs/demo", "run directory (metrics.json, logs, plots)")
     cache_dir: str = _option(str(default_cache_dir()),
                              "base model, CLIP and data cache ($MMPO_CACHE)")
@@ -146,7 +158,7 @@ def demo_config(opts: DemoOptions, out: Path) -> tuple[Path, tuple]:
     configs = method_configs()
     if opts.method not in configs:
         raise ValueError(f"unknown method {opts.method!r}: the configs in {CONFIG_DIR} are {', '.join(configs)}")
-    if opts.data is not None and opts.data not in DATA_KINDS:
+    if opts.data not in DATA_KINDS:
         raise ValueError(f"data must be {' or '.join(DATA_KINDS)}, not {opts.data!r}")
     path = configs[opts.method]
     overrides = {"output_dir": out / "train", "train_file": out / "data" / "train.jsonl", "seed": opts.seed,
@@ -165,53 +177,62 @@ def run_demo(opts: DemoOptions) -> dict:
     """Run the demo; returns the ``metrics.json`` content."""
     import torch
 
-    from ..data.collator import PreferenceDataset
     from ..io import atomic_write_text
     from ..plots import plot_log_history
     from ..toyworld.base_model import BaseModelRecipe, ensure_base_model
     from ..toyworld.scenes import WorldConfig
     from ..training.config import Methods
-    from ..training.model_loading import load_policy, prepare_policy
-    from ..training.trainer import PreferenceTrainer
+    from ..training.model_loading import load_policy
 
     started = time.time()
     out = Path(opts.output_dir)
     config_path, (model_args, _, args, aspo, dama, adavip) = demo_config(opts, out)  # bad configs fail first
+    with_control = opts.control and opts.method != CONTROL_METHOD
+    if with_control:
+        demo_config(control_options(opts), out / "control")
     methods = Methods(aspo=aspo, dama=dama, adavip=adavip)
-    data_kind = opts.data or DEFAULT_DATA.get(opts.method, "truth")
+    data_kind = opts.data
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(opts.seed)
     world = WorldConfig(seed=opts.seed)
+    steps = 6 if with_control else 5
 
-    say(f"[1/5] base model (tiny LLaVA, SFT on noisy captions; cache: {opts.cache_dir})")
+    say(f"[1/{steps}] base model (tiny LLaVA, SFT on noisy captions; cache: {opts.cache_dir})")
     recipe = BaseModelRecipe(world=world, n_scenes=opts.base_scenes, steps=opts.base_steps, seed=opts.seed)
     base_dir, cached = ensure_base_model(recipe, opts.cache_dir, progress=opts.progress)
     say(f"      {'reused' if cached else 'built'} {base_dir}")
     model_args = dataclasses.replace(model_args, model_name_or_path=str(base_dir))
     model, processor = load_policy(model_args)
 
-    say(f"[2/5] preference records: {data_kind} pairs"
+    say(f"[2/{steps}] preference records: {data_kind} pairs"
         + (", CLIP sentence scores" if methods.aspo.enabled or methods.dama.dama_data else "")
         + (", vision-rejected images" if methods.adavip.enabled else ""))
-    records = prepare_records(opts, data_kind, methods, base_dir, model, processor, world)
+    records, folder = prepare_records(opts, data_kind, methods, base_dir, model, processor, world)
+    if not records:
+        raise ValueError(f"no preference records came out of {opts.n_pairs} scenes ({data_kind} pairs; see {folder}): "
+                         "with self pairs every sample of every scene was judged alike. Use more --n-pairs, a "
+                         "better-trained base model (--base-steps), or --data truth")
     from ..data.records import save_records
 
     say(f"      {len(records)} records -> {save_records(records, out / 'data' / 'train.jsonl')}")
 
-    say(f"[3/5] evaluate the base model on {opts.n_eval_scenes} held-out scenes (priors broken)")
+    say(f"[3/{steps}] evaluate the base model on {opts.n_eval_scenes} held-out scenes (priors broken)")
     before = evaluate_cached(opts, base_dir, model, processor, world)
 
-    say(f"[4/5] train {opts.method} for {args.max_steps} steps on {len(records)} records")
+    say(f"[4/{steps}] train {opts.method} for {args.max_steps} steps on {len(records)} records")
     say(f"      settings: {config_path}")
-    model = prepare_policy(model, model_args, args)  # the config's freezing / LoRA, as mmpo train applies them
-    trainer = PreferenceTrainer(model, args, processor, PreferenceDataset(records), methods=methods)
-    trainer.train()
-
-    say("[5/5] evaluate the trained model")
+    trainer = train(model, processor, model_args, args, methods, records)
+    say(f"[5/{steps}] evaluate the trained model")
     after = evaluate(opts, trainer.model, processor, world)
-
     trainer.save_model(str(out / "model"))
     processor.save_pretrained(str(out / "model"))
+
+    control = None
+    if with_control:
+        say(f"[6/{steps}] the control: SFT on the same records' chosen responses "
+            f"({CONFIG_DIR / 'sft_chosen.yaml'}), then evaluate")
+        control = control_metrics(opts, folder, base_dir, records, world)
+
     log = trainer.state.log_history
     atomic_write_text(out / "train_log.json", json.dumps(log, indent=2))
     plots = [name for name, keys in PLOTS.items()
@@ -223,27 +244,76 @@ def run_demo(opts: DemoOptions) -> dict:
         "data": data_kind,
         "before": {k: v for k, v in before.items() if k != "samples"},
         "after": {k: v for k, v in after.items() if k != "samples"},
-        "samples": {"before": before.get("samples", []), "after": after.get("samples", [])},
+        **({"control": {k: v for k, v in control.items() if k != "samples"}} if control else {}),
+        "samples": {"before": before.get("samples", []), "after": after.get("samples", []),
+                    **({"control": control.get("samples", [])} if control else {})},
         "options": options,
         "config": str(config_path),
         "base_model": str(base_dir),
         "n_records": len(records),
         "seconds": round(time.time() - started, 1),
     }
+    if (report := folder / "self_pairs_report.json").exists():
+        metrics["self_pairs"] = json.loads(report.read_text())
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     say("\n" + metrics_table(metrics))
     say(f"\nrun directory: {out}  (metrics.json, train_log.json, model/, {', '.join(plots)})  [{metrics['seconds']:.0f} s]")
     return metrics
 
 
+def train(model, processor, model_args, args, methods, records: list):
+    """Train ``model`` on ``records`` as ``mmpo train`` would (the config's freezing / LoRA first);
+    returns the trainer."""
+    from ..data.collator import PreferenceDataset
+    from ..training.model_loading import prepare_policy
+    from ..training.trainer import PreferenceTrainer
+
+    model = prepare_policy(model, model_args, args)
+    trainer = PreferenceTrainer(model, args, processor, PreferenceDataset(records), methods=methods)
+    trainer.train()
+    return trainer
+
+
+def control_options(opts: DemoOptions) -> DemoOptions:
+    """The control's options: the method's, with the control's config. Its NLL weight is the
+    method's ``--sft-weight``, or 1 when that is 0 (the control's loss is that term alone)."""
+    sft_weight = opts.sft_weight if opts.sft_weight else None
+    return dataclasses.replace(opts, method=CONTROL_METHOD, sft_weight=sft_weight)
+
+
+def control_metrics(opts: DemoOptions, folder: Path, base_dir: Path, records: list, world) -> dict:
+    """The control trained on ``records`` and evaluated; cached per record set and training settings,
+    so running several methods on the same records trains it once."""
+    from ..io import atomic_write_text
+    from ..training.config import Methods
+    from ..training.model_loading import load_policy
+
+    control = control_options(opts)
+    out = Path(opts.output_dir) / "control"
+    _, (model_args, _, args, *_) = demo_config(control, out)
+    settings = {option: getattr(args, key) for option, key in TRAINING_OPTIONS.items()}
+    path = folder / f"control-metrics-{_key(base_dir.name, settings, opts.n_eval_scenes, opts.seed)}.json"
+    if path.exists():
+        say(f"      reused {path}")
+        return json.loads(path.read_text())
+    model_args = dataclasses.replace(model_args, model_name_or_path=str(base_dir))
+    model, processor = load_policy(model_args)
+    trainer = train(model, processor, model_args, args, Methods(), records)
+    metrics = evaluate(opts, trainer.model, processor, world)
+    atomic_write_text(path, json.dumps(metrics))
+    return metrics
+
+
 # ------------------------------------------------------------------------------------------ records
-def prepare_records(opts: DemoOptions, data_kind: str, methods, base_dir: Path, model, processor, world) -> list:
+def prepare_records(opts: DemoOptions, data_kind: str, methods, base_dir: Path, model, processor,
+                    world) -> tuple[list, Path]:
     """The method's records, built once per (base model, data settings) and cached as JSONL.
 
     The steps: :func:`preference_pairs` for the data kind; then, when the method needs them, the
     world's tiny CLIP (:func:`clip_scorer`), per-sentence scores and DAMA's alpha_D
     (:func:`add_sentence_scores`, ASPO and DAMA's data-aware half) and vision-rejected images
-    (:func:`add_vision_rejected`, AdaViP). Every step writes under :func:`data_folder`.
+    (:func:`add_vision_rejected`, AdaViP). Every step writes under :func:`data_folder`, which is
+    returned with the records.
     """
     needs_scores = methods.aspo.enabled or methods.dama.dama_data
     needs_vision = methods.adavip.enabled
@@ -259,14 +329,14 @@ def prepare_records(opts: DemoOptions, data_kind: str, methods, base_dir: Path, 
                 records = add_vision_rejected(records, scorer, folder, opts)
         return records
 
-    return cached_records(folder / "records.jsonl", build)
+    return cached_records(folder / "records.jsonl", build), folder
 
 
 def data_folder(opts: DemoOptions, base_dir: Path, data_kind: str, needs_scores: bool, needs_vision: bool) -> Path:
     """The cache folder of one set of records: keyed by :data:`DATA_VERSION`, the base model, the
     data kind, the number of pairs, the seed, the CLIP recipe and what the method adds."""
     key = _key(DATA_VERSION, base_dir.name, data_kind, opts.n_pairs, opts.seed, opts.clip_steps, needs_scores,
-               needs_vision)
+               needs_vision, *([opts.judge_flip] if data_kind == "self" and opts.judge_flip else []))
     folder = Path(opts.cache_dir) / f"demo-data-{key}"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
@@ -283,8 +353,8 @@ def cached_records(path: Path, build: Callable[[], list]) -> list:
 
 
 def preference_pairs(opts: DemoOptions, data_kind: str, model, processor, world, folder: Path) -> list:
-    """``opts.n_pairs`` records of ``data_kind``: ``truth`` (ground truth vs one hallucinated object)
-    or ``seva`` (:func:`seva_pairs`)."""
+    """Records from ``opts.n_pairs`` scenes of ``data_kind``: ``self`` (:func:`self_generated_pairs`),
+    ``truth`` (ground truth vs one hallucinated object) or ``seva`` (:func:`seva_pairs`)."""
     from ..toyworld.scenes import sample_scenes
 
     # Preference scenes come from the prior-free distribution (with their own seed, disjoint from the
@@ -296,6 +366,8 @@ def preference_pairs(opts: DemoOptions, data_kind: str, model, processor, world,
         return ground_truth_pairs(scenes, world, folder / "images", seed=opts.seed, progress=opts.progress)
     if data_kind == "seva":
         return seva_pairs(opts, scenes, model, processor, folder)
+    if data_kind == "self":
+        return self_generated_pairs(opts, scenes, model, processor, folder)
     raise ValueError(f"data must be {' or '.join(DATA_KINDS)}, not {data_kind!r}")
 
 
@@ -317,6 +389,34 @@ def seva_pairs(opts: DemoOptions, scenes: list, model, processor, folder: Path) 
                                max_new_tokens=64, progress=opts.progress)
     say(f"      {report.summary()}")
     return load_records(folder / "seva.jsonl").records
+
+
+def self_generated_pairs(opts: DemoOptions, scenes: list, model, processor, folder: Path) -> list:
+    """RLAIF-V-style pairs: :data:`SELF_SAMPLES` responses per scene sampled from the base model,
+    each sentence judged exactly against the scene (:class:`~mmpo.toyworld.judge.SceneJudge`), the
+    best-judged vs the worst-judged response; resumable (``self.samples.jsonl``). The report
+    (samples per second, pairs, judged-wrong rates) goes to ``self_pairs_report.json``."""
+    from ..data.construct.self_pairs import SamplingSettings, build_self_pairs
+    from ..data.records import load_records
+    from ..io import atomic_write_json, ensure_png
+    from ..toyworld.judge import SceneJudge
+    from ..toyworld.scenes import DESCRIBE_PROMPT
+
+    images = folder / "images"
+    images.mkdir(exist_ok=True)
+    items = [(scene.id, str(ensure_png(images / f"{scene.id}.png", scene.render)), DESCRIBE_PROMPT,
+              {"scene": json.dumps(scene.to_dict())}) for scene in scenes]
+    sampling = SamplingSettings(n=SELF_SAMPLES, temperature=SELF_TEMPERATURE, seed=opts.seed)
+    if not 0 <= opts.judge_flip <= 1:
+        raise ValueError(f"judge_flip must be in [0, 1], got {opts.judge_flip}")
+    judge = SceneJudge(flip_prob=opts.judge_flip, seed=opts.seed)
+    sampled, paired = build_self_pairs(model, processor, items, judge, folder / "self.jsonl",
+                                       sampling=sampling, batch_size=32, progress=opts.progress)
+    say(f"      {sampled.summary()}\n      {paired.summary()}")
+    atomic_write_json(folder / "self_pairs_report.json", {
+        "samples_per_second": round(sampled.samples_per_second, 1), "responses": sampled.responses,
+        "claims": sampled.claims, **paired.to_dict()}, indent=2)
+    return load_records(folder / "self.jsonl").records
 
 
 def clip_scorer(opts: DemoOptions):
@@ -388,14 +488,21 @@ def evaluate_cached(opts: DemoOptions, base_dir: Path, model, processor, world) 
 
 def metrics_table(metrics: dict) -> str:
     """A Markdown table of the headline metrics before and after training (``metric``, ``before``,
-    ``after``, ``change``; three decimals)."""
+    ``after``, ``change``; three decimals), with the control's column and the method's difference
+    from it when the run has a control."""
     from ..evaluation.report import markdown_table
 
-    before, after = metrics["before"], metrics["after"]
-    rows = [(key, f"{before[key]:.3f}", f"{after[key]:.3f}", f"{after[key] - before[key]:+.3f}")
-            for key in TABLE_KEYS if key in before and key in after]
-    return markdown_table(("metric", "before", "after", "change"), rows,
-                          right=("before", "after", "change")).rstrip("\n")
+    before, after, control = metrics["before"], metrics["after"], metrics.get("control")
+    keys = [key for key in TABLE_KEYS if key in before and key in after]
+    if control is None:
+        rows = [(key, f"{before[key]:.3f}", f"{after[key]:.3f}", f"{after[key] - before[key]:+.3f}") for key in keys]
+        return markdown_table(("metric", "before", "after", "change"), rows,
+                              right=("before", "after", "change")).rstrip("\n")
+    method = metrics.get("method", "after")
+    header = ("metric", "before", "SFT control", method, "change", f"{method} - control")
+    rows = [(key, f"{before[key]:.3f}", f"{control[key]:.3f}", f"{after[key]:.3f}", f"{after[key] - before[key]:+.3f}",
+             f"{after[key] - control[key]:+.3f}") for key in keys if key in control]
+    return markdown_table(header, rows, right=header[1:]).rstrip("\n")
 
 
 def _key(*parts) -> str:

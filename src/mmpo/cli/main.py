@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "score-sentences": ("score_sentences", "CLIP scores per sentence (ASPO) and DAMA's data hardness alpha_D"),
     "vision-rejected": ("vision_rejected", "build AdaViP vision-rejected images: tag, detect, segment, inpaint, select"),
     "noisy-pairs": ("noisy_pairs", "build SeVa preference pairs: answers on clean vs diffusion-noised images"),
+    "self-pairs": ("self_pairs", "RLAIF-V-style pairs: sample the policy, judge every claim, pair best vs worst"),
 }
 #: Set to 1 to see the traceback of every error (as ``--debug`` does).
 DEBUG_ENV = "MMPO_DEBUG"

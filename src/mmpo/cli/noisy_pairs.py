@@ -22,6 +22,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..io import read_items  # noqa: F401  (re-exported: the items format of this command)
+
 
 def build_parser() -> argparse.ArgumentParser:
     from ..data.construct.noisy_pairs import SCHEDULES
@@ -50,26 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--allow-download", action="store_true", help=ALLOW_DOWNLOAD_HELP)
     return p
-
-
-def read_items(path: str | Path) -> list[tuple[str, str, Any]]:
-    """``(id, image path, prompt)`` per non-blank line of a JSONL file; raises ValueError naming the
-    file and line of a bad line."""
-    from ..io import BadLine, read_jsonl_lines
-
-    path = Path(path)
-    items = []
-    for number, row in read_jsonl_lines(path):
-        if isinstance(row, BadLine):
-            raise ValueError(row.message)
-        if not isinstance(row, dict):
-            raise ValueError(f"{path} line {number}: expected an object")
-        prompt = row.get("prompt", row.get("instruction"))
-        if not row.get("image") or not prompt:
-            raise ValueError(f"{path} line {number}: needs 'image' and 'prompt' (or 'instruction')")
-        item_id = row.get("id", len(items))
-        items.append((str(item_id), str(path.parent / Path(row["image"]).expanduser()), prompt))
-    return items
 
 
 def synthetic_items(n: int, seed: int, image_dir: Path) -> list[tuple[str, str, str, dict[str, Any]]]:

@@ -1,5 +1,5 @@
 """The judge LLM of MMHal-Bench: anything that answers a prompt with text, and an HTTP client for an
-OpenAI-compatible ``/chat/completions`` endpoint built on ``urllib`` alone.
+OpenAI-compatible ``/chat/completions`` endpoint built on ``urllib`` alone (:mod:`mmpo.chat_http`).
 
 The client never follows a redirect: ``urllib`` would resend the ``Authorization`` header (the API
 key) to whatever host a ``Location`` header names and read that host's reply as the rating.
@@ -7,14 +7,12 @@ key) to whatever host a ``Location`` header names and read that host's reply as 
 
 from __future__ import annotations
 
-import json
 import os
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from mmpo.chat_http import chat_content, chat_endpoint, post_chat
 
 __all__ = ["Judge", "OpenAIChatJudge", "judge_from_config"]
 
@@ -23,16 +21,6 @@ class Judge(Protocol):
     """Anything that answers a prompt with text (a chat LLM behind an API, or a test double)."""
 
     def __call__(self, prompt: str) -> str: ...
-
-
-class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
-    """Makes every HTTP redirect (301, 302, 303, 307, 308) an error instead of following it:
-    ``urllib`` would resend the ``Authorization`` header to wherever ``Location`` points."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        fp.close()
-        raise RuntimeError(f"judge endpoint {req.full_url} redirected (HTTP {code}) to {newurl}; refusing to "
-                           "follow (the API key is sent only to the configured endpoint)")
 
 
 @dataclass
@@ -63,43 +51,17 @@ class OpenAIChatJudge:
 
     @property
     def endpoint(self) -> str:
-        url = self.url.rstrip("/")
-        return url if url.endswith("/chat/completions") else url + "/chat/completions"
+        return chat_endpoint(self.url)
 
     def __call__(self, prompt: str) -> str:
-        body = json.dumps({
+        payload = {
             "model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens,
             "messages": [{"role": "system", "content": "You are a careful, impartial evaluator."},
                          {"role": "user", "content": prompt}],
-        }).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        opener = urllib.request.build_opener(_RefuseRedirects)
-        for attempt in range(self.max_retries + 1):
-            request = urllib.request.Request(self.endpoint, data=body, headers=headers, method="POST")
-            try:
-                with opener.open(request, timeout=self.timeout) as response:
-                    raw = response.read()
-                return _chat_content(raw, self.endpoint)
-            except urllib.error.HTTPError as error:
-                error.close()
-                if (error.code != 429 and error.code < 500) or attempt == self.max_retries:
-                    raise RuntimeError(f"judge request failed: HTTP {error.code} from {self.endpoint}") from error
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-                if attempt == self.max_retries:
-                    raise RuntimeError(f"judge request failed after {attempt + 1} attempts: {error}") from error
-            time.sleep(self.retry_wait * 2**attempt)
-        raise AssertionError("unreachable")
-
-
-def _chat_content(raw: bytes, endpoint: str) -> str:
-    """The first choice's message content of a chat completions reply; RuntimeError otherwise."""
-    try:
-        return str(json.loads(raw.decode())["choices"][0]["message"]["content"])
-    except (ValueError, KeyError, IndexError, TypeError) as error:
-        raise RuntimeError(f"judge endpoint {endpoint} sent no chat completion ({type(error).__name__}: "
-                           f"{error}); reply starts {raw[:200]!r}") from error
+        }
+        raw = post_chat(self.endpoint, payload, api_key=self.api_key, timeout=self.timeout,
+                        max_retries=self.max_retries, retry_wait=self.retry_wait)
+        return chat_content(raw, self.endpoint)
 
 
 def judge_from_config(config: Mapping[str, Any] | None = None, *, url: str | None = None,

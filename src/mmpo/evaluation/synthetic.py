@@ -84,6 +84,7 @@ def evaluate_synthetic(
     pope_max_new_tokens: int = 8,
     n_samples: int = 5,
     progress: bool = False,
+    keep_items: bool = False,
 ) -> dict[str, Any]:
     """Describe every scene and answer the POPE ``questions`` about them; score both exactly.
 
@@ -103,6 +104,10 @@ def evaluate_synthetic(
         pope_max_new_tokens: length limit of POPE answers (only the first word is read).
         n_samples: how many (description, truth) pairs to keep under ``samples``.
         progress: show tqdm bars.
+        keep_items: also return ``per_scene`` (``{"scene_id", "response", "mentioned", "truth"}``
+            per scene: the categories mentioned and present) and ``per_question`` (``{"scene_id",
+            "label", "prediction"}`` per POPE question), from which every aggregate can be
+            recomputed on a subset (e.g. a bootstrap over scenes).
 
     Returns:
         A flat dict of floats — ``chair_i``, ``chair_s``, ``coverage``, ``mentions_per_response``,
@@ -118,7 +123,8 @@ def evaluate_synthetic(
 
     descriptions = generate_responses(model, processor, [images[s.id] for s in scenes], prompt,
                                       batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
-    chair = chair_scores([extract_mentions(d, shapes) for d in descriptions], [s.shapes for s in scenes])
+    mentions = [extract_mentions(d, shapes) for d in descriptions]
+    chair = chair_scores(mentions, [s.shapes for s in scenes])
     wrong = checked = 0
     for description, scene in zip(descriptions, scenes, strict=True):
         w, c = attribute_errors(description, scene, shapes, colours)
@@ -127,8 +133,15 @@ def evaluate_synthetic(
     answers = generate_responses(model, processor, [images[q.scene_id] for q in questions],
                                  [q.question for q in questions], batch_size=batch_size,
                                  max_new_tokens=pope_max_new_tokens, progress=progress)
-    pope = pope_metrics([q.label for q in questions], [parse_yes_no(a) for a in answers])
+    predictions = [parse_yes_no(a) for a in answers]
+    pope = pope_metrics([q.label for q in questions], predictions)
 
+    items = {} if not keep_items else {
+        "per_scene": [{"scene_id": s.id, "response": d, "mentioned": sorted(set(m)), "truth": sorted(s.shapes)}
+                      for s, d, m in zip(scenes, descriptions, mentions, strict=True)],
+        "per_question": [{"scene_id": q.scene_id, "label": q.label, "prediction": p}
+                         for q, p in zip(questions, predictions, strict=True)],
+    }
     return {
         "chair_i": chair["chair_i"],
         "chair_s": chair["chair_s"],
@@ -145,4 +158,5 @@ def evaluate_synthetic(
         "n_scenes": float(len(scenes)),
         "samples": [{"scene_id": s.id, "response": d, "truth": s.description()}
                     for s, d in list(zip(scenes, descriptions, strict=True))[:n_samples]],
+        **items,
     }

@@ -132,6 +132,9 @@ class PreferenceConfig(TrainingArguments):
     sft_weight: float = field(default=0.0, metadata={
         "help": "Weight of an extra NLL term on the chosen response (TRL's loss_type=['sigmoid','sft']); "
                 "keeps small models from collapsing under DPO. 0 disables it."})
+    preference_weight: float = field(default=1.0, metadata={
+        "help": "Weight of the preference loss (DPO or the method's). 0 with sft_weight > 0 trains on the chosen "
+                "responses alone: the SFT-on-chosen control a preference method has to beat."})
     reference: str = field(default="auto", metadata={
         "help": "Reference model: 'copy' (frozen copy of the initial policy), 'adapter' (LoRA policy with "
                 "adapters off), 'precomputed' (one pass before training, cached on disk), or 'auto' "
@@ -173,6 +176,10 @@ class PreferenceConfig(TrainingArguments):
         # Checked before TrainingArguments reads them (it compares, divides and rounds them).
         check_number("beta", self.beta, low=0, low_open=True)
         check_number("sft_weight", self.sft_weight, low=0)
+        check_number("preference_weight", self.preference_weight, low=0)
+        if self.preference_weight == 0 and self.sft_weight == 0:
+            raise ValueError("preference_weight and sft_weight are both 0: the loss would be 0 (nothing to train); "
+                             "set sft_weight > 0 for the SFT-on-chosen control")
         check_number("max_length", self.max_length, integer=True, low=0, low_open=True, optional=True)
         check_choice("reference", self.reference, ("auto", "copy", "adapter", "precomputed"))
         check_choice("prompt_format", self.prompt_format, ("auto", "chat", "plain"))

@@ -265,8 +265,10 @@ class PreferenceTrainer(Trainer):
 
     def _with_sft_term(self, loss: torch.Tensor, policy: torch.Tensor, mask: torch.Tensor, B: int,
                        diag: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``loss + sft_weight * NLL`` (mean per-token NLL of the chosen responses) and the NLL (None
-        when ``sft_weight`` is 0); logs ``loss/sft`` and the responses' summed log-probs."""
+        """``preference_weight * loss + sft_weight * NLL`` (mean per-token NLL of the chosen responses)
+        and the NLL (None when ``sft_weight`` is 0); logs ``loss/sft`` and the responses' summed log-probs."""
+        if self.args.preference_weight != 1:
+            loss = self.args.preference_weight * loss
         policy_sums = (policy * mask).sum(dim=1)  # (R,)
         diag["logps/chosen"] = policy_sums[:B].detach()
         diag["logps/rejected"] = policy_sums[B : 2 * B].detach()
