@@ -44,8 +44,8 @@ def name(path: Path) -> str:
 
 def test_the_shipped_configs_are_all_found():
     assert {path.parent.name for path in SHIPPED} >= {"llava15", "qwen25vl", "toyworld"}
-    assert sorted(path.stem for path in TOYWORLD) == ["adavip", "adavip_plus_vision", "aspo", "d2po", "dama",
-                                                      "dpo", "mdpo"]
+    assert sorted(path.stem for path in TOYWORLD) == ["adavip", "adavip_plus_vision", "aspo", "aspo_dama_adavip", "d2po",
+                                                      "dama", "dpo", "mdpo", "sft_chosen"]
 
 
 def test_configs_toyworld_is_what_the_demo_reads():
@@ -107,7 +107,8 @@ def test_qwen25vl_configs_carry_the_llava15_values_over(config):
 # ---------------------------------------------------------------------------------------------- training
 #: config -> a logged key only its method writes (None: plain DPO, no method namespace at all)
 METHOD_KEY = {"dpo": None, "aspo": "aspo/weight_mean", "d2po": "dama/alpha_data_mean", "mdpo": "dama/alpha_model",
-              "dama": "dama/alpha_model", "adavip": "adavip/weight_vision", "adavip_plus_vision": "adavip/"}
+              "dama": "dama/alpha_model", "adavip": "adavip/weight_vision", "adavip_plus_vision": "adavip/",
+              "aspo_dama_adavip": ("aspo/", "dama/", "adavip/"), "sft_chosen": None}
 
 
 @pytest.fixture(scope="module")
@@ -139,5 +140,9 @@ def test_every_toyworld_config_trains_two_steps(path, tiny_checkpoint, every_fie
     if expected is None:
         assert not any(key.startswith(("aspo/", "dama/", "adavip/")) for key in keys), sorted(keys)
     else:
-        assert any(key.startswith(expected) for key in keys), sorted(keys)
+        for prefix in (expected,) if isinstance(expected, str) else expected:
+            assert any(key.startswith(prefix) for key in keys), sorted(keys)
+    if path.stem == "sft_chosen":  # the control's loss is the NLL alone
+        steps = [entry for entry in log if "loss/sft" in entry]
+        assert steps and all(entry["loss"] == pytest.approx(entry["loss/sft"], rel=1e-4) for entry in steps)
     assert (out / "config.json").exists()
