@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mmpo.evaluation.common import check_parsing, ratio, read_records, require_fields
+from mmpo.evaluation.spans import locate_tokens, make_span
 
 __all__ = [
     "AMBER_DIMENSIONS", "AMBER_COUNTER_PREFIXES", "AMBER_INITIAL_COUNTERS", "EXACT_SIMILARITY",
@@ -271,9 +272,18 @@ def amber_nouns(response: str) -> list[str]:
     """The reference's nouns: NLTK ``word_tokenize`` (case kept), ``pos_tag``, tokens tagged ``NN*``,
     each lemmatised as a noun (WordNet 3.0). ``"Two Dogs and the cats."`` -> ``["Dogs", "cat"]``.
     Tags are exact only with NLTK's tagger data (:func:`mmpo.evaluation.text.nlp_backends`)."""
+    return [lemma for lemma, _, _ in amber_noun_spans(response)]
+
+
+def amber_noun_spans(response: str) -> list[tuple[str, int | None, int | None]]:
+    """:func:`amber_nouns` with each noun's ``(start, end)`` in ``response`` (``None`` where its
+    token cannot be placed, see :func:`mmpo.evaluation.spans.locate_tokens`)."""
     from mmpo.evaluation.text import lemmatize_noun, pos_tag, word_tokenize
 
-    return [lemmatize_noun(word) for word, tag in pos_tag(word_tokenize(response)) if tag.startswith("NN")]
+    tokens = word_tokenize(response)
+    located = locate_tokens(response, tokens)
+    return [(lemmatize_noun(word), *(located[i] or (None, None)))
+            for i, (word, tag) in enumerate(pos_tag(tokens)) if tag.startswith("NN")]
 
 
 def amber_yes_no(response: str, parsing: AmberParsing = "reference") -> Literal["Yes", "No"] | None:
@@ -369,12 +379,14 @@ def score_amber_generative(nouns: Sequence[str], truth: Sequence[str], hallu: Se
 def _lenient_generative(response: str, truth: Sequence[str], hallu: Sequence[str], *,
                         associations: Mapping[str, Sequence[str]], safe_words: Iterable[str]) -> dict[str, Any]:
     """mmpo's earlier reading (a deviation): word matching, see :func:`score_amber`."""
-    from mmpo.evaluation.chair import extract_mentions
+    from mmpo.evaluation.chair import find_mentions
 
     safe_words = set(safe_words)
     vocabulary = set(amber_vocabulary(associations)) | set(truth) | set(hallu)
-    mentions = extract_mentions(response, sorted(vocabulary))
-    words = [w for w in mentions if w not in safe_words]
+    found = find_mentions(response, sorted(vocabulary))
+    mentions = [w for w, _, _ in found]
+    located = [m for m in found if m[0] not in safe_words]
+    words = [w for w, _, _ in located]
     truth, hallu = list(dict.fromkeys(truth)), list(dict.fromkeys(hallu))
 
     def names(obj: str) -> set[str]:
@@ -389,7 +401,7 @@ def _lenient_generative(response: str, truth: Sequence[str], hallu: Sequence[str
               "safe_cover_score": sum(truth_flags), "hallu_cover_num": len(hallu),
               "hallu_cover_score": sum(hallu_flags), "non_hallu_score": int(not any(flags)), "non_hallu_num": 1}
     return {
-        "nouns": mentions, "nouns_in_vocabulary": words,
+        "located": located, "nouns": mentions, "nouns_in_vocabulary": words,
         "noun_status": ["hallucinated" if f else "truth_or_association" for f in flags], "hallucinated_flags": flags,
         "hallucinated_nouns": [w for w, f in zip(words, flags, strict=True) if f],
         "truth_covered_flags": truth_flags, "covered_truth": [t for t, f in zip(truth, truth_flags, strict=True) if f],
@@ -476,6 +488,16 @@ def _amber_score(values: Mapping[str, Any], digits: int | None = None) -> float:
     return score if digits is None else round(score, digits)
 
 
+def _generative_spans(response: str, located: Sequence[tuple[str, int | None, int | None]],
+                      item: Mapping[str, Any], truth: Sequence[str]) -> dict[str, Any]:
+    """``spans`` (one per counted noun, hallucinated exactly where AMBER counts one, with AMBER's
+    ``status``) and ``missed`` (truth objects no noun covered), see :mod:`mmpo.evaluation.spans`."""
+    spans = [make_span(response, start, end, noun, "hallucinated" if status == "hallucinated" else "correct",
+                       word=noun, status=status)
+             for (noun, start, end), status in zip(located, item["noun_status"], strict=True)]
+    return {"spans": spans, "missed": sorted(set(truth) - set(item["covered_truth"]))}
+
+
 def score_amber(predictions: Sequence[Mapping[str, Any]], annotations: Mapping[int, Mapping[str, Any]], *,
                 associations: Mapping[str, Sequence[str]] | None = None, safe_words: Iterable[str] | None = None,
                 metrics: Mapping[str, float] | None = None, parsing: AmberParsing = "reference",
@@ -507,7 +529,8 @@ def score_amber(predictions: Sequence[Mapping[str, Any]], annotations: Mapping[i
         ``Relation`` sections of ``Accuracy``, ``Precision``, ``Recall``, ``F1``), in percent;
         ``AMBER_score`` (``None`` unless both tasks are present); ``unrounded`` (the same structure);
         ``counters`` (final); ``n_generative``, ``n_discriminative``, ``parsing``, ``similarity``,
-        ``nlp``; and ``per_response`` (one dict per prediction, in order).
+        ``nlp``; and ``per_response`` (one dict per prediction, in order; a generative one also holds
+        its ``response``, ``spans`` and ``missed``, see :mod:`mmpo.evaluation.spans`).
     """
     check_parsing(parsing)
     reference = parsing == "reference"
@@ -539,14 +562,18 @@ def score_amber(predictions: Sequence[Mapping[str, Any]], annotations: Mapping[i
             if not reference:
                 item = _lenient_generative(response, entry["truth"], entry["hallu"], associations=associations,
                                            safe_words=safe_words)
+                located = item.pop("located")
             else:
                 if nouns is not None and key in nouns:
-                    found = list(nouns[key])
+                    located = [(noun, None, None) for noun in nouns[key]]
                 else:
-                    found, used_nlp = amber_nouns(response), True
-                item = score_amber_generative(found, entry["truth"], entry["hallu"], associations=associations,
-                                              safe_words=safe_words, vocabulary=vocabulary, similarity=similarity,
+                    located, used_nlp = amber_noun_spans(response), True
+                item = score_amber_generative([noun for noun, _, _ in located], entry["truth"], entry["hallu"],
+                                              associations=associations, safe_words=safe_words,
+                                              vocabulary=vocabulary, similarity=similarity,
                                               similarity_threshold=similarity_threshold, entry_id=key)
+                located = [m for m in located if m[0] in vocabulary]
+            item = {"response": response, **item, **_generative_spans(response, located, item, entry["truth"])}
         else:
             n_discriminative += 1
             item = {"truth": entry["truth"],

@@ -72,6 +72,7 @@ from pathlib import Path
 from typing import Any
 
 from mmpo.evaluation.common import Parsing, check_parsing, ratio, read_records
+from mmpo.evaluation.spans import locate_tokens, lower_same_length, make_span, missed, token_span
 
 DATA = Path(__file__).parent / "data"
 #: LisaAnne/Hallucination@6e4d33c ``data/synonyms.txt`` (unchanged).
@@ -86,9 +87,15 @@ DEFAULT_PROMPT = "Describe this image in detail."
 _WORD = re.compile(r"[a-z]+")
 
 
+def word_spans(text: str) -> list[tuple[str, int, int]]:
+    """``(word, start, end)`` of every lower-case alphabetic word of ``text`` (offsets into ``text``);
+    punctuation and digits separate words."""
+    return [(m.group(), m.start(), m.end()) for m in _WORD.finditer(lower_same_length(text))]
+
+
 def tokenize(text: str) -> list[str]:
     """Lower-case alphabetic words of ``text``; punctuation and digits separate words."""
-    return _WORD.findall(text.lower())
+    return [word for word, _, _ in word_spans(text)]
 
 
 def singular_forms(word: str) -> list[str]:
@@ -122,29 +129,28 @@ def _phrase_table(vocabulary: Iterable[str], synonyms: Mapping[str, str] | None)
     return table
 
 
-def extract_mentions(text: str, vocabulary: Iterable[str], synonyms: Mapping[str, str] | None = None) -> list[str]:
-    """The categories ``text`` mentions, in order of appearance, repeats kept.
+def find_mentions(text: str, vocabulary: Iterable[str], synonyms: Mapping[str, str] | None = None
+                  ) -> list[tuple[str, int, int]]:
+    """``(category, start, end)`` of every name of ``vocabulary`` in ``text``, in order, repeats kept.
 
     The text is lower-cased and split into words (:func:`tokenize`). At each word the longest name
     that matches is taken (so ``"traffic light"`` wins over ``"light"`` when both are names) and the
     scan continues after it. The *last* word of a name may be a simple plural (``"circles"``,
-    ``"crosses"``, ``"traffic lights"``; see :func:`singular_forms`).
+    ``"crosses"``, ``"traffic lights"``; see :func:`singular_forms`). ``text[start:end]`` is the
+    matched name as written (``"Traffic  lights"``).
 
     Args:
         text: one response.
         vocabulary: the category names (may contain spaces).
         synonyms: optional ``{name: category}``; each ``category`` must be in ``vocabulary``.
-
-    Returns:
-        The category (never the synonym) of every match, in text order. :func:`chair_scores`
-        de-duplicates per response.
     """
     table = _phrase_table(vocabulary, synonyms)
     if not table:
         return []
     longest = max(len(name) for name in table)
-    words = tokenize(text)
-    mentions: list[str] = []
+    located = word_spans(text)
+    words = [word for word, _, _ in located]
+    found: list[tuple[str, int, int]] = []
     i = 0
     while i < len(words):
         for length in range(min(longest, len(words) - i), 0, -1):
@@ -152,12 +158,19 @@ def extract_mentions(text: str, vocabulary: Iterable[str], synonyms: Mapping[str
             match = next((table[head + (last,)] for last in singular_forms(words[i + length - 1])
                           if head + (last,) in table), None)
             if match is not None:
-                mentions.append(match)
+                found.append((match, located[i][1], located[i + length - 1][2]))
                 i += length
                 break
         else:
             i += 1
-    return mentions
+    return found
+
+
+def extract_mentions(text: str, vocabulary: Iterable[str], synonyms: Mapping[str, str] | None = None) -> list[str]:
+    """The categories ``text`` mentions, in order of appearance, repeats kept (:func:`find_mentions`
+    without the places). The category is returned, never the synonym; :func:`chair_scores`
+    de-duplicates per response."""
+    return [category for category, _, _ in find_mentions(text, vocabulary, synonyms)]
 
 
 def chair_scores(mentions_per_response: Sequence[Iterable[str]],
@@ -291,20 +304,25 @@ def rlaifv_tables() -> ReferenceTables:
     return ReferenceTables("rlaifv", lemmatize_noun, two_words, _vocabulary(groups), "lemmas")
 
 
-def merge_two_words(words: Sequence[str], table: Mapping[str, str]) -> list[str]:
-    """Left-to-right two-word merge: ``words[i] + " " + words[i+1]`` found in ``table`` is replaced
-    by its value and both words are skipped."""
-    merged: list[str] = []
+def _merge_two_words_indexed(words: Sequence[str], table: Mapping[str, str]) -> list[tuple[str, int, int]]:
+    """:func:`merge_two_words` with, per merged word, the indices of its first and last word."""
+    merged: list[tuple[str, int, int]] = []
     i = 0
     while i < len(words):
         pair = " ".join(words[i:i + 2])
         if pair in table:
-            merged.append(table[pair])
+            merged.append((table[pair], i, i + 1))
             i += 2
         else:
-            merged.append(words[i])
+            merged.append((words[i], i, i))
             i += 1
     return merged
+
+
+def merge_two_words(words: Sequence[str], table: Mapping[str, str]) -> list[str]:
+    """Left-to-right two-word merge: ``words[i] + " " + words[i+1]`` found in ``table`` is replaced
+    by its value and both words are skipped."""
+    return [word for word, _, _ in _merge_two_words_indexed(words, table)]
 
 
 def caption_objects(caption: str, tables: ReferenceTables) -> dict[str, Any]:
@@ -313,17 +331,22 @@ def caption_objects(caption: str, tables: ReferenceTables) -> dict[str, Any]:
     Returns:
         ``tokens``; the normalised tokens under ``tables.field_name`` (``singular`` / ``lemmas``);
         ``merged`` (before the toilet rule); ``mentions``: ``[{"word", "category"}]`` in order,
-        duplicates kept.
+        duplicates kept; ``offsets``: per mention, its ``(start, end)`` in ``caption`` (from its
+        first token to its last; ``(None, None)`` where a token could not be placed).
     """
     from mmpo.evaluation.text import word_tokenize
 
     tokens = word_tokenize(caption.lower())
     normal = [tables.normalise(token) for token in tokens]
-    merged = merge_two_words(normal, tables.two_word_table)
-    kept = [w for w in merged if w != "seat"] if "toilet" in merged and "seat" in merged else merged
+    merged = _merge_two_words_indexed(normal, tables.two_word_table)
+    words = [word for word, _, _ in merged]
+    kept = [m for m in merged if m[0] != "seat"] if "toilet" in words and "seat" in words else merged
     vocabulary = tables.vocabulary
-    mentions = [{"word": w, "category": vocabulary[w]} for w in kept if w in vocabulary]
-    return {"tokens": tokens, tables.field_name: normal, "merged": merged, "mentions": mentions}
+    located = locate_tokens(caption, tokens)
+    found = [(w, first, last) for w, first, last in kept if w in vocabulary]
+    return {"tokens": tokens, tables.field_name: normal, "merged": words,
+            "mentions": [{"word": w, "category": vocabulary[w]} for w, _, _ in found],
+            "offsets": [token_span(caption, located, first, last) for _, first, last in found]}
 
 
 # ============================================================================ lenient tables
@@ -465,7 +488,13 @@ def extract_object_words(text: str, table: Mapping[str, str | None]) -> list[tup
     The scan is :func:`extract_mentions` with every *name* as its own vocabulary entry (longest
     match first, simple plurals), so the matched name is known too.
     """
-    return [(name, table[name]) for name in extract_mentions(text, list(table)) if table[name] is not None]
+    return [(name, category) for name, category, _, _ in find_object_words(text, table)]
+
+
+def find_object_words(text: str, table: Mapping[str, str | None]) -> list[tuple[str, str, int, int]]:
+    """:func:`extract_object_words` with each name's ``(start, end)`` in ``text``."""
+    return [(name, table[name], start, end) for name, start, end in find_mentions(text, list(table))
+            if table[name] is not None]  # type: ignore[misc]
 
 
 # ================================================================================ ground truth
@@ -723,13 +752,27 @@ class _Reader:
         return self._gt[image_id]
 
     def caption(self, text: str) -> dict[str, Any]:
+        """The caption's reading; ``offsets`` (one per mention, the first occurrence's where the
+        lenient reading de-duplicates) is for :func:`_spans` and not part of the result rows."""
         if self.lenient_table is None:
             return caption_objects(text, self.tables)
-        words = [{"word": w, "category": c} for w, c in extract_object_words(text, self.lenient_table)]
-        distinct: dict[Any, dict[str, str]] = {}
-        for mention in words:
-            distinct.setdefault(self.dedupe(mention), mention)
-        return {"tokens": tokenize(text), "mentions": list(distinct.values())}
+        distinct: dict[Any, tuple[dict[str, str], tuple[int, int]]] = {}
+        for word, category, start, end in find_object_words(text, self.lenient_table):
+            mention = {"word": word, "category": category}
+            distinct.setdefault(self.dedupe(mention), (mention, (start, end)))
+        return {"tokens": tokenize(text), "mentions": [m for m, _ in distinct.values()],
+                "offsets": [o for _, o in distinct.values()]}
+
+
+def _spans(text: str, mentions: Sequence[Mapping[str, str]], offsets: Sequence[tuple[int | None, int | None]],
+           gt: Sequence[str]) -> dict[str, Any]:
+    """``spans`` (every judged mention: hallucinated when its category is not in ``gt``) and
+    ``missed`` (``gt`` categories no mention names), see :mod:`mmpo.evaluation.spans`."""
+    truth = set(gt)
+    spans = [make_span(text, start, end, m["category"], "correct" if m["category"] in truth else "hallucinated",
+                       word=m["word"])
+             for m, (start, end) in zip(mentions, offsets, strict=True)]
+    return {"spans": spans, "missed": missed(truth, {m["category"] for m in mentions})}
 
 
 def _chair_printed(rows: Sequence[Mapping[str, Any]], chair_s: float, chair_i: float) -> str:
@@ -768,6 +811,7 @@ def score_chair(generations: Sequence[Mapping[str, Any]], ground_truth: CocoGrou
     for row in rows:
         read = reader.caption(row["caption"])
         gt = reader.ground_truth(row["image_id"])
+        offsets = read.pop("offsets")
         judged = _judge(read.pop("mentions"), gt["gt_categories"])
         covered = judged.pop("covered")
         n_bad += judged["chair_s"]
@@ -778,7 +822,8 @@ def score_chair(generations: Sequence[Mapping[str, Any]], ground_truth: CocoGrou
         extra = {k: gt[k] for k in ("gt_from_instances", "gt_reference_captions") if k in gt}
         per_response.append({"image_id": row["image_id"], "caption": row["caption"], **read, **judged,
                              "covered_gt_categories": covered,
-                             "recall": ratio(len(covered), len(judged["gt_categories"])), **extra})
+                             "recall": ratio(len(covered), len(judged["gt_categories"])), **extra,
+                             **_spans(row["caption"], judged["mentions"], offsets, judged["gt_categories"])})
     chair_s, chair_i = ratio(n_bad, len(rows)), ratio(n_bad_mentions, n_mentions)
     return {
         "CHAIRs": chair_s,
@@ -827,6 +872,7 @@ def score_object_halbench(generations: Sequence[Mapping[str, Any]], ground_truth
     for row in rows:
         caption = _remove_assistant(row["caption"])
         read = reader.caption(caption)
+        offsets = read.pop("offsets")
         judged = _judge(read.pop("mentions"), reader.ground_truth(row["image_id"])["gt_categories"])
         correct = judged.pop("covered")
         words = len(caption.strip().split(" "))
@@ -839,7 +885,8 @@ def score_object_halbench(generations: Sequence[Mapping[str, Any]], ground_truth
         n_words += words
         per_response.append({"image_id": row["image_id"], "question": row["question"], "caption": caption, **read,
                              **judged, "has_mentions": bool(judged["mentions"]), "correct_categories": correct,
-                             "n_words": words, "gpt_path_short_answer": len(caption.strip().split()) <= 3})
+                             "n_words": words, "gpt_path_short_answer": len(caption.strip().split()) <= 3,
+                             **_spans(caption, judged["mentions"], offsets, judged["gt_categories"])})
     n = len(rows)
     chair_s, refine, chair_i = ratio(n_bad, n), ratio(n_bad, n_with), ratio(n_bad_mentions, n_mentions)
     obj_rec, avg_len = ratio(n_correct, n_gt), ratio(n_words, n)

@@ -10,10 +10,12 @@ synthetic world's.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mmpo.evaluation.chair import chair_scores, extract_mentions, singular_forms, tokenize
+from mmpo.evaluation.chair import chair_scores, extract_mentions, find_mentions, word_spans
 from mmpo.evaluation.pope import parse_yes_no, pope_metrics
+from mmpo.evaluation.spans import make_span, missed
 from mmpo.generation import generate_responses
 
 
@@ -43,31 +45,106 @@ class YesNoQuestion(Protocol):
     label: str
 
 
-def attribute_errors(response: str, scene: KnownScene, shapes: Collection[str],
-                     colours: Collection[str]) -> tuple[int, int]:
-    """``(wrong, checked)`` colour claims of ``response`` about shapes really in ``scene``.
+@dataclass(frozen=True)
+class ColourClaim:
+    """One sentence's colour claim: its subject (the first shape mentioned, ``text[start:end]``)
+    and the last colour word before it (``text[colour_start:colour_end]``)."""
 
-    The response is cut into sentences at ``"."``. In each sentence the first shape mentioned is the
-    sentence's subject and the last colour word before it is its colour (``"a small red circle is
-    ..."`` -> ``(red, circle)``). A sentence is *checked* when it has both and the shape is present
-    in the scene; it is *wrong* when no object of that shape has that colour. Sentences about absent
-    shapes are CHAIR's business and are skipped.
+    shape: str
+    start: int
+    end: int
+    colour: str
+    colour_start: int
+    colour_end: int
+
+
+def colour_claims(response: str, shapes: Collection[str], colours: Collection[str]) -> list[ColourClaim]:
+    """The colour claims of ``response``, one per sentence that has one.
+
+    The response is cut into sentences at ``"."``. In each sentence the first shape mentioned
+    (:func:`~mmpo.evaluation.chair.find_mentions`) is the sentence's subject and the last colour word
+    before it is its colour (``"a small red circle is ..."`` -> ``(red, circle)``); a sentence whose
+    subject has no colour word before it makes no claim. Offsets are into ``response``.
     """
+    claims = []
+    offset = 0
+    for sentence in response.split("."):
+        subject = next(iter(find_mentions(sentence, shapes)), None)
+        if subject is not None:
+            shape, start, end = subject
+            colour = next(((w, a, b) for w, a, b in reversed(word_spans(sentence[:start])) if w in colours), None)
+            if colour is not None:
+                claims.append(ColourClaim(shape, offset + start, offset + end, colour[0],
+                                          offset + colour[1], offset + colour[2]))
+        offset += len(sentence) + 1
+    return claims
+
+
+def _colours_of(scene: KnownScene) -> dict[str, set[str]]:
     colours_of: dict[str, set[str]] = {}
     for obj in scene.objects:
         colours_of.setdefault(obj.shape, set()).add(obj.colour)
+    return colours_of
+
+
+def attribute_errors(response: str, scene: KnownScene, shapes: Collection[str],
+                     colours: Collection[str]) -> tuple[int, int]:
+    """``(wrong, checked)`` colour claims (:func:`colour_claims`) of ``response`` about shapes really
+    in ``scene``. A claim is *checked* when its shape is present in the scene; it is *wrong* when no
+    object of that shape has that colour. Claims about absent shapes are CHAIR's business and are
+    skipped."""
+    colours_of = _colours_of(scene)
+    checked = [c for c in colour_claims(response, shapes, colours) if c.shape in colours_of]
+    return sum(c.colour not in colours_of[c.shape] for c in checked), len(checked)
+
+
+def answer_spans(response: str, scene: KnownScene, shapes: Collection[str],
+                 colours: Collection[str]) -> dict[str, Any]:
+    """Every shape mention of ``response`` with the exact verdict (:mod:`mmpo.evaluation.spans`):
+    ``hallucinated`` when the shape is not in ``scene``; ``wrong_attribute`` when it is the subject
+    of a checked, wrong colour claim (:func:`attribute_errors`), with the colour word; else
+    ``correct``. Also ``missed``: the scene's shapes never mentioned."""
+    colours_of = _colours_of(scene)
+    wrong = {c.start: c for c in colour_claims(response, shapes, colours)
+             if c.shape in colours_of and c.colour not in colours_of[c.shape]}
+    spans = []
+    found = find_mentions(response, shapes)
+    for shape, start, end in found:
+        if shape not in colours_of:
+            spans.append(make_span(response, start, end, shape, "hallucinated"))
+        elif (claim := wrong.get(start)) is not None:
+            attribute = {"start": claim.colour_start, "end": claim.colour_end,
+                         "text": response[claim.colour_start:claim.colour_end], "said": claim.colour,
+                         "true": sorted(colours_of[shape])}
+            spans.append(make_span(response, start, end, shape, "wrong_attribute", attribute=attribute))
+        else:
+            spans.append(make_span(response, start, end, shape, "correct"))
+    return {"spans": spans, "missed": missed(scene.shapes, {shape for shape, _, _ in found})}
+
+
+def score_descriptions(descriptions: Sequence[str], scenes: Sequence[KnownScene], *, shapes: Collection[str],
+                       colours: Collection[str]) -> dict[str, Any]:
+    """CHAIR and attribute errors of ``descriptions`` (one per scene, in order), exactly.
+
+    Returns:
+        ``chair_i``, ``chair_s``, ``coverage``, ``mentions_per_response``, ``attribute_error``
+        (wrong colours / checked colour claims, ``0.0`` if none checked), ``n_wrong_attributes``,
+        ``n_checked_attributes``, and ``per_scene``: per scene ``scene_id``, ``response``,
+        ``mentioned`` and ``truth`` (categories), ``spans`` and ``missed`` (:func:`answer_spans`).
+    """
+    if len(descriptions) != len(scenes):
+        raise ValueError(f"{len(descriptions)} descriptions for {len(scenes)} scenes")
+    mentions = [extract_mentions(d, shapes) for d in descriptions]
+    chair = chair_scores(mentions, [s.shapes for s in scenes])
     wrong = checked = 0
-    for sentence in response.split("."):
-        words = tokenize(sentence)
-        for i, word in enumerate(words):
-            shape = next((form for form in singular_forms(word) if form in shapes), None)
-            if shape is not None:
-                colour = next((w for w in reversed(words[:i]) if w in colours), None)
-                if colour is not None and shape in colours_of:
-                    checked += 1
-                    wrong += colour not in colours_of[shape]
-                break
-    return wrong, checked
+    rows = []
+    for description, scene, mentioned in zip(descriptions, scenes, mentions, strict=True):
+        w, c = attribute_errors(description, scene, shapes, colours)
+        wrong, checked = wrong + w, checked + c
+        rows.append({"scene_id": scene.id, "response": description, "mentioned": sorted(set(mentioned)),
+                     "truth": sorted(scene.shapes), **answer_spans(description, scene, shapes, colours)})
+    return {**chair, "attribute_error": wrong / checked if checked else 0.0,
+            "n_wrong_attributes": wrong, "n_checked_attributes": checked, "per_scene": rows}
 
 
 def evaluate_synthetic(
@@ -104,8 +181,9 @@ def evaluate_synthetic(
         pope_max_new_tokens: length limit of POPE answers (only the first word is read).
         n_samples: how many (description, truth) pairs to keep under ``samples``.
         progress: show tqdm bars.
-        keep_items: also return ``per_scene`` (``{"scene_id", "response", "mentioned", "truth"}``
-            per scene: the categories mentioned and present) and ``per_question`` (``{"scene_id",
+        keep_items: also return ``per_scene`` (``{"scene_id", "response", "mentioned", "truth",
+            "spans", "missed"}`` per scene: the categories mentioned and present, each mention's
+            place and verdict, see :func:`score_descriptions`) and ``per_question`` (``{"scene_id",
             "label", "prediction"}`` per POPE question), from which every aggregate can be
             recomputed on a subset (e.g. a bootstrap over scenes).
 
@@ -123,12 +201,7 @@ def evaluate_synthetic(
 
     descriptions = generate_responses(model, processor, [images[s.id] for s in scenes], prompt,
                                       batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
-    mentions = [extract_mentions(d, shapes) for d in descriptions]
-    chair = chair_scores(mentions, [s.shapes for s in scenes])
-    wrong = checked = 0
-    for description, scene in zip(descriptions, scenes, strict=True):
-        w, c = attribute_errors(description, scene, shapes, colours)
-        wrong, checked = wrong + w, checked + c
+    scored = score_descriptions(descriptions, scenes, shapes=shapes, colours=colours)
 
     answers = generate_responses(model, processor, [images[q.scene_id] for q in questions],
                                  [q.question for q in questions], batch_size=batch_size,
@@ -137,17 +210,16 @@ def evaluate_synthetic(
     pope = pope_metrics([q.label for q in questions], predictions)
 
     items = {} if not keep_items else {
-        "per_scene": [{"scene_id": s.id, "response": d, "mentioned": sorted(set(m)), "truth": sorted(s.shapes)}
-                      for s, d, m in zip(scenes, descriptions, mentions, strict=True)],
+        "per_scene": scored["per_scene"],
         "per_question": [{"scene_id": q.scene_id, "label": q.label, "prediction": p}
                          for q, p in zip(questions, predictions, strict=True)],
     }
     return {
-        "chair_i": chair["chair_i"],
-        "chair_s": chair["chair_s"],
-        "coverage": chair["coverage"],
-        "mentions_per_response": chair["mentions_per_response"],
-        "attribute_error": wrong / checked if checked else 0.0,
+        "chair_i": scored["chair_i"],
+        "chair_s": scored["chair_s"],
+        "coverage": scored["coverage"],
+        "mentions_per_response": scored["mentions_per_response"],
+        "attribute_error": scored["attribute_error"],
         "pope_accuracy": pope["accuracy"],
         "pope_precision": pope["precision"],
         "pope_recall": pope["recall"],
