@@ -7,6 +7,7 @@ import gzip
 import json
 import math
 import shutil
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,7 @@ def test_evaluate_every_benchmark_then_compare(tiny_checkpoint, tmp_path, judge_
     assert "predictions" not in b["amber"] and "reviews" not in b["mmhal"]
     assert "| amber | reference | AMBER_score |" in (run / "results.md").read_text()
     assert "| pope | reference | mean/f1 |" in capsys.readouterr().out
+    check_report(run / "report.html", {"synthetic": 3, "chair": 3, "object_halbench": 3, "amber": 3})
 
     other = tmp_path / "runs" / "copy"
     shutil.copytree(run, other)
@@ -94,6 +96,35 @@ def test_evaluate_every_benchmark_then_compare(tiny_checkpoint, tmp_path, judge_
 
 
 GOLDEN = Path(__file__).resolve().parent.parent / "fixtures" / "reference"
+
+
+class _Gallery(HTMLParser):
+    """Per benchmark gallery: how many items, and each item's inlined images."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.items: dict[str, list[list[str]]] = {}
+        self._bench: str | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "div" and attrs.get("class") == "bench":
+            self._bench = attrs["id"].removeprefix("gallery-")
+            self.items[self._bench] = []
+        elif tag == "article" and self._bench:
+            self.items[self._bench].append([])
+        elif tag == "img" and self._bench and self.items[self._bench]:
+            self.items[self._bench][-1].append(attrs.get("src", ""))
+
+
+def check_report(path: Path, items: dict[str, int], images: bool = True) -> None:
+    """``mmpo evaluate``'s page: one gallery per benchmark with answers, each item's image inlined."""
+    gallery = _Gallery(path.read_text())
+    assert {bench: len(found) for bench, found in gallery.items.items()} == items
+    for bench, found in gallery.items.items():
+        for srcs in found:
+            assert (srcs and all(s.startswith("data:image/") for s in srcs)) if images else not srcs, bench
 
 
 def _plain_copy(tmp_path, name: str) -> Path:
@@ -129,6 +160,7 @@ def test_predictions_reproduce_the_reference_chair_and_object_halbench(tmp_path,
                        "--predictions", str(GOLDEN / "chair" / "generations_imgToEval.json")], tmp_path, "chair")
     assert all(close(got[k], reference["chair"][k]) for k in ("CHAIRs", "CHAIRi", "Recall"))
     assert len(json.loads((out / "predictions" / "chair.json").read_text())["per_response"]) == 167
+    check_report(out / "report.html", {"chair": 167}, images=False)    # no image folder given: none shown
     got, _ = _score(["--coco-annotations", str(folder),
                      "--predictions", str(GOLDEN / "chair" / "generations.jsonl")], tmp_path, "object_halbench")
     expected = reference["object_halbench"]

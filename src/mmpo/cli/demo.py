@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..io import default_cache_dir
+from ..report.html import CURVE_GROUPS
 
 #: The method configs, shipped inside the package (``configs/toyworld`` at the top of a checkout
 #: links here): ``adavip_plus_vision.yaml`` is ``--method adavip-plus-vision``.
@@ -57,12 +58,12 @@ TRAINING_OPTIONS = {"steps": "max_steps", "batch_size": "per_device_train_batch_
 DATA_VERSION = 3
 TABLE_KEYS = ("chair_i", "chair_s", "coverage", "mentions_per_response", "attribute_error", "pope_f1",
               "pope_accuracy", "pope_yes_ratio")
-PLOTS = {
-    "rewards.png": ["loss", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"],
-    "aspo.png": ["aspo/weight_mean", "aspo/weight_std", "aspo/scale", "aspo/sentences_per_response"],
-    "dama.png": ["dama/alpha_model", "dama/r_bar", "dama/gap_easy", "dama/gap_hard", "dama/beta_mean"],
-    "adavip.png": ["adavip/weight_vision", "adavip/weight_language", "rewards/vision_margins"],
-}
+#: the PNG plots of the run directory: the report's curve groups (``rewards.png``, ``aspo.png``, ...)
+PLOTS = {f"{group}.png": list(keys) for group, (_, keys) in CURVE_GROUPS.items()}
+#: result entries kept out of metrics.json: the answers go to eval/answers.json (the report's gallery)
+BULKY_KEYS = ("samples", "per_scene", "per_question")
+#: bumped when what an evaluation records changes, so cached metrics without it are recomputed
+EVAL_VERSION = 2
 
 
 def method_configs(folder: Path = CONFIG_DIR) -> dict[str, Path]:
@@ -116,6 +117,7 @@ class DemoOptions:
     clip_steps: int | None = _option(None, "training steps of the world's tiny CLIP")
     seed: int = _option(0, "seed of the world, the data and training")
     progress: bool = _option(True, "hide progress bars")
+    report: bool = _option(True, "skip writing report.html (`mmpo report RUN_DIR` writes it later)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,9 +244,9 @@ def run_demo(opts: DemoOptions) -> dict:
     metrics = {
         "method": opts.method,
         "data": data_kind,
-        "before": {k: v for k, v in before.items() if k != "samples"},
-        "after": {k: v for k, v in after.items() if k != "samples"},
-        **({"control": {k: v for k, v in control.items() if k != "samples"}} if control else {}),
+        "before": _scalars(before),
+        "after": _scalars(after),
+        **({"control": _scalars(control)} if control else {}),
         "samples": {"before": before.get("samples", []), "after": after.get("samples", []),
                     **({"control": control.get("samples", [])} if control else {})},
         "options": options,
@@ -256,9 +258,39 @@ def run_demo(opts: DemoOptions) -> dict:
     if (report := folder / "self_pairs_report.json").exists():
         metrics["self_pairs"] = json.loads(report.read_text())
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    write_answers(out, world, opts, {"before": before, "after": after, **({"control": control} if control else {})})
     say("\n" + metrics_table(metrics))
-    say(f"\nrun directory: {out}  (metrics.json, train_log.json, model/, {', '.join(plots)})  [{metrics['seconds']:.0f} s]")
+    files = ["metrics.json", "train_log.json", "eval/", "model/", *plots]
+    if opts.report:
+        from ..report import write_report
+
+        written = write_report([out], out / "report.html")
+        files.insert(0, "report.html")
+        say(f"\n{written.summary()}")
+    say(f"\nrun directory: {out}  ({', '.join(files)})  [{metrics['seconds']:.0f} s]")
     return metrics
+
+
+def _scalars(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k not in BULKY_KEYS}
+
+
+def write_answers(out: Path, world, opts: DemoOptions, results: dict[str, dict]) -> Path:
+    """The evaluated scenes' images (``eval/images/SCENE.png``) and every model's answers with the
+    scorer's spans and verdicts (``eval/answers.json``: ``{"prompt", "truth": {scene: description},
+    "models": {stage: per-scene rows}}``), which the report's gallery shows."""
+    from ..io import atomic_write_json, ensure_png
+    from ..toyworld.scenes import DESCRIBE_PROMPT
+
+    images = out / "eval" / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    scenes = eval_scenes(opts, world)
+    for scene in scenes:
+        ensure_png(images / f"{scene.id}.png", scene.render)
+    path = out / "eval" / "answers.json"
+    atomic_write_json(path, {"prompt": DESCRIBE_PROMPT, "truth": {s.id: s.description() for s in scenes},
+                             "models": {stage: result.get("per_scene", []) for stage, result in results.items()}})
+    return path
 
 
 def train(model, processor, model_args, args, methods, records: list):
@@ -292,7 +324,7 @@ def control_metrics(opts: DemoOptions, folder: Path, base_dir: Path, records: li
     out = Path(opts.output_dir) / "control"
     _, (model_args, _, args, *_) = demo_config(control, out)
     settings = {option: getattr(args, key) for option, key in TRAINING_OPTIONS.items()}
-    path = folder / f"control-metrics-{_key(base_dir.name, settings, opts.n_eval_scenes, opts.seed)}.json"
+    path = folder / f"control-metrics-{_key(base_dir.name, settings, opts.n_eval_scenes, opts.seed, EVAL_VERSION)}.json"
     if path.exists():
         say(f"      reused {path}")
         return json.loads(path.read_text())
@@ -464,21 +496,28 @@ def add_vision_rejected(records: list, scorer, folder: Path, opts: DemoOptions) 
 
 
 # ------------------------------------------------------------------------------------------ evaluation
+def eval_scenes(opts: DemoOptions, world) -> list:
+    """The held-out scenes every model of the demo is evaluated on."""
+    from ..toyworld.scenes import sample_scenes
+
+    return sample_scenes(world.held_out(), opts.n_eval_scenes, prefix="heldout")
+
+
 def evaluate(opts: DemoOptions, model, processor, world) -> dict:
+    """The metrics on :func:`eval_scenes`, with the per-scene answers, spans and verdicts."""
     from ..toyworld.evaluate import evaluate_world
     from ..toyworld.scenes import sample_scenes
 
-    eval_scenes = sample_scenes(world.held_out(), opts.n_eval_scenes, prefix="heldout")
     stats_scenes = sample_scenes(world, opts.base_scenes, prefix="train")
-    return evaluate_world(model, processor, eval_scenes, pope_split_scenes_for_stats=stats_scenes,
-                          seed=opts.seed, progress=opts.progress)
+    return evaluate_world(model, processor, eval_scenes(opts, world), pope_split_scenes_for_stats=stats_scenes,
+                          seed=opts.seed, progress=opts.progress, keep_items=True)
 
 
 def evaluate_cached(opts: DemoOptions, base_dir: Path, model, processor, world) -> dict:
     """The base model's metrics are the same for every method: computed once per base model."""
     from ..io import atomic_write_text
 
-    path = base_dir / f"heldout-metrics-{_key(opts.n_eval_scenes, opts.seed)}.json"
+    path = base_dir / f"heldout-metrics-{_key(opts.n_eval_scenes, opts.seed, EVAL_VERSION)}.json"
     if path.exists():
         return json.loads(path.read_text())
     metrics = evaluate(opts, model, processor, world)

@@ -32,7 +32,9 @@ ground-truth files and --predictions; no model and no images are loaded.
 
 Text is read by each benchmark's reference rules (--parsing reference, the default: the numbers of
 the published scorers); --parsing lenient is mmpo's more tolerant reading, a documented deviation.
-The run directory gets results.json, results.md and predictions/<benchmark>.json.
+The run directory gets results.json, results.md, predictions/<benchmark>.json (every answer with the
+spans the scorer matched and their verdicts) and report.html (`mmpo report`: metrics and the answers
+with each hallucinated object marked; --no-report skips it).
 ``--compare RUN_DIR ...`` prints (and, with --output-dir, writes comparison.md) a side-by-side
 table of existing runs; given with --benchmark, the new run is the first column.
 
@@ -54,7 +56,7 @@ BENCHMARKS = ("chair", "object_halbench", "pope", "amber", "mmhal", "synthetic")
 CAPTION_BENCHMARKS = ("chair", "object_halbench")
 POPE_SPLITS = ("random", "popular", "adversarial")
 #: result entries too bulky for results.json; they go to predictions/<benchmark>.json
-BULKY_KEYS = ("predictions", "per_response", "reviews", "samples")
+BULKY_KEYS = ("predictions", "per_response", "reviews", "samples", "per_scene", "per_question")
 
 
 def _prediction(text: str) -> tuple[str | None, str]:
@@ -144,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--compare", nargs="+", metavar="RUN_DIR", default=[],
                    help="print a side-by-side table of these runs' results")
+    p.add_argument("--no-report", dest="report", action="store_false",
+                   help="do not write OUTPUT_DIR/report.html (with --compare: the compared runs too)")
     return p
 
 
@@ -252,7 +256,7 @@ def score_predictions(bench: str, ns: argparse.Namespace, judge: Any = None) -> 
     (_, path), = ns.predictions
     if bench in CAPTION_BENCHMARKS:
         score = chair.score_chair if bench == "chair" else chair.score_object_halbench
-        return score(chair.load_generations(path), _coco_ground_truth(ns), parsing=parsing)
+        return score(chair.load_generations(path), _coco_ground_truth_cached(ns), parsing=parsing)
     if bench == "amber":
         data = amber.load_amber_data(ns.amber_annotations, associations=ns.amber_relation,
                                      safe_words=ns.amber_safe_words, metrics=ns.amber_metrics, parsing=parsing)
@@ -281,7 +285,7 @@ def run_benchmark(bench: str, ns: argparse.Namespace, model: Any, processor: Any
 
     common = {"batch_size": ns.batch_size, "progress": ns.progress, "limit": ns.limit, "parsing": ns.parsing}
     if bench in CAPTION_BENCHMARKS:
-        return chair.run_chair(model, processor, _coco_ground_truth(ns), ns.coco_images, questions=ns.chair_questions,
+        return chair.run_chair(model, processor, _coco_ground_truth_cached(ns), ns.coco_images, questions=ns.chair_questions,
                                prompt=ns.chair_prompt, max_new_tokens=ns.max_new_tokens, **common)
     if bench == "pope":
         return pope.run_pope(model, processor, _pope_labels(ns), ns.pope_images, prompt_suffix=ns.pope_prompt_suffix,
@@ -297,16 +301,25 @@ def run_benchmark(bench: str, ns: argparse.Namespace, model: Any, processor: Any
         return mmhal.run_mmhal(model, processor, ns.mmhal_template, ns.mmhal_images, judge,
                                max_new_tokens=ns.max_new_tokens, **common)
     if bench == "synthetic":
+        from ..io import ensure_png
         from ..toyworld.evaluate import evaluate_world
         from ..toyworld.scenes import WorldConfig, sample_scenes
 
         world = WorldConfig(seed=ns.synthetic_seed)
         n = ns.synthetic_scenes if ns.limit is None else min(ns.synthetic_scenes, ns.limit)
-        result = evaluate_world(model, processor, sample_scenes(world.held_out(), n, prefix="eval"),
+        scenes = sample_scenes(world.held_out(), n, prefix="eval")
+        result = evaluate_world(model, processor, scenes,
                                 pope_split_scenes_for_stats=sample_scenes(world, 1000, prefix="train"),
                                 seed=ns.synthetic_seed, max_new_tokens=ns.max_new_tokens,
                                 pope_max_new_tokens=ns.yes_no_max_new_tokens, batch_size=ns.batch_size,
-                                progress=ns.progress)
+                                progress=ns.progress, keep_items=True)
+        images = Path(ns.output_dir) / "images" / "synthetic"
+        images.mkdir(parents=True, exist_ok=True)
+        by_id = {scene.id: scene for scene in scenes}
+        for row in result["per_scene"]:     # the report's gallery shows each scene's picture and truth
+            scene = by_id[row["scene_id"]]
+            path = ensure_png(images / f"{scene.id}.png", scene.render)
+            row.update(image=str(path.relative_to(ns.output_dir)), description=scene.description())
         return {**result, "parsing": "exact"}
     raise ValueError(f"unknown benchmark {bench!r}")
 
@@ -341,12 +354,43 @@ def evaluate(ns: argparse.Namespace, judge: Any = None) -> dict[str, Any]:
         else:
             result = run_benchmark(bench, ns, model, processor, judge)
         _warn_if_nothing_matched(bench, result)
+        attach_images(bench, result, ns)
         bulky = {k: result.pop(k) for k in BULKY_KEYS if k in result}
         if bulky:
             atomic_write_json(out / "predictions" / f"{bench}.json", bulky, indent=1, default=str)
         results["benchmarks"][bench] = result
         write_run(results, out)            # after each benchmark, so a crash keeps what is done
     return results
+
+
+def attach_images(bench: str, result: dict[str, Any], ns: argparse.Namespace) -> None:
+    """Give each ``per_response`` row of CHAIR / Object HalBench / AMBER the path of its image
+    (``image``), where the image folder is known and the file is there, for the report's gallery."""
+    rows = result.get("per_response")
+    if not rows:
+        return
+    if bench in CAPTION_BENCHMARKS and ns.coco_images:
+        truth = _coco_ground_truth_cached(ns)
+        for row in rows:
+            name = truth.file_names.get(truth.image_id(row["image_id"]))
+            if name and (path := Path(ns.coco_images) / name).is_file():
+                row["image"] = str(path.resolve())
+    elif bench == "amber" and ns.amber_images and ns.amber_queries:
+        from ..evaluation.amber import load_amber_queries
+
+        queries = {int(q["id"]): q for q in load_amber_queries(ns.amber_queries)}
+        for row in rows:
+            key = int(row["id"])
+            if key in queries:
+                if (path := Path(ns.amber_images) / queries[key]["image"]).is_file():
+                    row["image"] = str(path.resolve())
+                row.setdefault("question", queries[key]["query"])
+
+
+def _coco_ground_truth_cached(ns: argparse.Namespace):
+    if getattr(ns, "_coco_truth", None) is None:
+        ns._coco_truth = _coco_ground_truth(ns)
+    return ns._coco_truth
 
 
 def _warn_if_nothing_matched(bench: str, result: dict[str, Any]) -> None:
@@ -383,6 +427,12 @@ def main(argv: list[str]) -> int:
         print(run_table(results))
         print(f"results written to {ns.output_dir}")
         run_dirs = [ns.output_dir, *run_dirs] if run_dirs else []
+        if ns.report:
+            from ..report import write_report
+
+            # the compared runs first: the gallery judges the new run's answers against the first one's
+            shown = [*ns.compare, ns.output_dir]
+            print(write_report(shown, Path(ns.output_dir) / "report.html").summary())
     if run_dirs:
         out_path = Path(ns.output_dir) / "comparison.md" if ns.output_dir else None
         print(compare_runs(run_dirs, out_path))

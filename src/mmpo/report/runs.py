@@ -1,0 +1,240 @@
+"""Read run directories into what the HTML report shows: metric columns, training logs, plots and
+the answers to show in the gallery.
+
+Two kinds of run directory are understood:
+
+* a **demo run** (``mmpo demo``): ``metrics.json`` (metrics of the base model, the trained model and
+  the SFT control), ``train_log.json``, the AdaViP contact sheet, and ``eval/answers.json``: every
+  evaluated scene's answer per model, with the spans and verdicts the scorer recorded
+  (:mod:`mmpo.evaluation.spans`), its images under ``eval/images/``;
+* an **evaluation run** (``mmpo evaluate``): ``results.json`` and ``predictions/<benchmark>.json``,
+  whose ``per_response`` (CHAIR, Object HalBench, AMBER) or ``per_scene`` (synthetic) rows carry
+  the spans, and an ``image`` path where the run knew the image.
+
+Nothing here scores an answer: verdicts are read as the evaluation wrote them; the only arithmetic
+is counting them (:func:`error_count`) and the mean and interval of a metric over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: The demo's evaluation answers, per model, and its images (relative to the run directory).
+ANSWERS_FILE = Path("eval") / "answers.json"
+IMAGES_DIR = Path("eval") / "images"
+#: ``per_response`` / ``per_scene`` rows of an evaluation run, by benchmark: (rows key, id key, text key).
+ROW_KEYS = {
+    "synthetic": ("per_scene", "scene_id", "response"),
+    "chair": ("per_response", "image_id", "caption"),
+    "object_halbench": ("per_response", "image_id", "caption"),
+    "amber": ("per_response", "id", "response"),
+}
+#: Options of a demo run that do not change what was trained (they do not split a seed group).
+INCIDENTAL_OPTIONS = ("seed", "output_dir", "cache_dir", "progress")
+
+
+@dataclass
+class Answer:
+    """One model's answer to one gallery item: its text, the scorer's spans and missed objects."""
+
+    text: str
+    spans: list[dict[str, Any]]
+    missed: list[str]
+
+
+@dataclass
+class GalleryItem:
+    """One evaluated image: where its picture is, the request, and each model's answer."""
+
+    key: str
+    image: Path | None
+    prompt: str
+    answers: dict[str, Answer] = field(default_factory=dict)
+    truth: str = ""
+
+
+@dataclass
+class Run:
+    """One run directory as the report sees it.
+
+    ``columns`` are its models' metrics in table order (``{label: {(benchmark, metric): value}}``,
+    the base model first when the run has one); ``galleries`` hold, per benchmark, the items with
+    each model's answer (keyed as the columns). ``group`` is what the run's seeds share: runs with
+    the same group and different seeds are one column group in the metric table.
+    """
+
+    path: Path
+    name: str
+    kind: str                                   # "demo" or "evaluate"
+    columns: dict[str, dict[tuple[str, str], float]]
+    log: list[dict[str, Any]] = field(default_factory=list)
+    images: list[tuple[str, Path]] = field(default_factory=list)
+    galleries: dict[str, dict[str, GalleryItem]] = field(default_factory=dict)
+    base_label: str | None = None
+    primary_label: str | None = None
+    seed: int | None = None
+    group: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def load_run(path: str | Path) -> Run:
+    """A demo run (``metrics.json``) or an evaluation run (``results.json``) from its directory.
+
+    Raises:
+        FileNotFoundError: the directory holds neither file (naming both).
+        ValueError: a file that is not the JSON the run writes, naming it.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"run directory {path}: no such directory")
+    if (path / "metrics.json").exists():
+        return _demo_run(path)
+    if (path / "results.json").exists():
+        return _evaluation_run(path)
+    raise FileNotFoundError(f"{path} is not a run directory: it holds neither metrics.json (mmpo demo) nor "
+                            "results.json (mmpo evaluate)")
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+
+
+def _scalars(metrics: Mapping[str, Any], bench: str) -> dict[tuple[str, str], float]:
+    return {(bench, key): float(value) for key, value in metrics.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+# ------------------------------------------------------------------------------------------- demo
+def _demo_run(path: Path) -> Run:
+    metrics = _json(path / "metrics.json")
+    for key in ("method", "before", "after"):
+        if key not in metrics:
+            raise ValueError(f"{path / 'metrics.json'}: lacks {key!r}; is it an mmpo demo run?")
+    method = str(metrics["method"])
+    labels = {"before": "base", "control": "SFT control", "after": method}
+    columns = {labels[stage]: _scalars(metrics[stage], "synthetic")
+               for stage in ("before", "control", "after") if isinstance(metrics.get(stage), Mapping)}
+    options = metrics.get("options") or {}
+    group = json.dumps({"kind": "demo", **{k: v for k, v in options.items() if k not in INCIDENTAL_OPTIONS}},
+                       sort_keys=True)
+    log = _json(path / "train_log.json") if (path / "train_log.json").exists() else []
+    images = [(title, path / name) for title, name in (("AdaViP vision-rejected images", "contact_sheet.png"),)
+              if (path / name).exists()]
+    run = Run(path=path, name=path.name, kind="demo", columns=columns, log=log, images=images,
+              base_label="base", primary_label=method, seed=options.get("seed"), group=group,
+              info={"method": method, "data": metrics.get("data"), "records": metrics.get("n_records"),
+                    "seconds": metrics.get("seconds"), "config": metrics.get("config"),
+                    "options": options, "self_pairs": metrics.get("self_pairs")})
+    if (path / ANSWERS_FILE).exists():
+        run.galleries["synthetic"] = _demo_gallery(path, _json(path / ANSWERS_FILE), labels)
+    return run
+
+
+def _demo_gallery(path: Path, answers: Mapping[str, Any], labels: Mapping[str, str]) -> dict[str, GalleryItem]:
+    """``eval/answers.json``: ``{"prompt", "truth": {scene_id: description}, "models": {stage:
+    [per-scene rows]}}``."""
+    prompt = str(answers.get("prompt", ""))
+    truths = answers.get("truth") or {}
+    items: dict[str, GalleryItem] = {}
+    for stage in ("before", "control", "after"):
+        for index, row in enumerate(answers.get("models", {}).get(stage, [])):
+            where = f"{path / ANSWERS_FILE}: {stage} row {index}"
+            key = str(_field(row, "scene_id", where))
+            item = items.setdefault(key, GalleryItem(key, path / IMAGES_DIR / f"{key}.png", prompt,
+                                                     truth=str(truths.get(key, ""))))
+            item.answers[labels[stage]] = _answer(row, "response", where)
+    return items
+
+
+def _field(row: Any, key: str, where: str) -> Any:
+    if not isinstance(row, Mapping) or key not in row:
+        have = sorted(row) if isinstance(row, Mapping) else type(row).__name__
+        raise ValueError(f"{where}: lacks {key!r} (has {have})")
+    return row[key]
+
+
+def _answer(row: Mapping[str, Any], text_key: str, where: str) -> Answer:
+    text = str(_field(row, text_key, where))
+    spans = row.get("spans") or []
+    for span in spans:
+        start, end = span.get("start"), span.get("end")
+        if start is not None and text[start:end] != span.get("text"):
+            raise ValueError(f"{where}: span {span} does not match the answer text ({text[start:end]!r})")
+    return Answer(text, list(spans), list(row.get("missed") or []))
+
+
+# ------------------------------------------------------------------------------------- evaluation
+def _evaluation_run(path: Path) -> Run:
+    from mmpo.evaluation.report import scalar_metrics
+
+    results = _json(path / "results.json")
+    if not isinstance(results, Mapping) or "benchmarks" not in results:
+        raise ValueError(f"{path / 'results.json'}: lacks 'benchmarks'; is it an mmpo evaluate run?")
+    name = str(results.get("run") or path.name)
+    run = Run(path=path, name=name, kind="evaluate", columns={name: scalar_metrics(results)},
+              primary_label=name, group=json.dumps({"kind": "evaluate", "run": path.name}),
+              info={"model": results.get("model"), "settings": results.get("settings")})
+    for bench in results["benchmarks"]:
+        predictions = path / "predictions" / f"{bench}.json"
+        if bench in ROW_KEYS and predictions.exists():
+            rows_key, id_key, text_key = ROW_KEYS[bench]
+            rows = _json(predictions).get(rows_key) or []
+            if bench == "amber":            # AMBER's yes/no items have no object mentions to show
+                rows = [row for row in rows if isinstance(row, Mapping) and row.get("type") == "generative"]
+            if rows:
+                run.galleries[bench] = _evaluation_gallery(path, predictions, rows, id_key, text_key, name)
+    return run
+
+
+def _evaluation_gallery(path: Path, file: Path, rows: Sequence[Any], id_key: str, text_key: str,
+                        label: str) -> dict[str, GalleryItem]:
+    items: dict[str, GalleryItem] = {}
+    for index, row in enumerate(rows):
+        where = f"{file}: row {index}"
+        key, prompt = str(_field(row, id_key, where)), str(row.get("question") or "")
+        if key in items and items[key].prompt != prompt:     # Object HalBench: several questions per image
+            key = f"{key} | {prompt}"
+        image = row.get("image")
+        image = (path / image if not Path(image).is_absolute() else Path(image)) if image else None
+        item = items.setdefault(key, GalleryItem(key, image, prompt, truth=str(row.get("description") or "")))
+        item.answers[label] = _answer(row, text_key, where)
+    return items
+
+
+# ----------------------------------------------------------------------------------------- counts
+def error_count(answer: Answer) -> int:
+    """The answer's spans the scorer judged wrong (hallucinated or wrong attribute)."""
+    return sum(span.get("verdict") != "correct" for span in answer.spans)
+
+
+def change(base: Answer, trained: Answer) -> str:
+    """``better`` / ``worse`` / ``same`` for ``trained`` against ``base``: fewer judged-wrong spans is
+    better; at equal errors, fewer missed objects is better."""
+    a, b = (error_count(base), len(base.missed)), (error_count(trained), len(trained.missed))
+    return "better" if b < a else "worse" if b > a else "same"
+
+
+#: two-sided 95% Student-t quantiles for 1..30 degrees of freedom (beyond: the normal's 1.96)
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean of ``values`` (one per seed) and its 95% Student-t interval; ``(m, m, m)`` for one value."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values")
+    mean = sum(values) / n
+    if n == 1:
+        return mean, mean, mean
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = (T_975[n - 2] if n - 1 <= len(T_975) else 1.96) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
