@@ -171,3 +171,22 @@ def test_every_verdict_the_scorer_gives_is_drawn(tmp_path):
     assert any(tag == "span" and a.get("class") == "attr" for tag, a in parser.tags)
     assert [a["data-status"] for t, a in parser.tags if t == "article"] == ["better"]
     assert "missed: square" in written.path.read_text()
+
+
+def test_a_training_run_gives_its_curves(tmp_path):
+    """``mmpo train``'s output: log_history.json, or the newest checkpoint's trainer_state.json."""
+    log = [{"step": s, "loss": 1 / s, "rewards/margins": s / 10, "dama/alpha_model": 1 + s / 100} for s in range(1, 4)]
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "log_history.json").write_text(json.dumps(log))
+    going = tmp_path / "going"
+    for step, entries in ((2, log[:2]), (10, log), (3, log[:1])):
+        (going / f"checkpoint-{step}").mkdir(parents=True)
+        (going / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"log_history": entries}))
+    run = load_run(going)
+    assert run.kind == "train" and run.log == log and run.info["log"] == "checkpoint-10/trainer_state.json"
+    page = write_report([done, going], tmp_path / "r.html").path.read_text()
+    assert "id='curves-rewards'" in page and "id='curves-dama'" in page and "No metrics recorded." in page
+    (done / "log_history.json").write_text(json.dumps({"log_history": "x"}))
+    with pytest.raises(ValueError, match="log_history.json: not a list of log entries"):
+        load_run(done)

@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs="+", metavar="RUN_DIR", default=[],
                    help="print a side-by-side table of these runs' results")
     p.add_argument("--no-report", dest="report", action="store_false",
-                   help="do not write OUTPUT_DIR/report.html (with --compare: the compared runs too)")
+                   help="do not write OUTPUT_DIR/report.html (with --compare it shows the compared runs too)")
     return p
 
 

@@ -7,14 +7,17 @@ images with each model's answer, every object mention coloured by the scorer's v
 hallucinated / wrong attribute) and the missed objects listed, filtered by got better / got worse.
 It inlines everything (images, plots, style, script) and fetches nothing.
 
-Run directories: an ``mmpo demo`` run (metrics.json, eval/answers.json) or an ``mmpo evaluate`` run
-(results.json, predictions/). ``mmpo demo`` and ``mmpo evaluate`` write RUN_DIR/report.html
-themselves; this command rebuilds it, or compares several runs on one page.
+Run directories: an ``mmpo demo`` run (metrics.json, eval/answers.json), an ``mmpo evaluate`` run
+(results.json, predictions/) or an ``mmpo train`` output directory (log_history.json, or the newest
+checkpoint's trainer_state.json while it trains: the curves only). ``mmpo demo`` and ``mmpo
+evaluate`` write RUN_DIR/report.html themselves; this command rebuilds it, or puts several runs on
+one page.
 
 examples:
   mmpo report runs/demo                                   # -> runs/demo/report.html
   mmpo report runs/dpo-s0 runs/dpo-s1 runs/aspo-s0 --output runs/compare.html
   mmpo report runs/eval-base runs/eval-dpo --output runs/eval.html   # the first run is the reference
+  mmpo report out/llava-aspo runs/eval-aspo --output aspo.html       # training curves + its evaluation
 """
 
 from __future__ import annotations

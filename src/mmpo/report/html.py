@@ -171,6 +171,13 @@ def _is_count(metric: str) -> bool:
     return name.startswith(("n_", "sentence_num", "coco_")) or name.endswith(("_n", "_num", "_count"))
 
 
+def _is_tally(metric: str) -> bool:
+    """Numbers of answers (``pope_unparsed``, MMHal's ``n_warnings``, ...): whole numbers whose
+    change is shown, as a whole number."""
+    name = metric.rsplit("/", 1)[-1]
+    return name.endswith(("unparsed", "unclear", "n_warnings"))
+
+
 def _metric_order(keys: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     benches = list(dict.fromkeys(b for b, _ in keys))
 
@@ -201,7 +208,8 @@ def metrics_section(runs: Sequence[Run]) -> str:
                 cells.append("<td class='na'>–</td>")
                 continue
             mean, lo, hi, n = column.cells[(bench, metric)]
-            text = _number(mean)
+            tally = _is_tally(metric) and mean == int(mean)
+            text = f"{mean:.0f}" if tally else _number(mean)
             if n > 1:
                 text += f"<span class='ci'>[{_number(lo)}, {_number(hi)}]</span>"
             if column.base is not None and (bench, metric) in column.base.cells:
@@ -209,7 +217,8 @@ def metrics_section(runs: Sequence[Run]) -> str:
                 sign = _direction(metric) * (1 if delta > 0 else -1 if delta < 0 else 0)
                 css = {1: "up", -1: "down"}.get(sign, "flat")
                 if not _is_count(metric):
-                    text += f"<span class='delta {css}'>{delta:+.3f}</span>"
+                    text += f"<span class='delta {css}'>{delta:+.0f}</span>" if tally and delta == int(delta) \
+                        else f"<span class='delta {css}'>{delta:+.3f}</span>"
             cells.append(f"<td>{text}</td>")
         rows.append(f"<tr><td>{_e(bench)}</td><td>{_e(metric)}</td>{''.join(cells)}</tr>")
     note = ("Each trained column shows its change from its base model (green: better, red: worse, by the "
@@ -399,7 +408,8 @@ def answer_html(answer: Answer) -> str:
         extra = "<p class='unlocated'>not located in the text: " + ", ".join(
             f"<mark class='v-{_e(s.get('verdict'))}'>{_e(s.get('text'))}</mark>" for s in unlocated) + "</p>"
     return (f"<p class='text'>{''.join(out)}</p>{extra}<p class='tally'>{tallies or 'no object mentioned'} · "
-            f"<span class='missed'>missed: {_e(missed)}</span> · errors {error_count(answer)}</p>")
+            f"<span class='missed{'' if answer.missed else ' none'}'>missed: {_e(missed)}</span> · "
+            f"errors {error_count(answer)}</p>")
 
 
 # ----------------------------------------------------------------------------------------- images
@@ -450,6 +460,9 @@ document.querySelectorAll('.filters').forEach(function (bar) {
   var wanted = (location.hash.match(/filter=(all|better|worse|same)/) || [])[1];
   if (wanted) { mmpoFilter(bar, wanted); }
 });
+if (/filter=/.test(location.hash) && document.getElementById('gallery')) {
+  document.getElementById('gallery').scrollIntoView();
+}
 document.documentElement.setAttribute('data-ready', '1');
 """
 
@@ -487,7 +500,7 @@ mark.v-wrong_attribute { background: #fff1c2; color: #7d4e00; font-weight: 600; 
 .answers { flex: 1; min-width: 0; } .answer { margin-bottom: 8px; } .answer p { margin: 0; }
 .prompt { color: var(--muted); font-style: italic; margin: 0 0 6px; }
 .truth { font-size: 12px; color: var(--muted); margin: 0 0 6px; }
-.tally { font-size: 12px; color: var(--muted); } .missed { color: var(--bad); }
+.tally { font-size: 12px; color: var(--muted); } .missed { color: var(--bad); } .missed.none { color: var(--muted); }
 .badge { font-size: 11px; font-weight: normal; padding: 0 6px; border-radius: 8px; background: #eaeef2; }
 .badge.better { background: #dafbe1; color: #116329; } .badge.worse { background: #ffd8d3; color: #a40e26; }
 details { margin: 6px 0; } details table { margin-top: 4px; font-size: 12px; }

@@ -1,7 +1,7 @@
 """Read run directories into what the HTML report shows: metric columns, training logs, plots and
 the answers to show in the gallery.
 
-Two kinds of run directory are understood:
+Three kinds of run directory are understood:
 
 * a **demo run** (``mmpo demo``): ``metrics.json`` (metrics of the base model, the trained model and
   the SFT control), ``train_log.json``, the AdaViP contact sheet, and ``eval/answers.json``: every
@@ -9,7 +9,9 @@ Two kinds of run directory are understood:
   (:mod:`mmpo.evaluation.spans`), its images under ``eval/images/``;
 * an **evaluation run** (``mmpo evaluate``): ``results.json`` and ``predictions/<benchmark>.json``,
   whose ``per_response`` (CHAIR, Object HalBench, AMBER) or ``per_scene`` (synthetic) rows carry
-  the spans, and an ``image`` path where the run knew the image.
+  the spans, and an ``image`` path where the run knew the image;
+* a **training run** (``mmpo train``'s ``output_dir``): ``log_history.json``, or while it runs the
+  newest ``checkpoint-*/trainer_state.json``: its training curves only.
 
 Nothing here scores an answer: verdicts are read as the evaluation wrote them; the only arithmetic
 is counting them (:func:`error_count`) and the mean and interval of a metric over seeds.
@@ -70,7 +72,7 @@ class Run:
 
     path: Path
     name: str
-    kind: str                                   # "demo" or "evaluate"
+    kind: str                                   # "demo", "evaluate" or "train"
     columns: dict[str, dict[tuple[str, str], float]]
     log: list[dict[str, Any]] = field(default_factory=list)
     images: list[tuple[str, Path]] = field(default_factory=list)
@@ -86,7 +88,7 @@ def load_run(path: str | Path) -> Run:
     """A demo run (``metrics.json``) or an evaluation run (``results.json``) from its directory.
 
     Raises:
-        FileNotFoundError: the directory holds neither file (naming both).
+        FileNotFoundError: the directory holds none of the files a run writes (naming them).
         ValueError: a file that is not the JSON the run writes, naming it.
     """
     path = Path(path)
@@ -96,8 +98,11 @@ def load_run(path: str | Path) -> Run:
         return _demo_run(path)
     if (path / "results.json").exists():
         return _evaluation_run(path)
-    raise FileNotFoundError(f"{path} is not a run directory: it holds neither metrics.json (mmpo demo) nor "
-                            "results.json (mmpo evaluate)")
+    if (log := _training_log(path)) is not None:
+        return _training_run(path, log)
+    raise FileNotFoundError(f"{path} is not a run directory: it holds neither metrics.json (mmpo demo), "
+                            "results.json (mmpo evaluate), log_history.json (mmpo train) nor a checkpoint-*/"
+                            "trainer_state.json")
 
 
 def _json(path: Path) -> Any:
@@ -169,6 +174,28 @@ def _answer(row: Mapping[str, Any], text_key: str, where: str) -> Answer:
         if start is not None and text[start:end] != span.get("text"):
             raise ValueError(f"{where}: span {span} does not match the answer text ({text[start:end]!r})")
     return Answer(text, list(spans), list(row.get("missed") or []))
+
+
+# --------------------------------------------------------------------------------------- training
+def _training_log(path: Path) -> Path | None:
+    """``log_history.json`` of a finished ``mmpo train`` run, else the newest checkpoint's
+    ``trainer_state.json`` (a run still going, or stopped)."""
+    if (path / "log_history.json").exists():
+        return path / "log_history.json"
+    states = [p for p in path.glob("checkpoint-*/trainer_state.json") if p.parent.name.split("-")[-1].isdigit()]
+    return max(states, key=lambda p: int(p.parent.name.split("-")[-1])) if states else None
+
+
+def _training_run(path: Path, log_file: Path) -> Run:
+    """An ``mmpo train`` output directory: its training curves (no evaluation: run ``mmpo evaluate``
+    on the checkpoint and give that run directory too)."""
+    data = _json(log_file)
+    log = data.get("log_history") if isinstance(data, Mapping) else data
+    if not isinstance(log, list) or not all(isinstance(entry, Mapping) for entry in log):
+        raise ValueError(f"{log_file}: not a list of log entries")
+    return Run(path=path, name=path.name, kind="train", columns={}, log=list(log), primary_label=path.name,
+               group=json.dumps({"kind": "train", "run": path.name}),
+               info={"log": str(log_file.relative_to(path)), "steps logged": len(log)})
 
 
 # ------------------------------------------------------------------------------------- evaluation
