@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -269,3 +270,23 @@ def test_predictions_pope_llava_pairing_and_id_mismatch(tmp_path):
     with pytest.raises(ValueError, match="the ids do not correspond"):
         main(["--pope-dir", str(renumbered), "--predictions", answers, "--benchmark", "pope",
               "--output-dir", str(tmp_path / "wrong")])
+
+
+def test_the_report_compares_a_new_run_with_a_base_run(tmp_path):
+    """`--compare BASE` with --benchmark: the page shows both runs' answers per image, the new one
+    judged against the base by the scorer's spans (one caption changed: one item is not "same")."""
+    folder = GOLDEN / "chair" / "annotations"
+    source = GOLDEN / "chair" / "generations_imgToEval.json"
+    _, base = _score(["--coco-annotations", str(folder), "--predictions", str(source)], tmp_path, "chair")
+    data = json.loads(source.read_text())
+    first = next(iter(data["imgToEval"].values()))
+    first["caption"] += " A giraffe and a zebra stand next to a toaster."
+    changed = tmp_path / "changed.json"
+    changed.write_text(json.dumps(data))
+    out = tmp_path / "new"
+    assert main(["--coco-annotations", str(folder), "--predictions", str(changed), "--benchmark", "chair",
+                 "--output-dir", str(out), "--compare", str(base)]) == 0
+    html = (out / "report.html").read_text()
+    statuses = re.findall(r"<article class='item' data-status='(\w+)'", html)
+    assert len(statuses) == 167 and statuses.count("same") == 166 and statuses[0] == "worse"
+    assert "run-chair vs new" not in html and "new vs run-chair" in html

@@ -190,3 +190,11 @@ def test_a_training_run_gives_its_curves(tmp_path):
     (done / "log_history.json").write_text(json.dumps({"log_history": "x"}))
     with pytest.raises(ValueError, match="log_history.json: not a list of log entries"):
         load_run(done)
+
+
+def test_answers_written_without_spans_are_not_compared():
+    """A run from before span records: its answers are shown unmarked and never called better or worse."""
+    old, new = Answer("a star", [], [], judged=False), Answer("a star", [], [])
+    assert change(old, new) == "n/a" and change(new, old) == "n/a" and change(new, new) == "same"
+    assert "not marked: this run's file holds no spans" in answer_html(old)
+    assert "missed:" not in answer_html(old)

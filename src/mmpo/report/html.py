@@ -366,7 +366,8 @@ def _item_html(item: GalleryItem, columns, answers: list[Answer | None], referen
             continue
         badge = ""
         if reference is not None and index != reference and answers[reference] is not None:
-            badge = f" <span class='badge {change(answers[reference], answer)}'>{change(answers[reference], answer)}</span>"
+            verdict = change(answers[reference], answer)
+            badge = f" <span class='badge {verdict.replace('/', '')}'>{verdict}</span>"
         blocks.append(f"<div class='answer'><h4>{_e(title)}{badge}</h4>{answer_html(answer)}</div>")
     prompt = f"<p class='prompt'>{_e(item.prompt)}</p>" if item.prompt else ""
     if item.truth:
@@ -407,6 +408,9 @@ def answer_html(answer: Answer) -> str:
     if unlocated:
         extra = "<p class='unlocated'>not located in the text: " + ", ".join(
             f"<mark class='v-{_e(s.get('verdict'))}'>{_e(s.get('text'))}</mark>" for s in unlocated) + "</p>"
+    if not answer.judged:
+        return (f"<p class='text'>{''.join(out)}</p><p class='tally'>not marked: this run's file holds no spans "
+                f"(it was written before mmpo recorded them; score the answers again to see them)</p>")
     return (f"<p class='text'>{''.join(out)}</p>{extra}<p class='tally'>{tallies or 'no object mentioned'} · "
             f"<span class='missed{'' if answer.missed else ' none'}'>missed: {_e(missed)}</span> · "
             f"errors {error_count(answer)}</p>")

@@ -42,11 +42,13 @@ INCIDENTAL_OPTIONS = ("seed", "output_dir", "cache_dir", "progress")
 
 @dataclass
 class Answer:
-    """One model's answer to one gallery item: its text, the scorer's spans and missed objects."""
+    """One model's answer to one gallery item: its text, the scorer's spans and missed objects.
+    ``judged`` is false for a row written before scorers recorded spans (nothing to compare)."""
 
     text: str
     spans: list[dict[str, Any]]
     missed: list[str]
+    judged: bool = True
 
 
 @dataclass
@@ -173,7 +175,7 @@ def _answer(row: Mapping[str, Any], text_key: str, where: str) -> Answer:
         start, end = span.get("start"), span.get("end")
         if start is not None and text[start:end] != span.get("text"):
             raise ValueError(f"{where}: span {span} does not match the answer text ({text[start:end]!r})")
-    return Answer(text, list(spans), list(row.get("missed") or []))
+    return Answer(text, list(spans), list(row.get("missed") or []), judged="spans" in row)
 
 
 # --------------------------------------------------------------------------------------- training
@@ -244,7 +246,9 @@ def error_count(answer: Answer) -> int:
 
 def change(base: Answer, trained: Answer) -> str:
     """``better`` / ``worse`` / ``same`` for ``trained`` against ``base``: fewer judged-wrong spans is
-    better; at equal errors, fewer missed objects is better."""
+    better; at equal errors, fewer missed objects is better. ``n/a`` when either was not judged."""
+    if not (base.judged and trained.judged):
+        return "n/a"
     a, b = (error_count(base), len(base.missed)), (error_count(trained), len(trained.missed))
     return "better" if b < a else "worse" if b > a else "same"
 
