@@ -208,8 +208,12 @@ def step_zero_diagnostics(trainer) -> dict[str, torch.Tensor]:
 def test_rewards_are_zero_when_policy_is_reference(name, reference, tmp_path):
     trainer = trainer_for(name, tmp_path, reference=reference, learning_rate=0.0)
     diag = step_zero_diagnostics(trainer)
+    # Equal up to float32 rounding, not always bitwise: PyTorch's CPU linear can take another kernel
+    # when the weights do not require grad (the frozen copy's) than when they do (the policy's), even
+    # under no_grad; on some CPUs that moves LLaVA-OneVision's projector output by 1 ulp and these
+    # rewards by ~1e-7. A wrong reference (other weights, rows or masks) is off by far more.
     for key in ("rewards/chosen", "rewards/rejected"):
-        assert diag[key].abs().max().item() == 0.0, (key, diag[key])
+        assert diag[key].abs().max().item() <= 1e-5, (key, diag[key])
 
 
 def trainable_snapshot(model) -> dict[str, torch.Tensor]:
