@@ -290,3 +290,19 @@ def test_the_report_compares_a_new_run_with_a_base_run(tmp_path):
     statuses = re.findall(r"<article class='item' data-status='(\w+)'", html)
     assert len(statuses) == 167 and statuses.count("same") == 166 and statuses[0] == "worse"
     assert "run-chair vs new" not in html and "new vs run-chair" in html
+
+
+def test_a_report_that_cannot_be_written_does_not_fail_the_evaluation(tmp_path, monkeypatch, capsys):
+    import mmpo.report
+
+    def broken(*args, **kwargs):
+        raise ValueError("predictions/chair.json: row 3: span does not match")
+
+    monkeypatch.setattr(mmpo.report, "write_report", broken)
+    out = tmp_path / "run"
+    assert main(["--coco-annotations", str(GOLDEN / "chair" / "annotations"), "--predictions",
+                 str(GOLDEN / "chair" / "generations_imgToEval.json"), "--benchmark", "chair",
+                 "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "report.html not written: predictions/chair.json: row 3" in printed and "retries" in printed
+    assert (out / "results.json").exists() and not (out / "report.html").exists()

@@ -198,3 +198,14 @@ def test_answers_written_without_spans_are_not_compared():
     assert change(old, new) == "n/a" and change(new, old) == "n/a" and change(new, new) == "same"
     assert "not marked: this run's file holds no spans" in answer_html(old)
     assert "missed:" not in answer_html(old)
+
+
+def test_a_damaged_image_costs_its_thumbnail_not_the_page(tmp_path):
+    text = "a red circle."
+    answers = {"prompt": "Describe.", "truth": {"s1": text},
+               "models": {"after": [{"scene_id": "s1", "response": text, "missed": [],
+                                     "spans": [_span(text, "circle", "correct")]}]}}
+    run = _demo_run(tmp_path, "demo", 0, 0.3, answers)
+    (run / "eval" / "images" / "s1.png").write_bytes(b"not a png")
+    page = write_report([run], tmp_path / "r.html").path.read_text()
+    assert "unreadable image s1.png" in page and ">circle</mark>" in page

@@ -264,9 +264,13 @@ def run_demo(opts: DemoOptions) -> dict:
     if opts.report:
         from ..report import write_report
 
-        written = write_report([out], out / "report.html")
-        files.insert(0, "report.html")
-        say(f"\n{written.summary()}")
+        try:
+            written = write_report([out], out / "report.html")
+        except (ValueError, OSError) as error:    # the run itself is complete: say so, and how to retry
+            say(f"\nreport.html not written: {error} (the run's files are complete; `mmpo report {out}` retries)")
+        else:
+            files.insert(0, "report.html")
+            say(f"\n{written.summary()}")
     say(f"\nrun directory: {out}  ({', '.join(files)})  [{metrics['seconds']:.0f} s]")
     return metrics
 

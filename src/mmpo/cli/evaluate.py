@@ -432,7 +432,11 @@ def main(argv: list[str]) -> int:
 
             # the compared runs first: the gallery judges the new run's answers against the first one's
             shown = [*ns.compare, ns.output_dir]
-            print(write_report(shown, Path(ns.output_dir) / "report.html").summary())
+            try:
+                print(write_report(shown, Path(ns.output_dir) / "report.html").summary())
+            except (ValueError, OSError) as error:    # the results are written: say so, and how to retry
+                print(f"report.html not written: {error} (results.json and predictions/ are complete; "
+                      f"`mmpo report {' '.join(map(str, shown))} --output {ns.output_dir}/report.html` retries)")
     if run_dirs:
         out_path = Path(ns.output_dir) / "comparison.md" if ns.output_dir else None
         print(compare_runs(run_dirs, out_path))

@@ -357,8 +357,12 @@ def _gallery(runs: Sequence[Run], bench: str, max_items: int) -> tuple[str, int]
 
 
 def _item_html(item: GalleryItem, columns, answers: list[Answer | None], reference: int | None, status: str) -> str:
-    picture = (f"<img alt='{_e(item.key)}' src='{image_uri(item.image)}'>" if item.image is not None and item.image.exists()
-               else f"<div class='noimage'>no image{': ' + _e(item.image.name) if item.image else ''}</div>")
+    picture = f"<div class='noimage'>no image{': ' + _e(item.image.name) if item.image else ''}</div>"
+    if item.image is not None and item.image.exists():
+        try:
+            picture = f"<img alt='{_e(item.key)}' src='{image_uri(item.image)}'>"
+        except OSError as error:         # a damaged picture costs its thumbnail, not the page
+            picture = f"<div class='noimage'>unreadable image {_e(item.image.name)}: {_e(error)}</div>"
     blocks = []
     for index, ((title, _, _), answer) in enumerate(zip(columns, answers, strict=True)):
         if answer is None:
