@@ -214,11 +214,13 @@ def _judge(ns: argparse.Namespace):
 
 
 def _coco_ground_truth(ns: argparse.Namespace):
+    """The COCO files of the run, read once (CHAIR, Object HalBench and their images share them)."""
     from ..evaluation import chair
 
-    if ns.coco_annotations:
-        return chair.load_coco_ground_truth(ns.coco_annotations)
-    return chair.load_coco_ground_truth(ns.coco_instances, ns.coco_captions)
+    if getattr(ns, "_coco_truth", None) is None:
+        ns._coco_truth = (chair.load_coco_ground_truth(ns.coco_annotations) if ns.coco_annotations
+                          else chair.load_coco_ground_truth(ns.coco_instances, ns.coco_captions))
+    return ns._coco_truth
 
 
 def _pope_labels(ns: argparse.Namespace) -> dict[str, Path]:
@@ -256,7 +258,7 @@ def score_predictions(bench: str, ns: argparse.Namespace, judge: Any = None) -> 
     (_, path), = ns.predictions
     if bench in CAPTION_BENCHMARKS:
         score = chair.score_chair if bench == "chair" else chair.score_object_halbench
-        return score(chair.load_generations(path), _coco_ground_truth_cached(ns), parsing=parsing)
+        return score(chair.load_generations(path), _coco_ground_truth(ns), parsing=parsing)
     if bench == "amber":
         data = amber.load_amber_data(ns.amber_annotations, associations=ns.amber_relation,
                                      safe_words=ns.amber_safe_words, metrics=ns.amber_metrics, parsing=parsing)
@@ -285,7 +287,7 @@ def run_benchmark(bench: str, ns: argparse.Namespace, model: Any, processor: Any
 
     common = {"batch_size": ns.batch_size, "progress": ns.progress, "limit": ns.limit, "parsing": ns.parsing}
     if bench in CAPTION_BENCHMARKS:
-        return chair.run_chair(model, processor, _coco_ground_truth_cached(ns), ns.coco_images, questions=ns.chair_questions,
+        return chair.run_chair(model, processor, _coco_ground_truth(ns), ns.coco_images, questions=ns.chair_questions,
                                prompt=ns.chair_prompt, max_new_tokens=ns.max_new_tokens, **common)
     if bench == "pope":
         return pope.run_pope(model, processor, _pope_labels(ns), ns.pope_images, prompt_suffix=ns.pope_prompt_suffix,
@@ -370,7 +372,7 @@ def attach_images(bench: str, result: dict[str, Any], ns: argparse.Namespace) ->
     if not rows:
         return
     if bench in CAPTION_BENCHMARKS and ns.coco_images:
-        truth = _coco_ground_truth_cached(ns)
+        truth = _coco_ground_truth(ns)
         for row in rows:
             name = truth.file_names.get(truth.image_id(row["image_id"]))
             if name and (path := Path(ns.coco_images) / name).is_file():
@@ -385,12 +387,6 @@ def attach_images(bench: str, result: dict[str, Any], ns: argparse.Namespace) ->
                 if (path := Path(ns.amber_images) / queries[key]["image"]).is_file():
                     row["image"] = str(path.resolve())
                 row.setdefault("question", queries[key]["query"])
-
-
-def _coco_ground_truth_cached(ns: argparse.Namespace):
-    if getattr(ns, "_coco_truth", None) is None:
-        ns._coco_truth = _coco_ground_truth(ns)
-    return ns._coco_truth
 
 
 def _warn_if_nothing_matched(bench: str, result: dict[str, Any]) -> None:

@@ -72,7 +72,7 @@ from pathlib import Path
 from typing import Any
 
 from mmpo.evaluation.common import Parsing, check_parsing, ratio, read_records
-from mmpo.evaluation.spans import locate_tokens, lower_same_length, make_span, missed, token_span
+from mmpo.evaluation.spans import char_range, locate_tokens, lower_same_length, make_span, missed
 
 DATA = Path(__file__).parent / "data"
 #: LisaAnne/Hallucination@6e4d33c ``data/synonyms.txt`` (unchanged).
@@ -346,7 +346,7 @@ def caption_objects(caption: str, tables: ReferenceTables) -> dict[str, Any]:
     found = [(w, first, last) for w, first, last in kept if w in vocabulary]
     return {"tokens": tokens, tables.field_name: normal, "merged": words,
             "mentions": [{"word": w, "category": vocabulary[w]} for w, _, _ in found],
-            "offsets": [token_span(caption, located, first, last) for _, first, last in found]}
+            "offsets": [char_range(located, first, last) for _, first, last in found]}
 
 
 # ============================================================================ lenient tables
@@ -713,11 +713,15 @@ def _remove_assistant(text: str) -> str:
     return text.replace("Assistant:", "").strip()
 
 
-def _judge(mentions: list[dict[str, str]], gt: Sequence[str]) -> dict[str, Any]:
-    """The per-caption counts every scorer shares."""
+def _judge(text: str, read: dict[str, Any], gt: Sequence[str]) -> dict[str, Any]:
+    """The per-caption counts every scorer shares, from a reading (:meth:`_Reader.caption`, whose
+    ``mentions`` and ``offsets`` it takes out of ``read``), and the same verdicts as ``spans`` with
+    the ``missed`` categories (:mod:`mmpo.evaluation.spans`)."""
+    mentions, offsets = read.pop("mentions"), read.pop("offsets")
     truth = set(gt)
-    hallucinated = [m for m in mentions if m["category"] not in truth]
-    covered = sorted({m["category"] for m in mentions} & truth)
+    flags = [m["category"] not in truth for m in mentions]
+    hallucinated = [m for m, bad in zip(mentions, flags, strict=True) if bad]
+    mentioned = {m["category"] for m in mentions}
     return {
         "mentions": mentions,
         "gt_categories": sorted(truth),
@@ -725,7 +729,10 @@ def _judge(mentions: list[dict[str, str]], gt: Sequence[str]) -> dict[str, Any]:
         "hallucinated_categories": [m["category"] for m in hallucinated],
         "chair_s": int(bool(hallucinated)),
         "chair_i": len(hallucinated) / len(mentions) if mentions else 0.0,
-        "covered": covered,
+        "covered": sorted(mentioned & truth),
+        "spans": [make_span(text, start, end, m["category"], "hallucinated" if bad else "correct", word=m["word"])
+                  for m, bad, (start, end) in zip(mentions, flags, offsets, strict=True)],
+        "missed": missed(truth, mentioned),
     }
 
 
@@ -753,7 +760,7 @@ class _Reader:
 
     def caption(self, text: str) -> dict[str, Any]:
         """The caption's reading; ``offsets`` (one per mention, the first occurrence's where the
-        lenient reading de-duplicates) is for :func:`_spans` and not part of the result rows."""
+        lenient reading de-duplicates) is for :func:`_judge`'s spans and not part of the result rows."""
         if self.lenient_table is None:
             return caption_objects(text, self.tables)
         distinct: dict[Any, tuple[dict[str, str], tuple[int, int]]] = {}
@@ -762,17 +769,6 @@ class _Reader:
             distinct.setdefault(self.dedupe(mention), (mention, (start, end)))
         return {"tokens": tokenize(text), "mentions": [m for m, _ in distinct.values()],
                 "offsets": [o for _, o in distinct.values()]}
-
-
-def _spans(text: str, mentions: Sequence[Mapping[str, str]], offsets: Sequence[tuple[int | None, int | None]],
-           gt: Sequence[str]) -> dict[str, Any]:
-    """``spans`` (every judged mention: hallucinated when its category is not in ``gt``) and
-    ``missed`` (``gt`` categories no mention names), see :mod:`mmpo.evaluation.spans`."""
-    truth = set(gt)
-    spans = [make_span(text, start, end, m["category"], "correct" if m["category"] in truth else "hallucinated",
-                       word=m["word"])
-             for m, (start, end) in zip(mentions, offsets, strict=True)]
-    return {"spans": spans, "missed": missed(truth, {m["category"] for m in mentions})}
 
 
 def _chair_printed(rows: Sequence[Mapping[str, Any]], chair_s: float, chair_i: float) -> str:
@@ -811,8 +807,7 @@ def score_chair(generations: Sequence[Mapping[str, Any]], ground_truth: CocoGrou
     for row in rows:
         read = reader.caption(row["caption"])
         gt = reader.ground_truth(row["image_id"])
-        offsets = read.pop("offsets")
-        judged = _judge(read.pop("mentions"), gt["gt_categories"])
+        judged = _judge(row["caption"], read, gt["gt_categories"])
         covered = judged.pop("covered")
         n_bad += judged["chair_s"]
         n_mentions += len(judged["mentions"])
@@ -822,8 +817,7 @@ def score_chair(generations: Sequence[Mapping[str, Any]], ground_truth: CocoGrou
         extra = {k: gt[k] for k in ("gt_from_instances", "gt_reference_captions") if k in gt}
         per_response.append({"image_id": row["image_id"], "caption": row["caption"], **read, **judged,
                              "covered_gt_categories": covered,
-                             "recall": ratio(len(covered), len(judged["gt_categories"])), **extra,
-                             **_spans(row["caption"], judged["mentions"], offsets, judged["gt_categories"])})
+                             "recall": ratio(len(covered), len(judged["gt_categories"])), **extra})
     chair_s, chair_i = ratio(n_bad, len(rows)), ratio(n_bad_mentions, n_mentions)
     return {
         "CHAIRs": chair_s,
@@ -872,8 +866,7 @@ def score_object_halbench(generations: Sequence[Mapping[str, Any]], ground_truth
     for row in rows:
         caption = _remove_assistant(row["caption"])
         read = reader.caption(caption)
-        offsets = read.pop("offsets")
-        judged = _judge(read.pop("mentions"), reader.ground_truth(row["image_id"])["gt_categories"])
+        judged = _judge(caption, read, reader.ground_truth(row["image_id"])["gt_categories"])
         correct = judged.pop("covered")
         words = len(caption.strip().split(" "))
         n_bad += judged["chair_s"]
@@ -885,8 +878,7 @@ def score_object_halbench(generations: Sequence[Mapping[str, Any]], ground_truth
         n_words += words
         per_response.append({"image_id": row["image_id"], "question": row["question"], "caption": caption, **read,
                              **judged, "has_mentions": bool(judged["mentions"]), "correct_categories": correct,
-                             "n_words": words, "gpt_path_short_answer": len(caption.strip().split()) <= 3,
-                             **_spans(caption, judged["mentions"], offsets, judged["gt_categories"])})
+                             "n_words": words, "gpt_path_short_answer": len(caption.strip().split()) <= 3})
     n = len(rows)
     chair_s, refine, chair_i = ratio(n_bad, n), ratio(n_bad, n_with), ratio(n_bad_mentions, n_mentions)
     obj_rec, avg_len = ratio(n_correct, n_gt), ratio(n_words, n)

@@ -77,8 +77,7 @@ def make_span(text: str, start: int | None, end: int | None, category: str, verd
     return {"start": start, "end": end, "text": text[start:end], "category": category, "verdict": verdict, **extra}
 
 
-def token_span(text: str, located: Sequence[tuple[int, int] | None], first: int, last: int
-               ) -> tuple[int | None, int | None]:
+def char_range(located: Sequence[tuple[int, int] | None], first: int, last: int) -> tuple[int | None, int | None]:
     """The character span from token ``first`` to token ``last`` (inclusive), or ``(None, None)``."""
     a, b = located[first], located[last]
     return (None, None) if a is None or b is None else (a[0], b[1])

@@ -13,7 +13,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mmpo.evaluation.chair import chair_scores, extract_mentions, find_mentions, word_spans
+from mmpo.evaluation.chair import chair_scores, find_mentions, word_spans
 from mmpo.evaluation.pope import parse_yes_no, pope_metrics
 from mmpo.evaluation.spans import make_span, missed
 from mmpo.generation import generate_responses
@@ -87,15 +87,22 @@ def _colours_of(scene: KnownScene) -> dict[str, set[str]]:
     return colours_of
 
 
+def _checked_claims(response: str, scene: KnownScene, shapes: Collection[str], colours: Collection[str]
+                    ) -> tuple[dict[str, set[str]], list[ColourClaim], list[ColourClaim]]:
+    """The scene's colours per shape, the checked colour claims (shape present) and the wrong ones."""
+    colours_of = _colours_of(scene)
+    checked = [c for c in colour_claims(response, shapes, colours) if c.shape in colours_of]
+    return colours_of, checked, [c for c in checked if c.colour not in colours_of[c.shape]]
+
+
 def attribute_errors(response: str, scene: KnownScene, shapes: Collection[str],
                      colours: Collection[str]) -> tuple[int, int]:
     """``(wrong, checked)`` colour claims (:func:`colour_claims`) of ``response`` about shapes really
     in ``scene``. A claim is *checked* when its shape is present in the scene; it is *wrong* when no
     object of that shape has that colour. Claims about absent shapes are CHAIR's business and are
     skipped."""
-    colours_of = _colours_of(scene)
-    checked = [c for c in colour_claims(response, shapes, colours) if c.shape in colours_of]
-    return sum(c.colour not in colours_of[c.shape] for c in checked), len(checked)
+    _, checked, wrong = _checked_claims(response, scene, shapes, colours)
+    return len(wrong), len(checked)
 
 
 def answer_spans(response: str, scene: KnownScene, shapes: Collection[str],
@@ -104,22 +111,29 @@ def answer_spans(response: str, scene: KnownScene, shapes: Collection[str],
     ``hallucinated`` when the shape is not in ``scene``; ``wrong_attribute`` when it is the subject
     of a checked, wrong colour claim (:func:`attribute_errors`), with the colour word; else
     ``correct``. Also ``missed``: the scene's shapes never mentioned."""
-    colours_of = _colours_of(scene)
-    wrong = {c.start: c for c in colour_claims(response, shapes, colours)
-             if c.shape in colours_of and c.colour not in colours_of[c.shape]}
-    spans = []
+    return _read_answer(response, scene, shapes, colours)[1]
+
+
+def _read_answer(response: str, scene: KnownScene, shapes: Collection[str], colours: Collection[str]
+                 ) -> tuple[tuple[int, int], dict[str, Any], list[str]]:
+    """One description read once: ``(wrong, checked)`` colour claims, :func:`answer_spans`' dict and
+    the categories mentioned (repeats kept)."""
+    colours_of, checked, wrong = _checked_claims(response, scene, shapes, colours)
+    subjects = {c.start: c for c in wrong}
     found = find_mentions(response, shapes)
+    spans = []
     for shape, start, end in found:
         if shape not in colours_of:
             spans.append(make_span(response, start, end, shape, "hallucinated"))
-        elif (claim := wrong.get(start)) is not None:
+        elif (claim := subjects.get(start)) is not None:
             attribute = {"start": claim.colour_start, "end": claim.colour_end,
                          "text": response[claim.colour_start:claim.colour_end], "said": claim.colour,
                          "true": sorted(colours_of[shape])}
             spans.append(make_span(response, start, end, shape, "wrong_attribute", attribute=attribute))
         else:
             spans.append(make_span(response, start, end, shape, "correct"))
-    return {"spans": spans, "missed": missed(scene.shapes, {shape for shape, _, _ in found})}
+    mentioned = [shape for shape, _, _ in found]
+    return (len(wrong), len(checked)), {"spans": spans, "missed": missed(scene.shapes, mentioned)}, mentioned
 
 
 def score_descriptions(descriptions: Sequence[str], scenes: Sequence[KnownScene], *, shapes: Collection[str],
@@ -134,15 +148,13 @@ def score_descriptions(descriptions: Sequence[str], scenes: Sequence[KnownScene]
     """
     if len(descriptions) != len(scenes):
         raise ValueError(f"{len(descriptions)} descriptions for {len(scenes)} scenes")
-    mentions = [extract_mentions(d, shapes) for d in descriptions]
-    chair = chair_scores(mentions, [s.shapes for s in scenes])
-    wrong = checked = 0
-    rows = []
-    for description, scene, mentioned in zip(descriptions, scenes, mentions, strict=True):
-        w, c = attribute_errors(description, scene, shapes, colours)
-        wrong, checked = wrong + w, checked + c
-        rows.append({"scene_id": scene.id, "response": description, "mentioned": sorted(set(mentioned)),
-                     "truth": sorted(scene.shapes), **answer_spans(description, scene, shapes, colours)})
+    readings = [_read_answer(d, s, shapes, colours) for d, s in zip(descriptions, scenes, strict=True)]
+    chair = chair_scores([mentioned for *_, mentioned in readings], [s.shapes for s in scenes])
+    wrong = sum(w for (w, _), _, _ in readings)
+    checked = sum(c for (_, c), _, _ in readings)
+    rows = [{"scene_id": scene.id, "response": description, "mentioned": sorted(set(mentioned)),
+             "truth": sorted(scene.shapes), **spans}
+            for description, scene, (_, spans, mentioned) in zip(descriptions, scenes, readings, strict=True)]
     return {**chair, "attribute_error": wrong / checked if checked else 0.0,
             "n_wrong_attributes": wrong, "n_checked_attributes": checked, "per_scene": rows}
 

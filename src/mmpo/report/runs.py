@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmpo.evaluation.report import scalar_metrics
+
 #: The demo's evaluation answers, per model, and its images (relative to the run directory).
 ANSWERS_FILE = Path("eval") / "answers.json"
 IMAGES_DIR = Path("eval") / "images"
@@ -114,11 +116,6 @@ def _json(path: Path) -> Any:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
 
 
-def _scalars(metrics: Mapping[str, Any], bench: str) -> dict[tuple[str, str], float]:
-    return {(bench, key): float(value) for key, value in metrics.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool)}
-
-
 # ------------------------------------------------------------------------------------------- demo
 def _demo_run(path: Path) -> Run:
     metrics = _json(path / "metrics.json")
@@ -127,7 +124,7 @@ def _demo_run(path: Path) -> Run:
             raise ValueError(f"{path / 'metrics.json'}: lacks {key!r}; is it an mmpo demo run?")
     method = str(metrics["method"])
     labels = {"before": "base", "control": "SFT control", "after": method}
-    columns = {labels[stage]: _scalars(metrics[stage], "synthetic")
+    columns = {labels[stage]: scalar_metrics({"benchmarks": {"synthetic": metrics[stage]}})
                for stage in ("before", "control", "after") if isinstance(metrics.get(stage), Mapping)}
     options = metrics.get("options") or {}
     group = json.dumps({"kind": "demo", **{k: v for k, v in options.items() if k not in INCIDENTAL_OPTIONS}},
@@ -202,8 +199,6 @@ def _training_run(path: Path, log_file: Path) -> Run:
 
 # ------------------------------------------------------------------------------------- evaluation
 def _evaluation_run(path: Path) -> Run:
-    from mmpo.evaluation.report import scalar_metrics
-
     results = _json(path / "results.json")
     if not isinstance(results, Mapping) or "benchmarks" not in results:
         raise ValueError(f"{path / 'results.json'}: lacks 'benchmarks'; is it an mmpo evaluate run?")
