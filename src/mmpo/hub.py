@@ -75,3 +75,82 @@ def allowing_downloads(allowed: bool) -> Iterator[None]:
             os.environ.pop(ALLOW_DOWNLOAD_ENV, None)
         else:
             os.environ[ALLOW_DOWNLOAD_ENV] = before
+
+
+class CheckpointLoadError(OSError, ValueError):
+    """A checkpoint directory that ``transformers`` could not load. The message names the directory,
+    the class its files declare and the likely cause; the original exception is its ``__cause__``.
+    Both an ``OSError`` and a ``ValueError``, the two kinds of error loading raised before."""
+
+
+#: (fragment of the original error, lower-cased; likely cause): the first whose fragment occurs is named.
+LOAD_FAILURE_CAUSES = (
+    ("model_type", "config.json names a model type this transformers release does not know: a newer "
+                   "transformers, or trust_remote_code for a custom model"),
+    ("safetensor", "a weights file is truncated or damaged: copy the checkpoint again"),
+    ("header", "a weights file is truncated or damaged: copy the checkpoint again"),
+    ("size mismatch", "the weights do not fit the shapes config.json describes (another model's config?)"),
+)
+
+
+def likely_cause(text: str) -> str | None:
+    """The likely cause of a load failure whose message is ``text``, or None."""
+    lowered = text.lower()
+    if "video" in lowered or "torchvision" in lowered:
+        try:
+            import torchvision  # noqa: F401
+        except Exception as error:  # not installed, or a build that does not match torch
+            missing = "not installed" if isinstance(error, ModuleNotFoundError) else f"unusable ({error})"
+            return (f"torchvision is {missing}, and transformers needs it to build this processor's video-processor "
+                    "slot (Qwen2/2.5/3-VL, SmolVLM, LLaVA-OneVision); install the torchvision build that matches "
+                    "torch (the README's GPU set-up)")
+        if "video" in lowered:
+            return ("the processor has a video-processor slot but the directory has no video processor files "
+                    "(video_preprocessor_config.json): save the processor again with this transformers release")
+    return next((cause for fragment, cause in LOAD_FAILURE_CAUSES if fragment in lowered), None)
+
+
+def declared_class(path: str | os.PathLike, what: str) -> str | None:
+    """The class a checkpoint directory's files say it holds: ``processor_class`` for a processor,
+    ``architectures[0]`` (or ``model_type``) for a model; None when no file says."""
+    import json
+
+    directory = Path(os.fspath(path))
+    names = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json") \
+        if "processor" in what else ("config.json",)
+    for name in names:
+        try:
+            config = json.loads((directory / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(config, dict):
+            continue
+        if "processor" in what and config.get("processor_class"):
+            return str(config["processor_class"])
+        if "processor" not in what:
+            architectures = config.get("architectures") or []
+            if architectures or config.get("model_type"):
+                return str(architectures[0] if architectures else config["model_type"])
+    return None
+
+
+def load_failure(path: str | os.PathLike, what: str, error: BaseException) -> CheckpointLoadError:
+    """The :class:`CheckpointLoadError` for ``error``, raised while loading the ``what`` in ``path``."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    cls = declared_class(path, what)
+    cause = likely_cause(text)
+    return CheckpointLoadError(
+        f"cannot load the {what} in {os.fspath(path)}" + (f" ({cls})" if cls else "")
+        + f": {type(error).__name__}: {text}" + (f". Likely cause: {cause}" if cause else ""))
+
+
+@contextlib.contextmanager
+def loading(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Any exception raised inside (a checkpoint's ``from_pretrained``) comes out as one
+    :class:`CheckpointLoadError` naming ``path``, the class it declares and the likely cause."""
+    try:
+        yield
+    except CheckpointLoadError:
+        raise
+    except Exception as error:
+        raise load_failure(path, what, error) from error

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import LlavaForConditionalGeneration
+from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 from mmpo.data.collator import PreferenceDataset
 from mmpo.data.records import load_records
@@ -65,6 +65,9 @@ def run_case(case: str, records, tokenizer, checkpoint: Path, out_dir: Path, per
                             **sharded)
     # Loaded after the config exists, as ``mmpo train`` does: under ZeRO-3 transformers then
     # partitions the weights at load (zero.Init), and the frozen reference is loaded again from here.
+    # (mmpo's load_policy first imports the modeling modules, so that no class is created inside
+    # zero.Init: distributed.import_model_modules says why; done here as it does.)
+    distributed.import_model_modules(LlavaConfig.from_pretrained(checkpoint))
     model = LlavaForConditionalGeneration.from_pretrained(checkpoint)
     partitioned_at_load = distributed.is_partitioned(model)
     if method == "lora":

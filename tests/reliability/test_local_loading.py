@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import huggingface_hub
 import pytest
@@ -27,6 +28,7 @@ from mmpo.training import model_loading
 from mmpo.training.config import ModelArguments
 
 TYPO = os.path.join("checkpoints", "no-such-model")
+CONFIGS = Path(__file__).parents[2] / "configs" / "toyworld"
 
 
 @pytest.fixture
@@ -142,3 +144,70 @@ def test_help_documents_the_download_switch(subcommand, capsys):
         main([subcommand, "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--allow-download" in text and hub.ALLOW_DOWNLOAD_ENV in text
+
+
+def torchvision_usable() -> bool:
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture
+def smolvlm_checkpoint(tmp_path):
+    """A tiny SmolVLM saved as a real one is: its processor declared as transformers' SmolVLMProcessor,
+    which has a video-processor slot (the tests' own processor class, without it, is renamed away)."""
+    from mmpo.toyworld.families import build_family
+
+    model, processor = build_family("smolvlm")
+    path = tmp_path / "smolvlm"
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    for name in ("processor_config.json", "tokenizer_config.json"):
+        file = path / name
+        if file.exists():
+            file.write_text(file.read_text().replace("SmolVLMProcessorWithoutVideo", "SmolVLMProcessor"))
+    return path
+
+
+def test_a_processor_that_cannot_be_built_is_one_train_error_naming_directory_class_and_cause(
+        offline, smolvlm_checkpoint, records_file, capsys):
+    argv = ["train", str(CONFIGS / "dpo.yaml"), "--model_name_or_path", str(smolvlm_checkpoint),
+            "--train_file", str(records_file), "--output_dir", "out", "--max_steps", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "--debug" in err[1], err
+    assert err[0].startswith(f"mmpo train: error: cannot load the processor in {smolvlm_checkpoint} (SmolVLMProcessor): ")
+    if torchvision_usable():
+        assert "video_preprocessor_config.json" in err[0]
+    else:
+        assert "Likely cause: torchvision is not installed" in err[0]
+    assert offline == []
+
+
+def test_a_damaged_weights_file_is_one_error_naming_the_class(offline, tmp_path, tiny_checkpoint):
+    import shutil
+
+    path = tmp_path / "damaged"
+    shutil.copytree(tiny_checkpoint, path)
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated, as by a copy that stopped
+    with pytest.raises(hub.CheckpointLoadError) as caught:
+        model_loading.load_policy(ModelArguments(model_name_or_path=str(path)))
+    message = str(caught.value)
+    assert message.startswith(f"cannot load the model in {path} (LlavaForConditionalGeneration): "), message
+    assert "truncated or damaged" in message and caught.value.__cause__ is not None
+    assert isinstance(caught.value, OSError) and isinstance(caught.value, ValueError)  # what loads raised before
+
+
+def test_the_declared_class_comes_from_the_checkpoints_files(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "llava", "architectures": ["LlavaForConditionalGeneration"]}')
+    (tmp_path / "processor_config.json").write_text('{"processor_class": "LlavaProcessor"}')
+    assert hub.declared_class(tmp_path, "model") == "LlavaForConditionalGeneration"
+    assert hub.declared_class(tmp_path, "processor") == "LlavaProcessor"
+    assert hub.declared_class(tmp_path / "nowhere", "model") is None
+    (tmp_path / "config.json").write_text("[not a config")
+    assert hub.declared_class(tmp_path, "model") is None
+    error = hub.load_failure(tmp_path, "model", KeyError("x"))
+    assert str(error) == f"cannot load the model in {tmp_path}: KeyError: 'x'"  # no cause guessed

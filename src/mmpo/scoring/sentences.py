@@ -277,11 +277,12 @@ class LLMSplitter:
         if isinstance(model, str | Path):
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            from mmpo.hub import pretrained_kwargs
+            from mmpo.hub import loading, pretrained_kwargs
 
             local = pretrained_kwargs(model, what="sentence-splitter LLM")  # local only, unless MMPO_ALLOW_DOWNLOAD=1
-            tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(model, **local)
-            model = AutoModelForCausalLM.from_pretrained(model, **local)
+            with loading(model, "sentence-splitter LLM"):
+                tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(model, **local)
+                model = AutoModelForCausalLM.from_pretrained(model, **local)
         if tokenizer is None:
             raise ValueError("LLMSplitter needs the model's tokenizer when given a model object")
         if "{text}" not in instruction:

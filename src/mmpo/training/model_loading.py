@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..hub import pretrained_kwargs
+from ..hub import loading, pretrained_kwargs
 from .config import ModelArguments, PreferenceConfig
 
 logger = logging.getLogger(__name__)
@@ -46,20 +46,28 @@ def load_policy(model_args: ModelArguments, *, device: str | None = None,
         FileNotFoundError: the path is not a directory and downloads are not allowed, before
             anything is loaded (see :func:`model_source`).
         ValueError: ``AutoProcessor`` built no multimodal processor.
+        mmpo.hub.CheckpointLoadError: ``from_pretrained`` failed; the message names the directory,
+            the class its files declare and the likely cause (e.g. no torchvision for a video slot).
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor, ProcessorMixin
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, ProcessorMixin
+
+    from .distributed import import_model_modules
 
     path = model_args.model_name_or_path
     source = model_source(model_args, what)
     dtype = model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
-    processor = AutoProcessor.from_pretrained(path, **source)
+    with loading(path, "processor"):
+        processor = AutoProcessor.from_pretrained(path, **source)
     if not isinstance(processor, ProcessorMixin):
         # AutoProcessor falls back to the bare tokenizer when a processor part cannot be built, e.g. the
         # video processor of Qwen-VL, SmolVLM and LLaVA-OneVision without torchvision installed.
         raise ValueError(f"{path}: AutoProcessor returned a {type(processor).__name__}, not a multimodal processor; "
                          "if the checkpoint's processor has a video slot (Qwen2/2.5/3-VL, SmolVLM, LLaVA-OneVision) "
                          "install torchvision next to torch")
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **source)
+    with loading(path, "model"):
+        # before from_pretrained, so that under ZeRO-3 no model class is first created inside zero.Init
+        import_model_modules(AutoConfig.from_pretrained(path, **source))
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **source)
     warn_if_untested(model)
     if device is not None:
         model.to(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)

@@ -39,7 +39,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from ..data.collator import PreferenceCollator, PreferenceDataset, RowEncoder
 from ..data.preflight import bound_max_length, model_max_positions, preflight
 from ..forward import policy_response_logps, prefix_sharing_problem, unwrap
-from ..hub import pretrained_kwargs
+from ..hub import loading, pretrained_kwargs
 from ..io import atomic_write_json
 from ..losses.aspo import aspo_step
 from ..losses.compose import preference_loss
@@ -465,8 +465,9 @@ class PreferenceTrainer(Trainer):
             saved = set(f.keys())
         if saved <= set(model.state_dict()):
             return
-        loaded = type(model).from_pretrained(checkpoint, dtype=next(model.parameters()).dtype,
-                                             **pretrained_kwargs(checkpoint, "checkpoint", allow_download=False))
+        with loading(checkpoint, "checkpoint"):
+            loaded = type(model).from_pretrained(checkpoint, dtype=next(model.parameters()).dtype,
+                                                 **pretrained_kwargs(checkpoint, "checkpoint", allow_download=False))
         missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
         if missing or unexpected:
             raise RuntimeError(f"{checkpoint}: checkpoint weights do not fit the model "

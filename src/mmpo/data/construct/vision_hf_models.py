@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from mmpo.data.construct.vision_steps import Box, Detection, clip_box, non_max_suppression
-from mmpo.hub import pretrained_kwargs
+from mmpo.hub import loading, pretrained_kwargs
 
 __all__ = ["GroundingDinoDetector", "OwlV2Detector", "SamSegmenter"]
 
@@ -59,8 +59,9 @@ class OwlV2Detector:
 
         self.device = _device(device)
         local = pretrained_kwargs(path, what="OWLv2 detector", allow_download=allow_download)
-        self.model = Owlv2ForObjectDetection.from_pretrained(path, **local).to(self.device).eval()
-        self.processor = AutoProcessor.from_pretrained(path, **local)
+        with loading(path, "OWLv2 detector"):
+            self.model = Owlv2ForObjectDetection.from_pretrained(path, **local).to(self.device).eval()
+            self.processor = AutoProcessor.from_pretrained(path, **local)
         self.threshold, self.template = threshold, template
         self.nms_iou, self.max_per_label = nms_iou, max_per_label
 
@@ -109,8 +110,9 @@ class GroundingDinoDetector:
 
         self.device = _device(device)
         local = pretrained_kwargs(path, what="Grounding DINO detector", allow_download=allow_download)
-        self.model = AutoModelForZeroShotObjectDetection.from_pretrained(path, **local).to(self.device).eval()
-        self.processor = AutoProcessor.from_pretrained(path, **local)
+        with loading(path, "Grounding DINO detector"):
+            self.model = AutoModelForZeroShotObjectDetection.from_pretrained(path, **local).to(self.device).eval()
+            self.processor = AutoProcessor.from_pretrained(path, **local)
         self.box_threshold, self.nms_iou, self.max_per_label = box_threshold, nms_iou, max_per_label
         self.tags_per_prompt = max(int(tags_per_prompt), 1)
 
@@ -169,8 +171,9 @@ class SamSegmenter:
 
         self.device = _device(device)
         local = pretrained_kwargs(path, what="SAM segmenter", allow_download=allow_download)
-        self.model = SamModel.from_pretrained(path, **local).to(self.device).eval()
-        self.processor = AutoProcessor.from_pretrained(path, **local)
+        with loading(path, "SAM segmenter"):
+            self.model = SamModel.from_pretrained(path, **local).to(self.device).eval()
+            self.processor = AutoProcessor.from_pretrained(path, **local)
         self.multimask = multimask
 
     def segment(self, image: Image.Image, boxes: Sequence[Box]) -> list[np.ndarray]:
