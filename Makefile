@@ -1,26 +1,38 @@
 # Two entry points: `make demo` (the synthetic-world demo) and `make test` (lint + tests).
-# Both create .venv when it is missing and install torch==2.13.0 (CPU) before the project.
+# Both create .venv when it is missing and install exactly the tested versions of requirements.lock
+# (torch==2.13.0, the CPU build, first; then the project with its dev tools, then DeepSpeed).
+# `make test-latest` runs the suite on the newest releases pyproject.toml admits instead, in its own
+# virtualenv; `make lock` does the same and, if the suite passes there, writes them to requirements.lock.
+SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mmpo-installed
+LOCK := requirements.lock
+# torch is not resolved by `make test-latest` / `make lock`: the CPU build on this machine's disk is
+# the one a plain `pip install torch==X` gets without several GB of CUDA packages.
+TORCH ?= 2.13.0
+LATEST ?= .venv-latest
+LINT := src tests benchmarks examples
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean test-latest lock
 
 # DeepSpeed is for the ZeRO-2/3 tests (they run on its CPU accelerator): built against the torch
 # installed first (no build isolation, which would fetch another torch) and without its CUDA ops.
-$(STAMP): pyproject.toml Makefile
+# The project itself is built without isolation too, with the locked setuptools.
+$(STAMP): pyproject.toml Makefile $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
-	DS_BUILD_OPS=0 $(PY) -m pip install -q --no-build-isolation deepspeed==0.19.8
+	$(PY) -m pip install -q -c $(LOCK) pip setuptools wheel
+	$(PY) -m pip install -q -c $(LOCK) torch
+	$(PY) -m pip install -q -c $(LOCK) --no-build-isolation -e ".[dev]"
+	DS_BUILD_OPS=0 $(PY) -m pip install -q -c $(LOCK) --no-build-isolation deepspeed
+	$(PY) -m pip check
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/mmpo demo --method dpo --output-dir runs/demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff check $(LINT)
 
 test: lint
 	$(VENV)/bin/pytest
@@ -28,5 +40,29 @@ test: lint
 bench: $(STAMP)
 	$(PY) benchmarks/step_time.py
 
+# A new virtualenv every time, with the newest releases pyproject.toml admits (and the newest
+# DeepSpeed); prints how they differ from the lock, then lint and the whole suite.
+test-latest:
+	rm -rf $(LATEST)
+	python3 -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q --upgrade pip setuptools wheel
+	$(LATEST)/bin/pip install -q torch==$(TORCH)
+	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager --no-build-isolation -e ".[dev]"
+	DS_BUILD_OPS=0 $(LATEST)/bin/pip install -q --upgrade --no-build-isolation deepspeed
+	$(LATEST)/bin/pip check
+	$(LATEST)/bin/pip freeze --all --exclude-editable > $(LATEST)/resolved.txt
+	@echo "== newest releases, where they differ from $(LOCK) (< lock, > newest) =="
+	@diff <(grep -v '^#' $(LOCK) | sort -f) <(sort -f $(LATEST)/resolved.txt) | grep '^[<>]' || echo "(none: the lock is the newest set)"
+	$(LATEST)/bin/ruff check $(LINT)
+	$(LATEST)/bin/pytest
+
+# Regenerate the lock: the newest set, written only if the whole suite passed on it.
+lock: test-latest
+	{ echo "# The tested environment: every package make demo / make test / .ci/run install, exact versions."; \
+	  echo "# Used as pip constraints (pip install -c $(LOCK) ...). Regenerate with: make lock"; \
+	  echo "# (it resolves the newest releases pyproject.toml admits, runs the whole suite on them, and"; \
+	  echo "# writes this file only if it passes). Written $$(date -u +%F) on Python $$($(LATEST)/bin/python -c 'import platform; print(platform.python_version())')."; \
+	  sed "s/^torch==\(.*\)+cpu$$/torch==\1/" $(LATEST)/resolved.txt; } > $(LOCK)
+
 clean:
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs .pytest_cache .ruff_cache $(LATEST)

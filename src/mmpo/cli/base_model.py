@@ -1,24 +1,48 @@
-"""``mmpo base-model --output-dir DIR``: build the synthetic world's base model into DIR."""
+"""``mmpo base-model``: build the synthetic world's base model.
+
+    mmpo base-model --output-dir DIR [--steps N --n-scenes N --seed S]   # one recipe, into DIR
+    mmpo base-model --rebuild                                            # the shipped checkpoints
+
+``--rebuild`` trains the base model and the tiny CLIP from their default recipes and replaces the
+copies shipped inside the package (``mmpo/toyworld/pretrained/``; in a checkout, the files to commit).
+The demo uses the shipped copies so that its numbers do not depend on the CPU that trained them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import time
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmpo base-model", description=__doc__)
-    p.add_argument("--output-dir", required=True, help="checkpoint directory to write")
-    p.add_argument("--steps", type=int, default=1500, help="SFT optimizer steps")
-    p.add_argument("--n-scenes", type=int, default=3000, help="training scenes")
-    p.add_argument("--seed", type=int, default=0)
+    p = argparse.ArgumentParser(prog="mmpo base-model", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--output-dir", help="checkpoint directory to write")
+    target.add_argument("--rebuild", action="store_true",
+                        help="train the shipped base model and tiny CLIP again from their default recipes, "
+                             "replacing the package's copies")
+    p.add_argument("--steps", type=int, default=1500, help="SFT optimizer steps (--output-dir)")
+    p.add_argument("--n-scenes", type=int, default=3000, help="training scenes (--output-dir)")
+    p.add_argument("--seed", type=int, default=0, help="seed (--output-dir)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     return p
 
 
 def main(argv: list[str]) -> int:
+    ns = build_parser().parse_args(argv)
+    if ns.rebuild:
+        from ..toyworld.shipped import rebuild_shipped
+
+        started = time.time()
+        for path in rebuild_shipped(progress=ns.progress):
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            print(f"written {path} ({size / 1e6:.1f} MB)")
+        print(f"[{time.time() - started:.0f} s]")
+        return 0
     from ..toyworld.base_model import BaseModelRecipe, build_base_model
     from ..toyworld.scenes import WorldConfig
 
-    ns = build_parser().parse_args(argv)
     recipe = BaseModelRecipe(world=WorldConfig(seed=ns.seed), n_scenes=ns.n_scenes, steps=ns.steps, seed=ns.seed)
-    print(f"base model written to {build_base_model(recipe, ns.output_dir)}")
+    print(f"base model written to {build_base_model(recipe, ns.output_dir, progress=ns.progress)}")
     return 0

@@ -1,6 +1,6 @@
 """``mmpo demo``: a preference method end to end on the synthetic world, on a laptop CPU.
 
-1. build (or reuse from the cache) the base model: tiny LLaVA, SFT on noisy captions;
+1. the base model: tiny LLaVA, SFT on noisy captions (shipped with mmpo; built and cached for other recipes);
 2. build preference records from fresh scenes, in the form the method needs: by default ``self``
    pairs, RLAIF-V's recipe (6 responses sampled from the base model per image, every sentence
    judged against the scene's annotations, the best-judged vs the worst-judged response;
@@ -19,8 +19,10 @@ checkout (``mmpo/configs/toyworld/`` in an installed package). The demo reads th
 and training settings from it and overrides the paths, the seed and the device, and the settings
 given on its command line (--steps, --batch-size, --learning-rate, --beta, --sft-weight).
 
-The base model, the tiny CLIP, the prepared records and the base model's metrics are cached
-(``--cache-dir``), so running several methods one after another pays for them once.
+The base model and the tiny CLIP built from the default recipes are shipped with mmpo
+(:mod:`mmpo.toyworld.shipped`; ``--no-shipped`` builds them here instead). Built models, the
+prepared records and the base model's metrics are cached (``--cache-dir``), so running several
+methods one after another pays for them once.
 """
 
 from __future__ import annotations
@@ -115,6 +117,9 @@ class DemoOptions:
     base_steps: int = _option(1500, "SFT steps of the base model")
     base_scenes: int = _option(3000, "SFT scenes of the base model")
     clip_steps: int | None = _option(None, "training steps of the world's tiny CLIP")
+    shipped: bool = _option(True, "ignore the base model and tiny CLIP shipped with mmpo: build them from their "
+                            "recipes on this machine (cached; CPUs differ in float rounding, so this machine's "
+                            "models and every number after them differ from the README's)")
     seed: int = _option(0, "seed of the world, the data and training")
     progress: bool = _option(True, "hide progress bars")
     report: bool = _option(True, "skip writing report.html (`mmpo report RUN_DIR` writes it later)")
@@ -201,8 +206,8 @@ def run_demo(opts: DemoOptions) -> dict:
 
     say(f"[1/{steps}] base model (tiny LLaVA, SFT on noisy captions; cache: {opts.cache_dir})")
     recipe = BaseModelRecipe(world=world, n_scenes=opts.base_scenes, steps=opts.base_steps, seed=opts.seed)
-    base_dir, cached = ensure_base_model(recipe, opts.cache_dir, progress=opts.progress)
-    say(f"      {'reused' if cached else 'built'} {base_dir}")
+    base_dir, ready = ensure_base_model(recipe, opts.cache_dir, progress=opts.progress, shipped=opts.shipped)
+    say(f"      {provenance(base_dir, ready)} {base_dir}")
     model_args = dataclasses.replace(model_args, model_name_or_path=str(base_dir))
     model, processor = load_policy(model_args)
 
@@ -461,8 +466,8 @@ def clip_scorer(opts: DemoOptions):
     from ..toyworld.clip import TinyCLIPRecipe, ensure_tiny_clip
 
     recipe = TinyCLIPRecipe() if opts.clip_steps is None else TinyCLIPRecipe(steps=opts.clip_steps)
-    clip_dir, cached = ensure_tiny_clip(opts.cache_dir, recipe, progress=opts.progress)
-    say(f"      tiny CLIP: {'reused' if cached else 'trained'} {clip_dir}")
+    clip_dir, ready = ensure_tiny_clip(opts.cache_dir, recipe, progress=opts.progress, shipped=opts.shipped)
+    say(f"      tiny CLIP: {provenance(clip_dir, ready)} {clip_dir}")
     return CLIPScorer(clip_dir, cache_dir=opts.cache_dir)
 
 
@@ -500,6 +505,15 @@ def add_vision_rejected(records: list, scorer, folder: Path, opts: DemoOptions) 
 
 
 # ------------------------------------------------------------------------------------------ evaluation
+def provenance(path: Path, ready: bool) -> str:
+    """How a checkpoint came to be: shipped with mmpo, reused from the cache, or built now."""
+    from ..toyworld.shipped import SHIPPED_DIR
+
+    if not ready:
+        return "built"
+    return "shipped with mmpo:" if path.parent == SHIPPED_DIR else "reused"
+
+
 def eval_scenes(opts: DemoOptions, world) -> list:
     """The held-out scenes every model of the demo is evaluated on."""
     from ..toyworld.scenes import sample_scenes
@@ -518,10 +532,13 @@ def evaluate(opts: DemoOptions, model, processor, world) -> dict:
 
 
 def evaluate_cached(opts: DemoOptions, base_dir: Path, model, processor, world) -> dict:
-    """The base model's metrics are the same for every method: computed once per base model."""
+    """The base model's metrics are the same for every method: computed once per base model and
+    cached beside the data (never inside the checkpoint, which may be the shipped, read-only one)."""
     from ..io import atomic_write_text
 
-    path = base_dir / f"heldout-metrics-{_key(opts.n_eval_scenes, opts.seed, EVAL_VERSION)}.json"
+    key = _key(base_dir.name, opts.n_eval_scenes, opts.seed, EVAL_VERSION)
+    path = Path(opts.cache_dir) / "demo-base-metrics" / f"heldout-metrics-{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         return json.loads(path.read_text())
     metrics = evaluate(opts, model, processor, world)

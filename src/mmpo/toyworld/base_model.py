@@ -7,7 +7,8 @@ prior, the base model hallucinates partner objects on the held-out split, which 
 preference methods are meant to fix.
 
 Building one takes a few minutes on 2 CPU cores, so :func:`ensure_base_model` caches it under a
-hash of its recipe and reuses it.
+hash of its recipe and reuses it; the default recipe's model is shipped with mmpo
+(:mod:`mmpo.toyworld.shipped`), so that every machine starts from the same one.
 """
 
 from __future__ import annotations
@@ -77,12 +78,19 @@ def build_base_model(recipe: BaseModelRecipe, out_dir: str | Path, progress: boo
     return out_dir
 
 
-def ensure_base_model(recipe: BaseModelRecipe, cache_root: str | Path, progress: bool = True) -> tuple[Path, bool]:
-    """The cached base model for ``recipe``, built first if missing. Returns ``(path, was_cached)``.
+def ensure_base_model(recipe: BaseModelRecipe, cache_root: str | Path, progress: bool = True,
+                      shipped: bool = True) -> tuple[Path, bool]:
+    """The base model for ``recipe``: the one shipped with mmpo when ``recipe`` is the default
+    recipe and ``shipped`` (:mod:`mmpo.toyworld.shipped`), else the cached one, built first if
+    missing. Returns ``(path, was_ready)``: False when it was built now.
 
     The model is built in a temporary directory and renamed into place (:func:`mmpo.io.ensure_directory`),
     so an interrupted build never leaves a half-written cache entry.
     """
+    from .shipped import shipped_checkpoint
+
+    if shipped and (path := shipped_checkpoint("base", recipe.fingerprint())) is not None:
+        return path, True
     target = Path(cache_root) / f"toyworld-base-{recipe.fingerprint()}"
     return ensure_directory(target, lambda folder: build_base_model(recipe, folder, progress=progress),
                             "recipe.json")

@@ -348,14 +348,20 @@ def train_tiny_clip(out_dir: str | Path, steps: int | None = None, batch_size: i
 
 
 def ensure_tiny_clip(cache_root: str | Path, recipe: TinyCLIPRecipe | None = None,
-                     progress: bool = False) -> tuple[Path, bool]:
-    """The cached tiny CLIP for ``recipe``, trained first if missing. Returns ``(path, was_cached)``.
+                     progress: bool = False, shipped: bool = True) -> tuple[Path, bool]:
+    """The tiny CLIP for ``recipe`` (default: the default recipe): the one shipped with mmpo when
+    ``recipe`` is the default recipe and ``shipped`` (:mod:`mmpo.toyworld.shipped`), else the cached
+    one, trained first if missing. Returns ``(path, was_ready)``: False when it was trained now.
 
     It is trained in a fresh temporary directory next to the target and renamed into place, so an
     interrupted build never leaves a half-written entry; if another process finished the same
     entry first, its copy is kept and this one discarded.
     """
+    from .shipped import shipped_checkpoint
+
     recipe = recipe if recipe is not None else TinyCLIPRecipe()
+    if shipped and (path := shipped_checkpoint("clip", recipe.fingerprint())) is not None:
+        return path, True
     target = Path(cache_root) / f"toyworld-clip-{recipe.fingerprint()}"
     return ensure_directory(target, lambda folder: train_tiny_clip(folder, recipe=recipe, progress=progress),
                             "recipe.json")
