@@ -45,14 +45,16 @@ bench: $(STAMP)
 test-latest:
 	rm -rf $(LATEST)
 	python3 -m venv $(LATEST)
+	echo "torch==$(TORCH)" > $(LATEST)/torch-pin.txt
 	$(LATEST)/bin/pip install -q --upgrade pip setuptools wheel
-	$(LATEST)/bin/pip install -q torch==$(TORCH)
-	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager --no-build-isolation -e ".[dev]"
-	DS_BUILD_OPS=0 $(LATEST)/bin/pip install -q --upgrade --no-build-isolation deepspeed
+	$(LATEST)/bin/pip install -q -c $(LATEST)/torch-pin.txt torch
+	$(LATEST)/bin/pip install -q -c $(LATEST)/torch-pin.txt --upgrade --upgrade-strategy eager --no-build-isolation -e ".[dev]"
+	DS_BUILD_OPS=0 $(LATEST)/bin/pip install -q -c $(LATEST)/torch-pin.txt --upgrade --no-build-isolation deepspeed
 	$(LATEST)/bin/pip check
 	$(LATEST)/bin/pip freeze --all --exclude-editable > $(LATEST)/resolved.txt
 	@echo "== newest releases, where they differ from $(LOCK) (< lock, > newest) =="
-	@diff <(grep -v '^#' $(LOCK) | sort -f) <(sort -f $(LATEST)/resolved.txt) | grep '^[<>]' || echo "(none: the lock is the newest set)"
+	@if [ -f $(LOCK) ]; then diff <(grep -v '^#' $(LOCK) | sort -f) <(sed 's/^torch==\(.*\)+cpu$$/torch==\1/' $(LATEST)/resolved.txt | sort -f) \
+		| grep '^[<>]' || echo "(none: the lock is the newest set)"; else cat $(LATEST)/resolved.txt; fi
 	$(LATEST)/bin/ruff check $(LINT)
 	$(LATEST)/bin/pytest
 

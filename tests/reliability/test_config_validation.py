@@ -13,6 +13,7 @@ import pytest
 import yaml
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from mmpo.hub import CheckpointLoadError
 from mmpo.training.config import DataArguments, ModelArguments, PreferenceConfig, check_number, parse_config
 from mmpo.training.model_loading import load_policy
 from mmpo.training.run import run_training
@@ -141,7 +142,7 @@ def spy_on_loads(monkeypatch) -> list[dict]:
 def test_a_local_model_is_loaded_with_local_files_only(tiny_checkpoint, monkeypatch):
     monkeypatch.delenv("MMPO_ALLOW_DOWNLOAD", raising=False)
     calls = spy_on_loads(monkeypatch)
-    with pytest.raises(RuntimeError, match="stop here"):
+    with pytest.raises(CheckpointLoadError, match="stop here"):  # the loader's error, named as mmpo's
         load_policy(ModelArguments(model_name_or_path=str(tiny_checkpoint)))
     assert calls == [{"local_files_only": True}]
 
@@ -149,6 +150,6 @@ def test_a_local_model_is_loaded_with_local_files_only(tiny_checkpoint, monkeypa
 def test_allow_download_lets_a_hub_id_through(monkeypatch):
     monkeypatch.delenv("MMPO_ALLOW_DOWNLOAD", raising=False)
     calls = spy_on_loads(monkeypatch)
-    with pytest.raises(RuntimeError, match="stop here"):
+    with pytest.raises(CheckpointLoadError, match="stop here"):
         load_policy(ModelArguments(model_name_or_path="llava-hf/llava-1.5-7b-hf", allow_download=True))
     assert calls == [{}]
