@@ -16,11 +16,22 @@ LINT := src tests benchmarks examples
 
 .PHONY: demo test lint bench clean test-latest lock
 
+# The lock's versions exist for the Python it was written on (numpy 2.4, pandas 3 need 3.11+).
+define CHECK_PYTHON
+import re, sys
+want = re.search(r"on Python (\d+\.\d+)", open(sys.argv[1]).read()).group(1)
+have = "%d.%d" % sys.version_info[:2]
+sys.exit(None if have == want else f"{sys.argv[1]} was written on Python {want} and this is {have}: make it with "
+         f"python{want} (rm -r .venv first), or install the ranges instead: pip install -e '.[dev]'")
+endef
+export CHECK_PYTHON
+
 # DeepSpeed is for the ZeRO-2/3 tests (they run on its CPU accelerator): built against the torch
 # installed first (no build isolation, which would fetch another torch) and without its CUDA ops.
 # The project itself is built without isolation too, with the locked setuptools.
 $(STAMP): pyproject.toml Makefile $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -c "$$CHECK_PYTHON" $(LOCK)
 	$(PY) -m pip install -q -c $(LOCK) pip setuptools wheel
 	$(PY) -m pip install -q -c $(LOCK) torch
 	$(PY) -m pip install -q -c $(LOCK) --no-build-isolation -e ".[dev]"
