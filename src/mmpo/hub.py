@@ -115,22 +115,20 @@ def declared_class(path: str | os.PathLike, what: str) -> str | None:
     ``architectures[0]`` (or ``model_type``) for a model; None when no file says."""
     import json
 
-    directory = Path(os.fspath(path))
-    names = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json") \
-        if "processor" in what else ("config.json",)
+    processor = "processor" in what
+    names = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json") if processor \
+        else ("config.json",)
     for name in names:
         try:
-            config = json.loads((directory / name).read_text())
+            config = json.loads((Path(os.fspath(path)) / name).read_text())
         except (OSError, ValueError):
             continue
         if not isinstance(config, dict):
             continue
-        if "processor" in what and config.get("processor_class"):
-            return str(config["processor_class"])
-        if "processor" not in what:
-            architectures = config.get("architectures") or []
-            if architectures or config.get("model_type"):
-                return str(architectures[0] if architectures else config["model_type"])
+        declared = config.get("processor_class") if processor \
+            else (config.get("architectures") or [None])[0] or config.get("model_type")
+        if declared:
+            return str(declared)
     return None
 
 

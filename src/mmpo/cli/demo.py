@@ -471,6 +471,15 @@ def clip_scorer(opts: DemoOptions):
     return CLIPScorer(clip_dir, cache_dir=opts.cache_dir)
 
 
+def provenance(path: Path, ready: bool) -> str:
+    """How a checkpoint came to be: shipped with mmpo, reused from the cache, or built now."""
+    from ..toyworld.shipped import SHIPPED_DIR
+
+    if not ready:
+        return "built"
+    return "shipped with mmpo:" if path.parent == SHIPPED_DIR else "reused"
+
+
 def add_sentence_scores(records: list, scorer, opts: DemoOptions) -> list:
     """Each record with its chosen and rejected sentences' CLIP scores (ASPO's S_i) and DAMA's
     ``data_alpha``, the sentences split by the rule splitter."""
@@ -505,15 +514,6 @@ def add_vision_rejected(records: list, scorer, folder: Path, opts: DemoOptions) 
 
 
 # ------------------------------------------------------------------------------------------ evaluation
-def provenance(path: Path, ready: bool) -> str:
-    """How a checkpoint came to be: shipped with mmpo, reused from the cache, or built now."""
-    from ..toyworld.shipped import SHIPPED_DIR
-
-    if not ready:
-        return "built"
-    return "shipped with mmpo:" if path.parent == SHIPPED_DIR else "reused"
-
-
 def eval_scenes(opts: DemoOptions, world) -> list:
     """The held-out scenes every model of the demo is evaluated on."""
     from ..toyworld.scenes import sample_scenes
@@ -538,7 +538,6 @@ def evaluate_cached(opts: DemoOptions, base_dir: Path, model, processor, world) 
 
     key = _key(base_dir.name, opts.n_eval_scenes, opts.seed, EVAL_VERSION)
     path = Path(opts.cache_dir) / "demo-base-metrics" / f"heldout-metrics-{key}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         return json.loads(path.read_text())
     metrics = evaluate(opts, model, processor, world)

@@ -89,7 +89,7 @@ def ensure_base_model(recipe: BaseModelRecipe, cache_root: str | Path, progress:
     """
     from .shipped import shipped_checkpoint
 
-    if shipped and (path := shipped_checkpoint("base", recipe.fingerprint())) is not None:
+    if shipped and (path := shipped_checkpoint("base", recipe)) is not None:
         return path, True
     target = Path(cache_root) / f"toyworld-base-{recipe.fingerprint()}"
     return ensure_directory(target, lambda folder: build_base_model(recipe, folder, progress=progress),

@@ -360,7 +360,7 @@ def ensure_tiny_clip(cache_root: str | Path, recipe: TinyCLIPRecipe | None = Non
     from .shipped import shipped_checkpoint
 
     recipe = recipe if recipe is not None else TinyCLIPRecipe()
-    if shipped and (path := shipped_checkpoint("clip", recipe.fingerprint())) is not None:
+    if shipped and (path := shipped_checkpoint("clip", recipe)) is not None:
         return path, True
     target = Path(cache_root) / f"toyworld-clip-{recipe.fingerprint()}"
     return ensure_directory(target, lambda folder: train_tiny_clip(folder, recipe=recipe, progress=progress),

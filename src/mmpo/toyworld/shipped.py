@@ -14,29 +14,30 @@ on this machine instead.
 
 from __future__ import annotations
 
-import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 #: Where the shipped checkpoints live: ``base-<fingerprint>/`` and ``clip-<fingerprint>/``, each an
 #: ordinary checkpoint directory with the ``recipe.json`` it was built from.
 SHIPPED_DIR = Path(__file__).resolve().parent / "pretrained"
 
 
-def shipped_checkpoint(kind: str, fingerprint: str) -> Path | None:
-    """The shipped checkpoint of ``kind`` (``"base"`` or ``"clip"``) built from the recipe whose
-    fingerprint is ``fingerprint``, or None when none is shipped for it.
+def shipped_checkpoint(kind: str, recipe: Any) -> Path | None:
+    """The shipped checkpoint of ``kind`` (``"base"`` or ``"clip"``) built from ``recipe`` (a
+    :class:`~mmpo.toyworld.base_model.BaseModelRecipe` or :class:`~mmpo.toyworld.clip.TinyCLIPRecipe`),
+    or None when none is shipped for it.
 
-    The directory's ``recipe.json`` must hash to ``fingerprint`` too, so a renamed or stale copy is
-    never taken for the recipe's.
+    The copy is looked up by the recipe's fingerprint, and the ``recipe.json`` inside must be the
+    recipe itself, so a renamed or stale copy is never taken for the recipe's.
     """
-    folder = SHIPPED_DIR / f"{kind}-{fingerprint}"
+    folder = SHIPPED_DIR / f"{kind}-{recipe.fingerprint()}"
     try:
-        recipe = json.loads((folder / "recipe.json").read_text())
+        saved = json.loads((folder / "recipe.json").read_text())
     except (OSError, ValueError):
         return None
-    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
-    return folder if digest == fingerprint else None
+    return folder if saved == json.loads(json.dumps(asdict(recipe))) else None
 
 
 def rebuild_shipped(progress: bool = True, into: Path = SHIPPED_DIR) -> list[Path]:

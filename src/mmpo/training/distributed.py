@@ -209,8 +209,7 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     logger.info("ZeRO-3: loading the frozen reference again from %s (partitioned at load)", path)
     from ..hub import loading
 
-    with loading(path, "frozen reference"):
-        import_model_modules(model.config)
+    with loading(path, "frozen reference"):  # (the policy's classes exist: nothing left to import first)
         reference = type(model).from_pretrained(path, dtype=dtype).eval().requires_grad_(False)
     if broken := kernel_layers_without_setup(reference):
         raise RuntimeError(

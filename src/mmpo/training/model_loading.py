@@ -66,8 +66,9 @@ def load_policy(model_args: ModelArguments, *, device: str | None = None,
                          "install torchvision next to torch")
     with loading(path, "model"):
         # before from_pretrained, so that under ZeRO-3 no model class is first created inside zero.Init
-        import_model_modules(AutoConfig.from_pretrained(path, **source))
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **source)
+        config = AutoConfig.from_pretrained(path, **source)
+        import_model_modules(config)
+        model = AutoModelForImageTextToText.from_pretrained(path, config=config, dtype=dtype, **source)
     warn_if_untested(model)
     if device is not None:
         model.to(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)

@@ -20,8 +20,8 @@ def demo_recipe() -> BaseModelRecipe:
 
 def test_the_default_recipes_are_shipped_and_the_demo_asks_for_them():
     assert demo_recipe().fingerprint() == BaseModelRecipe().fingerprint()
-    base = shipped.shipped_checkpoint("base", BaseModelRecipe().fingerprint())
-    tiny_clip = shipped.shipped_checkpoint("clip", TinyCLIPRecipe().fingerprint())
+    base = shipped.shipped_checkpoint("base", BaseModelRecipe())
+    tiny_clip = shipped.shipped_checkpoint("clip", TinyCLIPRecipe())
     assert base is not None and tiny_clip is not None, "run `mmpo base-model --rebuild` and commit the result"
     assert (base / "model.safetensors").stat().st_size < 20e6 and (tiny_clip / "model.safetensors").stat().st_size < 20e6
     # only the current recipes' copies are shipped
@@ -35,14 +35,14 @@ def test_the_shipped_checkpoints_load_and_run():
 
     from mmpo.scoring.clip import CLIPScorer
 
-    path = shipped.shipped_checkpoint("base", BaseModelRecipe().fingerprint())
+    path = shipped.shipped_checkpoint("base", BaseModelRecipe())
     model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True)
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     inputs = processor(images=[Image.new("RGB", (64, 64), "white")], text=[f"{processor.image_token} a"],
                        return_tensors="pt")
     with torch.no_grad():
         assert torch.isfinite(model(**inputs).logits).all()
-    scorer = CLIPScorer(shipped.shipped_checkpoint("clip", TinyCLIPRecipe().fingerprint()), device="cpu")
+    scorer = CLIPScorer(shipped.shipped_checkpoint("clip", TinyCLIPRecipe()), device="cpu")
     assert scorer.max_text_tokens > 0
 
 
@@ -70,17 +70,17 @@ def test_without_shipped_the_recipe_is_built_into_the_cache(tmp_path, monkeypatc
     assert ensure_base_model(demo_recipe(), tmp_path, shipped=False) == (path, True)  # cached now
 
 
-def test_a_copy_whose_recipe_does_not_hash_to_its_name_is_not_taken(tmp_path, monkeypatch):
+def test_a_copy_whose_recipe_is_not_the_one_asked_for_is_not_taken(tmp_path, monkeypatch):
     monkeypatch.setattr(shipped, "SHIPPED_DIR", tmp_path)
     recipe = BaseModelRecipe(steps=7)
     fake_build(tmp_path / f"base-{recipe.fingerprint()}", recipe)
-    assert shipped.shipped_checkpoint("base", recipe.fingerprint()) == tmp_path / f"base-{recipe.fingerprint()}"
+    assert shipped.shipped_checkpoint("base", recipe) == tmp_path / f"base-{recipe.fingerprint()}"
     other = BaseModelRecipe(steps=8)
     (tmp_path / f"base-{other.fingerprint()}").mkdir()
     (tmp_path / f"base-{other.fingerprint()}" / "recipe.json").write_text(
         (tmp_path / f"base-{recipe.fingerprint()}" / "recipe.json").read_text())  # renamed copy of another recipe
-    assert shipped.shipped_checkpoint("base", other.fingerprint()) is None
-    assert shipped.shipped_checkpoint("clip", recipe.fingerprint()) is None
+    assert shipped.shipped_checkpoint("base", other) is None
+    assert shipped.shipped_checkpoint("clip", recipe) is None
 
 
 def test_rebuild_replaces_the_shipped_copies(tmp_path, monkeypatch):
