@@ -20,6 +20,7 @@ from mmpo.losses.compose import preference_loss
 from mmpo.losses.dama import (
     ALPHA_MODEL_MAX,
     R_FLOOR,
+    RECIPES,
     DamaState,
     dama_alpha_from_delta,
     dama_combine,
@@ -237,7 +238,10 @@ def test_ratio_mode_zero_alpha_reproduced_and_fixed():
     ("dama_keep", 0.0), ("dama_keep", 1.01), ("dama_keep", float("nan")),
     ("dama_scale_floor", 0.0), ("dama_scale_floor", -1.0), ("dama_scale_floor", float("inf")),
     ("dama_alpha_model_max", 0.5), ("dama_alpha_model_max", float("inf")), ("dama_alpha_model_max", float("nan")),
-    ("dama_normalizer", "clip"), ("dama_filter", "middle"), ("dama_combine", "mean"),
+    ("dama_normalizer", "clip"), ("dama_filter", "middle"), ("dama_combine", "mean"), ("dama_recipe", "code"),
+    ("dama_alpha_model", "mean"), ("dama_running_mean", "kept"), ("dama_update", "epoch"),
+    ("dama_loss_mean", "local"), ("dama_keep_rounding", "ceil"), ("dama_beta_min", -1e-3),
+    ("dama_beta_min", float("nan")), ("dama_gap_uses_beta", "yes"),
 ])
 def test_dama_arguments_reject_out_of_range_values(field, value):
     with pytest.raises(ValueError, match=field):
@@ -247,17 +251,23 @@ def test_dama_arguments_reject_out_of_range_values(field, value):
 @pytest.mark.parametrize(("field", "value"), [
     ("dama_gamma", 0.0), ("dama_gamma", 0.999), ("dama_rho", 0.0), ("dama_rho", 1.0), ("dama_keep", 1.0),
     ("dama_keep", 1), ("dama_scale_floor", 5.0), ("dama_alpha_model_max", 1.0), ("dama_normalizer", "paper"),
+    ("dama_recipe", "paper"), ("dama_beta_min", 0.0), ("dama_filter", "sample"), ("dama_update", "step"),
 ])
 def test_dama_arguments_accept_the_edges(field, value):
     assert getattr(DamaArguments(**{field: value}), field) == value
 
 
 def test_config_defaults_are_the_library_defaults():
-    """The config repeats the library's defaults (its help texts need the numbers): keep them equal."""
+    """The config repeats the library's defaults (its help texts need the numbers): keep them equal.
+    Unset choices resolve to the recipe's, set ones replace only themselves."""
     dama = DamaArguments()
-    assert (dama.dama_normalizer, dama.dama_scale_floor, dama.dama_alpha_model_max) == ("bounded", R_FLOOR,
-                                                                                          ALPHA_MODEL_MAX)
+    assert dama.dama_recipe == "authors" and dama.recipe() == RECIPES["authors"]
+    assert DamaArguments(dama_recipe="paper").recipe() == RECIPES["paper"]
+    assert (dama.dama_scale_floor, dama.dama_alpha_model_max) == (R_FLOOR, ALPHA_MODEL_MAX)
     assert (R_FLOOR, ALPHA_MODEL_MAX) == (FLOOR, ALPHA_MAX)
+    assert (RECIPES["authors"].keep, RECIPES["authors"].beta_min, RECIPES["paper"].keep) == (0.8, 1e-3, 0.75)
+    mixed = DamaArguments(dama_recipe="paper", dama_normalizer="bounded", dama_filter="sample").recipe()
+    assert (mixed.normalizer, mixed.filter, mixed.alpha_model, mixed.keep) == ("bounded", "sample", "paper", 0.75)
 
 
 def test_the_config_reaches_the_dama_step(tmp_path, tiny_checkpoint, tiny_records):
@@ -273,9 +283,10 @@ def test_the_config_reaches_the_dama_step(tmp_path, tiny_checkpoint, tiny_record
 
     chosen, rejected = torch.tensor([-50.0, 1.0, 2.0, 3.0]), torch.zeros(4)
     for dama, expected in (
-        (DamaArguments(dama_model=True, dama_normalizer="paper"), math.exp(88.0)),
-        (DamaArguments(dama_model=True), 10.0),
-        (DamaArguments(dama_model=True, dama_alpha_model_max=2.0), 2.0),
+        (DamaArguments(dama_model=True, dama_recipe="paper"), math.exp(88.0)),
+        (DamaArguments(dama_model=True, dama_recipe="paper", dama_normalizer="bounded"), 10.0),
+        (DamaArguments(dama_model=True, dama_recipe="paper", dama_normalizer="bounded", dama_alpha_model_max=2.0),
+         2.0),
     ):
         controller = DamaController.from_arguments(dama, beta=0.1)
         controller.state = DamaState(r_bar=-100.0)
@@ -287,9 +298,9 @@ def test_the_config_reaches_the_dama_step(tmp_path, tiny_checkpoint, tiny_record
 
     args = PreferenceConfig(output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=4,
                             use_cpu=True, disable_tqdm=True, report_to="none", save_strategy="no", beta=0.3)
-    dama = DamaArguments(dama_model=True, dama_normalizer="paper", dama_keep=0.5, dama_gamma=0.5)
+    dama = DamaArguments(dama_model=True, dama_recipe="paper", dama_keep=0.5, dama_gamma=0.5)
     trainer = PreferenceTrainer(AutoModelForImageTextToText.from_pretrained(tiny_checkpoint), args,
                                 AutoProcessor.from_pretrained(tiny_checkpoint), PreferenceDataset(tiny_records),
                                 methods=Methods(dama=dama))
-    assert (trainer.dama.beta_base, trainer.dama.normalizer, trainer.dama.keep, trainer.dama.state.gamma) == (
-        0.3, "paper", 0.5, 0.5)
+    assert (trainer.dama.beta_base, trainer.dama.recipe.normalizer, trainer.dama.recipe.keep,
+            trainer.dama.state.gamma) == (0.3, "paper", 0.5, 0.5)

@@ -1,24 +1,36 @@
 """DAMA: data- and model-aware per-record beta.
 
-"DAMA: Data- and Model-aware Alignment of Multi-modal LLMs", arXiv:2502.01943, sections 3.1-3.3.
+"DAMA: Data- and Model-aware Alignment of Multi-modal LLMs", arXiv:2502.01943, sections 3.1-3.3, and
+the authors' released training code (injadlu/DAMA, ``llava/train/train_dpo.py``), which produced the
+paper's tables and departs from its equations in the model-aware half.
 
 ``beta_C = beta * alpha`` per record, with ``alpha`` combining an offline data factor ``alpha_D``
-(how clearly CLIP separates chosen from rejected) and an online model factor ``alpha_M`` (how far
-the current batch's reward gaps are from their running mean). The DPO loss itself is
-:func:`mmpo.losses.dpo.dpo_loss` with ``beta_C``, over the records the model-aware filter keeps
-(select them with ``torch.where``, never multiply by the mask: a dropped record's ``inf`` times 0
-is NaN).
+(how clearly CLIP, used as a classifier, separates chosen from rejected) and an online model factor
+``alpha_M`` (how the current batch's reward gaps compare with their running mean). The DPO loss
+itself is :func:`mmpo.losses.dpo.dpo_loss` with ``beta_C``, over the records the model-aware filter
+keeps (select them with ``torch.where``, never multiply by the mask: a dropped record's ``inf``
+times 0 is NaN).
 
-Both factors are bounded (docs/methods.md, "DAMA numerics"): ``alpha_D`` lies in
-:data:`mmpo.types.DATA_ALPHA_RANGE` and, with the default ``"bounded"`` normaliser, ``alpha_M`` in
-``[1 / alpha_max, alpha_max]`` and ``|R_B|, |R_bar| <= (N / K) / tau`` whatever the gaps are.
+Two recipes (:data:`RECIPES`, docs/methods.md and docs/papers.md):
 
-The functions are the paper's equations; :class:`DamaController` is DAMA's training step built on
-them (per-record beta, the filtered mean, the running mean and its checkpointed state).
+* ``"authors"`` (default): the released algorithm, :func:`dama_model_alpha_authors`. Raw log-ratio
+  margins ``A_i``; a weighted random draw of ``K = int(0.8 N)`` records centred at the running mean
+  ``m``; ``alpha_M = mean_kept sigmoid(A_i) / sigmoid(m)``; ``m`` an EMA of the mean gap of all ``N``
+  records, updated after each batch's loss; the loss averaged per process over its own kept
+  records; ``beta_C >= 1e-3``.
+* ``"paper"``: Eqs. 9-17 as printed, :func:`dama_model_alpha`. ``R_i = beta * A_i`` normalised by
+  ``R_bar``, the ``K`` gaps closest to the batch mean, ``alpha_M = sigmoid(R_B) / sigmoid(R_bar)``,
+  ``R_bar`` an EMA of ``R_B`` after each optimizer step, one mean over the global kept records.
+
+Every single choice is a field of :class:`DamaRecipe`, so any mix is one option away (ablations).
+All values are finite for finite inputs: ``alpha_D`` lies in :data:`mmpo.types.DATA_ALPHA_RANGE`;
+``alpha_M`` is computed in log space and capped at ``e^88``; the paper recipe's optional
+``"bounded"`` normaliser (docs/methods.md, "DAMA numerics") also bounds ``|R_B|`` and ``R_bar``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,11 +81,16 @@ def dama_delta(
     clip_rejected: torch.Tensor | Sequence[float],
     mode: DeltaMode = "softmax",
     eps: float = 1e-12,
+    scale: float = 1.0,
 ) -> float:
     """A record's CLIP difference ``delta`` between chosen and rejected, DAMA Eqs. 5-6.
 
-    ``"softmax"`` (paper): ``[P_w; P_l] = softmax([C_w; C_l])``, ``delta = sum P_w - sum P_l``,
-    in [-1, 1]. ``"ratio"`` (Table 2's "CLIP Scores" ablation): ``delta = sum C_w / sum C_l``;
+    ``"softmax"`` (paper): ``[P_w; P_l] = softmax(scale * [C_w; C_l])``, ``delta = sum P_w - sum P_l``,
+    in [-1, 1]. The paper uses CLIP as a classifier, whose logits are the cosine similarities times
+    the model's ``logit_scale.exp()`` (100 for OpenAI CLIP): pass cosines and that ``scale``. With
+    ``scale = 1`` (raw cosines, about 0.2-0.35 apart by a few hundredths) the softmax is nearly
+    uniform and ``delta`` is about ``(p - q) / (p + q)``, a sentence count, not a quality.
+    ``"ratio"`` (Table 2's "CLIP Scores" ablation): ``delta = sum C_w / sum C_l`` (``scale`` cancels);
     the denominator keeps its sign and is held at least ``eps`` away from 0.
     Intuition: a large ``delta`` means CLIP already tells the two responses apart (easy record).
 
@@ -82,14 +99,17 @@ def dama_delta(
         clip_rejected: ``(q,)`` CLIP scores ``C_l`` of the rejected response's sub-sentences.
         mode: ``"softmax"`` or ``"ratio"``.
         eps: smallest magnitude of the "ratio" denominator.
+        scale: multiplies the scores before the softmax (CLIP's logit scale; > 0).
 
     Returns:
         ``delta`` as a Python float. The dataset mean of it is ``delta_bar``.
     """
     chosen = _as_scores(clip_chosen, "clip_chosen")  # (p,)
     rejected = _as_scores(clip_rejected, "clip_rejected")  # (q,)
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a finite number > 0, got {scale}")
     if mode == "softmax":
-        probs = torch.softmax(torch.cat([chosen, rejected]), dim=0)  # (p + q,)
+        probs = torch.softmax(scale * torch.cat([chosen, rejected]), dim=0)  # (p + q,)
         p = chosen.numel()
         return (probs[:p].sum() - probs[p:].sum()).item()
     if mode == "ratio":
@@ -117,6 +137,7 @@ def dama_data_alpha(
     clip_rejected: torch.Tensor | Sequence[float],
     delta_bar: float,
     mode: DeltaMode = "softmax",
+    scale: float = 1.0,
 ) -> float:
     """The data-aware factor ``alpha_D = sigmoid(delta) / sigmoid(delta_bar)``, DAMA Eq. 7.
 
@@ -129,12 +150,13 @@ def dama_data_alpha(
         delta_bar: mean of :func:`dama_delta` over the whole dataset, with the same ``mode``.
             (The authors' code hard-codes their dataset's value; recompute it for any other data.)
         mode: ``"softmax"`` (paper) or ``"ratio"`` (ablation), see :func:`dama_delta`.
+        scale: CLIP's logit scale, see :func:`dama_delta`.
 
     Returns:
         ``alpha_D`` as a Python float in :data:`mmpo.types.DATA_ALPHA_RANGE` (computed in log space,
         then clamped; see :func:`dama_alpha_from_delta`).
     """
-    return dama_alpha_from_delta(dama_delta(clip_chosen, clip_rejected, mode), delta_bar)
+    return dama_alpha_from_delta(dama_delta(clip_chosen, clip_rejected, mode, scale=scale), delta_bar)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,40 +166,56 @@ def dama_data_alpha(
 
 @dataclass
 class DamaState:
-    """DAMA's training state: the running mean reward gap ``R_bar`` (Eq. 15), saved in checkpoints.
+    """DAMA's training state: the running mean of the reward gaps, saved in checkpoints.
+
+    The paper calls it ``R_bar`` (Eq. 15) and mixes in the normalised ``R_B`` of the kept records;
+    the authors' code keeps an EMA of the mean raw gap of all records (``kind``).
 
     Attributes:
-        r_bar: running mean ``R_bar``; the paper initialises it to 0.
-        gamma: EMA momentum; the paper uses 0.9.
+        r_bar: the running mean; both sources start it at 0.
+        gamma: EMA momentum; both use 0.9.
         step: number of :meth:`update` calls so far.
+        kind: what is averaged, ``"kept_normalised"`` (paper) or ``"all_gaps"`` (authors); a
+            checkpoint of one kind cannot resume a run of the other (their scales differ).
     """
 
     r_bar: float = 0.0
     gamma: float = 0.9
     step: int = 0
+    kind: str = "kept_normalised"
 
-    def update(self, r_batch: float | torch.Tensor) -> float:
-        """``R_bar <- gamma * R_bar + (1 - gamma) * R_B``, DAMA Eq. 15; call after the optimizer step.
+    def update(self, r_batch: float | torch.Tensor, float32: bool = False) -> float:
+        """``r_bar <- gamma * r_bar + (1 - gamma) * r_batch``, DAMA Eq. 15. Returns the new value.
 
-        ``r_batch`` is the ``R_B`` returned by :func:`dama_model_alpha` for this step (the paper mixes
-        the normalised ``R_B`` into ``R_bar``; docs/methods.md keeps that as the default). The update
-        is a convex combination, so with the bounded normaliser (``|R_B| <= (N / K) / tau``) ``R_bar``
-        never leaves that bound once inside it, and it starts at 0. Returns the new ``R_bar``.
+        With ``float32`` the update is computed as the authors' code does it, on a float32 tensor
+        (``mul_(gamma).add_(value, alpha=1 - gamma)``), so the value matches theirs bit for bit.
+        The update is a convex combination, so with the bounded normaliser (``|R_B| <= (N / K) / tau``)
+        ``R_bar`` never leaves that bound once inside it.
 
         Raises:
-            ValueError: ``r_batch`` is NaN or inf (``R_bar`` is left unchanged).
+            ValueError: ``r_batch`` is NaN or inf (``r_bar`` is left unchanged).
         """
         value = float(r_batch.detach().item()) if isinstance(r_batch, torch.Tensor) else float(r_batch)
         if not math.isfinite(value):
-            raise ValueError(f"DAMA update got a non-finite R_B: {value}")
-        self.r_bar = self.gamma * self.r_bar + (1.0 - self.gamma) * value
+            raise ValueError(f"DAMA update got a non-finite batch statistic: {value}")
+        if float32:
+            mean = torch.tensor([self.r_bar], dtype=torch.float32)
+            mean.mul_(self.gamma).add_(torch.tensor(value, dtype=torch.float32), alpha=1.0 - self.gamma)
+            self.r_bar = mean.item()
+        else:
+            self.r_bar = self.gamma * self.r_bar + (1.0 - self.gamma) * value
         self.step += 1
         return self.r_bar
 
     def state_dict(self) -> dict[str, Any]:
-        return {"r_bar": self.r_bar, "gamma": self.gamma, "step": self.step}
+        return {"r_bar": self.r_bar, "gamma": self.gamma, "step": self.step, "kind": self.kind}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        kind = state.get("kind", "kept_normalised")  # checkpoints before the recipes kept the paper's
+        if kind != self.kind:
+            raise ValueError(f"the checkpoint's DAMA running mean is of kind {kind!r} and this run's of kind "
+                             f"{self.kind!r} (dama_running_mean): their scales differ, so the run cannot resume "
+                             f"from it; set dama_running_mean: {kind} (or the dama_recipe that uses it)")
         self.r_bar = float(state["r_bar"])
         self.gamma = float(state["gamma"])
         self.step = int(state["step"])
@@ -190,31 +228,50 @@ def _keep_mask(
     filter: FilterMode,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """Bool ``(N,)`` mask of the records a filter keeps; ``values`` are float64 on the CPU."""
+    """Bool ``(N,)`` mask of the records a filter keeps; ``values`` are the gaps on the CPU, in their
+    own dtype (the ``"sample"`` draw depends on it, as the authors' does)."""
     n = values.numel()
     if filter == "none" or keep >= n:
         return torch.ones(n, dtype=torch.bool)
+    wide = values.to(torch.float64)  # (N,)
     if filter == "topk":
         # Both tails: keep the K smallest squared distances to the batch mean; ties go to the
         # lower index (stable sort), so the result is deterministic.
-        order = torch.argsort((values - values.mean()) ** 2, stable=True)  # (N,)
+        order = torch.argsort((wide - wide.mean()) ** 2, stable=True)  # (N,)
     elif filter == "bottom":
-        order = torch.argsort(-values, stable=True)  # highest first: drops the lowest N-K
+        order = torch.argsort(-wide, stable=True)  # highest first: drops the lowest N-K
     elif filter == "top":
-        order = torch.argsort(values, stable=True)  # lowest first: drops the highest N-K
+        order = torch.argsort(wide, stable=True)  # lowest first: drops the highest N-K
     elif filter == "sample":
-        # Weighted draw of K without replacement, weights exp(-(R_i - centre)^2 / 2): the K
-        # largest of log-weight + Gumbel noise (Gumbel-top-k) is exactly that draw, and working
-        # with log-weights means no weight can underflow to 0, so no fallback is ever needed.
-        log_w = -0.5 * (values - centre) ** 2  # (N,)
-        uniform = torch.rand(n, dtype=torch.float64, generator=generator)
-        uniform = uniform.clamp(torch.finfo(torch.float64).tiny, 1.0 - 1e-16)
-        gumbel = -torch.log(-torch.log(uniform))  # (N,)
-        order = torch.argsort(-(log_w + gumbel), stable=True)
+        return _sample_mask(values, centre, keep, generator)
     else:
         raise ValueError(f"filter must be one of topk, bottom, top, none, sample; got {filter!r}")
     mask = torch.zeros(n, dtype=torch.bool)
     mask[order[:keep]] = True  # (K,) kept indices
+    return mask
+
+
+def _sample_mask(values: torch.Tensor, centre: float, keep: int, generator: torch.Generator | None) -> torch.Tensor:
+    """The authors' draw: ``K`` records without replacement, weights ``exp(-(A_i - centre)^2 / 2)``.
+
+    The weights are computed as the authors' code computes them (the gaps' dtype, the centre as a
+    float32 tensor) and drawn with ``torch.multinomial(weights, K, replacement=False)`` from
+    ``generator``, so the same generator state keeps the same records. One fix: when fewer than ``K``
+    weights are positive (they underflow beyond ``|A_i - centre| ~ 14`` in float32),
+    ``multinomial`` fills the draw with zero-weight records in index order, which can be the
+    farthest, and the authors' all-zero fallback draws ``K`` with replacement (duplicates); here
+    the draw keeps the ``K`` records nearest to the centre instead (every positive-weight record
+    among them, since the weight falls with the distance). A NaN gap gets weight 0 and is kept last.
+    """
+    centre_t = torch.tensor([centre], dtype=torch.float32)
+    weights = torch.exp(-0.5 * (values - centre_t).pow(2))  # (N,)
+    weights = torch.nan_to_num(weights, nan=0.0)
+    mask = torch.zeros(values.numel(), dtype=torch.bool)
+    if int((weights > 0).sum()) >= keep:
+        mask[torch.multinomial(weights, keep, replacement=False, generator=generator)] = True
+        return mask
+    distance = (values.to(torch.float64) - centre).abs().nan_to_num(nan=math.inf)  # (N,)
+    mask[torch.argsort(distance, stable=True)[:keep]] = True
     return mask
 
 
@@ -237,6 +294,16 @@ def _bounded_r_batch(raw: torch.Tensor, mask: torch.Tensor, r_bar: float, floor:
         return 0.0
     divisor = -floor_unit if r_bar < 0 else floor_unit
     return (unit[mask] / divisor).mean().item()  # (K,) -> (); each term is at most N / floor
+
+
+def _paper_r_batch(raw: torch.Tensor, mask: torch.Tensor, r_bar: float, normalizer: Normalizer, floor: float,
+                   eps: float = 1e-6) -> float:
+    """The paper's ``R_B`` (Eqs. 10-12) of the kept records, with the zero-start guard of
+    :func:`dama_model_alpha`. ``raw``: ``(N,)`` float64 gaps; ``mask``: ``(N,)`` bool."""
+    guarded = abs(r_bar) <= eps
+    if normalizer == "paper":
+        return (raw / (1.0 if guarded else r_bar))[mask].mean().item()  # (K,) -> ()
+    return _bounded_r_batch(raw, mask, 0.0 if guarded else r_bar, floor)
 
 
 def dama_model_alpha(
@@ -268,8 +335,8 @@ def dama_model_alpha(
       it is the same as ranking ``Rn_i``).
     * ``"none"``: keep all.
     * ``"sample"``: the authors' code's random draw of K without replacement, weights
-      ``exp(-(R_i - R_bar)^2 / 2)`` on raw gaps, drawn with ``generator``. Sampled in log space
-      (Gumbel-top-k), so underflowing weights cannot make the draw degenerate.
+      ``exp(-(R_i - R_bar)^2 / 2)`` on raw gaps, drawn with ``generator`` (``torch.multinomial``;
+      when the weights underflow, the nearest records are kept: see :func:`dama_model_alpha_authors`).
 
     Normalisers (docs/methods.md, "DAMA numerics"). ``S = mean_i |R_i|`` over the whole batch,
     ``tau = floor``:
@@ -332,12 +399,9 @@ def dama_model_alpha(
     out_dtype = gaps.dtype if gaps.dtype in (torch.float32, torch.float64) else torch.float32
     raw = gaps.detach().to(device="cpu", dtype=torch.float64)  # (N,)
 
-    mask = _keep_mask(raw, r_bar, keep, filter, generator)  # (N,)
+    mask = _keep_mask(gaps.detach().cpu(), r_bar, keep, filter, generator)  # (N,)
     guarded = abs(r_bar) <= eps  # zero-start guard
-    if normalizer == "paper":
-        r_batch = (raw / (1.0 if guarded else r_bar))[mask].mean().item()  # (K,) -> ()
-    else:
-        r_batch = _bounded_r_batch(raw, mask, 0.0 if guarded else r_bar, floor)
+    r_batch = _paper_r_batch(raw, mask, r_bar, normalizer, floor, eps)
     if guarded:
         alpha = 1.0
     else:
@@ -349,6 +413,128 @@ def dama_model_alpha(
         return torch.tensor(value, dtype=out_dtype, device=device)
 
     return as_out(alpha), mask.to(device), as_out(r_batch)
+
+
+def dama_model_alpha_authors(
+    gaps: torch.Tensor,
+    running_mean: float,
+    keep: int,
+    filter: FilterMode = "sample",
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model-aware factor as the authors' code computes it, and its keep mask.
+
+    ``alpha_M = (1/K) sum_kept sigmoid(A_i) / sigmoid(m)``: the mean of the kept gaps' sigmoids over
+    the sigmoid of the running mean ``m`` (not the paper's sigmoid of a normalised mean). ``m`` starts
+    at 0, where ``sigmoid(m) = 1/2`` and nothing divides by zero; at step 0 every gap is 0 and
+    ``alpha_M = 1``. At steady state the kept gaps scatter around ``m`` and ``alpha_M`` is near 1
+    (exactly 1 when they all equal ``m``).
+
+    Filters as in :func:`dama_model_alpha`; the authors' is ``"sample"``, a weighted draw of ``K``
+    without replacement centred at ``m`` (:func:`_sample_mask`: ``torch.multinomial`` with
+    ``generator``, the underflow fixed by keeping the nearest records).
+
+    Args:
+        gaps: ``(N,)`` gaps ``A_i`` of the global batch (the authors': raw log-ratio margins, no beta);
+            detached here. Their dtype is the draw's (the authors' are float32).
+        running_mean: ``m``, the EMA of the batch mean gap (:attr:`DamaState.r_bar`); finite.
+        keep: ``K``, at least 1 (the authors: ``int(0.8 * N)``).
+        filter: one of ``"sample" | "topk" | "bottom" | "top" | "none"``.
+        generator: the draw's CPU generator; ``None`` uses the global one.
+
+    Returns:
+        ``(alpha_model, keep_mask)``: 0-dim ``alpha_M`` (computed in log space, capped at ``e^88``)
+        and the ``(N,)`` bool mask, on ``gaps``' device. Finite for any finite input.
+    """
+    if gaps.dim() != 1 or gaps.numel() == 0:
+        raise ValueError(f"gaps must be a non-empty 1-d tensor, got shape {tuple(gaps.shape)}")
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    running_mean = float(running_mean)
+    if not math.isfinite(running_mean):
+        raise ValueError(f"running_mean must be finite, got {running_mean}")
+    out_dtype = gaps.dtype if gaps.dtype in (torch.float32, torch.float64) else torch.float32
+    values = gaps.detach().cpu()  # (N,)
+    mask = _keep_mask(values, running_mean, keep, filter, generator)  # (N,)
+    kept = values.to(torch.float64)[mask]  # (K,)
+    log_mean = (torch.logsumexp(F.logsigmoid(kept), dim=0) - math.log(kept.numel())).item()
+    log_den = F.logsigmoid(torch.tensor(running_mean, dtype=torch.float64)).item()
+    alpha = math.exp(min(log_mean - log_den, _MAX_LOG_ALPHA))
+    return torch.tensor(alpha, dtype=out_dtype, device=gaps.device), mask.to(gaps.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes
+# ---------------------------------------------------------------------------------------------
+
+AlphaModelForm = Literal["authors", "paper"]
+RunningMean = Literal["all_gaps", "kept_normalised"]
+UpdateTime = Literal["loss", "step"]
+LossMean = Literal["process", "global"]
+KeepRounding = Literal["floor", "round"]
+
+
+@dataclass(frozen=True)
+class DamaRecipe:
+    """Every choice of DAMA's model-aware step and of the loss around it.
+
+    Attributes:
+        keep: ``K / N``, the fraction of the global batch the filter keeps.
+        keep_rounding: ``K = int(keep * N)`` (``"floor"``, the authors') or ``round(keep * N)``; at least 1.
+        filter: ``"sample" | "topk" | "bottom" | "top" | "none"`` (:func:`dama_model_alpha`).
+        gap_uses_beta: the gap is ``beta * (ratio_w - ratio_l)`` (paper, Eq. 9) or the raw margin (authors).
+        alpha_model: ``"authors"`` (:func:`dama_model_alpha_authors`) or ``"paper"`` (:func:`dama_model_alpha`).
+        running_mean: ``"all_gaps"``, the EMA of the mean gap of all ``N`` records (authors), or
+            ``"kept_normalised"``, the EMA of the paper's ``R_B`` (Eq. 15).
+        update: the running mean moves after each batch's loss (``"loss"``, the authors', who update
+            it in ``compute_loss``) or once per optimizer step with the mean of its batches (``"step"``).
+        loss_mean: the kept records' losses averaged per process, then over processes by DDP
+            (``"process"``, the authors'), or one mean over the global kept set (``"global"``).
+        beta_min: ``beta_C`` is clamped below at this (authors 1e-3; 0 = no clamp).
+        normalizer, floor, alpha_max: the paper form's normaliser (:func:`dama_model_alpha`).
+        gamma: the running mean's momentum.
+        combine, rho: how ``alpha_D`` and ``alpha_M`` combine (:func:`dama_combine`).
+    """
+
+    keep: float
+    keep_rounding: KeepRounding
+    filter: FilterMode
+    gap_uses_beta: bool
+    alpha_model: AlphaModelForm
+    running_mean: RunningMean
+    update: UpdateTime
+    loss_mean: LossMean
+    beta_min: float
+    normalizer: Normalizer = "paper"
+    floor: float = R_FLOOR
+    alpha_max: float = ALPHA_MODEL_MAX
+    gamma: float = 0.9
+    combine: CombineMode = "product"
+    rho: float = 0.5
+
+    def keep_count(self, n: int) -> int:
+        """``K`` for a global batch of ``n`` records (never below 1: the authors' ``int(0.8)`` = 0
+        would average over no record)."""
+        k = int(self.keep * n) if self.keep_rounding == "floor" else round(self.keep * n)
+        return max(1, min(n, k))
+
+
+#: The two recipes (docs/papers.md lists every difference and the test that pins it).
+RECIPES: dict[str, DamaRecipe] = {
+    "authors": DamaRecipe(keep=0.8, keep_rounding="floor", filter="sample", gap_uses_beta=False,
+                          alpha_model="authors", running_mean="all_gaps", update="loss", loss_mean="process",
+                          beta_min=1e-3),
+    "paper": DamaRecipe(keep=0.75, keep_rounding="round", filter="topk", gap_uses_beta=True,
+                        alpha_model="paper", running_mean="kept_normalised", update="step", loss_mean="global",
+                        beta_min=0.0, normalizer="paper"),
+}
+
+
+def dama_recipe(name: str = "authors", **choices: Any) -> DamaRecipe:
+    """The recipe ``name`` with some choices replaced; a choice given as ``None`` keeps the recipe's."""
+    if name not in RECIPES:
+        raise ValueError(f"dama_recipe must be one of {', '.join(RECIPES)}, not {name!r}")
+    return dataclasses.replace(RECIPES[name], **{k: v for k, v in choices.items() if v is not None})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,57 +605,54 @@ class SingleProcess:
 
 class DamaController:
     """DAMA's whole training-step logic and its state: the per-record ``beta_C``, the model-aware
-    filter's mean over the kept records, and the running mean ``R_bar`` with its update after each
-    optimizer step.
+    filter's mean over the kept records, and the running mean with its updates.
 
     One step, as :class:`~mmpo.training.trainer.PreferenceTrainer` drives it:
 
-    1. :meth:`beta` for each micro-batch: ``beta_C = beta * alpha`` ``(B,)``, the keep mask ``(B,)``
-       (model-aware) and diagnostics; the batch's ``R_B`` is queued (training only);
-    2. :meth:`mean_loss`: the per-record losses averaged over the records kept in the *global* batch;
-    3. :meth:`step_end` after the optimizer step: ``R_bar`` moves by the mean of the queued ``R_B``.
-       A skipped batch takes its ``R_B`` back (:meth:`mark` / :meth:`discard_since`), a skipped
-       optimizer step all of them (:meth:`discard_pending`).
+    1. :meth:`beta` for each micro-batch: ``beta_C = max(beta * alpha, beta_min)`` ``(B,)``, the keep
+       mask ``(B,)`` (model-aware) and diagnostics. In training, the batch's statistic moves the
+       running mean at once (``update: loss``) or is queued for the optimizer step (``update: step``);
+    2. :meth:`mean_loss`: the per-record losses averaged over the kept records, per process or over
+       the global batch (``loss_mean``);
+    3. :meth:`step_end` after the optimizer step (applies the queued statistics).
 
-    :meth:`state_dict` holds ``R_bar`` and the random generator of the ``"sample"`` filter, for
-    checkpoints. With both factors off, :meth:`beta` returns the plain ``beta`` and keeps everything:
-    the step is DPO's.
+    A skipped batch takes its update back (:meth:`mark` / :meth:`discard_since`), a skipped
+    optimizer step all of its batches' (:meth:`discard_pending`); evaluation never moves it.
+    :meth:`state_dict` holds the running mean and the ``"sample"`` filter's random generator, for
+    checkpoints. With both factors off, :meth:`beta` returns the plain ``beta`` and keeps
+    everything: the step is DPO's.
 
     Args:
         beta: the base DPO beta.
         data_aware / model_aware: the two factors (D2PO = data only, MDPO = model only).
-        keep: ``K / N``, the fraction of the global batch the model-aware filter keeps.
-        filter, normalizer, floor, alpha_max: see :func:`dama_model_alpha`.
-        gamma: momentum of ``R_bar`` (:class:`DamaState`).
-        gap_uses_beta: ``R_i = beta * (ratio_w - ratio_l)`` (paper) or the raw margin (authors' code).
-        combine, rho: see :func:`dama_combine`.
+        recipe: a :class:`DamaRecipe` or the name of one in :data:`RECIPES` (default ``"authors"``).
         seed: seed of the ``"sample"`` filter's generator.
         gather: how to see the global batch; default one process.
+        **choices: :class:`DamaRecipe` fields replacing the recipe's (``keep=0.75``, ``filter="topk"``).
     """
 
-    def __init__(self, beta: float, *, data_aware: bool = False, model_aware: bool = False, keep: float = 0.75,
-                 filter: FilterMode = "topk", gamma: float = 0.9, gap_uses_beta: bool = True,
-                 combine: CombineMode = "product", rho: float = 0.5, normalizer: Normalizer = "bounded",
-                 floor: float = R_FLOOR, alpha_max: float = ALPHA_MODEL_MAX, seed: int = 0,
-                 gather: BatchGather | None = None):
+    def __init__(self, beta: float, *, data_aware: bool = False, model_aware: bool = False,
+                 recipe: DamaRecipe | str = "authors", seed: int = 0, gather: BatchGather | None = None,
+                 **choices: Any):
         self.beta_base = beta
         self.data_aware, self.model_aware = data_aware, model_aware
-        self.keep, self.filter, self.gap_uses_beta = keep, filter, gap_uses_beta
-        self.combine, self.rho = combine, rho
-        self.normalizer, self.floor, self.alpha_max = normalizer, floor, alpha_max
-        self.state = DamaState(gamma=gamma)
+        if isinstance(recipe, str):
+            recipe = dama_recipe(recipe, **choices)
+        elif choices:
+            recipe = dataclasses.replace(recipe, **choices)
+        self.recipe = recipe
+        self.state = DamaState(gamma=recipe.gamma, kind=recipe.running_mean)
         self.generator = torch.Generator().manual_seed(seed)
         self.gather: BatchGather = gather or SingleProcess()
-        self._pending: list[float] = []  # this optimizer step's R_B values, one per micro-batch
+        self._pending: list[float] = []  # this optimizer step's batch statistics, one per micro-batch
+        self._before: list[float] = []  # update "loss": the running mean before each of them
 
     @classmethod
     def from_arguments(cls, dama: Any, beta: float, seed: int = 0, gather: BatchGather | None = None
                        ) -> DamaController:
         """From a :class:`~mmpo.training.config.DamaArguments` (its ``dama_*`` fields)."""
-        return cls(beta, data_aware=dama.dama_data, model_aware=dama.dama_model, keep=dama.dama_keep,
-                   filter=dama.dama_filter, gamma=dama.dama_gamma, gap_uses_beta=dama.dama_gap_uses_beta,
-                   combine=dama.dama_combine, rho=dama.dama_rho, normalizer=dama.dama_normalizer,
-                   floor=dama.dama_scale_floor, alpha_max=dama.dama_alpha_model_max, seed=seed, gather=gather)
+        return cls(beta, data_aware=dama.dama_data, model_aware=dama.dama_model, recipe=dama.recipe(), seed=seed,
+                   gather=gather)
 
     @property
     def enabled(self) -> bool:
@@ -477,6 +660,7 @@ class DamaController:
 
     @property
     def r_bar(self) -> float:
+        """The running mean (``R_bar``, or the authors' EMA of the mean gap)."""
         return self.state.r_bar
 
     def beta(self, chosen: torch.Tensor, rejected: torch.Tensor, data_alpha: torch.Tensor | None = None,
@@ -487,7 +671,7 @@ class DamaController:
             chosen / rejected: ``(B,)`` log-ratios of the two responses (ASPO's weighted chosen one
                 when ASPO is on); detached here.
             data_alpha: ``(B,)`` the records' offline ``alpha_D`` (needed when data-aware).
-            training: queue the batch's ``R_B`` for :meth:`step_end` (not in evaluation).
+            training: move (or queue) the running mean (never in evaluation).
 
         Returns:
             ``(beta, keep, diagnostics)``: ``beta`` a ``(B,)`` tensor (the float ``beta`` when DAMA is
@@ -495,67 +679,109 @@ class DamaController:
         """
         if not self.enabled:
             return self.beta_base, None, {}
+        recipe = self.recipe
         chosen, rejected = chosen.detach(), rejected.detach()
         if self.data_aware and data_alpha is None:
             raise ValueError("data-aware DAMA needs each record's data_alpha (mmpo score-sentences --dama)")
         alpha_data = data_alpha.to(chosen) if self.data_aware else torch.ones_like(chosen)  # (B,)
         gaps = chosen - rejected  # (B,)
-        if self.gap_uses_beta:
+        if recipe.gap_uses_beta:
             gaps = self.beta_base * gaps
         alpha_model: float | torch.Tensor = 1.0
         keep, diag = None, {}
         if self.model_aware:
             global_gaps, offset = self.gather.concat(gaps)  # (N,)
-            k = max(1, round(self.keep * global_gaps.shape[0]))
-            alpha_model, keep_global, r_batch = dama_model_alpha(
-                global_gaps, self.state.r_bar, k, self.filter, generator=self.generator,
-                normalizer=self.normalizer, floor=self.floor, alpha_max=self.alpha_max)
+            alpha_model, keep_global, statistic = self._model_alpha(global_gaps)
             keep = keep_global[offset : offset + chosen.shape[0]].to(chosen.device)  # (B,)
-            if training:
-                self._pending.append(float(r_batch))
             diag = {"dama/alpha_model": alpha_model.reshape(1), "dama/r_bar": torch.tensor([self.state.r_bar]),
-                    "dama/r_batch": r_batch.reshape(1), "dama/kept_fraction": keep.float()}
-        alpha = dama_combine(alpha_data, alpha_model, self.combine, self.rho)  # (B,)
+                    "dama/r_batch": torch.tensor([statistic]), "dama/kept_fraction": keep.float()}
+            if training:
+                self._observe(statistic)
+        alpha = dama_combine(alpha_data, alpha_model, recipe.combine, recipe.rho)  # (B,)
+        beta = self.beta_base * alpha  # (B,)
+        if recipe.beta_min > 0:
+            diag["dama/beta_clamped"] = (beta < recipe.beta_min).float()
+            beta = beta.clamp(min=recipe.beta_min)
         diag["dama/alpha_data_mean"] = alpha_data
-        diag["dama/beta_mean"] = self.beta_base * alpha
+        diag["dama/beta_mean"] = beta
         if self.data_aware:
             easy = alpha_data >= 1
             diag["dama/gap_easy"] = gaps[easy]
             diag["dama/gap_hard"] = gaps[~easy]
-        return self.beta_base * alpha, keep, diag
+        return beta, keep, diag
+
+    def _model_alpha(self, gaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """``alpha_M``, the ``(N,)`` keep mask and the statistic the running mean averages, for the
+        global batch's gaps ``(N,)``."""
+        recipe, r_bar = self.recipe, self.state.r_bar
+        k = recipe.keep_count(gaps.shape[0])
+        if recipe.alpha_model == "authors":
+            alpha, mask = dama_model_alpha_authors(gaps, r_bar, k, recipe.filter, generator=self.generator)
+            r_batch = None
+        else:
+            alpha, mask, r_batch = dama_model_alpha(gaps, r_bar, k, recipe.filter, generator=self.generator,
+                                                    normalizer=recipe.normalizer, floor=recipe.floor,
+                                                    alpha_max=recipe.alpha_max)
+        if recipe.running_mean == "all_gaps":
+            return alpha, mask, gaps.detach().cpu().mean().item()  # in the gaps' dtype, as the authors'
+        if r_batch is None:  # the authors' alpha_M with the paper's running mean: R_B from the same mask
+            r_batch = torch.tensor(_paper_r_batch(gaps.detach().to("cpu", torch.float64), mask.cpu(), r_bar,
+                                                  recipe.normalizer, recipe.floor))
+        return alpha, mask, float(r_batch)
+
+    def _observe(self, statistic: float) -> None:
+        """Queue this batch's statistic; with ``update: loss`` apply it now (a non-finite one is never
+        applied: the NaN/inf guard then names the batch)."""
+        self._pending.append(statistic)
+        if self.recipe.update == "loss":
+            self._before.append(self.state.r_bar)
+            if math.isfinite(statistic):
+                self.state.update(statistic, float32=self.recipe.running_mean == "all_gaps")
 
     def mean_loss(self, losses: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-        """The mean of ``losses`` ``(B,)`` over the records kept in the global batch (all without a mask).
+        """The mean of ``losses`` ``(B,)`` over the kept records (all without a mask).
 
-        DDP averages gradients over processes, so each process scales its kept sum by
-        ``P / K_global``. A filtered record's loss is replaced, not multiplied by 0: ``inf * 0`` is NaN.
+        ``loss_mean: process``: over this process's kept records (a process that keeps none adds 0),
+        and DDP then averages over processes, as the authors' code does. ``global``: over the kept
+        records of the global batch: DDP averages gradients over processes, so each process scales
+        its kept sum by ``P / K_global``. A filtered record's loss is replaced, not multiplied by 0:
+        ``inf * 0`` is NaN.
         """
         if keep is None:
             return losses.mean()
-        kept_global = self.gather.sum(keep.float().sum())
         kept_losses = torch.where(keep, losses, torch.zeros_like(losses))  # (B,)
+        if self.recipe.loss_mean == "process":
+            return kept_losses.sum() / keep.float().sum().clamp(min=1)
+        kept_global = self.gather.sum(keep.float().sum())
         return kept_losses.sum() * self.gather.num_processes / kept_global.clamp(min=1)
 
     def mark(self) -> int:
-        """A position in the queue of ``R_B`` values, for :meth:`discard_since`."""
+        """A position in this step's batches, for :meth:`discard_since`."""
         return len(self._pending)
 
     def discard_since(self, mark: int) -> None:
-        """Take back the ``R_B`` values queued after ``mark`` (their batch was skipped)."""
-        del self._pending[mark:]
+        """Take back the batches after ``mark`` (skipped): their queued statistics, or the updates
+        they made (``update: loss``)."""
+        if self._before[mark:]:
+            self.state.r_bar = self._before[mark]
+            self.state.step -= sum(math.isfinite(v) for v in self._pending[mark:])
+        del self._pending[mark:], self._before[mark:]
 
     def discard_pending(self) -> None:
-        """Take back every queued ``R_B`` (the optimizer step was skipped)."""
-        self._pending.clear()
+        """Take back every batch of this optimizer step (the step was skipped)."""
+        self.discard_since(0)
 
     def step_end(self) -> None:
-        """After each optimizer step: ``R_bar <- gamma R_bar + (1 - gamma) R_B`` (mean over micro-batches)."""
-        if self._pending:
-            self.state.update(sum(self._pending) / len(self._pending))
-            self._pending.clear()
+        """After each optimizer step: with ``update: step``, ``r_bar <- gamma r_bar + (1 - gamma) x``,
+        ``x`` the mean statistic of the step's micro-batches."""
+        if self._pending and self.recipe.update == "step":
+            self.state.update(sum(self._pending) / len(self._pending),
+                              float32=self.recipe.running_mean == "all_gaps")
+        self._pending.clear()
+        self._before.clear()
 
     def state_dict(self) -> dict[str, Any]:
-        """``R_bar`` and the filter's generator, in the layout of ``mmpo_state.json``."""
+        """The running mean and the filter's generator, in the layout of ``mmpo_state.json``."""
         return {"dama": self.state.state_dict(), "dama_generator": self.generator.get_state().tolist()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

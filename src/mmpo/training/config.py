@@ -132,6 +132,11 @@ class PreferenceConfig(TrainingArguments):
     sft_weight: float = field(default=0.0, metadata={
         "help": "Weight of an extra NLL term on the chosen response (TRL's loss_type=['sigmoid','sft']); "
                 "keeps small models from collapsing under DPO. 0 disables it."})
+    sft_reduction: str = field(default="token", metadata={
+        "help": "How the SFT term reduces the chosen responses' token NLLs: 'token', their mean over every chosen "
+                "token of the batch (TRL's sft loss); 'record', the mean over records of each response's mean "
+                "token NLL; 'sum', the mean over records of each response's summed NLL (RLAIF-V's trainer, which "
+                "subtracts the summed chosen log-prob)."})
     preference_weight: float = field(default=1.0, metadata={
         "help": "Weight of the preference loss (DPO or the method's). 0 with sft_weight > 0 trains on the chosen "
                 "responses alone: the SFT-on-chosen control a preference method has to beat."})
@@ -176,6 +181,7 @@ class PreferenceConfig(TrainingArguments):
         # Checked before TrainingArguments reads them (it compares, divides and rounds them).
         check_number("beta", self.beta, low=0, low_open=True)
         check_number("sft_weight", self.sft_weight, low=0)
+        check_choice("sft_reduction", self.sft_reduction, ("token", "record", "sum"))
         check_number("preference_weight", self.preference_weight, low=0)
         if self.preference_weight == 0 and self.sft_weight == 0:
             raise ValueError("preference_weight and sft_weight are both 0: the loss would be 0 (nothing to train); "
@@ -233,29 +239,55 @@ class AspoArguments:
 @dataclass
 class DamaArguments:
     """DAMA: data- and model-aware per-record beta ("DAMA: Data- and Model-aware Alignment of Multi-modal
-    LLMs", arXiv:2502.01943). D2PO = data only, MDPO = model only."""
+    LLMs", arXiv:2502.01943). D2PO = data only, MDPO = model only.
+
+    ``dama_recipe`` sets every choice of the model-aware step at once: ``authors`` (the released code,
+    which produced the paper's tables) or ``paper`` (Eqs. 9-17 as printed). Each ``dama_*`` choice
+    left unset (null) takes the recipe's value; set one to change only that (ablations).
+    :meth:`recipe` gives the resolved choices."""
 
     dama_data: bool = field(default=False, metadata={
-        "help": "Scale beta per record by the offline alpha_D stored in the records (mmpo score-sentences --dama)."})
+        "help": "Scale beta per record by the offline alpha_D stored in the records (mmpo score-sentences)."})
     dama_model: bool = field(default=False, metadata={
-        "help": "Scale beta per batch by alpha_M from the filtered reward gaps and their running mean R_bar."})
-    dama_keep: float = field(default=0.75, metadata={
-        "help": "Fraction K/N of the global batch the model-aware filter keeps (paper: 12 of 16)."})
-    dama_filter: str = field(default="topk", metadata={
-        "help": "'topk' keeps the K gaps closest to the batch mean (paper); 'bottom'/'top' drop the lowest/highest; "
-                "'none' keeps all; 'sample' is the authors' code's weighted random draw."})
-    dama_gamma: float = field(default=0.9, metadata={"help": "Momentum of the running mean R_bar."})
-    dama_gap_uses_beta: bool = field(default=True, metadata={
-        "help": "Reward gap R_i = beta * (ratio_w - ratio_l) (paper); False uses the raw log-ratio margin "
-                "(the authors' code)."})
+        "help": "Scale beta per batch by alpha_M from the filtered reward gaps and their running mean."})
+    dama_recipe: str = field(default="authors", metadata={
+        "help": "'authors': the authors' released algorithm (raw gaps, weighted random draw of int(0.8 N) centred "
+                "at an EMA of the mean gap of all records, alpha_M = mean kept sigmoid(gap) / sigmoid(EMA), EMA "
+                "updated after each batch's loss, loss averaged per process, beta >= 1e-3). 'paper': Eqs. 9-17 as "
+                "printed (beta * gap / R_bar, the K = round(0.75 N) gaps closest to the batch mean, "
+                "alpha_M = sigmoid(R_B) / sigmoid(R_bar), R_bar an EMA of R_B per optimizer step, one global mean)."})
+    dama_keep: float | None = field(default=None, metadata={
+        "help": "Fraction K/N of the global batch the filter keeps (authors 0.8, paper 12/16 = 0.75)."})
+    dama_keep_rounding: str | None = field(default=None, metadata={
+        "help": "K = int(keep * N) ('floor', authors) or round(keep * N) ('round', paper); at least 1."})
+    dama_filter: str | None = field(default=None, metadata={
+        "help": "'sample': the authors' weighted random draw centred at the running mean; 'topk': the K gaps "
+                "closest to the batch mean (paper); 'bottom'/'top' drop the lowest/highest; 'none' keeps all."})
+    dama_gap_uses_beta: bool | None = field(default=None, metadata={
+        "help": "Reward gap = beta * (ratio_w - ratio_l) (paper, Eq. 9); false: the raw log-ratio margin (authors)."})
+    dama_alpha_model: str | None = field(default=None, metadata={
+        "help": "'authors': alpha_M = mean over kept of sigmoid(gap) / sigmoid(running mean); 'paper': "
+                "sigmoid(mean over kept of gap / R_bar) / sigmoid(R_bar) (Eqs. 10-13)."})
+    dama_running_mean: str | None = field(default=None, metadata={
+        "help": "What the running mean averages: 'all_gaps', the mean gap of all N records (authors), or "
+                "'kept_normalised', the paper's R_B (Eq. 15)."})
+    dama_update: str | None = field(default=None, metadata={
+        "help": "When the running mean moves: after each batch's loss ('loss', authors) or after each optimizer "
+                "step with the mean of its micro-batches ('step')."})
+    dama_loss_mean: str | None = field(default=None, metadata={
+        "help": "'process': the kept losses averaged on each process, then over processes (authors); 'global': "
+                "one mean over the kept records of the global batch."})
+    dama_beta_min: float | None = field(default=None, metadata={
+        "help": "Lower clamp of the per-record beta (authors 1e-3; paper 0 = none)."})
+    dama_gamma: float = field(default=0.9, metadata={"help": "Momentum of the running mean (both sources: 0.9)."})
     dama_combine: str = field(default="product", metadata={
         "help": "'product': alpha = alpha_D * alpha_M (paper); 'sum': (1 - rho) alpha_M + rho alpha_D (ablation)."})
     dama_rho: float = field(default=0.5, metadata={"help": "Weight of alpha_D when dama_combine = sum."})
-    dama_normalizer: str = field(default="bounded", metadata={
-        "help": "How the gaps are normalised by R_bar (docs/methods.md, 'DAMA numerics'). 'bounded': divide by "
-                "R_bar held at least dama_scale_floor x the batch's mean |R_i| away from 0 (exactly R_i / R_bar "
-                "when |R_bar| is larger), alpha_M clamped to [1 / dama_alpha_model_max, dama_alpha_model_max]. "
-                "'paper': the unguarded R_i / R_bar, alpha_M up to e^88 (unbounded; for comparison only)."})
+    dama_normalizer: str | None = field(default=None, metadata={
+        "help": "dama_alpha_model paper only: how the gaps are normalised by R_bar (docs/methods.md, 'DAMA "
+                "numerics'). 'paper' (the recipe's): the unguarded R_i / R_bar, alpha_M up to e^88 (diverges on "
+                "falling gaps). 'bounded': divide by R_bar held at least dama_scale_floor x the batch's mean |R_i| "
+                "away from 0, alpha_M clamped to [1 / dama_alpha_model_max, dama_alpha_model_max]."})
     dama_scale_floor: float = field(default=0.1, metadata={
         "help": "'bounded' only: the divisor's floor tau relative to the batch's mean |R_i|; bounds "
                 "|R_B| and |R_bar| by (N / K) / tau."})
@@ -263,14 +295,38 @@ class DamaArguments:
         "help": "'bounded' only: alpha_M is clamped to [1 / this, this]; >= 1 (1 = alpha_M always 1)."})
 
     def __post_init__(self):
-        check_choice("dama_filter", self.dama_filter, ("topk", "bottom", "top", "none", "sample"))
+        from ..losses.dama import RECIPES
+
+        check_choice("dama_recipe", self.dama_recipe, tuple(RECIPES))
+        optional_choices = {
+            "dama_keep_rounding": ("floor", "round"), "dama_filter": ("sample", "topk", "bottom", "top", "none"),
+            "dama_alpha_model": ("authors", "paper"), "dama_running_mean": ("all_gaps", "kept_normalised"),
+            "dama_update": ("loss", "step"), "dama_loss_mean": ("process", "global"),
+            "dama_normalizer": ("paper", "bounded")}
+        for name, choices in optional_choices.items():
+            if getattr(self, name) is not None:
+                check_choice(name, getattr(self, name), choices)
+        if self.dama_gap_uses_beta is not None and not isinstance(self.dama_gap_uses_beta, bool):
+            raise ValueError(f"dama_gap_uses_beta must be true or false, not {self.dama_gap_uses_beta!r}")
         check_choice("dama_combine", self.dama_combine, ("product", "sum"))
-        check_choice("dama_normalizer", self.dama_normalizer, ("bounded", "paper"))
-        check_number("dama_keep", self.dama_keep, low=0, high=1, low_open=True)
+        check_number("dama_keep", self.dama_keep, low=0, high=1, low_open=True, optional=True)
+        check_number("dama_beta_min", self.dama_beta_min, low=0, optional=True)
         check_number("dama_gamma", self.dama_gamma, low=0, high=1, high_open=True)
         check_number("dama_rho", self.dama_rho, low=0, high=1)
         check_number("dama_scale_floor", self.dama_scale_floor, low=0, low_open=True)
         check_number("dama_alpha_model_max", self.dama_alpha_model_max, low=1)
+
+    def recipe(self):
+        """The resolved :class:`~mmpo.losses.dama.DamaRecipe`: ``dama_recipe`` with every set field applied."""
+        from ..losses.dama import dama_recipe
+
+        return dama_recipe(self.dama_recipe, keep=self.dama_keep, keep_rounding=self.dama_keep_rounding,
+                           filter=self.dama_filter, gap_uses_beta=self.dama_gap_uses_beta,
+                           alpha_model=self.dama_alpha_model, running_mean=self.dama_running_mean,
+                           update=self.dama_update, loss_mean=self.dama_loss_mean, beta_min=self.dama_beta_min,
+                           normalizer=self.dama_normalizer, floor=self.dama_scale_floor,
+                           alpha_max=self.dama_alpha_model_max, gamma=self.dama_gamma, combine=self.dama_combine,
+                           rho=self.dama_rho)
 
     @property
     def enabled(self) -> bool:

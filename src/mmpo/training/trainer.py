@@ -265,8 +265,9 @@ class PreferenceTrainer(Trainer):
 
     def _with_sft_term(self, loss: torch.Tensor, policy: torch.Tensor, mask: torch.Tensor, B: int,
                        diag: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``preference_weight * loss + sft_weight * NLL`` (mean per-token NLL of the chosen responses)
-        and the NLL (None when ``sft_weight`` is 0); logs ``loss/sft`` and the responses' summed log-probs."""
+        """``preference_weight * loss + sft_weight * NLL`` and the NLL (None when ``sft_weight`` is 0);
+        logs ``loss/sft`` and the responses' summed log-probs. The NLL of the chosen responses is
+        reduced by :func:`sft_nll` with ``sft_reduction``."""
         if self.args.preference_weight != 1:
             loss = self.args.preference_weight * loss
         policy_sums = (policy * mask).sum(dim=1)  # (R,)
@@ -274,7 +275,7 @@ class PreferenceTrainer(Trainer):
         diag["logps/rejected"] = policy_sums[B : 2 * B].detach()
         if self.args.sft_weight == 0:
             return loss, None
-        nll = -(policy_sums[:B] / mask[:B].sum(dim=1).clamp(min=1)).mean()
+        nll = sft_nll(policy[:B], mask[:B], self.args.sft_reduction)
         diag["loss/sft"] = nll.detach()
         return loss + self.args.sft_weight * nll, nll
 
@@ -525,6 +526,29 @@ def _zero_loss(model: torch.nn.Module) -> torch.Tensor:
     """
     terms = [p.reshape(-1)[:1].sum() * 0.0 for p in model.parameters() if p.requires_grad]
     return torch.stack(terms).sum() if terms else torch.zeros((), requires_grad=True)
+
+
+def sft_nll(logps: torch.Tensor, mask: torch.Tensor, reduction: str = "token") -> torch.Tensor:
+    """The SFT term's negative log-likelihood of the chosen responses, 0-dim.
+
+    Args:
+        logps: ``(B, L)`` the policy's token log-probs of the chosen responses.
+        mask: ``(B, L)`` 1 on response tokens.
+        reduction: ``"token"``: ``-sum(logps) / n_tokens`` over the whole batch (TRL's ``sft`` loss, a
+            token-weighted mean: long responses weigh more); ``"record"``: the mean over records of
+            ``-sum_j logp_j / n_b`` (every record weighs the same); ``"sum"``: the mean over records of
+            ``-sum_j logp_j`` (RLAIF-V's trainer, which subtracts the summed chosen log-prob; its scale
+            grows with the response length).
+    """
+    sums = (logps * mask).sum(dim=1)  # (B,)
+    counts = mask.sum(dim=1)  # (B,)
+    if reduction == "token":
+        return -sums.sum() / counts.sum().clamp(min=1)
+    if reduction == "record":
+        return -(sums / counts.clamp(min=1)).mean()
+    if reduction == "sum":
+        return -sums.mean()
+    raise ValueError(f"sft_reduction must be token, record or sum, not {reduction!r}")
 
 
 class _DamaCallback(TrainerCallback):

@@ -121,7 +121,7 @@ def test_dama_off_is_plain_dpo():
 
 
 def test_data_aware_beta_is_beta_times_alpha_data():
-    controller = DamaController(0.1, data_aware=True)
+    controller = DamaController(0.1, data_aware=True, recipe="paper")
     beta, keep, diag = controller.beta(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 3.0]),
                                        data_alpha=torch.tensor([2.0, 0.5]))
     torch.testing.assert_close(beta, torch.tensor([0.2, 0.05]))
@@ -136,7 +136,7 @@ def test_model_aware_step_hand_worked():
     """Gaps R = 0.1 * (chosen - rejected) = [0.1, 0.2, 0.3, 1.0]; keep 3 of 4 closest to the mean 0.4:
     drops 1.0. R_bar = 0 (zero-start guard): alpha_M = 1 and R_B = mean_kept R / (tau * mean|R|) =
     0.2 / (0.1 * 0.4) = 5. After the step R_bar = 0.9 * 0 + 0.1 * 5 = 0.5."""
-    controller = DamaController(0.1, model_aware=True, keep=0.75)
+    controller = DamaController(0.1, model_aware=True, recipe="paper", normalizer="bounded")
     chosen, rejected = torch.tensor([1.0, 2.0, 3.0, 10.0]), torch.zeros(4)
     mark = controller.mark()
     beta, keep, diag = controller.beta(chosen, rejected)
@@ -150,13 +150,13 @@ def test_model_aware_step_hand_worked():
     assert controller.r_bar == pytest.approx(0.5) and controller.state.step == 1
     # The next batch sees R_bar = 0.5: alpha_M is the library function's, beta is beta * alpha_M.
     beta, keep, diag = controller.beta(chosen, rejected)
-    alpha_m, expected_keep, _ = dama_model_alpha(0.1 * chosen, 0.5, 3)
+    alpha_m, expected_keep, _ = dama_model_alpha(0.1 * chosen, 0.5, 3, normalizer="bounded")
     torch.testing.assert_close(beta, 0.1 * dama_combine(torch.ones(4), alpha_m))
     assert keep.tolist() == expected_keep.tolist()
 
 
 def test_skipped_batches_and_steps_take_their_r_batch_back():
-    controller = DamaController(0.1, model_aware=True)
+    controller = DamaController(0.1, model_aware=True, recipe="paper")
     gaps = torch.tensor([1.0, 2.0, 3.0, 4.0])
     controller.beta(gaps, torch.zeros(4))
     mark = controller.mark()
@@ -173,13 +173,13 @@ def test_skipped_batches_and_steps_take_their_r_batch_back():
 def test_mean_over_micro_batches_and_state_round_trip():
     """step_end mixes in the mean R_B of the step's micro-batches; state_dict restores R_bar and the
     sample filter's generator, so a resumed run draws the same records."""
-    a = DamaController(0.1, model_aware=True, filter="sample", seed=3)
+    a = DamaController(0.1, model_aware=True, recipe="paper", filter="sample", seed=3)
     r_batches = [a.beta(gaps, torch.zeros(4))[2]["dama/r_batch"].item()
                  for gaps in (torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([2.0, 2.0, 5.0, 1.0]))]
     expected = 0.1 * (sum(r_batches) / 2)  # (1 - gamma) * mean R_B, from R_bar = 0
     a.step_end()
     assert a.r_bar == pytest.approx(expected)
-    b = DamaController(0.1, model_aware=True, filter="sample", seed=99)
+    b = DamaController(0.1, model_aware=True, recipe="paper", filter="sample", seed=99)
     b.load_state_dict(a.state_dict())
     assert b.r_bar == a.r_bar and b.state.step == a.state.step
     gaps = torch.randn(16)
@@ -206,7 +206,7 @@ def test_global_batch_filter_and_mean():
     """The filter ranks the *global* batch; this process keeps its slice of the mask, and its kept sum
     is scaled by P / K_global so that DDP's gradient average is the mean over the global kept records."""
     gather = _TwoProcesses(other_gaps=torch.tensor([0.1, 0.2]), other_kept=torch.tensor(2.0))
-    controller = DamaController(1.0, model_aware=True, keep=0.75, gather=gather)
+    controller = DamaController(1.0, model_aware=True, recipe="paper", gather=gather)
     _, keep, _ = controller.beta(torch.tensor([0.3, 5.0]), torch.zeros(2))
     assert keep.tolist() == [True, False]  # global gaps [0.1, 0.2, 0.3, 5.0]: 5.0 is the outlier
     loss = controller.mean_loss(torch.tensor([3.0, 7.0]), keep)
@@ -215,7 +215,7 @@ def test_global_batch_filter_and_mean():
 
 def test_dama_step_equals_dpo_when_every_factor_is_one():
     """alpha_D = 1 and R_bar = 0 (alpha_M = 1) with filter none: the per-record losses are DPO's."""
-    controller = DamaController(0.1, data_aware=True, model_aware=True, filter="none")
+    controller = DamaController(0.1, data_aware=True, model_aware=True, recipe="paper", filter="none")
     chosen, rejected = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.0, 1.0, 0.5])
     beta, keep, _ = controller.beta(chosen, rejected, data_alpha=torch.ones(3))
     losses = dpo_loss(chosen, rejected, beta)
