@@ -38,8 +38,8 @@ def train(model, processor, records, *, steps: int, batch_size: int, lr: float, 
             ref, _ = policy_response_logps(reference, batch)  # (2B, L)
         ratios = ((policy - ref) * mask).sum(dim=1)  # (2B,)
         loss = dpo_loss(ratios[:B], ratios[B:], beta).mean()
-        if sft_weight > 0:
-            loss = loss - sft_weight * ((policy[:B] * mask[:B]).sum(1) / mask[:B].sum(1).clamp(min=1)).mean()
+        if sft_weight > 0:  # the chosen tokens' mean NLL over the batch (sft_reduction: token, TRL's)
+            loss = loss - sft_weight * (policy[:B] * mask[:B]).sum() / mask[:B].sum().clamp(min=1)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

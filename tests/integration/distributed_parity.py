@@ -33,7 +33,7 @@ METHODS = {
     "dpo": Methods(),
     "aspo": Methods(aspo=AspoArguments(aspo=True)),
     "adavip": Methods(adavip=AdavipArguments(adavip=True)),
-    "dama": Methods(dama=DamaArguments(dama_model=True, dama_keep=0.75)),
+    "dama": Methods(dama=DamaArguments(dama_model=True, dama_loss_mean="global")),  # the authors' draw, one mean
     "lora": Methods(),  # DPO on a LoRA policy, with the adapter-off reference
 }
 

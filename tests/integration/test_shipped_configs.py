@@ -16,7 +16,7 @@ import pytest
 
 from mmpo.cli.demo import CONFIG_DIR, method_configs
 from mmpo.data.records import save_records
-from mmpo.training.config import parse_config
+from mmpo.training.config import DamaArguments, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
@@ -68,10 +68,13 @@ PAPER_VALUES = {
                        "weight_decay": 0.0, "lr_scheduler_type": "cosine", "num_train_epochs": 1, "beta": 0.1,
                        "aspo": True, "aspo_alpha": 0.5, "batch": 10},
     "dama_full.yaml": {"use_lora": False, "num_train_epochs": 4, "beta": 0.1, "dama_data": True, "dama_model": True,
-                       "dama_keep": 12 / 16, "dama_gamma": 0.9, "gradient_accumulation_steps": 1},
+                       "dama_recipe": "authors", "K of 16": 12, "dama_gamma": 0.9, "gradient_accumulation_steps": 1},
     "adavip_full.yaml": {"use_lora": False, "max_steps": 5000, "beta": 0.1, "adavip": True,
                          "adavip_loss": "plackett_luce", "batch_on_4_gpus": 32},
 }
+
+
+DAMA_FIELDS = {f.name for f in dataclasses.fields(DamaArguments)}
 
 
 def parsed_values(path: Path) -> dict:
@@ -89,6 +92,8 @@ def test_paper_configs_hold_the_papers_values(family, config):
     values["batch"], values["batch_on_4_gpus"] = per_step, per_step * 4
     if config.startswith("dama"):
         assert values["per_device_train_batch_size"] * 4 == 16  # N over the paper's four GPUs
+        dama = DamaArguments(**{k: v for k, v in values.items() if k in DAMA_FIELDS})
+        values["K of 16"] = dama.recipe().keep_count(16)
     for key, expected in PAPER_VALUES[config].items():
         wanted = pytest.approx(expected) if isinstance(expected, float) else expected
         assert values[key] == wanted, f"{family}/{config}: {key}"

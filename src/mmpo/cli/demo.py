@@ -377,7 +377,8 @@ def data_folder(opts: DemoOptions, base_dir: Path, data_kind: str, needs_scores:
     """The cache folder of one set of records: keyed by :data:`DATA_VERSION`, the base model, the
     data kind, the number of pairs, the seed, the CLIP recipe and what the method adds."""
     key = _key(DATA_VERSION, base_dir.name, data_kind, opts.n_pairs, opts.seed, opts.clip_steps, needs_scores,
-               needs_vision, *([opts.judge_flip] if data_kind == "self" and opts.judge_flip else []))
+               needs_vision, *([opts.judge_flip] if data_kind == "self" and opts.judge_flip else []),
+               *(["dama-delta-over-clip-logits"] if needs_scores else []))
     folder = Path(opts.cache_dir) / f"demo-data-{key}"
     folder.mkdir(parents=True, exist_ok=True)
     return folder

@@ -23,6 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embedding cache (and where the toyworld CLIP is kept; default $MMPO_CACHE or ~/.cache/mmpo)")
     p.add_argument("--dama-mode", choices=("softmax", "ratio"), default="softmax",
                    help="delta from a softmax over all sentence scores (paper) or the ratio of sums (ablation)")
+    p.add_argument("--dama-scores", choices=("logits", "cosine"), default="logits",
+                   help="DAMA's softmax over CLIP's logits, cosine x the model's logit scale (CLIP as a classifier, "
+                        "default), or over raw cosines (then delta mostly counts sentences)")
+    p.add_argument("--logit-scale", type=float, default=None,
+                   help="the logit scale to use instead of the CLIP checkpoint's logit_scale.exp()")
+    p.add_argument("--delta-bar", type=float, default=None,
+                   help="DAMA's dataset mean delta_bar as a number (default: the mean over these records; the "
+                        "authors' code uses 0.0482190464911681, their RLAIF-V data's)")
     p.add_argument("--on-bad-record", choices=("raise", "skip"), default="raise")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -49,7 +57,8 @@ def main(argv: list[str]) -> int:
     with allowing_downloads(ns.allow_download):
         scorer = CLIPScorer(clip, batch_size=ns.batch_size, cache_dir=ns.cache_dir)
     records, report = score_sentences(loaded.records, scorer, RuleSplitter(), dama_mode=ns.dama_mode,
-                                      progress=ns.progress)
+                                      dama_scores=ns.dama_scores, logit_scale=ns.logit_scale,
+                                      delta_bar=ns.delta_bar, progress=ns.progress)
     save_records(records, ns.output)
     print(report.summary())
     print(f"wrote {len(records)} records to {ns.output}")

@@ -143,6 +143,12 @@ class CLIPScorer:
         self._fingerprint = fingerprint
         self._n_special = len(self.tokenizer("")["input_ids"])
 
+    @property
+    def logit_scale(self) -> float:
+        """CLIP's logit scale ``logit_scale.exp()`` (100 for OpenAI CLIP): the model's logits, the
+        scores of CLIP used as a classifier, are the cosines times this."""
+        return float(self.model.logit_scale.detach().exp().item())
+
     # ---- scores --------------------------------------------------------------------------
 
     def score(self, images: Sequence[Any], texts: Sequence[str]) -> torch.Tensor:

@@ -34,6 +34,17 @@ def test_weights_hand_worked():
     torch.testing.assert_close(aspo_sentence_weights(sim, ppl, alpha=0.0), torch.tensor([1.0, 0.75, 0.0]))
 
 
+def test_weights_do_not_change_with_clips_logit_scale():
+    """DAMA reads CLIP's scores as logits (cosine x logit scale); ASPO's S'_i is min-max normalised per
+    response, so the same scale leaves its weights unchanged: mmpo stores cosines and ASPO uses them."""
+    sim = torch.tensor([[0.21, 0.34, 0.27, 0.0], [0.3, 0.25, 0.0, 0.0]], dtype=torch.float64)
+    ppl = torch.tensor([[2.0, 3.0, 6.0, 1.0], [4.0, 1.5, 1.0, 1.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    for scale in (14.3, 46.7, 100.0):
+        torch.testing.assert_close(aspo_sentence_weights_batched(scale * sim, ppl, mask),
+                                   aspo_sentence_weights_batched(sim, ppl, mask))
+
+
 def test_one_sentence_or_constant_scores_give_zero_weights():
     """The paper: with one sentence every w_i is 0 and ASPO is DPO."""
     torch.testing.assert_close(

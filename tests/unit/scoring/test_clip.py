@@ -61,6 +61,12 @@ def test_shapes_and_cosine_range(clip_dir, scenes):
     assert scorer.score_matrix([], texts).shape == (0, 4)
     with pytest.raises(ValueError, match="pairs"):
         scorer.score(images, texts[:2])
+    # CLIP as a classifier: its logits are these cosines times logit_scale.exp() (what DAMA's delta uses).
+    with torch.no_grad():
+        logits = scorer.model(**scorer.tokenizer(texts[:1], return_tensors="pt", padding=True),
+                              **scorer.image_processor(images[:1], return_tensors="pt")).logits_per_image
+    assert scorer.logit_scale == pytest.approx(scorer.model.logit_scale.exp().item())
+    assert logits.item() == pytest.approx(scorer.logit_scale * paired[0].item(), rel=1e-4)
 
 
 def test_paths_and_pil_images_agree(clip_dir, scenes, tmp_path):
