@@ -114,6 +114,9 @@ class DemoOptions:
     beta: float | None = _option(None, "DPO temperature (default: the config's)")
     sft_weight: float | None = _option(None, "NLL term on the chosen response (0 = plain DPO, which collapses a "
                                        "tiny model; default: the config's)")
+    dama_recipe: str | None = _option(None, "DAMA's recipe (methods dama, d2po, mdpo and their compositions): authors "
+                                      "(the released code) or paper (Eqs. 9-17 as printed); default: the config's",
+                                      choices=("authors", "paper"))
     base_steps: int = _option(1500, "SFT steps of the base model")
     base_scenes: int = _option(3000, "SFT scenes of the base model")
     clip_steps: int | None = _option(None, "training steps of the world's tiny CLIP")
@@ -172,6 +175,8 @@ def demo_config(opts: DemoOptions, out: Path) -> tuple[Path, tuple]:
                  "disable_tqdm": not opts.progress, "use_cpu": not torch.cuda.is_available()}
     overrides.update({key: getattr(opts, option) for option, key in TRAINING_OPTIONS.items()
                       if getattr(opts, option) is not None})
+    if opts.dama_recipe is not None:
+        overrides["dama_recipe"] = opts.dama_recipe
     argv = [part for key, value in overrides.items() for part in (f"--{key}", str(value))]
     parsed = parse_config(path, argv)
     warmup = parsed[2].warmup_steps
@@ -245,7 +250,8 @@ def run_demo(opts: DemoOptions) -> dict:
     plots = [name for name, keys in PLOTS.items()
              if plot_log_history(log, keys, out / name, title=f"mmpo demo: {opts.method}")]
     # The options as run: a training setting left to the config is recorded with the config's value.
-    options = {**asdict(opts), **{option: getattr(args, key) for option, key in TRAINING_OPTIONS.items()}}
+    options = {**asdict(opts), **{option: getattr(args, key) for option, key in TRAINING_OPTIONS.items()},
+               "dama_recipe": dama.dama_recipe if dama.enabled else None}
     metrics = {
         "method": opts.method,
         "data": data_kind,
