@@ -177,10 +177,10 @@ def train_runs(ns: argparse.Namespace) -> str:
                     output_dir=str(tmp / f"{flip}-{normalizer}-{seed}"), max_steps=ns.steps,
                     per_device_train_batch_size=16, learning_rate=ns.learning_rate, lr_scheduler_type="cosine",
                     warmup_steps=min(10, ns.steps // 10), weight_decay=0.0, logging_steps=1, save_strategy="no",
-                    beta=0.1, sft_weight=1.0, seed=seed, disable_tqdm=True, report_to="none",
+                    beta=0.1, sft_weight=1.0, sft_reduction="record", seed=seed, disable_tqdm=True, report_to="none",
                     use_cpu=not torch.cuda.is_available(), on_nonfinite="skip")
-                methods = Methods(dama=DamaArguments(dama_data=have_alpha, dama_model=True,
-                                                     dama_normalizer=normalizer))
+                methods = Methods(dama=DamaArguments(dama_data=have_alpha, dama_model=True, dama_recipe="paper",
+                                                     dama_normalizer=normalizer, dama_keep=0.75))
                 trainer = PreferenceTrainer(model, args, processor, dataset, methods=methods)
                 failure = ""
                 try:

@@ -10,18 +10,24 @@ from mmpo.losses.adavip import adavip_plackett_luce_loss, adavip_plus_vision_los
 from mmpo.losses.aspo import aspo_chosen_logratio, aspo_scale, aspo_sentence_weights, aspo_step
 from mmpo.losses.compose import preference_loss
 from mmpo.losses.dama import (
+    RECIPES,
     DamaController,
+    DamaRecipe,
     DamaState,
     dama_alpha_from_delta,
     dama_combine,
     dama_data_alpha,
     dama_delta,
     dama_model_alpha,
+    dama_model_alpha_authors,
+    dama_recipe,
 )
 from mmpo.losses.dpo import dpo_loss
 
 __all__ = [
+    "RECIPES",
     "DamaController",
+    "DamaRecipe",
     "DamaState",
     "adavip_plackett_luce_loss",
     "adavip_plus_vision_loss",
@@ -34,6 +40,8 @@ __all__ = [
     "dama_data_alpha",
     "dama_delta",
     "dama_model_alpha",
+    "dama_model_alpha_authors",
+    "dama_recipe",
     "dpo_loss",
     "preference_loss",
 ]
