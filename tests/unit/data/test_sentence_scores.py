@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mmpo.data.construct.sentence_scores import score_sentences
+from mmpo.losses.dama import dama_data_alpha
 from mmpo.scoring.sentences import RuleSplitter
 from mmpo.types import PreferenceRecord
 
@@ -106,3 +107,29 @@ def test_unscorable_records_are_reported_by_index_and_reason_and_the_rest_kept()
     assert "cannot be scored" in reasons[1] and "broken" in reasons[1]
     assert "field 'rejected': no sentence" in reasons[2]
     assert "scored 2 of 4 records" in report.summary() and "#1 (id 'r1')" in report.summary()
+
+
+def test_cli_reads_clips_logit_scale_and_takes_a_delta_bar(tmp_path, tiny_records, capsys):
+    """``mmpo score-sentences --clip toyworld`` (the shipped tiny CLIP): alpha_D from the softmax over
+    cosine x the checkpoint's logit scale, a given delta_bar used as it is; ``--dama-scores cosine``
+    is the raw reading (scale 1)."""
+    from mmpo.cli.main import main
+    from mmpo.data.records import load_records, save_records
+
+    records = save_records(tiny_records, tmp_path / "in.jsonl")
+    common = ["score-sentences", "--input", str(records), "--clip", "toyworld", "--cache-dir", str(tmp_path / "cache"),
+              "--no-progress"]
+    assert main([*common, "--output", str(tmp_path / "logits.jsonl"), "--delta-bar", "0.0482190464911681"]) == 0
+    assert main([*common, "--output", str(tmp_path / "cosine.jsonl"), "--dama-scores", "cosine"]) == 0
+    logits = load_records(tmp_path / "logits.jsonl").records
+    cosine = load_records(tmp_path / "cosine.jsonl").records
+    assert len(logits) == len(cosine) == len(tiny_records)
+    scale = logits[0].meta["dama_logit_scale"]
+    assert 1 < scale <= 100 and cosine[0].meta["dama_logit_scale"] == 1.0
+    assert {r.meta["dama_delta_bar"] for r in logits} == {0.0482190464911681}
+    for a, b in zip(logits, cosine, strict=True):
+        assert a.chosen_sentence_scores == b.chosen_sentence_scores  # cosines either way
+        recomputed = dama_data_alpha(a.chosen_sentence_scores, a.rejected_sentence_scores, 0.0482190464911681,
+                                     scale=scale)
+        assert a.data_alpha == pytest.approx(recomputed, rel=1e-9)  # alpha_D from the record alone
+    assert "cosine x" in capsys.readouterr().out
