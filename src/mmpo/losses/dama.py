@@ -296,6 +296,19 @@ def _bounded_r_batch(raw: torch.Tensor, mask: torch.Tensor, r_bar: float, floor:
     return (unit[mask] / divisor).mean().item()  # (K,) -> (); each term is at most N / floor
 
 
+def _check_model_inputs(gaps: torch.Tensor, keep: int, centre: float, name: str) -> tuple[float, torch.dtype]:
+    """The checks both ``alpha_M`` forms make: ``(N,)`` gaps, ``K >= 1`` and a finite running mean
+    (called ``name``). Returns the running mean as a float and the dtype of the outputs."""
+    if gaps.dim() != 1 or gaps.numel() == 0:
+        raise ValueError(f"gaps must be a non-empty 1-d tensor, got shape {tuple(gaps.shape)}")
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    centre = float(centre)
+    if not math.isfinite(centre):
+        raise ValueError(f"{name} must be finite, got {centre}")
+    return centre, gaps.dtype if gaps.dtype in (torch.float32, torch.float64) else torch.float32
+
+
 def _paper_r_batch(raw: torch.Tensor, mask: torch.Tensor, r_bar: float, normalizer: Normalizer, floor: float,
                    eps: float = 1e-6) -> float:
     """The paper's ``R_B`` (Eqs. 10-12) of the kept records, with the zero-start guard of
@@ -382,13 +395,7 @@ def dama_model_alpha(
         All detached. With ``"bounded"`` they are finite for any finite input (float32 or float64,
         any magnitude); a non-finite gap may give a non-finite ``R_B``, which the update refuses.
     """
-    if gaps.dim() != 1 or gaps.numel() == 0:
-        raise ValueError(f"gaps must be a non-empty 1-d tensor, got shape {tuple(gaps.shape)}")
-    if keep < 1:
-        raise ValueError(f"keep must be >= 1, got {keep}")
-    r_bar = float(r_bar)
-    if not math.isfinite(r_bar):
-        raise ValueError(f"r_bar must be finite, got {r_bar}")
+    r_bar, out_dtype = _check_model_inputs(gaps, keep, r_bar, "r_bar")
     if normalizer not in ("bounded", "paper"):
         raise ValueError(f"normalizer must be 'bounded' or 'paper', got {normalizer!r}")
     if not (math.isfinite(floor) and floor > 0):
@@ -396,7 +403,6 @@ def dama_model_alpha(
     if not (math.isfinite(alpha_max) and alpha_max >= 1):
         raise ValueError(f"alpha_max must be a finite number >= 1, got {alpha_max}")
     device = gaps.device
-    out_dtype = gaps.dtype if gaps.dtype in (torch.float32, torch.float64) else torch.float32
     raw = gaps.detach().to(device="cpu", dtype=torch.float64)  # (N,)
 
     mask = _keep_mask(gaps.detach().cpu(), r_bar, keep, filter, generator)  # (N,)
@@ -446,14 +452,7 @@ def dama_model_alpha_authors(
         ``(alpha_model, keep_mask)``: 0-dim ``alpha_M`` (computed in log space, capped at ``e^88``)
         and the ``(N,)`` bool mask, on ``gaps``' device. Finite for any finite input.
     """
-    if gaps.dim() != 1 or gaps.numel() == 0:
-        raise ValueError(f"gaps must be a non-empty 1-d tensor, got shape {tuple(gaps.shape)}")
-    if keep < 1:
-        raise ValueError(f"keep must be >= 1, got {keep}")
-    running_mean = float(running_mean)
-    if not math.isfinite(running_mean):
-        raise ValueError(f"running_mean must be finite, got {running_mean}")
-    out_dtype = gaps.dtype if gaps.dtype in (torch.float32, torch.float64) else torch.float32
+    running_mean, out_dtype = _check_model_inputs(gaps, keep, running_mean, "running_mean")
     values = gaps.detach().cpu()  # (N,)
     mask = _keep_mask(values, running_mean, keep, filter, generator)  # (N,)
     kept = values.to(torch.float64)[mask]  # (K,)
@@ -645,7 +644,7 @@ class DamaController:
         self.generator = torch.Generator().manual_seed(seed)
         self.gather: BatchGather = gather or SingleProcess()
         self._pending: list[float] = []  # this optimizer step's batch statistics, one per micro-batch
-        self._before: list[float] = []  # update "loss": the running mean before each of them
+        self._before: list[tuple[float, int]] = []  # update "loss": (r_bar, step) before each of them
 
     @classmethod
     def from_arguments(cls, dama: Any, beta: float, seed: int = 0, gather: BatchGather | None = None
@@ -734,7 +733,7 @@ class DamaController:
         applied: the NaN/inf guard then names the batch)."""
         self._pending.append(statistic)
         if self.recipe.update == "loss":
-            self._before.append(self.state.r_bar)
+            self._before.append((self.state.r_bar, self.state.step))
             if math.isfinite(statistic):
                 self.state.update(statistic, float32=self.recipe.running_mean == "all_gaps")
 
@@ -763,8 +762,7 @@ class DamaController:
         """Take back the batches after ``mark`` (skipped): their queued statistics, or the updates
         they made (``update: loss``)."""
         if self._before[mark:]:
-            self.state.r_bar = self._before[mark]
-            self.state.step -= sum(math.isfinite(v) for v in self._pending[mark:])
+            self.state.r_bar, self.state.step = self._before[mark]
         del self._pending[mark:], self._before[mark:]
 
     def discard_pending(self) -> None:

@@ -295,20 +295,19 @@ class DamaArguments:
         "help": "'bounded' only: alpha_M is clamped to [1 / this, this]; >= 1 (1 = alpha_M always 1)."})
 
     def __post_init__(self):
-        from ..losses.dama import RECIPES
+        from ..losses import dama
 
-        check_choice("dama_recipe", self.dama_recipe, tuple(RECIPES))
-        optional_choices = {
-            "dama_keep_rounding": ("floor", "round"), "dama_filter": ("sample", "topk", "bottom", "top", "none"),
-            "dama_alpha_model": ("authors", "paper"), "dama_running_mean": ("all_gaps", "kept_normalised"),
-            "dama_update": ("loss", "step"), "dama_loss_mean": ("process", "global"),
-            "dama_normalizer": ("paper", "bounded")}
-        for name, choices in optional_choices.items():
+        check_choice("dama_recipe", self.dama_recipe, tuple(dama.RECIPES))
+        optional_choices = {  # field -> the Literal of its DamaRecipe attribute
+            "dama_keep_rounding": dama.KeepRounding, "dama_filter": dama.FilterMode,
+            "dama_alpha_model": dama.AlphaModelForm, "dama_running_mean": dama.RunningMean,
+            "dama_update": dama.UpdateTime, "dama_loss_mean": dama.LossMean, "dama_normalizer": dama.Normalizer}
+        for name, kind in optional_choices.items():
             if getattr(self, name) is not None:
-                check_choice(name, getattr(self, name), choices)
+                check_choice(name, getattr(self, name), typing.get_args(kind))
         if self.dama_gap_uses_beta is not None and not isinstance(self.dama_gap_uses_beta, bool):
             raise ValueError(f"dama_gap_uses_beta must be true or false, not {self.dama_gap_uses_beta!r}")
-        check_choice("dama_combine", self.dama_combine, ("product", "sum"))
+        check_choice("dama_combine", self.dama_combine, typing.get_args(dama.CombineMode))
         check_number("dama_keep", self.dama_keep, low=0, high=1, low_open=True, optional=True)
         check_number("dama_beta_min", self.dama_beta_min, low=0, optional=True)
         check_number("dama_gamma", self.dama_gamma, low=0, high=1, high_open=True)

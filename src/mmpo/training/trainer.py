@@ -275,7 +275,7 @@ class PreferenceTrainer(Trainer):
         diag["logps/rejected"] = policy_sums[B : 2 * B].detach()
         if self.args.sft_weight == 0:
             return loss, None
-        nll = sft_nll(policy[:B], mask[:B], self.args.sft_reduction)
+        nll = sft_nll(policy_sums[:B], mask[:B].sum(dim=1), self.args.sft_reduction)
         diag["loss/sft"] = nll.detach()
         return loss + self.args.sft_weight * nll, nll
 
@@ -528,20 +528,18 @@ def _zero_loss(model: torch.nn.Module) -> torch.Tensor:
     return torch.stack(terms).sum() if terms else torch.zeros((), requires_grad=True)
 
 
-def sft_nll(logps: torch.Tensor, mask: torch.Tensor, reduction: str = "token") -> torch.Tensor:
+def sft_nll(sums: torch.Tensor, counts: torch.Tensor, reduction: str = "token") -> torch.Tensor:
     """The SFT term's negative log-likelihood of the chosen responses, 0-dim.
 
     Args:
-        logps: ``(B, L)`` the policy's token log-probs of the chosen responses.
-        mask: ``(B, L)`` 1 on response tokens.
-        reduction: ``"token"``: ``-sum(logps) / n_tokens`` over the whole batch (TRL's ``sft`` loss, a
-            token-weighted mean: long responses weigh more); ``"record"``: the mean over records of
-            ``-sum_j logp_j / n_b`` (every record weighs the same); ``"sum"``: the mean over records of
-            ``-sum_j logp_j`` (RLAIF-V's trainer, which subtracts the summed chosen log-prob; its scale
-            grows with the response length).
+        sums: ``(B,)`` each chosen response's summed token log-probs under the policy.
+        counts: ``(B,)`` its number of tokens.
+        reduction: ``"token"``: ``-sum(sums) / sum(counts)`` over the whole batch (TRL's ``sft`` loss,
+            a token-weighted mean: long responses weigh more); ``"record"``: the mean over records of
+            ``-sums / counts`` (every record weighs the same); ``"sum"``: the mean over records of
+            ``-sums`` (RLAIF-V's trainer, which subtracts the summed chosen log-prob; its scale grows
+            with the response length).
     """
-    sums = (logps * mask).sum(dim=1)  # (B,)
-    counts = mask.sum(dim=1)  # (B,)
     if reduction == "token":
         return -sums.sum() / counts.sum().clamp(min=1)
     if reduction == "record":

@@ -4,11 +4,16 @@ import pytest
 import torch
 
 from mmpo.training.config import PreferenceConfig
-from mmpo.training.trainer import sft_nll
+from mmpo.training.trainer import sft_nll as sft_nll_of_sums
 
 #: Two chosen responses: 3 tokens with log-probs -1, -2, -3 and 1 token with -4 (then padding).
 LOGPS = torch.tensor([[-1.0, -2.0, -3.0, -9.0], [-4.0, -9.0, -9.0, -9.0]])
 MASK = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+
+
+def sft_nll(logps, mask, reduction):
+    """The term from token log-probs, as the trainer calls it: per-response sums and token counts."""
+    return sft_nll_of_sums((logps * mask).sum(dim=1), mask.sum(dim=1), reduction)
 
 
 def test_token_is_trls_token_weighted_batch_mean():
