@@ -12,6 +12,7 @@ from transformers import TrainerCallback
 
 from helpers import load_tiny, training_args
 from mmpo.data.collator import PreferenceDataset
+from mmpo.training.checkpoints import CheckpointError
 from mmpo.training.config import AdavipArguments, AspoArguments, DamaArguments, Methods
 from mmpo.training.reference import FrozenCopyReference
 from mmpo.training.trainer import STATE_FILE, PreferenceTrainer
@@ -164,6 +165,17 @@ def test_dama_state_survives_a_checkpoint_resume(tmp_path, tiny_checkpoint, tiny
     assert later and all(losses(resumed)[s] == pytest.approx(v, rel=1e-4) for s, v in later.items())
     for (name, a), b in zip(straight.model.named_parameters(), resumed.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+    # The same checkpoint under the other recipe: its running mean has another scale, so it is refused,
+    # naming the checkpoint and the option (the state file itself is valid).
+    model, processor = load_tiny(tiny_checkpoint)
+    paper = Methods(dama=DamaArguments(dama_data=True, dama_model=True, dama_recipe="paper"))
+    other = PreferenceTrainer(model, training_args(tmp_path / "b" / "out", **common), processor, records,
+                              methods=paper)
+    with pytest.raises(CheckpointError, match=r"cannot resume from .*checkpoint-3: .*kind 'all_gaps'.*"
+                                              r"dama_running_mean: all_gaps") as caught:
+        other.train(resume_from_checkpoint=str(checkpoint))
+    assert "not a valid mmpo state" not in str(caught.value)
 
 
 def test_dama_trains_and_logs(tmp_path, tiny_checkpoint, tiny_records):

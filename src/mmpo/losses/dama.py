@@ -164,6 +164,10 @@ def dama_data_alpha(
 # ---------------------------------------------------------------------------------------------
 
 
+class DamaStateMismatch(ValueError):
+    """A saved DAMA state that is valid but belongs to another recipe (its running mean's scale differs)."""
+
+
 @dataclass
 class DamaState:
     """DAMA's training state: the running mean of the reward gaps, saved in checkpoints.
@@ -213,7 +217,7 @@ class DamaState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         kind = state.get("kind", "kept_normalised")  # checkpoints before the recipes kept the paper's
         if kind != self.kind:
-            raise ValueError(f"the checkpoint's DAMA running mean is of kind {kind!r} and this run's of kind "
+            raise DamaStateMismatch(f"the checkpoint's DAMA running mean is of kind {kind!r} and this run's of kind "
                              f"{self.kind!r} (dama_running_mean): their scales differ, so the run cannot resume "
                              f"from it; set dama_running_mean: {kind} (or the dama_recipe that uses it)")
         self.r_bar = float(state["r_bar"])

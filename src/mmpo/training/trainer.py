@@ -43,7 +43,7 @@ from ..hub import loading, pretrained_kwargs
 from ..io import atomic_write_json
 from ..losses.aspo import aspo_step
 from ..losses.compose import preference_loss
-from ..losses.dama import DamaController
+from ..losses.dama import DamaController, DamaStateMismatch
 from . import distributed
 from .checkpoints import (
     STATE_FILE,
@@ -426,6 +426,8 @@ class PreferenceTrainer(Trainer):
             if state_file.exists():
                 try:
                     self.load_mmpo_state(read_json(state_file))
+                except DamaStateMismatch as error:
+                    raise CheckpointError(f"cannot resume from {path}: {error}") from None
                 except (KeyError, TypeError, ValueError, RuntimeError) as error:
                     raise CheckpointError(f"{state_file} is not a valid mmpo state: {error!r}") from None
             self._load_renamed_weights(path)
