@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "vision-rejected": ("vision_rejected", "build AdaViP vision-rejected images: tag, detect, segment, inpaint, select"),
     "noisy-pairs": ("noisy_pairs", "build SeVa preference pairs: answers on clean vs diffusion-noised images"),
     "self-pairs": ("self_pairs", "RLAIF-V-style pairs: sample the policy, judge every claim, pair best vs worst"),
+    "iterate": ("iterate", "on-policy rounds: sample the current policy, judge, pair, train; round after round"),
     "report": ("report", "one self-contained HTML page of runs: metrics, curves, answers with hallucinations marked"),
 }
 #: Set to 1 to see the traceback of every error (as ``--debug`` does).

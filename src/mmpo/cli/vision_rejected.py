@@ -67,11 +67,9 @@ def _vocabulary(value: str) -> list[str]:
         from ..toyworld.scenes import SHAPES
 
         return list(SHAPES)
-    names = [line.strip() for line in Path(value).read_text(encoding="utf-8").splitlines()]
-    names = [name for name in names if name and not name.startswith("#")]
-    if not names:
-        raise ValueError(f"vocabulary file {value} lists no names")
-    return names
+    from ..data.construct.vision_steps import read_vocabulary
+
+    return read_vocabulary(value)
 
 
 def main(argv: list[str]) -> int:
@@ -123,16 +121,10 @@ def main(argv: list[str]) -> int:
 
         if ns.detector == "annotations":
             detector = AnnotationDetector(scenes)
-        elif ns.detector == "owlv2":
-            from ..data.construct.vision_hf_models import OwlV2Detector
-
-            kwargs = {"threshold": ns.box_threshold} if ns.box_threshold is not None else {}
-            detector = OwlV2Detector(ns.detector_path, device=ns.device, **kwargs)
         else:
-            from ..data.construct.vision_hf_models import GroundingDinoDetector
+            from ..data.construct.vision_hf_models import load_detector
 
-            kwargs = {"box_threshold": ns.box_threshold} if ns.box_threshold is not None else {}
-            detector = GroundingDinoDetector(ns.detector_path, device=ns.device, **kwargs)
+            detector = load_detector(ns.detector, ns.detector_path, device=ns.device, threshold=ns.box_threshold)
 
         if ns.segmenter == "annotations":
             segmenter = AnnotationSegmenter(scenes)

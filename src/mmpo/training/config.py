@@ -144,6 +144,10 @@ class PreferenceConfig(TrainingArguments):
         "help": "Reference model: 'copy' (frozen copy of the initial policy), 'adapter' (LoRA policy with "
                 "adapters off), 'precomputed' (one pass before training, cached on disk), or 'auto' "
                 "(adapter with LoRA, copy otherwise)."})
+    reference_model: str | None = field(default=None, metadata={
+        "help": "A local checkpoint to use as the reference instead of the initial policy (same architecture and "
+                "tokenizer; e.g. the first model of on-policy rounds, `round_reference: initial`). With 'copy' the "
+                "frozen reference is loaded from it, with 'precomputed' its log-probs are; not with 'adapter'."})
     shard_reference: bool = field(default=True, metadata={
         "help": "Under FSDP and DeepSpeed ZeRO-3, prepare the frozen-copy reference with the same engine as the "
                 "policy (sharded / partitioned). false keeps a whole copy on every process: no parameter gathers "
@@ -188,6 +192,9 @@ class PreferenceConfig(TrainingArguments):
                              "set sft_weight > 0 for the SFT-on-chosen control")
         check_number("max_length", self.max_length, integer=True, low=0, low_open=True, optional=True)
         check_choice("reference", self.reference, ("auto", "copy", "adapter", "precomputed"))
+        if self.reference_model is not None and (not isinstance(self.reference_model, str)
+                                                 or not self.reference_model.strip()):
+            raise ValueError(f"reference_model must be a checkpoint directory, not {self.reference_model!r}")
         check_choice("prompt_format", self.prompt_format, ("auto", "chat", "plain"))
         check_choice("on_nonfinite", self.on_nonfinite, ("raise", "skip"))
         check_number("learning_rate", self.learning_rate, low=0)

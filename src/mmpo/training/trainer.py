@@ -164,20 +164,50 @@ class PreferenceTrainer(Trainer):
         if kind == "adapter":
             if not is_peft:
                 raise ValueError("reference='adapter' needs a peft (LoRA) model; set use_lora or another reference")
+            if args.reference_model:
+                raise ValueError(f"reference_model ({args.reference_model}) needs reference: copy or precomputed; "
+                                 "the adapter-off reference is the policy's own base weights")
             return AdapterReference(lambda: self.accelerator.unwrap_model(self.model))
+        source = self.model if not args.reference_model else self._load_reference_model(args.reference_model)
         if kind == "copy":
-            return FrozenCopyReference(self.model, self.accelerator, shard=args.shard_reference)
+            return FrozenCopyReference(source, self.accelerator, shard=args.shard_reference)
+        if args.reference_model and distributed.engine(self.accelerator) in ("fsdp", "deepspeed"):
+            raise ValueError("reference_model with reference: precomputed is not supported under FSDP or DeepSpeed "
+                             "(the table is computed by the prepared policy); use reference: copy")
         cache_dir = args.reference_cache_dir or str(Path(args.output_dir) / "reference_cache")
         datasets = [train_dataset] + ([self.eval_dataset] if isinstance(self.eval_dataset, PreferenceDataset) else [])
         tables, self.reference_cache_paths = [], []
         for ds in datasets:
-            table, path = self._precomputed_reference(ds, collator, cache_dir)
+            table, path = self._precomputed_reference(ds, collator, cache_dir, source)
             tables.append(table)
             self.reference_cache_paths.append(str(path))
         self._eval_reference = tables[1] if len(tables) > 1 else None
         return tables[0]
 
-    def _precomputed_reference(self, dataset: PreferenceDataset, collator, cache_dir: str):
+    def _load_reference_model(self, path: str) -> torch.nn.Module:
+        """The ``reference_model`` checkpoint in the policy's dtype, checked to have the policy's
+        architecture and tensor shapes (a reference of another model gives meaningless rewards)."""
+        from .config import ModelArguments
+        from .model_loading import load_policy
+
+        policy = unwrap(self.model)
+        policy = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+        dtype = str(next(policy.parameters()).dtype).removeprefix("torch.")
+        reference, _ = load_policy(ModelArguments(model_name_or_path=path, dtype=dtype), what="reference_model")
+        if type(reference) is not type(policy):
+            raise ValueError(f"reference_model {path} is a {type(reference).__name__}, the policy a "
+                             f"{type(policy).__name__}: the reference must be the same architecture")
+        shapes = {name: tuple(getattr(p, "ds_shape", p.shape)) for name, p in policy.named_parameters()}
+        theirs = {name: tuple(p.shape) for name, p in reference.named_parameters()}
+        if theirs != shapes:
+            differ = sorted(set(shapes) ^ set(theirs)) or [n for n in shapes if shapes[n] != theirs[n]]
+            raise ValueError(f"reference_model {path} does not match the policy's tensors (e.g. {differ[0]}): "
+                             "the reference must be the same architecture and size")
+        logger.info("reference: %s, from reference_model %s", self.reference_kind, path)
+        return reference.eval().requires_grad_(False)
+
+    def _precomputed_reference(self, dataset: PreferenceDataset, collator, cache_dir: str,
+                               source: torch.nn.Module | None = None):
         """The cached table, or one pass of the initial policy over ``dataset`` shared by all processes.
 
         Every process reads the cache; unless all of them found it, all compute the table together
@@ -185,8 +215,8 @@ class PreferenceTrainer(Trainer):
         DeepSpeed the pass waits for the first use, so that it runs on the prepared, sharded
         policy rather than on a whole copy per device.
         """
-        acc = self.accelerator
-        path = cache_path(cache_dir, self._reference_fingerprint(dataset, collator))
+        acc, source = self.accelerator, self.model if source is None else source
+        path = cache_path(cache_dir, self._reference_fingerprint(dataset, collator, source))
         table = read_table(path, len(dataset.records))
         if acc.num_processes > 1 and not all(gather_object([table is not None])):
             table = None
@@ -204,17 +234,19 @@ class PreferenceTrainer(Trainer):
 
         if distributed.engine(acc) in ("fsdp", "deepspeed"):
             return PrecomputedReference(None, pending=compute), path
+        if source is not self.model:  # a reference_model: a whole copy, used once and dropped
+            return PrecomputedReference(compute(source.to(acc.device))), path
         return PrecomputedReference(compute(self.model)), path
 
-    def _reference_fingerprint(self, dataset: PreferenceDataset, collator) -> str:
-        """The cache key, computed from the main process's weights and shared with every process
-        (under FSDP's rank-0 loading the other processes' weights are not loaded yet)."""
+    def _reference_fingerprint(self, dataset: PreferenceDataset, collator, model: torch.nn.Module) -> str:
+        """The cache key of ``model``'s log-probs, computed from the main process's weights and shared
+        with every process (under FSDP's rank-0 loading the other processes' weights are not loaded yet)."""
         acc, settings = self.accelerator, encoder_fingerprint_settings(collator)
-        if distributed.is_partitioned(self.model):  # ZeRO-3 at load: every process gathers each tensor,
+        if distributed.is_partitioned(model):  # ZeRO-3 at load: every process gathers each tensor,
             records = dataset.records if acc.is_main_process else []  # but only the main one hashes the images
-            key = reference_fingerprint(self.model, records, settings, tensors=distributed.whole_tensors(self.model))
+            key = reference_fingerprint(model, records, settings, tensors=distributed.whole_tensors(model))
         else:
-            key = reference_fingerprint(self.model, dataset.records, settings) if acc.is_main_process else None
+            key = reference_fingerprint(model, dataset.records, settings) if acc.is_main_process else None
         return broadcast_object_list([key])[0] if acc.num_processes > 1 else key
 
     # ------------------------------------------------------------------ the loss

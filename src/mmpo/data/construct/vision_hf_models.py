@@ -191,3 +191,16 @@ class SamSegmenter:
         best = outputs.iou_scores[0].argmax(dim=-1).cpu() if self.multimask else torch.zeros(len(boxes), dtype=torch.long)
         chosen = masks[torch.arange(len(boxes)), best]  # (N, H, W)
         return [m.numpy().astype(bool) for m in chosen]
+
+
+#: The Hugging Face detectors by name, as the ``--detector`` / ``vision_detector`` options name them.
+DETECTORS = {"owlv2": OwlV2Detector, "grounding-dino": GroundingDinoDetector}
+
+
+def load_detector(kind: str, path: str | Path, *, device: str | None = None, threshold: float | None = None):
+    """The ``kind`` detector (``"owlv2"`` or ``"grounding-dino"``) from a local checkpoint;
+    ``threshold`` is its minimum box score (default the detector's own)."""
+    if kind not in DETECTORS:
+        raise ValueError(f"unknown detector {kind!r}: {' or '.join(DETECTORS)}")
+    name = "threshold" if kind == "owlv2" else "box_threshold"
+    return DETECTORS[kind](path, device=device, **({name: threshold} if threshold is not None else {}))

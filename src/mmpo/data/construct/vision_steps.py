@@ -29,9 +29,11 @@ world's convention, and the continuous corner format transformers' detectors ret
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -284,3 +286,16 @@ class BoxSegmenter:
             mask[r0:r1, c0:c1] = True
             masks.append(mask)
         return masks
+
+
+def read_vocabulary(path: str | os.PathLike) -> list[str]:
+    """Category names from a text file, one per line (blank lines and ``#`` comments skipped).
+
+    Raises:
+        ValueError: the file lists no name, naming it.
+    """
+    names = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    names = [name for name in names if name and not name.startswith("#")]
+    if not names:
+        raise ValueError(f"vocabulary file {path} lists no names")
+    return names
