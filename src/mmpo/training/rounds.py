@@ -439,7 +439,7 @@ def run_rounds(model_args: ModelArguments, args: PreferenceConfig, methods: Meth
                 _remove_checkpoints(folder)
             say(result.summary())
         state.wait_for_everyone()
-        result = read_round(run_dir, k)
+        result = dataclasses.replace(read_round(run_dir, k), resumed=False)  # every process: the main one's
         results.append(result)
         if main:
             atomic_write_json(run_dir / SUMMARY_FILE, [r.to_dict() for r in results], indent=2)
