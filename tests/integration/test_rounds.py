@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -249,3 +254,35 @@ def test_mmpo_iterate_help_lists_the_rounds_options(capsys):
     assert main(["iterate", "--help"]) == 0
     text = capsys.readouterr().out
     assert "--round_reference" in text and "--items_per_round" in text and "--beta" in text
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
+                    reason="torchrun is not installed beside this Python")
+def test_two_processes_sample_their_shares_and_train_together(tmp_path):
+    """Under torchrun (2 CPU processes, gloo) each process samples and judges every other prompt of
+    the round into its own journal, the main process pairs them once in pool order, both train."""
+    out = tmp_path / "run"
+    command = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2",
+               "--master_port", str(free_port()), "-m", "mmpo.cli.main", "iterate", str(CONFIGS / "dpo.yaml"),
+               "--rounds", "1", "--world_scenes", "8", "--samples", "3", "--sample_max_new_tokens", "24",
+               "--sample_batch_size", "2", "--eval_scenes", "0", "--max_steps", "2", "--per_device_train_batch_size",
+               "2", "--model_name_or_path", str(BASE), "--output_dir", str(out), "--disable_tqdm", "true"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("1 rounds in") == 1  # said once, by the main process
+    folder = out / "round-1"
+    shares = [[row["id"] for row in read_jsonl(folder / "samples" / f"rank-{r}-of-2.jsonl")] for r in (0, 1)]
+    pool = [f"pref-{i:06d}" for i in range(8)]
+    assert shares == [pool[0::2], pool[1::2]]
+    assert [row["id"] for row in read_jsonl(folder / "samples.jsonl")] == pool
+    pairs = load_records(folder / "pairs.jsonl").records
+    assert [r.id for r in pairs] == sorted(r.id for r in pairs) and pairs
+    result = json.loads((folder / "round.json").read_text())
+    assert result["pairs"]["written"] == len(pairs) and result["train"]["steps"] == 2
+    assert (folder / "model" / "model.safetensors").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -76,8 +76,11 @@ def main(argv: list[str]) -> int:
                                          data_args.train_file)
     results = run_rounds(model_args, args, methods, plan, items, judge, enrich=enrich, evaluate=evaluate,
                          data_args=data_args, progress=progress, say=say)
-    say(f"\n{len(results) - (1 if results and results[0].round == 0 else 0)} rounds in {run_dir}; the last model: "
-        f"{results[-1].model}")
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        say(f"\n{len(results) - (1 if results and results[0].round == 0 else 0)} rounds in {run_dir}; the last model: "
+            f"{results[-1].model}")
     return 0
 
 

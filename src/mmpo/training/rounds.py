@@ -323,6 +323,7 @@ def run_rounds(model_args: ModelArguments, args: PreferenceConfig, methods: Meth
     data_args = data_args or DataArguments()
     state = PartialState()
     main, rank, world = state.is_main_process, state.process_index, state.num_processes
+    say = say if main else (lambda message: None)
     checked = check_items(items)
     need = plan.rounds * plan.items_per_round
     if len(checked) < need:
