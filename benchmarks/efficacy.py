@@ -133,8 +133,9 @@ def metric_values(counts: dict[str, np.ndarray], weights: np.ndarray) -> dict[st
             "pope_yes_ratio": ratio(w("yes"), w("questions"))}
 
 
-def bootstrap(runs: dict[str, list[dict[str, np.ndarray]]], n: int, seed: int = 0) -> dict[str, Any]:
-    """Means, 95% intervals, and paired differences vs ``"dpo"``.
+def bootstrap(runs: dict[str, list[dict[str, np.ndarray]]], n: int, seed: int = 0,
+              baseline: str = "dpo") -> dict[str, Any]:
+    """Means, 95% intervals, and paired differences vs ``baseline`` (as ``diff_vs_dpo``).
 
     ``runs[method]`` holds one ``scene_counts`` per seed (the same scenes in the same order). Each
     replicate draws the scenes with replacement (one draw shared by every method and seed) and the
@@ -160,10 +161,11 @@ def bootstrap(runs: dict[str, list[dict[str, np.ndarray]]], n: int, seed: int = 
         for m in METRICS:
             lo, hi = np.percentile(replicates[method][m], [2.5, 97.5])
             row[m] = {"mean": points[method][m], "lo": float(lo), "hi": float(hi)}
-            if method != "dpo" and "dpo" in runs:
-                diff = replicates[method][m] - replicates["dpo"][m]
+            if method != baseline and baseline in runs:
+                diff = replicates[method][m] - replicates[baseline][m]
                 lo, hi = np.percentile(diff, [2.5, 97.5])
-                row[m]["diff_vs_dpo"] = {"mean": points[method][m] - points["dpo"][m], "lo": float(lo), "hi": float(hi)}
+                row[m]["diff_vs_dpo"] = {"mean": points[method][m] - points[baseline][m], "lo": float(lo),
+                                         "hi": float(hi)}
         out["methods"][method] = row
     return out
 

@@ -35,10 +35,11 @@ def plot_log_history(log_history: list[dict], keys: list[str], path: str | Path,
     return path
 
 
-def curves_svg(logs: dict[str, list[dict]], keys: tuple[str, ...] | list[str], *, salt: str = "") -> str | None:
+def curves_svg(logs: dict[str, list[dict]], keys: tuple[str, ...] | list[str], *, salt: str = "",
+               xlabel: str = "step") -> str | None:
     """One panel per logged key, one line per run (``{run name: log_history}``), as an inline
     ``<svg>`` element (text kept as text; ids made unique by ``salt``). ``None`` when no run logged
-    any of the keys."""
+    any of the keys. The x values are each entry's ``"step"`` (named ``xlabel`` on the axis)."""
     import io
     import re
 
@@ -61,7 +62,7 @@ def curves_svg(logs: dict[str, list[dict]], keys: tuple[str, ...] | list[str], *
                 steps, values = zip(*points, strict=True)
                 ax.plot(steps, values, marker="o", markersize=2, linewidth=1.1, label=run)
             ax.set_title(key, fontsize=9)
-            ax.set_xlabel("step", fontsize=8)
+            ax.set_xlabel(xlabel, fontsize=8)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
         if len(logs) > 1:

@@ -117,6 +117,9 @@ class DemoOptions:
     dama_recipe: str | None = _option(None, "DAMA's recipe (methods dama, d2po, mdpo and their compositions): authors "
                                       "(the released code) or paper (Eqs. 9-17 as printed); default: the config's",
                                       choices=("authors", "paper"))
+    rounds: int = _option(0, "also train N on-policy rounds (RLAIF-V's loop: each round samples the current policy on "
+                          "its own slice of the same scenes, judges, pairs and trains) and compare them with the one "
+                          "offline pass at equal numbers of pairs and optimizer steps; 0: the offline pass only")
     base_steps: int = _option(1500, "SFT steps of the base model")
     base_scenes: int = _option(3000, "SFT scenes of the base model")
     clip_steps: int | None = _option(None, "training steps of the world's tiny CLIP")
@@ -207,7 +210,11 @@ def run_demo(opts: DemoOptions) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(opts.seed)
     world = WorldConfig(seed=opts.seed)
-    steps = 6 if with_control else 5
+    if opts.rounds and data_kind != "self":
+        raise ValueError(f"--rounds samples the policy's own responses each round: it needs --data self, not {data_kind}")
+    if opts.rounds < 0 or (opts.rounds and opts.n_pairs // opts.rounds < 1):
+        raise ValueError(f"--rounds must be >= 0 and at most --n-pairs ({opts.n_pairs}), not {opts.rounds}")
+    steps = (6 if with_control else 5) + (1 if opts.rounds else 0)
 
     say(f"[1/{steps}] base model (tiny LLaVA, SFT on noisy captions; cache: {opts.cache_dir})")
     recipe = BaseModelRecipe(world=world, n_scenes=opts.base_scenes, steps=opts.base_steps, seed=opts.seed)
@@ -226,6 +233,10 @@ def run_demo(opts: DemoOptions) -> dict:
                          "better-trained base model (--base-steps), or --data truth")
     from ..data.records import save_records
 
+    if opts.rounds and len(records) % opts.rounds:  # equal numbers of pairs: N rounds of len // N pairs each
+        say(f"      the offline pass keeps {len(records) - len(records) % opts.rounds} of {len(records)} records, "
+            f"{opts.rounds} rounds' worth")
+        records = records[:len(records) - len(records) % opts.rounds]
     say(f"      {len(records)} records -> {save_records(records, out / 'data' / 'train.jsonl')}")
 
     say(f"[3/{steps}] evaluate the base model on {opts.n_eval_scenes} held-out scenes (priors broken)")
@@ -245,6 +256,12 @@ def run_demo(opts: DemoOptions) -> dict:
             f"({CONFIG_DIR / 'sft_chosen.yaml'}), then evaluate")
         control = control_metrics(opts, folder, base_dir, records, world)
 
+    rounds = None
+    if opts.rounds:
+        say(f"[{steps}/{steps}] {opts.rounds} on-policy rounds from the base model on the same {opts.n_pairs} scenes, "
+            f"{len(records) // opts.rounds} pairs and about {args.max_steps // opts.rounds} steps each "
+            f"(-> {out / 'rounds'})")
+        rounds = on_policy_rounds(opts, model_args, args, methods, base_dir, before, len(records), world, folder)
     log = trainer.state.log_history
     atomic_write_text(out / "train_log.json", json.dumps(log, indent=2))
     plots = [name for name, keys in PLOTS.items()
@@ -268,9 +285,13 @@ def run_demo(opts: DemoOptions) -> dict:
     }
     if (report := folder / "self_pairs_report.json").exists():
         metrics["self_pairs"] = json.loads(report.read_text())
+    if rounds is not None:
+        metrics["rounds"] = rounds
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     write_answers(out, world, opts, {"before": before, "after": after, **({"control": control} if control else {})})
     say("\n" + metrics_table(metrics))
+    if rounds is not None:
+        say("\n" + rounds_table(metrics))
     files = ["metrics.json", "train_log.json", "eval/", "model/", *plots]
     if opts.report:
         from ..report import write_report
@@ -295,11 +316,12 @@ def write_answers(out: Path, world, opts: DemoOptions, results: dict[str, dict])
     scorer's spans and verdicts (``eval/answers.json``: ``{"prompt", "truth": {scene: description},
     "models": {stage: per-scene rows}}``), which the report's gallery shows."""
     from ..io import atomic_write_json, ensure_png
+    from ..toyworld.rounds import eval_scenes
     from ..toyworld.scenes import DESCRIBE_PROMPT
 
     images = out / "eval" / "images"
     images.mkdir(parents=True, exist_ok=True)
-    scenes = eval_scenes(opts, world)
+    scenes = eval_scenes(world, opts.n_eval_scenes)
     for scene in scenes:
         ensure_png(images / f"{scene.id}.png", scene.render)
     path = out / "eval" / "answers.json"
@@ -349,6 +371,66 @@ def control_metrics(opts: DemoOptions, folder: Path, base_dir: Path, records: li
     metrics = evaluate(opts, trainer.model, processor, world)
     atomic_write_text(path, json.dumps(metrics))
     return metrics
+
+
+# ------------------------------------------------------------------------------------------ rounds
+def on_policy_rounds(opts: DemoOptions, model_args, args, methods, base_dir: Path, before: dict, n_pairs: int, world,
+                     folder: Path) -> dict:
+    """``opts.rounds`` on-policy rounds (:func:`mmpo.training.rounds.run_rounds`) in ``RUN_DIR/rounds``:
+    from the base model, on the offline pass's scenes split evenly among the rounds, sampled and
+    judged as the offline pairs were, at most ``n_pairs // rounds`` pairs and ``max_steps / rounds``
+    optimizer steps per round (the offline pass's totals), each round evaluated as the offline pass
+    was. Returns ``metrics.json``'s ``rounds``: the settings and every round's ``round.json``."""
+    from ..data.construct.self_pairs import SamplingSettings
+    from ..io import atomic_write_json
+    from ..toyworld.judge import SceneJudge
+    from ..toyworld.rounds import preference_scenes, scene_items, world_vision_pipeline
+    from ..training.rounds import ROUND_FILE, RoundResult, RoundsPlan, method_enricher, round_dir, run_rounds
+
+    n = opts.rounds
+    steps = tuple(args.max_steps // n + (1 if k < args.max_steps % n else 0) for k in range(n))
+    plan = RoundsPlan(rounds=n, items_per_round=opts.n_pairs // n, pairs_per_round=n_pairs // n, steps=steps,
+                      sampling=SamplingSettings(n=SELF_SAMPLES, temperature=SELF_TEMPERATURE, seed=opts.seed),
+                      sample_batch_size=32)
+    run_dir = Path(opts.output_dir) / "rounds"
+    start = round_dir(run_dir, 0) / ROUND_FILE  # the base model's metrics are round 0's: not evaluated again
+    if not start.exists():
+        atomic_write_json(start, RoundResult(round=0, model=str(base_dir), metrics=_scalars(before)).to_dict(), indent=2)
+    scorer = clip_scorer(opts) if methods.aspo.enabled or methods.dama.dama_data or methods.adavip.enabled else None
+    indent = lambda message: say("      " + message.replace("\n", "\n      "))  # noqa: E731
+    enrich = method_enricher(methods, scorer=scorer, progress=opts.progress, say=indent,
+                             vision_pipeline=world_vision_pipeline(scorer) if methods.adavip.enabled else None)
+    items = scene_items(preference_scenes(world, opts.n_pairs, opts.seed), folder / "images")
+    judge = SceneJudge(flip_prob=opts.judge_flip, seed=opts.seed)
+    results = run_rounds(model_args, dataclasses.replace(args, output_dir=str(run_dir)), methods, plan, items, judge,
+                         enrich=enrich, evaluate=evaluator(opts, world, keep_items=False), progress=opts.progress,
+                         say=indent)
+    return {"n": n, "steps": list(steps), "pairs_per_round": plan.pairs_per_round,
+            "items_per_round": plan.items_per_round, "offline": {"pairs": n_pairs, "steps": args.max_steps},
+            "run_dir": str(run_dir), "rounds": [r.to_dict() for r in results]}
+
+
+def rounds_table(metrics: dict) -> str:
+    """A Markdown table of the base model, the offline pass and each round: the headline metrics,
+    then each round's pairs, the share of chosen responses with a judged-wrong claim and steps."""
+    from ..evaluation.report import markdown_table
+
+    info = metrics["rounds"]
+    rounds = [r for r in info["rounds"] if r["round"] > 0]
+    self_pairs = metrics.get("self_pairs") or {}
+    header = ("metric", "base", "offline pass", *(f"round {r['round']}" for r in rounds))
+    rows = []
+    for key in TABLE_KEYS:
+        values = [metrics["before"].get(key), metrics["after"].get(key), *((r.get("metrics") or {}).get(key)
+                                                                           for r in rounds)]
+        if all(isinstance(v, (int, float)) for v in values):
+            rows.append((key, *(f"{v:.3f}" for v in values)))
+    rows.append(("pairs", "", str(info["offline"]["pairs"]), *(str(r["pairs"]["written"]) for r in rounds)))
+    chosen = self_pairs.get("chosen_with_wrong")
+    rows.append(("chosen with a wrong claim", "", f"{chosen:.3f}" if isinstance(chosen, (int, float)) else "",
+                 *(f"{r['pairs']['chosen_with_wrong']:.3f}" for r in rounds)))
+    rows.append(("optimizer steps", "", str(info["offline"]["steps"]), *(str(r["train"]["steps"]) for r in rounds)))
+    return markdown_table(header, rows, right=header[1:]).rstrip("\n")
 
 
 # ------------------------------------------------------------------------------------------ records
@@ -403,11 +485,11 @@ def cached_records(path: Path, build: Callable[[], list]) -> list:
 def preference_pairs(opts: DemoOptions, data_kind: str, model, processor, world, folder: Path) -> list:
     """Records from ``opts.n_pairs`` scenes of ``data_kind``: ``self`` (:func:`self_generated_pairs`),
     ``truth`` (ground truth vs one hallucinated object) or ``seva`` (:func:`seva_pairs`)."""
-    from ..toyworld.scenes import sample_scenes
+    from ..toyworld.rounds import preference_scenes
 
     # Preference scenes come from the prior-free distribution (with their own seed, disjoint from the
     # evaluation scenes): the data a user collects to fix a model's biases.
-    scenes = sample_scenes(world.held_out(seed=opts.seed + 1), opts.n_pairs, prefix="pref")
+    scenes = preference_scenes(world, opts.n_pairs, opts.seed)
     if data_kind == "truth":
         from ..toyworld.data import ground_truth_pairs
 
@@ -424,15 +506,9 @@ def seva_pairs(opts: DemoOptions, scenes: list, model, processor, folder: Path) 
     (rejected) image; resumable (``seva.jsonl``), images re-rendered if damaged."""
     from ..data.construct.noisy_pairs import build_noisy_pairs
     from ..data.records import load_records
-    from ..io import ensure_png
-    from ..toyworld.scenes import DESCRIBE_PROMPT
+    from ..toyworld.rounds import scene_items
 
-    images = folder / "images"
-    images.mkdir(exist_ok=True)
-    items = []
-    for scene in scenes:
-        path = ensure_png(images / f"{scene.id}.png", scene.render)
-        items.append((scene.id, str(path), DESCRIBE_PROMPT, {"scene": json.dumps(scene.to_dict())}))
+    items = scene_items(scenes, folder / "images")
     report = build_noisy_pairs(model, processor, items, folder / "seva.jsonl", batch_size=32,
                                max_new_tokens=64, progress=opts.progress)
     say(f"      {report.summary()}")
@@ -446,14 +522,11 @@ def self_generated_pairs(opts: DemoOptions, scenes: list, model, processor, fold
     (samples per second, pairs, judged-wrong rates) goes to ``self_pairs_report.json``."""
     from ..data.construct.self_pairs import SamplingSettings, build_self_pairs
     from ..data.records import load_records
-    from ..io import atomic_write_json, ensure_png
+    from ..io import atomic_write_json
     from ..toyworld.judge import SceneJudge
-    from ..toyworld.scenes import DESCRIBE_PROMPT
+    from ..toyworld.rounds import scene_items
 
-    images = folder / "images"
-    images.mkdir(exist_ok=True)
-    items = [(scene.id, str(ensure_png(images / f"{scene.id}.png", scene.render)), DESCRIBE_PROMPT,
-              {"scene": json.dumps(scene.to_dict())}) for scene in scenes]
+    items = scene_items(scenes, folder / "images")
     sampling = SamplingSettings(n=SELF_SAMPLES, temperature=SELF_TEMPERATURE, seed=opts.seed)
     if not 0 <= opts.judge_flip <= 1:
         raise ValueError(f"judge_flip must be in [0, 1], got {opts.judge_flip}")
@@ -521,21 +594,19 @@ def add_vision_rejected(records: list, scorer, folder: Path, opts: DemoOptions) 
 
 
 # ------------------------------------------------------------------------------------------ evaluation
-def eval_scenes(opts: DemoOptions, world) -> list:
-    """The held-out scenes every model of the demo is evaluated on."""
-    from ..toyworld.scenes import sample_scenes
+def evaluator(opts: DemoOptions, world, keep_items: bool = True):
+    """``evaluate(model, processor)`` on the held-out scenes every model of the demo is evaluated
+    on (:func:`mmpo.toyworld.rounds.world_evaluator`), with the per-scene answers, spans and verdicts
+    when ``keep_items``."""
+    from ..toyworld.rounds import world_evaluator
 
-    return sample_scenes(world.held_out(), opts.n_eval_scenes, prefix="heldout")
+    return world_evaluator(world, opts.n_eval_scenes, seed=opts.seed, n_stats_scenes=opts.base_scenes,
+                           progress=opts.progress, keep_items=keep_items)
 
 
 def evaluate(opts: DemoOptions, model, processor, world) -> dict:
-    """The metrics on :func:`eval_scenes`, with the per-scene answers, spans and verdicts."""
-    from ..toyworld.evaluate import evaluate_world
-    from ..toyworld.scenes import sample_scenes
-
-    stats_scenes = sample_scenes(world, opts.base_scenes, prefix="train")
-    return evaluate_world(model, processor, eval_scenes(opts, world), pope_split_scenes_for_stats=stats_scenes,
-                          seed=opts.seed, progress=opts.progress, keep_items=True)
+    """The metrics on the held-out scenes, with the per-scene answers, spans and verdicts."""
+    return evaluator(opts, world)(model, processor)
 
 
 def evaluate_cached(opts: DemoOptions, base_dir: Path, model, processor, world) -> dict:

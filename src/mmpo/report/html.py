@@ -97,6 +97,7 @@ def render_report(runs: Sequence[Run], *, max_items: int = 200, title: str | Non
         metrics_section(runs),
         curves_section(runs),
         method_section(runs),
+        rounds_section(runs),
         gallery,
         settings_section(runs),
     ])
@@ -256,6 +257,85 @@ def method_section(runs: Sequence[Run]) -> str:
             parts.append(f"<details class='data'><summary>{_e(run.name)}: the self-generated pairs</summary>"
                          f"<table>{rows}</table></details>")
     return f"<section id='method'><h2>Method and data</h2>{''.join(parts)}</section>" if parts else ""
+
+
+#: The columns of a run's rounds table: (title, where in a round.json, format).
+ROUND_COLUMNS = (
+    ("prompts", ("items",), "{:.0f}"), ("pairs", ("pairs", "written"), "{:.0f}"),
+    ("chosen with a wrong claim", ("pairs", "chosen_with_wrong"), "{:.3f}"),
+    ("wrong claims: chosen", ("pairs", "chosen_wrong_rate"), "{:.3f}"),
+    ("wrong claims: rejected", ("pairs", "rejected_wrong_rate"), "{:.3f}"),
+    ("steps", ("train", "steps"), "{:.0f}"), ("reward margin", ("train", "reward_margin"), "{:.3f}"),
+    ("reward accuracy", ("train", "reward_accuracy"), "{:.3f}"),
+    *((metric, ("metrics", metric), "{:.3f}") for metric in ("chair_i", "chair_s", "coverage", "pope_f1")),
+    *((f"{stage} s", ("seconds", stage), "{:.0f}") for stage in ("sample", "judge", "train", "evaluate")),
+)
+#: The per-round panels: the metrics and the pair statistics, one x value per round.
+ROUND_PANELS = ("chair_i", "coverage", "pope_f1", "chosen_with_wrong", "reward_margin")
+
+
+def _dig(value: Any, keys: Sequence[str]) -> Any:
+    for key in keys:
+        value = value.get(key) if isinstance(value, Mapping) else None
+    return value
+
+
+def rounds_section(runs: Sequence[Run]) -> str:
+    """Per run with on-policy rounds: a table of every round (its pairs, how often a chosen response
+    still holds a judged-wrong claim, reward margins, metrics, seconds per stage), the offline pass
+    beside them when the demo trained one, and one panel per metric over the rounds."""
+    from mmpo.plots import curves_svg
+
+    parts = []
+    for index, run in enumerate(runs):
+        info = run.info.get("rounds")
+        if not isinstance(info, Mapping) or not isinstance(info.get("rounds"), list):
+            continue
+        rounds = [r for r in info["rounds"] if isinstance(r, Mapping)]
+        offline = info.get("offline") if isinstance(info.get("offline"), Mapping) else None
+        head = "<tr><th>round</th>" + "".join(f"<th>{_e(title)}</th>" for title, _, _ in ROUND_COLUMNS) + "</tr>"
+        rows = []
+        if offline is not None and run.primary_label in run.columns:
+            after = {metric: value for (_, metric), value in run.columns[run.primary_label].items()}
+            pairs = run.info.get("self_pairs") or {}
+            values = {"pairs": {"written": offline.get("pairs"), **{k: pairs.get(k) for k in (
+                "chosen_with_wrong", "chosen_wrong_rate", "rejected_wrong_rate")}},
+                "train": {"steps": offline.get("steps")}, "metrics": after}
+            rows.append(_round_row("offline pass", values))
+        rows += [_round_row("start" if r.get("round") == 0 else str(r.get("round")), r) for r in rounds]
+        series = {"on-policy rounds": [{"step": r["round"], **(r.get("metrics") or {}),
+                                        **{k: _dig(r, ("pairs", k)) for k in ("chosen_with_wrong",)},
+                                        "reward_margin": _dig(r, ("train", "reward_margin"))}
+                                       for r in rounds if isinstance(r.get("round"), int)]}
+        for row in series["on-policy rounds"]:
+            for key in [k for k, v in row.items() if v is None]:
+                del row[key]
+        if offline is not None and run.primary_label in run.columns and rounds:
+            last = max(r["round"] for r in rounds if isinstance(r.get("round"), int))
+            point = {metric: value for (_, metric), value in run.columns[run.primary_label].items()}
+            chosen = (run.info.get("self_pairs") or {}).get("chosen_with_wrong")
+            series["offline pass (all steps)"] = [{"step": last, **point,
+                                                   **({"chosen_with_wrong": chosen} if chosen is not None else {})}]
+        svg = curves_svg(series, ROUND_PANELS, salt=f"rounds{index}", xlabel="round")
+        note = ("Each round samples the model it starts from on its own prompts, judges every claim and pairs the "
+                "best against the worst response; round 0 is the starting model. <i>chosen with a wrong claim</i>: "
+                "share of chosen responses with at least one claim the judge called wrong.")
+        if offline is not None:
+            note += (f" The offline pass trains once on the starting model's pairs of all the rounds' prompts "
+                     f"({_e(offline.get('pairs'))} pairs, {_e(offline.get('steps'))} steps).")
+        parts.append(f"<h3>{_e(run.name)}</h3><p class='note'>{note}</p><div class='scroll'><table class='metrics'>"
+                     f"<thead>{head}</thead><tbody>{''.join(rows)}</tbody></table></div>"
+                     + (f"<figure class='curves'><figcaption>per round</figcaption>{svg}</figure>" if svg else ""))
+    return f"<section id='rounds'><h2>On-policy rounds</h2>{''.join(parts)}</section>" if parts else ""
+
+
+def _round_row(label: str, result: Mapping[str, Any]) -> str:
+    cells = []
+    for _, keys, form in ROUND_COLUMNS:
+        value = _dig(result, keys)
+        cells.append(f"<td>{_e(form.format(value))}</td>" if isinstance(value, (int, float))
+                     and not isinstance(value, bool) else "<td class='na'>–</td>")
+    return f"<tr><td>{_e(label)}</td>{''.join(cells)}</tr>"
 
 
 def _short(value: Any) -> str:

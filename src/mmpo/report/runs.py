@@ -11,7 +11,10 @@ Three kinds of run directory are understood:
   whose ``per_response`` (CHAIR, Object HalBench, AMBER) or ``per_scene`` (synthetic) rows carry
   the spans, and an ``image`` path where the run knew the image;
 * a **training run** (``mmpo train``'s ``output_dir``): ``log_history.json``, or while it runs the
-  newest ``checkpoint-*/trainer_state.json``: its training curves only.
+  newest ``checkpoint-*/trainer_state.json``: its training curves only;
+* a **rounds run** (``mmpo iterate``'s ``output_dir``): ``round-K/round.json`` per finished round
+  (:mod:`mmpo.training.rounds`): each round's metrics as a column and its pair statistics. A demo
+  run with ``--rounds`` holds one in ``rounds/`` and its ``metrics.json`` repeats it.
 
 Nothing here scores an answer: verdicts are read as the evaluation wrote them; the only arithmetic
 is counting them (:func:`error_count`) and the mean and interval of a metric over seeds.
@@ -102,11 +105,13 @@ def load_run(path: str | Path) -> Run:
         return _demo_run(path)
     if (path / "results.json").exists():
         return _evaluation_run(path)
+    if (path / "round-1" / "round.json").exists():
+        return _rounds_run(path)
     if (log := _training_log(path)) is not None:
         return _training_run(path, log)
     raise FileNotFoundError(f"{path} is not a run directory: it holds neither metrics.json (mmpo demo), "
-                            "results.json (mmpo evaluate), log_history.json (mmpo train) nor a checkpoint-*/"
-                            "trainer_state.json")
+                            "results.json (mmpo evaluate), round-1/round.json (mmpo iterate), log_history.json "
+                            "(mmpo train) nor a checkpoint-*/trainer_state.json")
 
 
 def _json(path: Path) -> Any:
@@ -132,14 +137,56 @@ def _demo_run(path: Path) -> Run:
     log = _json(path / "train_log.json") if (path / "train_log.json").exists() else []
     images = [(title, path / name) for title, name in (("AdaViP vision-rejected images", "contact_sheet.png"),)
               if (path / name).exists()]
+    rounds = metrics.get("rounds")
+    if isinstance(rounds, Mapping):
+        columns.update(_round_columns(rounds.get("rounds"), path / "metrics.json", f"{method} round "))
     run = Run(path=path, name=path.name, kind="demo", columns=columns, log=log, images=images,
               base_label="base", primary_label=method, seed=options.get("seed"), group=group,
               info={"method": method, "data": metrics.get("data"), "records": metrics.get("n_records"),
                     "seconds": metrics.get("seconds"), "config": metrics.get("config"),
-                    "options": options, "self_pairs": metrics.get("self_pairs")})
+                    "options": options, "self_pairs": metrics.get("self_pairs"),
+                    **({"rounds": rounds} if isinstance(rounds, Mapping) else {})})
     if (path / ANSWERS_FILE).exists():
         run.galleries["synthetic"] = _demo_gallery(path, _json(path / ANSWERS_FILE), labels)
     return run
+
+
+def _round_columns(rounds: Any, where: Path, prefix: str) -> dict[str, dict[tuple[str, str], float]]:
+    """``{prefix + K: metrics}`` of each evaluated round ``K >= 1`` of a list of ``round.json`` dicts."""
+    if not isinstance(rounds, list) or not all(isinstance(r, Mapping) and isinstance(r.get("round"), int)
+                                               for r in rounds):
+        raise ValueError(f"{where}: 'rounds' must be a list of round results with a 'round' number")
+    return {f"{prefix}{r['round']}": scalar_metrics({"benchmarks": {"synthetic": r["metrics"]}})
+            for r in rounds if r["round"] > 0 and isinstance(r.get("metrics"), Mapping)}
+
+
+# ------------------------------------------------------------------------------------------- rounds
+def _rounds_run(path: Path) -> Run:
+    rounds = []
+    k = 0
+    while (file := path / f"round-{k}" / "round.json").exists() or k == 0:
+        if file.exists():
+            value = _json(file)
+            if not isinstance(value, Mapping) or value.get("round") != k:
+                raise ValueError(f"{file}: not round {k}'s result")
+            rounds.append(dict(value))
+        k += 1
+    columns = {}
+    if rounds[0]["round"] == 0 and isinstance(rounds[0].get("metrics"), Mapping):
+        columns["start"] = scalar_metrics({"benchmarks": {"synthetic": rounds[0]["metrics"]}})
+    columns.update(_round_columns(rounds, path, "round "))
+    settings = _json(path / "rounds-settings.json") if (path / "rounds-settings.json").exists() else {}
+    log = []
+    for r in rounds[1:] if rounds[0]["round"] == 0 else rounds:  # one curve: the rounds' steps end to end
+        history = path / f"round-{r['round']}" / "log_history.json"
+        offset = log[-1]["step"] if log else 0
+        if history.exists():
+            log += [{**row, "step": row["step"] + offset} for row in _json(history)
+                    if isinstance(row, Mapping) and isinstance(row.get("step"), (int, float))]
+    return Run(path=path, name=path.name, kind="rounds", columns=columns, log=log,
+               base_label="start" if "start" in columns else None, primary_label=next(reversed(columns), None),
+               group=json.dumps({"kind": "rounds", **settings}, sort_keys=True, default=str),
+               info={"rounds": {"rounds": rounds, "run_dir": str(path)}, "settings": settings})
 
 
 def _demo_gallery(path: Path, answers: Mapping[str, Any], labels: Mapping[str, str]) -> dict[str, GalleryItem]:

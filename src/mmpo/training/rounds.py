@@ -92,6 +92,8 @@ class RoundsPlan:
         sample_batch_size: items per ``generate`` call (times ``sampling.n`` rows).
         keep_checkpoints: keep a finished round's training checkpoints (default: removed once the
             round's model is saved and marked finished).
+        steps: optimizer steps of each round (``None``: the training config's ``max_steps`` for
+            every round), e.g. to spread an offline pass's steps over the rounds.
     """
 
     rounds: int
@@ -102,9 +104,15 @@ class RoundsPlan:
     pairs_per_round: int | None = None
     sample_batch_size: int = 16
     keep_checkpoints: bool = False
+    steps: tuple[int, ...] | None = None
 
     def __post_init__(self):
         check_number("rounds", self.rounds, integer=True, low=1)
+        if self.steps is not None:
+            if len(self.steps) != self.rounds:
+                raise ValueError(f"steps gives {len(self.steps)} rounds' steps for {self.rounds} rounds")
+            for k, steps in enumerate(self.steps, 1):
+                check_number(f"steps of round {k}", steps, integer=True, low=1)
         check_number("items_per_round", self.items_per_round, integer=True, low=1)
         check_choice("round_reference", self.round_reference, ROUND_REFERENCES)
         check_number("pairs_per_round", self.pairs_per_round, integer=True, low=1, optional=True)
@@ -119,6 +127,7 @@ class RoundsPlan:
         out = dataclasses.asdict(self)
         out.pop("rounds")
         out.pop("keep_checkpoints")
+        out["steps"] = list(self.steps) if self.steps is not None else None
         return out
 
 
@@ -412,7 +421,8 @@ def run_rounds(model_args: ModelArguments, args: PreferenceConfig, methods: Meth
 
         # 4. train from the current policy, resuming from the round's last complete checkpoint
         began = time.perf_counter()
-        trainer = _train_round(folder, policy, reference, model_args, data_args, args, methods, k)
+        round_args = args if plan.steps is None else dataclasses.replace(args, max_steps=plan.steps[k - 1])
+        trainer = _train_round(folder, policy, reference, model_args, data_args, round_args, methods, k)
         log_history = trainer.state.log_history
         del trainer
         state.wait_for_everyone()
