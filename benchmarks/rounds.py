@@ -54,6 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-pairs", type=int, default=600, help="preference scenes (the pool)")
     p.add_argument("--n-eval-scenes", type=int, default=200)
     p.add_argument("--steps", type=int, default=None, help="total optimizer steps (default: the config's)")
+    p.add_argument("--pair-score", choices=("wrong_count", "wrong_rate"), default="wrong_count",
+                   help="a response's score: minus its judged-wrong claims (RLAIF-V) or minus their fraction")
+    p.add_argument("--round-reference", choices=("previous", "initial"), default="previous",
+                   help="each round's reference: its starting model (RLAIF-V) or the base model")
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--quick", action="store_true")
     ns = p.parse_args(argv)
@@ -66,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from mmpo.data.construct.self_pairs import SamplingSettings, build_self_pairs
+    from mmpo.data.construct.self_pairs import PairingRule, SamplingSettings, build_self_pairs
     from mmpo.data.records import load_records, save_records
     from mmpo.scoring.clip import CLIPScorer
     from mmpo.toyworld.judge import SceneJudge
@@ -115,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             methods = Methods(aspo, dama, adavip)
             enrich = method_enricher(methods, scorer=scorer, progress=False)
             sampling = SamplingSettings(n=6, temperature=1.0, seed=seed)
+            rule = PairingRule(score=ns.pair_score)
             judge = SceneJudge(seed=seed)
 
             # 1. the offline pass
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 began = time.perf_counter()
                 model, processor = load_policy(model_args)
                 sampled, paired = build_self_pairs(model, processor, items, judge, data / "pairs.jsonl",
-                                                   sampling=sampling, batch_size=32, progress=False)
+                                                   sampling=sampling, rule=rule, batch_size=32, progress=False)
                 del model
                 sample_seconds = time.perf_counter() - began
                 records = load_records(data / "pairs.jsonl").records
@@ -149,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
 
             # 2. the rounds
             n, total = ns.rounds, args.max_steps
-            plan = RoundsPlan(rounds=n, items_per_round=ns.n_pairs // n, sampling=sampling,
+            plan = RoundsPlan(rounds=n, items_per_round=ns.n_pairs // n, sampling=sampling, rule=rule,
                               pairs_per_round=done["pairs"] // n, sample_batch_size=32,
+                              round_reference=ns.round_reference,
                               steps=tuple(total // n + (1 if k < total % n else 0) for k in range(n)))
             rounds = run_rounds(model_args, dataclasses.replace(args, output_dir=str(folder / "rounds")), methods, plan,
                                 items, judge, enrich=enrich, evaluate=round_evaluator((folder / "rounds").resolve()),
@@ -202,7 +208,7 @@ def aggregate(run_dir: Path, results: dict[str, Any], ns: argparse.Namespace) ->
 
 def markdown(summary: dict[str, Any], ns: argparse.Namespace) -> str:
     lines = [f"# On-policy rounds vs one offline pass ({ns.seeds} seed(s), {ns.rounds} rounds, {ns.n_pairs} scenes, "
-             f"{ns.n_eval_scenes} held-out scenes)", ""]
+             f"{ns.n_eval_scenes} held-out scenes, pair score {ns.pair_score}, round reference {ns.round_reference})", ""]
     for method, s in summary.items():
         lines += [f"## {method}", "", "| model | " + " | ".join(METRICS) + " | pairs | chosen with a wrong claim |",
                   "| --- |" + " ---: |" * (len(METRICS) + 2)]
@@ -235,6 +241,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, len(METRICS) + 1, figsize=(3.2 * (len(METRICS) + 1), 2.8))
     for method, s in summary.items():
@@ -254,6 +261,8 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         axes[-1].plot(ks, [s["rounds"][k]["chosen_with_wrong"] for k in ks], marker="o", label=method)
         axes[-1].set_title("chosen with a judged-wrong claim", fontsize=9)
         axes[-1].set_xlabel("round", fontsize=8)
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -47,6 +47,7 @@ def curves_svg(logs: dict[str, list[dict]], keys: tuple[str, ...] | list[str], *
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     panels = {}
     for key in keys:
@@ -60,9 +61,10 @@ def curves_svg(logs: dict[str, list[dict]], keys: tuple[str, ...] | list[str], *
         for ax, (key, series) in zip(axes[0], panels.items(), strict=True):
             for run, points in series.items():
                 steps, values = zip(*points, strict=True)
-                ax.plot(steps, values, marker="o", markersize=2, linewidth=1.1, label=run)
+                ax.plot(steps, values, marker="o", markersize=2 if len(points) > 1 else 5, linewidth=1.1, label=run)
             ax.set_title(key, fontsize=9)
             ax.set_xlabel(xlabel, fontsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
         if len(logs) > 1:

@@ -148,3 +148,28 @@ def test_metrics_table_with_the_control():
     assert demo.metrics_table(metrics) == ("| metric | before | SFT control | dpo | change | dpo - control |\n"
                                            "| --- | ---: | ---: | ---: | ---: | ---: |\n"
                                            "| chair_i | 0.500 | 0.375 | 0.250 | -0.250 | -0.125 |")
+
+
+def test_demo_rounds_train_beside_the_offline_pass_at_equal_pairs_and_steps(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["demo", "--rounds", "2", "--no-control", "--output-dir", str(out), "--cache-dir",
+                 str(tmp_path / "cache"), "--n-pairs", "24", "--n-eval-scenes", "6", "--steps", "5",
+                 "--batch-size", "4", "--no-progress"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    rounds = metrics["rounds"]
+    assert rounds["n"] == 2 and rounds["steps"] == [3, 2] and rounds["items_per_round"] == 12
+    assert rounds["offline"] == {"pairs": metrics["n_records"], "steps": 5} and metrics["n_records"] % 2 == 0
+    start, *trained = rounds["rounds"]
+    assert start["round"] == 0 and start["metrics"]["chair_i"] == metrics["before"]["chair_i"]
+    assert [r["train"]["steps"] for r in trained] == [3, 2]
+    assert all(0 < r["pairs"]["written"] <= metrics["n_records"] // 2 for r in trained)
+    assert all((out / "rounds" / f"round-{k}" / "round.json").exists() for k in (1, 2))
+    text = capsys.readouterr().out
+    assert "| metric | base | offline pass | round 1 | round 2 |" in text
+    assert "<section id='rounds'>" in (out / "report.html").read_text()
+
+
+def test_demo_rounds_need_self_pairs(tmp_path):
+    with pytest.raises(ValueError, match="--rounds .* needs --data self"):
+        demo.run_demo(demo.DemoOptions(rounds=2, data="truth", output_dir=str(tmp_path)))

@@ -286,3 +286,37 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_lora_rounds_merge_each_rounds_adapters(tmp_path):
+    """With LoRA each round's adapters are merged into the round's model (whole weights, the next
+    round's start); round_reference: initial then uses a frozen copy of the first model."""
+    model_args, args, methods = config(tmp_path / "run", "dpo", "--use_lora", "true", "--lora_r", "4")
+    plan = dataclasses.replace(PLAN, rounds=2, round_reference="initial")
+    results = run_rounds(model_args, args, methods, plan, world_pool(16, 0, tmp_path / "pool"), SceneJudge(),
+                         progress=False)
+    for result in results:
+        model = Path(result.model)
+        assert (model / "model.safetensors").exists() and not (model / "adapter_config.json").exists()
+        assert (model.parent / "train" / "adapter_config.json").exists()
+    merged = weights(results[0].model)
+    assert set(merged) == set(weights(BASE)) and max_difference(merged, weights(BASE)) > 0
+
+
+def test_mmpo_iterate_on_your_own_items_with_a_model_judge(tmp_path, capsys):
+    items = world_pool(20, 0, tmp_path / "pool")
+    path = tmp_path / "items.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "image": image, "prompt": prompt}) + "\n" for i, image, prompt, _ in items))
+    out = tmp_path / "run"
+    argv = ["iterate", str(CONFIGS / "dpo.yaml"), "--rounds", "2", "--items_file", str(path), "--judge", "model",
+            "--judge_model", str(BASE), "--samples", "4", "--sample_max_new_tokens", "24", "--max_steps", "2",
+            "--per_device_train_batch_size", "2", "--model_name_or_path", str(BASE), "--output_dir", str(out),
+            "--disable_tqdm", "true"]
+    assert main(argv) == 0
+    results = read_rounds(out)
+    assert [r.round for r in results] == [1, 2] and all(r.metrics is None for r in results)  # no evaluator
+    claims = [c for row in read_jsonl(out / "round-1" / "samples.jsonl") for s in row["responses"] for c in s["claims"]]
+    assert claims and all(0 <= c["p"] <= 1 for c in claims)  # the model judge's p(yes)
+    assert main([*argv[:2], "--rounds", "1", "--items_file", str(path), "--model_name_or_path", str(BASE),
+                 "--output_dir", str(tmp_path / "other")]) == 2
+    assert "judge: scene reads the synthetic world's annotations" in capsys.readouterr().err

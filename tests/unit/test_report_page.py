@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -209,3 +210,54 @@ def test_a_damaged_image_costs_its_thumbnail_not_the_page(tmp_path):
     (run / "eval" / "images" / "s1.png").write_bytes(b"not a png")
     page = write_report([run], tmp_path / "r.html").path.read_text()
     assert "unreadable image s1.png" in page and ">circle</mark>" in page
+
+
+def _round(k: int, chair: float, chosen_with_wrong: float | None = 0.5) -> dict:
+    return {"round": k, "model": f"round-{k}/model", "items": 0 if k == 0 else 10,
+            "pairs": {} if k == 0 else {"written": 9, "chosen_with_wrong": chosen_with_wrong,
+                                        "chosen_wrong_rate": 0.2, "rejected_wrong_rate": 0.8},
+            "train": {} if k == 0 else {"steps": 5, "reward_margin": 0.25 * k, "reward_accuracy": 0.75},
+            "metrics": {"chair_i": chair, "pope_f1": 0.6},
+            "seconds": {} if k == 0 else {"sample": 3.0, "judge": 1.0, "train": 8.0, "evaluate": 2.0}}
+
+
+def test_a_demo_with_rounds_shows_each_round_beside_the_offline_pass(tmp_path):
+    run = _demo_run(tmp_path, "rounds", 0, 0.3)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["self_pairs"] = {"chosen_with_wrong": 0.66}
+    metrics["rounds"] = {"n": 2, "offline": {"pairs": 18, "steps": 10},
+                         "rounds": [_round(0, 0.5), _round(1, 0.45, 0.7), _round(2, 0.4, 0.6)]}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    loaded = load_run(run)
+    assert list(loaded.columns) == ["base", "SFT control", "dpo", "dpo round 1", "dpo round 2"]
+    assert loaded.columns["dpo round 2"][("synthetic", "chair_i")] == 0.4
+    page = (write_report([run], tmp_path / "report.html").path).read_text()
+    section = page[page.index("<section id='rounds'>"):]
+    section = section[:section.index("</section>")]
+    rows = re.findall(r"<tr><td>([^<]*)</td>(.*?)</tr>", section)
+    assert [label for label, _ in rows] == ["offline pass", "start", "1", "2"]
+    cells = dict((label, re.findall(r"<td[^>]*>([^<]*)</td>", rest)) for label, rest in rows)
+    # prompts, pairs, chosen with a wrong claim, wrong claims (chosen, rejected), steps, margin, accuracy, chair_i ...
+    assert cells["offline pass"][:3] == ["–", "18", "0.660"] and cells["offline pass"][5] == "10"
+    assert cells["1"][:8] == ["10", "9", "0.700", "0.200", "0.800", "5", "0.250", "0.750"]
+    assert cells["2"][8] == "0.400" and cells["start"][8] == "0.500"
+    assert section.count("<svg") == 1 and ">round<" in section  # one figure, its x axis the round
+
+
+def test_an_iterate_run_directory_is_a_run(tmp_path):
+    run = tmp_path / "iterate"
+    for k, chair in ((0, 0.5), (1, 0.45), (2, 0.4)):
+        (run / f"round-{k}").mkdir(parents=True)
+        (run / f"round-{k}" / "round.json").write_text(json.dumps(_round(k, chair)))
+        if k:
+            (run / f"round-{k}" / "log_history.json").write_text(json.dumps(
+                [{"step": s, "loss": 1.0 / (s + k), "rewards/margins": 0.1 * s} for s in (1, 2)]))
+    loaded = load_run(run)
+    assert loaded.kind == "rounds" and list(loaded.columns) == ["start", "round 1", "round 2"]
+    assert loaded.base_label == "start" and loaded.primary_label == "round 2"
+    assert [row["step"] for row in loaded.log] == [1, 2, 3, 4]  # the rounds' steps end to end
+    page = write_report([run], tmp_path / "report.html").path.read_text()
+    assert "<section id='rounds'>" in page and "offline pass" not in page
+    (run / "round-2" / "round.json").write_text(json.dumps({"round": 3}))
+    with pytest.raises(ValueError, match="round-2/round.json: not round 2's result"):
+        load_run(run)

@@ -37,6 +37,7 @@ whole checkpoint with fresh adapters (and the adapter-off reference is the round
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -59,6 +60,7 @@ from ..data.construct.self_pairs import (
 )
 from ..io import PROGRESS_SUFFIX, atomic_write_json, atomic_write_jsonl, read_jsonl
 from ..types import PreferenceRecord
+from . import distributed
 from .config import DataArguments, Methods, ModelArguments, PreferenceConfig, check_choice, check_number
 
 logger = logging.getLogger(__name__)
@@ -172,9 +174,11 @@ class RoundResult:
         if self.round == 0:
             return f"round 0 (the starting model {self.model}): {_metrics_text(self.metrics)}"
         p = self.pairs
+        margin = self.train.get("reward_margin")
         return (f"round {self.round}: {p.get('written', 0)} pairs from {self.items} prompts "
                 f"(chosen with a judged-wrong claim {p.get('chosen_with_wrong', 0):.1%}); "
-                f"{self.train.get('steps', 0)} steps, reward margin {self.train.get('reward_margin', float('nan')):.3f}; "
+                f"{self.train.get('steps', 0)} steps, reward margin "
+                f"{'-' if not isinstance(margin, (int, float)) else format(margin, '.3f')}; "
                 f"{_metrics_text(self.metrics)}; "
                 + ", ".join(f"{stage} {self.seconds.get(stage, 0):.0f} s" for stage in STAGES))
 
@@ -325,8 +329,6 @@ def run_rounds(model_args: ModelArguments, args: PreferenceConfig, methods: Meth
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    from ..data.records import save_records
-    from .model_loading import load_policy
 
     methods = methods or Methods()
     data_args = data_args or DataArguments()
@@ -352,15 +354,10 @@ def run_rounds(model_args: ModelArguments, args: PreferenceConfig, methods: Meth
     if evaluate is not None:
         start = read_round(run_dir, 0)
         if start is None:
-            if main:
-                began = time.perf_counter()
-                model, processor = load_policy(dataclasses.replace(model_args, model_name_or_path=initial),
-                                               device=str(state.device))
-                start = RoundResult(round=0, model=initial, metrics=evaluate(model, processor),
-                                    seconds={"evaluate": round(time.perf_counter() - began, 1)})
-                del model
-                atomic_write_json(round_dir(run_dir, 0) / ROUND_FILE, start.to_dict(), indent=2)
-            state.wait_for_everyone()
+            start = RoundResult(round=0, model=initial)
+            finish = functools.partial(_finish_round, start, round_dir(run_dir, 0), model_args, evaluate, [],
+                                       state.device, True, lambda message: None)
+            together(state, finish if main else _nothing)
             start = read_round(run_dir, 0)
         results.append(start)
         say(start.summary())
@@ -379,45 +376,17 @@ def run_rounds(model_args: ModelArguments, args: PreferenceConfig, methods: Meth
         pool = checked[(k - 1) * plan.items_per_round:k * plan.items_per_round]
 
         # 1. sample and judge: every process its share, into its own journal
-        share = _share(pool, rank, world)
-        model, processor = load_policy(dataclasses.replace(model_args, model_name_or_path=policy),
-                                       device=str(state.device))
-        report = sample_and_judge(model, processor, [(i.id, i.image, i.prompt, i.meta) for i in share], judge,
-                                  journal_path(folder, rank, world), sampling=plan.round_sampling(k),
-                                  batch_size=plan.sample_batch_size, progress=progress and main,
-                                  image_dir=folder / "images")
-        del model
+        report = together(state, functools.partial(_sample_round, model_args, policy, _share(pool, rank, world), judge,
+                                                   journal_path(folder, rank, world), plan, k, state.device,
+                                                   progress and main))
         timings = gather_object([(report.sample_seconds, report.judge_seconds)]) if world > 1 else \
             [(report.sample_seconds, report.judge_seconds)]
         seconds["sample"] = round(max(t[0] for t in timings), 1)
         seconds["judge"] = round(max(t[1] for t in timings), 1)
-        state.wait_for_everyone()
 
         # 2-3. pair (the shares merged once) and add the methods' data: the main process
-        train_file = folder / "train.jsonl"
-        pair_report = PairReport()
-        if main:
-            began = time.perf_counter()
-            samples = merge_journals(folder, pool)
-            records, pair_report = pair_samples(samples, plan.rule, meta={
-                "judge": judge.describe(), "round": k, "policy": policy})
-            pair_report.out_path = folder / "pairs.jsonl"
-            if plan.pairs_per_round is not None and len(records) > plan.pairs_per_round:
-                pair_report.dropped["cap"] = len(records) - plan.pairs_per_round
-                records = records[:plan.pairs_per_round]
-                pair_report.written = len(records)
-            if not records:
-                raise ValueError(f"round {k} made no preference pair from {len(pool)} prompts (every response of "
-                                 f"every prompt was judged alike; see {samples}): sample more responses "
-                                 "(samples), use a higher temperature or more items per round")
-            save_records(records, folder / "pairs.jsonl")
-            seconds["pair"] = round(time.perf_counter() - began, 1)
-            began = time.perf_counter()
-            if not train_file.exists():
-                save_records(enrich(records, folder) if enrich is not None else records, train_file)
-            seconds["enrich"] = round(time.perf_counter() - began, 1)
-            say(f"round {k}: {pair_report.summary()}")
-        state.wait_for_everyone()
+        pair = functools.partial(_pair_round, folder, pool, plan, k, judge, policy, enrich, seconds, say)
+        pair_report = together(state, pair if main else PairReport)
 
         # 4. train from the current policy, resuming from the round's last complete checkpoint
         began = time.perf_counter()
@@ -427,35 +396,110 @@ def run_rounds(model_args: ModelArguments, args: PreferenceConfig, methods: Meth
         del trainer
         state.wait_for_everyone()
         model_dir = folder / "model"
-        if main and model_args.use_lora:
-            merge_adapters(policy, folder / "train", model_dir, dtype=model_args.dtype)
-        state.wait_for_everyone()
+        if model_args.use_lora:
+            merge = functools.partial(merge_adapters, policy, folder / "train", model_dir, dtype=model_args.dtype)
+            together(state, merge if main else _nothing)
         seconds["train"] = round(time.perf_counter() - began, 1)
 
         # 5. evaluate and mark the round finished
         result = RoundResult(round=k, model=str(model_dir), reference=reference, items=len(pool),
-                             pairs=_pair_stats(pair_report), train=train_summary(log_history))
-        if main:
-            began = time.perf_counter()
-            if evaluate is not None:
-                model, processor = load_policy(dataclasses.replace(model_args, model_name_or_path=str(model_dir)),
-                                               device=str(state.device))
-                result.metrics = evaluate(model, processor)
-                del model
-            seconds["evaluate"] = round(time.perf_counter() - began, 1)
-            result.seconds = seconds
-            atomic_write_json(folder / "log_history.json", log_history, indent=2)
-            atomic_write_json(folder / ROUND_FILE, result.to_dict(), indent=2)
-            if not plan.keep_checkpoints:
-                _remove_checkpoints(folder)
-            say(result.summary())
-        state.wait_for_everyone()
+                             pairs=_pair_stats(pair_report), train=train_summary(log_history), seconds=seconds)
+        finish = functools.partial(_finish_round, result, folder, model_args, evaluate, log_history, state.device,
+                                   plan.keep_checkpoints, say)
+        together(state, finish if main else _nothing)
         result = dataclasses.replace(read_round(run_dir, k), resumed=False)  # every process: the main one's
         results.append(result)
         if main:
             atomic_write_json(run_dir / SUMMARY_FILE, [r.to_dict() for r in results], indent=2)
         policy = result.model
     return results
+
+
+def _sample_round(model_args: ModelArguments, policy: str, share: list[Item], judge: ClaimJudge, journal: Path,
+                  plan: RoundsPlan, k: int, device: Any, progress: bool):
+    """Stage 1 on one process: its share of round ``k``'s prompts sampled from ``policy`` and judged."""
+    from .model_loading import load_policy
+
+    model, processor = load_policy(dataclasses.replace(model_args, model_name_or_path=policy), device=str(device))
+    if distributed.is_partitioned(model):
+        raise ValueError("DeepSpeed ZeRO-3 partitioned the policy at load, and sampling needs whole weights on each "
+                         "process: run mmpo iterate with ZeRO-2, FSDP or DDP")
+    return sample_and_judge(model, processor, [(i.id, i.image, i.prompt, i.meta) for i in share], judge, journal,
+                            sampling=plan.round_sampling(k), batch_size=plan.sample_batch_size, progress=progress,
+                            image_dir=journal.parent.parent / "images")
+
+
+def _pair_round(folder: Path, pool: list[Item], plan: RoundsPlan, k: int, judge: ClaimJudge, policy: str,
+                enrich: Enrich | None, seconds: dict[str, float], say: Callable[[str], None]) -> PairReport:
+    """Stages 2-3 on the main process: the shares merged in pool order, paired (capped at
+    ``plan.pairs_per_round``) into ``pairs.jsonl``, the methods' data added into ``train.jsonl``."""
+    from ..data.records import save_records
+
+    began = time.perf_counter()
+    samples = merge_journals(folder, pool)
+    records, report = pair_samples(samples, plan.rule, meta={"judge": judge.describe(), "round": k, "policy": policy})
+    report.out_path = folder / "pairs.jsonl"
+    if plan.pairs_per_round is not None and len(records) > plan.pairs_per_round:
+        report.dropped["cap"] = len(records) - plan.pairs_per_round
+        records = records[:plan.pairs_per_round]
+        report.written = len(records)
+    if not records:
+        raise ValueError(f"round {k} made no preference pair from {len(pool)} prompts (every response of every prompt "
+                         f"was judged alike; see {samples}): sample more responses (samples), use a higher temperature "
+                         "or more items per round")
+    save_records(records, folder / "pairs.jsonl")
+    seconds["pair"] = round(time.perf_counter() - began, 1)
+    began = time.perf_counter()
+    if not (folder / "train.jsonl").exists():
+        save_records(enrich(records, folder) if enrich is not None else records, folder / "train.jsonl")
+    seconds["enrich"] = round(time.perf_counter() - began, 1)
+    say(f"round {k}: {report.summary()}")
+    return report
+
+
+def _finish_round(result: RoundResult, folder: Path, model_args: ModelArguments, evaluate: Evaluate | None,
+                  log_history: list, device: Any, keep_checkpoints: bool, say: Callable[[str], None]) -> None:
+    """Stage 5 on the main process: the round's model evaluated, its log and ``round.json`` written
+    (the mark that it finished), its checkpoints removed."""
+    from .model_loading import load_policy
+
+    began = time.perf_counter()
+    if evaluate is not None:
+        model, processor = load_policy(dataclasses.replace(model_args, model_name_or_path=result.model),
+                                       device=str(device))
+        result.metrics = evaluate(model, processor)
+    result.seconds["evaluate"] = round(time.perf_counter() - began, 1)
+    if log_history:
+        atomic_write_json(folder / "log_history.json", log_history, indent=2)
+    atomic_write_json(folder / ROUND_FILE, result.to_dict(), indent=2)
+    if not keep_checkpoints:
+        _remove_checkpoints(folder)
+    say(result.summary())
+
+
+def _nothing() -> None:
+    return None
+
+
+def together(state: Any, action: Callable[[], Any]) -> Any:
+    """``action()`` on every process; under several processes each learns whether another failed,
+    so that one process's error (a bad image, a judge that is down) ends the run on all of them
+    with that error instead of leaving the others waiting at the next barrier."""
+    from accelerate.utils import gather_object
+
+    error: Exception | None = None
+    value = None
+    try:
+        value = action()
+    except Exception as caught:  # re-raised below, on every process
+        error = caught
+    if state.num_processes > 1:
+        failures = gather_object([None if error is None else f"{type(error).__name__}: {error}"])
+        if error is None and any(failures):
+            raise RuntimeError(f"another process failed: {next(f for f in failures if f)}")
+    if error is not None:
+        raise error
+    return value
 
 
 def _pair_stats(report: PairReport) -> dict[str, Any]:

@@ -197,7 +197,9 @@ class PreferenceTrainer(Trainer):
         if type(reference) is not type(policy):
             raise ValueError(f"reference_model {path} is a {type(reference).__name__}, the policy a "
                              f"{type(policy).__name__}: the reference must be the same architecture")
-        shapes = {name: tuple(getattr(p, "ds_shape", p.shape)) for name, p in policy.named_parameters()}
+        # a LoRA policy's base weights, under the names they have without the adapters
+        shapes = {name.replace(".base_layer.", "."): tuple(getattr(p, "ds_shape", p.shape))
+                  for name, p in policy.named_parameters() if "lora_" not in name}
         theirs = {name: tuple(p.shape) for name, p in reference.named_parameters()}
         if theirs != shapes:
             differ = sorted(set(shapes) ^ set(theirs)) or [n for n in shapes if shapes[n] != theirs[n]]
