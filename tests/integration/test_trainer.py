@@ -158,3 +158,41 @@ def test_tables_waiting_for_the_prepared_policy_are_computed_together_before_the
     trainer.state.global_step = 7
     with pytest.raises(RuntimeError, match="missing at step 7.*reference-"):
         trainer._reference(False, trainer.model)
+
+
+@pytest.mark.parametrize("reference", ["copy", "precomputed"])
+def test_reference_model_is_the_reference_instead_of_the_initial_policy(tmp_path, tiny_checkpoint, tiny_records,
+                                                                        reference):
+    """With ``reference_model`` the reference's log-probs are that checkpoint's, not the policy's."""
+    other = tmp_path / "other"
+    model, processor = load_tiny(tiny_checkpoint, perturb=True)
+    model.save_pretrained(other)
+    processor.save_pretrained(other)
+    policy, processor = load_tiny(tiny_checkpoint)
+    ds = PreferenceDataset(tiny_records)
+    args = training_args(tmp_path / "out", max_steps=1, reference=reference, reference_model=str(other))
+    trainer = PreferenceTrainer(policy, args, processor, ds)
+    collator = PreferenceCollator(RowEncoder(processor))
+    batch = collator([ds[i] for i in (0, 3)])
+    expected = FrozenCopyReference(load_tiny(other)[0])(batch)
+    torch.testing.assert_close(trainer.reference(batch), expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(FrozenCopyReference(load_tiny(tiny_checkpoint)[0])(batch), expected)
+
+
+def test_reference_model_of_another_architecture_or_with_the_adapter_reference_is_refused(
+        tmp_path, tiny_checkpoint, tiny_records):
+    from mmpo.toyworld.model import TinyVLMConfig, build_processor, build_tiny_vlm, train_tokenizer
+
+    tokenizer = train_tokenizer()
+    bigger = tmp_path / "bigger"
+    build_tiny_vlm(tokenizer, TinyVLMConfig(text_intermediate=320), seed=0).save_pretrained(bigger)
+    build_processor(tokenizer).save_pretrained(bigger)
+    policy, processor = load_tiny(tiny_checkpoint)
+    with pytest.raises(ValueError, match="reference_model .*bigger does not match the policy's tensors"):
+        PreferenceTrainer(policy, training_args(tmp_path / "a", reference_model=str(bigger)), processor,
+                          PreferenceDataset(tiny_records))
+    model_args = ModelArguments(model_name_or_path=str(tiny_checkpoint), use_lora=True)
+    lora = prepare_policy(load_tiny(tiny_checkpoint)[0], model_args, training_args(tmp_path / "b"))
+    with pytest.raises(ValueError, match="reference_model .* needs reference: copy or precomputed"):
+        PreferenceTrainer(lora, training_args(tmp_path / "b", reference="adapter", reference_model=str(tiny_checkpoint)),
+                          processor, PreferenceDataset(tiny_records))

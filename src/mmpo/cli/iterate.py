@@ -16,6 +16,7 @@ from the round's last complete checkpoint (with ``save_strategy: steps``). Under
 launch`` every process samples and judges its share of each round's prompts, and all train.
 
 examples:
+  mmpo base-model --output-dir runs/base-model     # the model configs/toyworld/*.yaml start from
   mmpo iterate configs/toyworld/dpo.yaml --rounds 3 --output_dir runs/rounds --max_steps 70 --save_strategy steps --save_steps 10
   mmpo iterate my_llava.yaml --rounds 4 --items_file prompts.jsonl --judge endpoint \\
       --judge_url http://localhost:8000/v1 --judge_model_name Qwen2.5-VL-72B-Instruct
