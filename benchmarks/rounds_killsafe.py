@@ -1,13 +1,14 @@
 """Kill a 3-round ``mmpo iterate`` run at random moments, rerun it, and compare with an uninterrupted run.
 
-    python benchmarks/rounds_killsafe.py                 # 4 kills at random moments (~3 min, 2 cores)
+    python benchmarks/rounds_killsafe.py                 # 8 kills at random moments (~2 min, 2 cores)
     python benchmarks/rounds_killsafe.py --kills 5 --seed 1
 
-1. An uninterrupted run: 3 rounds on the shipped base model, 32 scenes per round, 6 samples per
-   scene, 24 optimizer steps per round with a checkpoint every 4 (``save_strategy: steps``).
-2. The same command in another directory, SIGKILL-ed ``--kills`` times, each rerun (which continues
-   the last) killed at a moment drawn uniformly from 0.3-1 times the uninterrupted run's duration
-   divided by the number of kills, so the kills spread over the run; then rerun to the end. Where each kill landed (round, stage) is read from the files.
+1. An uninterrupted run: 3 rounds on the shipped base model, 64 scenes per round, 6 samples per
+   scene, 60 optimizer steps per round with a checkpoint every 10 (``save_strategy: steps``), each
+   round's model evaluated on 50 held-out scenes.
+2. The same command in another directory, SIGKILL-ed ``--kills`` times: each rerun (which continues
+   the last) is killed after its start-up plus 0.5-1.5 times (uninterrupted duration - start-up) /
+   (kills + 1), drawn uniformly, so the kills spread over the run; then rerun to the end. Where each kill landed (round, stage) is read from the files.
 3. Every round's pairs compared line for line, and every round's model tensor by tensor (max |dW|).
 
 Prints a table and writes ``--out`` (JSON).
@@ -31,9 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def command(out: Path, base: Path) -> list[str]:
     return [sys.executable, "-m", "mmpo.cli.main", "iterate", str(ROOT / "src/mmpo/configs/toyworld/dpo.yaml"),
-            "--rounds", "3", "--world_scenes", "96", "--samples", "6", "--sample_batch_size", "8", "--eval_scenes", "0",
-            "--max_steps", "24", "--per_device_train_batch_size", "8", "--warmup_steps", "2", "--save_strategy", "steps",
-            "--save_steps", "4", "--model_name_or_path", str(base), "--output_dir", str(out), "--disable_tqdm", "true"]
+            "--rounds", "3", "--world_scenes", "192", "--samples", "6", "--sample_batch_size", "8", "--eval_scenes",
+            "50", "--max_steps", "60", "--per_device_train_batch_size", "8", "--warmup_steps", "5", "--save_strategy",
+            "steps", "--save_steps", "10", "--model_name_or_path", str(base), "--output_dir", str(out), "--disable_tqdm", "true"]
 
 
 def where(out: Path) -> str:
@@ -44,6 +45,8 @@ def where(out: Path) -> str:
             continue
         if (folder / "round.json").exists():
             return f"after round {k}"
+        if (folder / "model" / "model.safetensors").exists():
+            return f"round {k}, evaluating or marking it finished (its model saved)"
         checkpoints = sorted(folder.glob("model/checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
         if checkpoints:
             return f"round {k}, training (last checkpoint {checkpoints[-1].name})"
@@ -51,7 +54,7 @@ def where(out: Path) -> str:
             return f"round {k}, training (no checkpoint yet)"
         journal = folder / "samples" / "rank-0-of-1.jsonl"
         n = len(journal.read_text().splitlines()) if journal.exists() else 0
-        return f"round {k}, sampling ({n} of 32 scenes journaled)"
+        return f"round {k}, sampling ({n} of 64 scenes journaled)"
     return "before round 1"
 
 
@@ -73,7 +76,7 @@ def max_difference(a: Path, b: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", default="runs/rounds-killsafe")
-    p.add_argument("--kills", type=int, default=4)
+    p.add_argument("--kills", type=int, default=8)
     p.add_argument("--seed", type=int, default=0, help="seeds the kill moments")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "rounds_killsafe.json"))
     ns = p.parse_args(argv)
@@ -86,14 +89,20 @@ def main(argv: list[str] | None = None) -> int:
     whole, killed = run_dir / "uninterrupted", run_dir / "killed"
 
     began = time.perf_counter()
-    subprocess.run(command(whole, base), check=True, env=env, capture_output=True)
+    process = subprocess.Popen(command(whole, base), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while process.poll() is None and not (whole / "rounds-settings.json").exists():
+        time.sleep(0.05)
+    startup = time.perf_counter() - began  # imports and checks, repeated by every rerun
+    _, stderr = process.communicate()
+    if process.returncode:
+        raise SystemExit(stderr.decode()[-2000:])
     duration = time.perf_counter() - began
-    print(f"uninterrupted: {duration:.1f} s")
+    print(f"uninterrupted: {duration:.1f} s ({startup:.1f} s before round 1 starts)")
 
     rng = random.Random(ns.seed)
     kills = []
     for _ in range(ns.kills):  # each rerun continues the last one: kills spread over the whole run
-        delay = rng.uniform(0.3, 1.0) * duration / ns.kills
+        delay = startup + rng.uniform(0.5, 1.5) * (duration - startup) / (ns.kills + 1)
         process = subprocess.Popen(command(killed, base), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             process.wait(timeout=delay)
