@@ -402,11 +402,13 @@ def on_policy_rounds(opts: DemoOptions, model_args, args, methods, base_dir: Pat
                              vision_pipeline=world_vision_pipeline(scorer) if methods.adavip.enabled else None)
     items = scene_items(preference_scenes(world, opts.n_pairs, opts.seed), folder / "images")
     judge = SceneJudge(flip_prob=opts.judge_flip, seed=opts.seed)
-    results = run_rounds(model_args, dataclasses.replace(args, output_dir=str(run_dir)), methods, plan, items, judge,
+    # checkpoints a few times per round: a killed demo resumes its rounds mid-training
+    args = dataclasses.replace(args, output_dir=str(run_dir), save_strategy="steps", save_steps=max(1, min(steps) // 3))
+    results = run_rounds(model_args, args, methods, plan, items, judge,
                          enrich=enrich, evaluate=evaluator(opts, world, keep_items=False), progress=opts.progress,
                          say=indent)
     return {"n": n, "steps": list(steps), "pairs_per_round": plan.pairs_per_round,
-            "items_per_round": plan.items_per_round, "offline": {"pairs": n_pairs, "steps": args.max_steps},
+            "items_per_round": plan.items_per_round, "offline": {"pairs": n_pairs, "steps": sum(steps)},
             "run_dir": str(run_dir), "rounds": [r.to_dict() for r in results]}
 
 
