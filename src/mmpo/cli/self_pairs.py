@@ -30,7 +30,6 @@ examples:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -79,13 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
 def synthetic_items(n: int, seed: int, image_dir: Path) -> list[tuple[str, str, str, dict[str, Any]]]:
     """``n`` held-out scenes of the synthetic world (no co-occurrence or colour priors) rendered to
     ``image_dir``, with the describe prompt and the scene in meta (what the scene judge reads)."""
-    from ..io import ensure_png
-    from ..toyworld.scenes import DESCRIBE_PROMPT, WorldConfig, sample_scenes
+    from ..toyworld.rounds import scene_items
+    from ..toyworld.scenes import WorldConfig, sample_scenes
 
-    image_dir.mkdir(parents=True, exist_ok=True)
-    return [(scene.id, str(ensure_png(image_dir / f"{scene.id}.png", scene.render)), DESCRIBE_PROMPT,
-             {"scene": json.dumps(scene.to_dict())})
-            for scene in sample_scenes(WorldConfig(seed=seed).held_out(seed=seed + 1), n, prefix="self")]
+    return scene_items(sample_scenes(WorldConfig(seed=seed).held_out(seed=seed + 1), n, prefix="self"), image_dir)
 
 
 def make_judge(ns: argparse.Namespace, parser: argparse.ArgumentParser):
