@@ -62,8 +62,6 @@ TABLE_KEYS = ("chair_i", "chair_s", "coverage", "mentions_per_response", "attrib
               "pope_accuracy", "pope_yes_ratio")
 #: the PNG plots of the run directory: the report's curve groups (``rewards.png``, ``aspo.png``, ...)
 PLOTS = {f"{group}.png": list(keys) for group, (_, keys) in CURVE_GROUPS.items()}
-#: result entries kept out of metrics.json: the answers go to eval/answers.json (the report's gallery)
-BULKY_KEYS = ("samples", "per_scene", "per_question")
 #: bumped when what an evaluation records changes, so cached metrics without it are recomputed
 EVAL_VERSION = 2
 
@@ -308,7 +306,10 @@ def run_demo(opts: DemoOptions) -> dict:
 
 
 def _scalars(result: dict) -> dict:
-    return {k: v for k, v in result.items() if k not in BULKY_KEYS}
+    """The result for metrics.json: the answers go to eval/answers.json (the report's gallery)."""
+    from ..toyworld.rounds import scalars
+
+    return scalars(result)
 
 
 def write_answers(out: Path, world, opts: DemoOptions, results: dict[str, dict]) -> Path:

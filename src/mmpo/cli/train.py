@@ -10,20 +10,14 @@ import logging
 
 
 def main(argv: list[str]) -> int:
-    from ..training.config import Methods, parse_config
+    from ..training.config import Methods, parse_command_line
     from ..training.run import run_training
 
-    if not argv or argv[0] in ("-h", "--help"):
-        from transformers import HfArgumentParser
-
-        from ..training.config import CONFIG_CLASSES
-
-        print(__doc__)
-        HfArgumentParser(CONFIG_CLASSES).print_help()
-        return 0
-    path, overrides = (argv[0], argv[1:]) if not argv[0].startswith("--") else (None, argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    model_args, data_args, args, aspo, dama, adavip = parse_config(path, overrides)
+    parsed = parse_command_line(argv, __doc__)
+    if parsed is None:
+        return 0
+    model_args, data_args, args, aspo, dama, adavip = parsed
     run_training(model_args, data_args, args, Methods(aspo, dama, adavip),
                  resume_from_checkpoint=args.resume_from_checkpoint)
     return 0

@@ -291,31 +291,21 @@ def rounds_section(runs: Sequence[Run]) -> str:
         info = run.info.get("rounds")
         if not isinstance(info, Mapping) or not isinstance(info.get("rounds"), list):
             continue
-        rounds = [r for r in info["rounds"] if isinstance(r, Mapping)]
+        rounds = [r for r in info["rounds"] if isinstance(r, Mapping) and isinstance(r.get("round"), int)]
         offline = info.get("offline") if isinstance(info.get("offline"), Mapping) else None
         head = "<tr><th>round</th>" + "".join(f"<th>{_e(title)}</th>" for title, _, _ in ROUND_COLUMNS) + "</tr>"
-        rows = []
+        rows = [_round_row("start" if r["round"] == 0 else str(r["round"]), r) for r in rounds]
+        series = {"on-policy rounds": [_round_point(r["round"], r) for r in rounds]}
         if offline is not None and run.primary_label in run.columns:
-            after = {metric: value for (_, metric), value in run.columns[run.primary_label].items()}
+            # the offline pass as a round's result: its pairs, steps and the trained model's metrics
             pairs = run.info.get("self_pairs") or {}
-            values = {"pairs": {"written": offline.get("pairs"), **{k: pairs.get(k) for k in (
+            result = {"pairs": {"written": offline.get("pairs"), **{k: pairs.get(k) for k in (
                 "chosen_with_wrong", "chosen_wrong_rate", "rejected_wrong_rate")}},
-                "train": {"steps": offline.get("steps")}, "metrics": after}
-            rows.append(_round_row("offline pass", values))
-        rows += [_round_row("start" if r.get("round") == 0 else str(r.get("round")), r) for r in rounds]
-        series = {"on-policy rounds": [{"step": r["round"], **(r.get("metrics") or {}),
-                                        **{k: _dig(r, ("pairs", k)) for k in ("chosen_with_wrong",)},
-                                        "reward_margin": _dig(r, ("train", "reward_margin"))}
-                                       for r in rounds if isinstance(r.get("round"), int)]}
-        for row in series["on-policy rounds"]:
-            for key in [k for k, v in row.items() if v is None]:
-                del row[key]
-        if offline is not None and run.primary_label in run.columns and rounds:
-            last = max(r["round"] for r in rounds if isinstance(r.get("round"), int))
-            point = {metric: value for (_, metric), value in run.columns[run.primary_label].items()}
-            chosen = (run.info.get("self_pairs") or {}).get("chosen_with_wrong")
-            series["offline pass (all steps)"] = [{"step": last, **point,
-                                                   **({"chosen_with_wrong": chosen} if chosen is not None else {})}]
+                "train": {"steps": offline.get("steps")},
+                "metrics": {metric: value for (_, metric), value in run.columns[run.primary_label].items()}}
+            rows.insert(0, _round_row("offline pass", result))
+            if rounds:
+                series["offline pass (all steps)"] = [_round_point(rounds[-1]["round"], result)]
         svg = curves_svg(series, ROUND_PANELS, salt=f"rounds{index}", xlabel="round")
         note = ("Each round samples the model it starts from on its own prompts, judges every claim and pairs the "
                 "best against the worst response; round 0 is the starting model. <i>chosen with a wrong claim</i>: "
@@ -327,6 +317,13 @@ def rounds_section(runs: Sequence[Run]) -> str:
                      f"<thead>{head}</thead><tbody>{''.join(rows)}</tbody></table></div>"
                      + (f"<figure class='curves'><figcaption>per round</figcaption>{svg}</figure>" if svg else ""))
     return f"<section id='rounds'><h2>On-policy rounds</h2>{''.join(parts)}</section>" if parts else ""
+
+
+def _round_point(x: int, result: Mapping[str, Any]) -> dict[str, Any]:
+    """A round's result as one point of the per-round panels (missing values left out)."""
+    point = {**(result.get("metrics") or {}), "chosen_with_wrong": _dig(result, ("pairs", "chosen_with_wrong")),
+             "reward_margin": _dig(result, ("train", "reward_margin"))}
+    return {"step": x, **{k: v for k, v in point.items() if v is not None}}
 
 
 def _round_row(label: str, result: Mapping[str, Any]) -> str:

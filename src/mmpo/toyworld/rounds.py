@@ -58,9 +58,14 @@ def world_evaluator(world: WorldConfig, n_scenes: int, *, seed: int, n_stats_sce
     def evaluate(model: Any, processor: Any) -> dict[str, Any]:
         result = evaluate_world(model, processor, scenes, pope_split_scenes_for_stats=stats, seed=seed,
                                 progress=progress, keep_items=keep_items)
-        return result if keep_items else {k: v for k, v in result.items() if k not in BULKY_KEYS}
+        return result if keep_items else scalars(result)
 
     return evaluate
+
+
+def scalars(result: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation result without its per-scene answers and questions (:data:`BULKY_KEYS`)."""
+    return {k: v for k, v in result.items() if k not in BULKY_KEYS}
 
 
 def world_vision_pipeline(scorer: Any) -> Callable[[list], Any]:

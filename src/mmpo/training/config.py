@@ -499,3 +499,14 @@ def parse_config(yaml_path: str | Path | None = None, overrides: list[str] | Non
         if yaml_path is None:
             raise
         raise ValueError(f"{yaml_path}: {error}") from error
+
+
+def parse_command_line(argv: list[str], doc: str, classes: tuple = CONFIG_CLASSES) -> tuple | None:
+    """``CONFIG.yaml [--field value ...]`` (or overrides alone) parsed by :func:`parse_config`;
+    ``None`` after printing ``doc`` and every field's help when ``argv`` is empty or asks for help."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(doc)
+        HfArgumentParser(classes).print_help()
+        return None
+    path, overrides = (argv[0], argv[1:]) if not argv[0].startswith("--") else (None, argv)
+    return parse_config(path, overrides, classes=classes)

@@ -151,14 +151,16 @@ def whole_tensors(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
             yield name, tensor
 
 
-def prepare_reference_model(model: torch.nn.Module, accelerator, *, shard: bool = True) -> torch.nn.Module:
-    """A frozen copy of ``model`` (the initial policy), prepared by the run's engine.
+def prepare_reference_model(model: torch.nn.Module, accelerator, *, shard: bool = True,
+                            copy: bool = True) -> torch.nn.Module:
+    """A frozen copy of ``model`` (the initial policy), prepared by the run's engine; with
+    ``copy=False`` ``model`` itself (a model loaded for the reference alone), frozen.
 
     Returns the module to call for the reference's forward pass: the copy itself (moved to the
     device, or ``fully_shard``-ed in place), an FSDP1 wrapper or a DeepSpeed engine.
     """
     kind, stage = engine(accelerator), zero_stage(accelerator)
-    reference = frozen_copy(model)
+    reference = frozen_copy(model) if copy else model.eval().requires_grad_(False)
     if shard and kind == "fsdp":
         prepared = _fsdp_prepare(reference, accelerator)
     elif kind == "deepspeed" and stage == 3 and (shard or is_partitioned(reference)):

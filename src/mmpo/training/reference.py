@@ -39,14 +39,15 @@ class FrozenCopyReference:
 
     With an ``accelerator`` the copy is prepared by the run's engine (sharded under FSDP and
     ZeRO-3 like the policy; :func:`mmpo.training.distributed.prepare_reference_model`); without
-    one it is a plain copy on the policy's device.
+    one it is a plain copy on the policy's device. ``copy=False`` uses ``model`` itself, for a
+    model loaded to be the reference (``reference_model``), which needs no second copy.
     """
 
-    def __init__(self, model: torch.nn.Module, accelerator=None, shard: bool = True):
+    def __init__(self, model: torch.nn.Module, accelerator=None, shard: bool = True, copy: bool = True):
         if accelerator is None:
-            self.model = frozen_copy(model)
+            self.model = frozen_copy(model) if copy else model.eval().requires_grad_(False)
         else:
-            self.model = prepare_reference_model(model, accelerator, shard=shard)
+            self.model = prepare_reference_model(model, accelerator, shard=shard, copy=copy)
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, Any]) -> torch.Tensor:

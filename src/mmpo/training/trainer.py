@@ -170,7 +170,8 @@ class PreferenceTrainer(Trainer):
             return AdapterReference(lambda: self.accelerator.unwrap_model(self.model))
         source = self.model if not args.reference_model else self._load_reference_model(args.reference_model)
         if kind == "copy":
-            return FrozenCopyReference(source, self.accelerator, shard=args.shard_reference)
+            return FrozenCopyReference(source, self.accelerator, shard=args.shard_reference,
+                                       copy=source is self.model)
         if args.reference_model and distributed.engine(self.accelerator) in ("fsdp", "deepspeed"):
             raise ValueError("reference_model with reference: precomputed is not supported under FSDP or DeepSpeed "
                              "(the table is computed by the prepared policy); use reference: copy")
