@@ -115,6 +115,11 @@ class DemoOptions:
     dama_recipe: str | None = _option(None, "DAMA's recipe (methods dama, d2po, mdpo and their compositions): authors "
                                       "(the released code) or paper (Eqs. 9-17 as printed); default: the config's",
                                       choices=("authors", "paper"))
+    prompts: str = _option("describe", "with --data self: the instructions pairs are sampled for. describe = \"describe the "
+                           "image\" only; mixed = half of the scenes asked a question instead (existence, colour, count "
+                           "or position, answered by the policy and judged like a description), as RLAIF-V's data mixes "
+                           "instructions. mixed starts from a base model supervised on those questions too (built on "
+                           "this machine, cached)", choices=("describe", "mixed"))
     rounds: int = _option(0, "also train N on-policy rounds (RLAIF-V's loop: each round samples the current policy on "
                           "its own slice of the same scenes, judges, pairs and trains) and compare them with the one "
                           "offline pass at equal numbers of pairs and optimizer steps; 0: the offline pass only")
@@ -192,7 +197,7 @@ def run_demo(opts: DemoOptions) -> dict:
 
     from ..io import atomic_write_text
     from ..plots import plot_log_history
-    from ..toyworld.base_model import BaseModelRecipe, ensure_base_model
+    from ..toyworld.base_model import ensure_base_model
     from ..toyworld.scenes import WorldConfig
     from ..training.config import Methods
     from ..training.model_loading import load_policy
@@ -208,6 +213,10 @@ def run_demo(opts: DemoOptions) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(opts.seed)
     world = WorldConfig(seed=opts.seed)
+    if opts.prompts != "describe" and (data_kind != "self" or opts.rounds):
+        raise ValueError(f"--prompts {opts.prompts} asks the policy questions for self-generated pairs: it needs --data "
+                         f"self and no --rounds (the rounds' pool is the describe prompt's), not --data {data_kind}"
+                         + (f" --rounds {opts.rounds}" if opts.rounds else ""))
     if opts.rounds and data_kind != "self":
         raise ValueError(f"--rounds samples the policy's own responses each round: it needs --data self, not {data_kind}")
     if opts.rounds < 0 or (opts.rounds and opts.n_pairs // opts.rounds < 1):
@@ -215,7 +224,7 @@ def run_demo(opts: DemoOptions) -> dict:
     steps = (6 if with_control else 5) + (1 if opts.rounds else 0)
 
     say(f"[1/{steps}] base model (tiny LLaVA, SFT on noisy captions; cache: {opts.cache_dir})")
-    recipe = BaseModelRecipe(world=world, n_scenes=opts.base_scenes, steps=opts.base_steps, seed=opts.seed)
+    recipe = base_recipe(opts, world)
     base_dir, ready = ensure_base_model(recipe, opts.cache_dir, progress=opts.progress, shipped=opts.shipped)
     say(f"      {provenance(base_dir, ready)} {base_dir}")
     model_args = dataclasses.replace(model_args, model_name_or_path=str(base_dir))
@@ -437,6 +446,16 @@ def rounds_table(metrics: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------ records
+def base_recipe(opts: DemoOptions, world):
+    """The base model's recipe: the shipped default, or with ``--prompts mixed`` the same recipe
+    whose SFT rows also answer the colour, count and position questions the mixed pairs ask."""
+    from ..toyworld.base_model import BaseModelRecipe
+
+    kinds = ("colour", "count", "position") if opts.prompts == "mixed" else ()
+    return BaseModelRecipe(world=world, n_scenes=opts.base_scenes, steps=opts.base_steps, seed=opts.seed,
+                           question_kinds=kinds)
+
+
 def prepare_records(opts: DemoOptions, data_kind: str, methods, base_dir: Path, model, processor,
                     world) -> tuple[list, Path]:
     """The method's records, built once per (base model, data settings) and cached as JSONL.
@@ -469,7 +488,8 @@ def data_folder(opts: DemoOptions, base_dir: Path, data_kind: str, needs_scores:
     data kind, the number of pairs, the seed, the CLIP recipe and what the method adds."""
     key = _key(DATA_VERSION, base_dir.name, data_kind, opts.n_pairs, opts.seed, opts.clip_steps, needs_scores,
                needs_vision, *([opts.judge_flip] if data_kind == "self" and opts.judge_flip else []),
-               *(["dama-delta-over-clip-logits"] if needs_scores else []))
+               *(["dama-delta-over-clip-logits"] if needs_scores else []),
+               *([f"prompts-{opts.prompts}"] if data_kind == "self" and opts.prompts != "describe" else []))
     folder = Path(opts.cache_dir) / f"demo-data-{key}"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
@@ -529,7 +549,12 @@ def self_generated_pairs(opts: DemoOptions, scenes: list, model, processor, fold
     from ..toyworld.judge import SceneJudge
     from ..toyworld.rounds import scene_items
 
-    items = scene_items(scenes, folder / "images")
+    if opts.prompts == "mixed":
+        from ..toyworld.questions import mixed_items
+
+        items = mixed_items(scenes, folder / "images", seed=opts.seed)
+    else:
+        items = scene_items(scenes, folder / "images")
     sampling = SamplingSettings(n=SELF_SAMPLES, temperature=SELF_TEMPERATURE, seed=opts.seed)
     if not 0 <= opts.judge_flip <= 1:
         raise ValueError(f"judge_flip must be in [0, 1], got {opts.judge_flip}")

@@ -41,9 +41,22 @@ class BaseModelRecipe:
     warmup_steps: int = 50
     seed: int = 0
     version: int = 2
+    #: Question kinds beyond yes/no existence added to the SFT rows (:func:`~mmpo.toyworld.data.sft_rows`);
+    #: empty (the default, the shipped model's recipe) leaves it out of the recipe's dict and hash.
+    question_kinds: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        """The recipe as ``recipe.json`` holds it (``question_kinds`` only when set, so recipes from
+        before the field existed keep their hash)."""
+        d = asdict(self)
+        if not self.question_kinds:
+            del d["question_kinds"]
+        else:
+            d["question_kinds"] = list(self.question_kinds)
+        return d
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def build_base_model(recipe: BaseModelRecipe, out_dir: str | Path, progress: bool = True) -> Path:
@@ -58,7 +71,7 @@ def build_base_model(recipe: BaseModelRecipe, out_dir: str | Path, progress: boo
     out_dir = Path(out_dir)
     torch.manual_seed(recipe.seed)
     scenes = sample_scenes(recipe.world, recipe.n_scenes, prefix="train")
-    rows = sft_rows(scenes, recipe.world, seed=recipe.seed)
+    rows = sft_rows(scenes, recipe.world, seed=recipe.seed, question_kinds=recipe.question_kinds)
     tokenizer = train_tokenizer()
     processor = build_processor(tokenizer, recipe.vlm)
     model = build_tiny_vlm(tokenizer, recipe.vlm, seed=recipe.seed)
@@ -72,7 +85,7 @@ def build_base_model(recipe: BaseModelRecipe, out_dir: str | Path, progress: boo
     model.save_pretrained(out_dir)
     processor.tokenizer.padding_side = "right"
     processor.save_pretrained(out_dir)
-    (out_dir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
+    (out_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
     (out_dir / "sft_log.json").write_text(json.dumps(trainer.state.log_history, indent=2))
     shutil.rmtree(out_dir / "sft_run", ignore_errors=True)
     return out_dir

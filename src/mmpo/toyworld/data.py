@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,17 +35,30 @@ class Row:
     response: str
 
 
-def sft_rows(scenes: list[Scene], config: WorldConfig, seed: int = 0, questions_per_scene: int = 1) -> list[Row]:
+def sft_rows(scenes: list[Scene], config: WorldConfig, seed: int = 0, questions_per_scene: int = 1,
+             question_kinds: Sequence[str] = ()) -> list[Row]:
     """The base model's training set: a (noisy) caption per scene plus yes/no questions.
 
     Half the questions ask about a present shape (answer "yes"). The other half ask about an
     absent shape (answer "no"); half of those ask about an absent *partner* of a present shape,
     and with ``caption_noise_prob`` that answer is a wrong "yes" — the same prior the noisy
     captions teach.
+
+    ``question_kinds`` (of :data:`~mmpo.toyworld.questions.QUESTION_KINDS`) adds one row per scene
+    and kind with the scene's true answer (:func:`~mmpo.toyworld.questions.true_answer`): an
+    instruction-tuned model's other skills, which RLAIF-V's mixed instructions draw on. They come
+    from their own random stream, so the rows above are the same with or without them.
     """
+    from .questions import ask, check_kinds, true_answer
+
+    extra_rng = random.Random(f"sft-questions-{seed}")
+    extra_kinds = check_kinds(question_kinds)
     rng = random.Random(seed)
     rows = []
     for scene in scenes:
+        for kind in extra_kinds:
+            question = ask(scene, kind, extra_rng)
+            rows.append(Row(scene, question.prompt, true_answer(scene, question)))
         rows.append(Row(scene, DESCRIBE_PROMPT, noisy_caption(scene, config, rng)))
         for _ in range(questions_per_scene):
             present = sorted(scene.shapes)

@@ -17,6 +17,7 @@ from typing import Any
 from ..data.construct.self_pairs import ClaimQuery, Verdict, stable_uniform
 from ..evaluation.chair import singular_forms, tokenize
 from .pope import pope_question
+from .questions import answer_problem, question_of
 from .scenes import COLOURS, QUADRANTS, SHAPES, SIZES, Scene
 
 #: Reasons a claim is wrong, in the order they are checked.
@@ -89,7 +90,9 @@ def scene_of(meta: dict[str, Any], key: str = "") -> Scene:
 
 @dataclass
 class SceneJudge:
-    """Judges claims exactly against the synthetic scene in each item's meta (:func:`claim_problem`).
+    """Judges claims exactly against the synthetic scene in each item's meta (:func:`claim_problem`);
+    when the meta also holds a question (``meta["question"]``, :mod:`~mmpo.toyworld.questions`), each
+    sentence is judged as an answer to it (:func:`~mmpo.toyworld.questions.answer_problem`).
 
     Attributes:
         flip_prob: fraction of verdicts flipped (a noisy labeler); which ones is decided by a hash of
@@ -114,8 +117,9 @@ class SceneJudge:
             scene = cache.get(id(query.meta))
             if scene is None:
                 scene = cache[id(query.meta)] = scene_of(query.meta, query.key)
-            problem = claim_problem(query.claim, scene)
-            if self.objects_only and problem not in (None, NO_OBJECT, ABSENT):
+            question = question_of(query.meta)
+            problem = claim_problem(query.claim, scene) if question is None else answer_problem(question, query.claim, scene)
+            if self.objects_only and question is None and problem not in (None, NO_OBJECT, ABSENT):
                 problem = None
             correct = problem is None
             reason = problem

@@ -37,7 +37,8 @@ def shipped_checkpoint(kind: str, recipe: Any) -> Path | None:
         saved = json.loads((folder / "recipe.json").read_text())
     except (OSError, ValueError):
         return None
-    return folder if saved == json.loads(json.dumps(asdict(recipe))) else None
+    wanted = recipe.to_dict() if hasattr(recipe, "to_dict") else asdict(recipe)
+    return folder if saved == json.loads(json.dumps(wanted)) else None
 
 
 def rebuild_shipped(progress: bool = True, into: Path = SHIPPED_DIR) -> list[Path]:
