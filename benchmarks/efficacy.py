@@ -48,7 +48,10 @@ from typing import Any
 import numpy as np
 
 #: The grid, in table order: the control first, then DPO, then the methods.
-GRID = ("sft-chosen", "dpo", "aspo", "d2po", "mdpo", "dama", "adavip", "adavip-plus-vision", "aspo-dama-adavip")
+GRID = ("sft-chosen", "dpo", "aspo", "d2po", "mdpo", "dama", "dama-paper", "adavip", "adavip-plus-vision",
+        "aspo-dama-adavip")
+#: Grid entries that are a method's config with another setting: name -> (config, DemoOptions overrides).
+VARIANTS = {"dama-paper": ("dama", {"dama_recipe": "paper"})}
 #: The end metrics, each computed from per-scene counts (so a bootstrap can resample scenes).
 METRICS = ("chair_i", "chair_s", "coverage", "pope_f1", "pope_yes_ratio")
 #: Lower is better for these (the sign that counts as "better than DPO").
@@ -70,6 +73,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sft-weight", type=float, default=None, help="NLL weight (default: the config's, 1)")
     p.add_argument("--data", choices=("self", "truth", "seva"), default="self", help="the pairs (default: self)")
     p.add_argument("--judge-flip", type=float, default=0.0, help="fraction of the scene judge's verdicts flipped")
+    p.add_argument("--prompts", choices=("describe", "mixed"), default="describe",
+                   help="self pairs' instructions: describe only, or half of them questions (implies --base-questions)")
+    p.add_argument("--base-questions", action="store_true",
+                   help="start from a base model supervised on colour, count and position questions too (built here)")
+    p.add_argument("--dama-recipe", choices=("authors", "paper"), default=None, help="DAMA's recipe (default: the config's)")
     p.add_argument("--n-pairs", type=int, default=800, help="scenes to build pairs from")
     p.add_argument("--n-eval-scenes", type=int, default=200, help="held-out evaluation scenes")
     p.add_argument("--base-steps", type=int, default=1500, help="SFT steps of the base model")
@@ -307,12 +315,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cache_dir=ns.cache_dir or str(default_cache_dir()), n_pairs=ns.n_pairs, n_eval_scenes=ns.n_eval_scenes,
         steps=ns.steps, batch_size=ns.batch_size, learning_rate=ns.learning_rate, beta=ns.beta,
         sft_weight=ns.sft_weight, base_steps=ns.base_steps, base_scenes=ns.base_scenes, clip_steps=ns.clip_steps,
-        seed=0, progress=not ns.no_progress, control=False)
+        seed=0, progress=not ns.no_progress, control=False, prompts=ns.prompts, dama_recipe=ns.dama_recipe)
     world = WorldConfig(seed=0)
     say = demo.say
 
     say(f"[1/5] base model (cache {opts.cache_dir})")
-    recipe = BaseModelRecipe(world=world, n_scenes=opts.base_scenes, steps=opts.base_steps, seed=0)
+    kinds = ("colour", "count", "position") if ns.base_questions or ns.prompts == "mixed" else ()
+    recipe = BaseModelRecipe(world=world, n_scenes=opts.base_scenes, steps=opts.base_steps, seed=0, question_kinds=kinds)
     base_dir, _ = ensure_base_model(recipe, opts.cache_dir, progress=opts.progress)
     _, (model_args, _, _, aspo, dama, adavip) = demo.demo_config(opts, run_dir / "all")
     model_args = dataclasses.replace(model_args, model_name_or_path=str(base_dir))
@@ -346,7 +355,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         base = {"metrics": evaluate(base_model), "visual_dependence": visual_dependence(base_model, processor, eval_scenes)}
         atomic_write_json(base_path, base)
-    mechanisms = {"aspo": aspo_check(base_model, processor, records), "dama": {"spearman": dama_check(records)}}
+    mechanisms = {"aspo": aspo_check(base_model, processor, records), "dama": dama_check(records)}
+    premise_records = aspo_premise_records(records)
+    premise = PremiseProbe(processor, premise_records, aspo_premise(base_model, processor, premise_records))
+    mechanisms["aspo_premise"] = {"base": premise.base}
     del base_model
 
     say(f"[4/5] the grid: {len(ns.methods)} methods x {ns.seeds} seeds")
@@ -355,11 +367,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for seed in range(ns.seeds):
             path = run_dir / "runs" / f"{method}-s{seed}" / "result.json"
             if path.exists():
-                results[method].append(json.loads(path.read_text()))
+                result = json.loads(path.read_text())
+                if "aspo_premise" not in result and (path.parent / "model").is_dir():  # a run from before the check
+                    from transformers import AutoModelForImageTextToText
+
+                    result["aspo_premise"] = premise(AutoModelForImageTextToText.from_pretrained(path.parent / "model"))
+                    atomic_write_json(path, result)
+                results[method].append(result)
                 say(f"      {method} seed {seed}: reused {path}")
                 continue
             began = time.time()
-            run_opts = dataclasses.replace(opts, method=method, seed=seed)
+            config, overrides = VARIANTS.get(method, (method, {}))
+            run_opts = dataclasses.replace(opts, method=config, seed=seed, **overrides)
             _, (m_args, _, args, m_aspo, m_dama, m_adavip) = demo.demo_config(run_opts, path.parent)
             m_args = dataclasses.replace(m_args, model_name_or_path=str(base_dir))
             model, _ = load_policy(m_args)
@@ -379,8 +398,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             metrics = evaluate(trainer.model)
             result = {"method": method, "seed": seed, "metrics": metrics,
                       "visual_dependence": visual_dependence(trainer.model, processor, eval_scenes),
+                      "aspo_premise": premise(trainer.model),
                       "log": trainer.state.log_history, "reward_gaps": gaps.curve if gaps else None,
                       "seconds": round(time.time() - began, 1)}
+            trainer.model.save_pretrained(path.parent / "model")  # 3 MB: later checks need no retraining
             atomic_write_json(path, result)
             results[method].append(result)
             say(f"      {method} seed {seed}: CHAIR_i {metrics['chair_i']:.3f}, coverage {metrics['coverage']:.3f}, "
@@ -392,6 +413,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stats["base"] = {m: float(metric_values(scene_counts(base["metrics"]), np.ones((1, len(eval_scenes))))[m][0])
                      for m in METRICS}
     mechanisms["adavip"] = adavip_check(base, results)
+    mechanisms["aspo_premise"]["runs"] = {m: summarize_premise([r.get("aspo_premise") for r in rs])
+                                          for m, rs in results.items()}
+    questions = world_pope_questions(eval_scenes, stats_scenes)
+    mechanisms["prior"] = {"base": prior_breakdown(base["metrics"], questions, world),
+                           **{m: mean_dicts([prior_breakdown(r["metrics"], questions, world) for r in rs])
+                              for m, rs in results.items()}}
     mechanisms["dama"]["reward_gaps"] = {m: results[m][0]["reward_gaps"] for m in ("dpo", "dama") if m in results}
     summary = {"settings": vars(ns), "records": len(records), "data_folder": str(folder), "self_pairs": pairs_report,
                "statistics": stats, "mechanisms": mechanisms,
@@ -446,15 +473,147 @@ def aspo_check(model, processor, records: list) -> dict[str, Any]:
             "auc_per_response_mean": {k: float(np.nanmean(v)) for k, v in per_response.items()}}
 
 
-def dama_check(records: list) -> float | None:
-    """Spearman correlation of alpha_D with (judged-wrong claims of rejected - of chosen)."""
-    pairs = [(r.data_alpha, sum(not c["correct"] for c in r.meta["self_pairs"]["rejected_claims"])
-              - sum(not c["correct"] for c in r.meta["self_pairs"]["chosen_claims"]))
-             for r in records if r.data_alpha is not None and "self_pairs" in r.meta]
-    if len(pairs) < 3:
-        return None
-    alpha, gap = np.array(pairs, float).T
-    return spearman(alpha, gap)
+def dama_check(records: list) -> dict[str, Any]:
+    """Spearman correlation of alpha_D with the pair's judged quality gap: as a count (judged-wrong
+    claims of rejected - of chosen; ``spearman``), as a rate (their fractions of wrong claims;
+    ``spearman_rate``), and the count gap among pairs whose responses have equal numbers of claims
+    (``spearman_equal_length``)."""
+    rows = []
+    for r in records:
+        if r.data_alpha is None or "self_pairs" not in r.meta:
+            continue
+        chosen, rejected = r.meta["self_pairs"]["chosen_claims"], r.meta["self_pairs"]["rejected_claims"]
+        wrong_c, wrong_r = sum(not c["correct"] for c in chosen), sum(not c["correct"] for c in rejected)
+        rows.append((r.data_alpha, wrong_r - wrong_c, wrong_r / max(len(rejected), 1) - wrong_c / max(len(chosen), 1),
+                     len(chosen) == len(rejected)))
+    if len(rows) < 3:
+        return {"spearman": None}
+    alpha, count_gap, rate_gap, equal = (np.array(c) for c in zip(*rows, strict=True))
+    equal = equal.astype(bool)
+    return {"spearman": spearman(alpha, count_gap), "spearman_rate": spearman(alpha, rate_gap),
+            "spearman_equal_length": spearman(alpha[equal], count_gap[equal]) if equal.sum() >= 3 else None,
+            "n_pairs": len(rows), "n_equal_length": int(equal.sum())}
+
+
+# ------------------------------------------------------------------------------------------ premises
+def aspo_premise_records(records: list, limit: int = 300) -> list:
+    """Describe-prompt records whose chosen response holds both judged-correct and judged-wrong
+    sentences (ASPO's case), the first ``limit``."""
+    from mmpo.toyworld.scenes import DESCRIBE_PROMPT
+
+    return [r for r in records if r.prompt == DESCRIBE_PROMPT and "self_pairs" in r.meta
+            and len({c["correct"] for c in r.meta["self_pairs"]["chosen_claims"]}) == 2][:limit]
+
+
+def aspo_premise(model, processor, records: list) -> dict[str, Any]:
+    """What training did to the chosen responses' own judged-wrong sentences (ASPO's premise: down-
+    weighting them should stop the policy from learning them).
+
+    * ``sentence_logps``: per chosen sentence, its mean token log-prob under ``model`` and its verdict
+      (a check subtracts the base model's to get the change);
+    * ``ghosts_repeated``: of the objects the chosen responses hallucinate (judged "absent object"),
+      the fraction ``model``'s greedy description of the same image mentions again.
+    """
+    from mmpo.evaluation.chair import singular_forms, tokenize
+    from mmpo.generation import generate_responses
+    from mmpo.scoring.sentences import RuleSplitter
+    from mmpo.toyworld.judge import ABSENT, claim_facts
+    from mmpo.toyworld.scenes import DESCRIBE_PROMPT
+
+    if not records:
+        return {}
+    _, _, means = response_logps(model, processor, records, splitter=RuleSplitter())
+    logps, correct = [], []
+    for record, sentence_means in zip(records, means, strict=True):
+        claims = record.meta["self_pairs"]["chosen_claims"]
+        if len(claims) == len(sentence_means):
+            logps += sentence_means
+            correct += [bool(c["correct"]) for c in claims]
+    descriptions = generate_responses(model, processor, [r.image for r in records], DESCRIBE_PROMPT, progress=False)
+    ghosts = repeated = 0
+    for record, description in zip(records, descriptions, strict=True):
+        said = {form for word in tokenize(description) for form in singular_forms(word)}
+        for claim in record.meta["self_pairs"]["chosen_claims"]:
+            if not claim["correct"] and claim.get("reason") == ABSENT:
+                ghosts += 1
+                repeated += claim_facts(claim["text"]).shape in said
+    return {"sentence_logps": logps, "correct": correct, "ghosts": ghosts,
+            "ghosts_repeated": repeated / ghosts if ghosts else float("nan")}
+
+
+class PremiseProbe:
+    """:func:`aspo_premise` of a trained model, as changes from the base model's."""
+
+    def __init__(self, processor, records: list, base: dict[str, Any]):
+        self.processor, self.records, self.base_full = processor, records, base
+        self.base = {"ghosts": base.get("ghosts"), "ghosts_repeated": base.get("ghosts_repeated")}
+
+    def __call__(self, model) -> dict[str, Any]:
+        if not self.records:
+            return {}
+        after = aspo_premise(model, self.processor, self.records)
+        if len(after["sentence_logps"]) != len(self.base_full["sentence_logps"]):
+            return {"error": "sentence counts differ from the base model's"}
+        change = np.array(after["sentence_logps"]) - np.array(self.base_full["sentence_logps"])
+        correct = np.array(self.base_full["correct"], bool)
+        return {"logp_change_wrong": float(change[~correct].mean()), "logp_change_correct": float(change[correct].mean()),
+                "n_wrong": int((~correct).sum()), "n_correct": int(correct.sum()),
+                "ghosts": after["ghosts"], "ghosts_repeated": after["ghosts_repeated"]}
+
+
+def summarize_premise(per_seed: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """Mean over seeds of each number of :class:`PremiseProbe`'s results (and the per-seed values)."""
+    rows = [r for r in per_seed if r and "logp_change_wrong" in r]
+    if not rows:
+        return {}
+    keys = ("logp_change_wrong", "logp_change_correct", "ghosts_repeated")
+    out: dict[str, Any] = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    out["wrong_minus_correct"] = out["logp_change_wrong"] - out["logp_change_correct"]
+    out["per_seed"] = {k: [r[k] for r in rows] for k in keys}
+    return out
+
+
+def world_pope_questions(eval_scenes: list, stats_scenes: list) -> list:
+    """The POPE questions :func:`mmpo.toyworld.evaluate.evaluate_world` asked (same arguments, same order)."""
+    from mmpo.toyworld.evaluate import world_questions
+
+    return world_questions(eval_scenes, "adversarial", stats_scenes=stats_scenes, n_negatives_per_scene=None, seed=0)
+
+
+def prior_breakdown(metrics: dict[str, Any], questions: list, world) -> dict[str, float]:
+    """Where a model's errors come from the world's co-occurrence prior.
+
+    * POPE "yes" rate on present objects (recall), on absent *partners* of a present object (the
+      prior's false yes) and on other absent objects;
+    * the share of hallucinated description mentions that are an absent partner of a present object.
+    """
+    rows = metrics["per_question"]
+    if len(rows) != len(questions):
+        raise ValueError(f"{len(rows)} POPE answers but {len(questions)} questions: the evaluation changed")
+    truth = {row["scene_id"]: set(row["truth"]) for row in metrics["per_scene"]}
+    groups: dict[str, list[bool]] = {"present": [], "absent_partner": [], "absent_other": []}
+    for row, q in zip(rows, questions, strict=True):
+        if row["scene_id"] != q.scene_id:
+            raise ValueError("POPE answers and questions are in different orders")
+        present = truth[q.scene_id]
+        partners = {world.partners[s] for s in present if s in world.partners}
+        group = "present" if q.label == "yes" else ("absent_partner" if q.category in partners else "absent_other")
+        groups[group].append(row["prediction"] == "yes")
+    partner_ghosts = ghosts = 0
+    for row in metrics["per_scene"]:
+        present = set(row["truth"])
+        partners = {world.partners[s] for s in present if s in world.partners}
+        for shape in set(row["mentioned"]) - present:
+            ghosts += 1
+            partner_ghosts += shape in partners
+    out = {f"yes_{k}": float(np.mean(v)) if v else float("nan") for k, v in groups.items()}
+    out |= {f"n_{k}": len(v) for k, v in groups.items()}
+    out["hallucinations_partner_share"] = partner_ghosts / ghosts if ghosts else float("nan")
+    return out
+
+
+def mean_dicts(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
 
 
 def adavip_check(base: dict[str, Any], results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -509,8 +668,35 @@ def results_markdown(summary: dict[str, Any]) -> str:
                   "| score | AUC pooled | mean per-response AUC |", "| --- | ---: | ---: |"]
         for key in ("weight", "similarity", "neg_perplexity"):
             lines.append(f"| {key} | {aspo['auc_pooled'][key]:.3f} | {aspo['auc_per_response_mean'][key]:.3f} |")
-    if mech["dama"]["spearman"] is not None:
-        lines += ["", f"DAMA: Spearman(alpha_D, judged quality gap) = {mech['dama']['spearman']:.3f}."]
+    dama = mech["dama"]
+    if dama.get("spearman") is not None:
+        equal = dama.get("spearman_equal_length")
+        lines += ["", f"DAMA: Spearman(alpha_D, judged quality gap) = {dama['spearman']:.3f} as a count of wrong "
+                  f"claims, {dama.get('spearman_rate', float('nan')):.3f} as a rate"
+                  + (f", {equal:.3f} among the {dama['n_equal_length']} pairs of equal length" if equal is not None else "")
+                  + f" ({dama.get('n_pairs')} pairs)."]
+    premise = mech.get("aspo_premise", {})
+    if premise.get("runs"):
+        base = premise["base"]
+        lines += ["", "ASPO's premise: the chosen responses' own judged-wrong sentences, after training (mean over seeds). "
+                  "Change of their mean token log-prob from the base model's, beside the correct sentences' change; "
+                  f"and the share of the {base['ghosts']} objects the chosen responses hallucinate that the model's "
+                  f"greedy description of the same image names again (base model: {base['ghosts_repeated']:.3f}):", "",
+                  "| method | d logp wrong | d logp correct | wrong - correct | ghosts repeated |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for method, row in premise["runs"].items():
+            if row:
+                lines.append(f"| {method} | {row['logp_change_wrong']:+.3f} | {row['logp_change_correct']:+.3f} | "
+                             f"{row['wrong_minus_correct']:+.3f} | {row['ghosts_repeated']:.3f} |")
+    prior = mech.get("prior")
+    if prior:
+        lines += ["", "The co-occurrence prior (mean over seeds): POPE \"yes\" rate on present objects, on absent partners "
+                  "of a present object and on other absent objects; share of hallucinated mentions that are an absent "
+                  "partner:", "", "| model | yes: present | yes: absent partner | yes: absent other | partner share |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for model, row in prior.items():
+            lines.append(f"| {model} | {row['yes_present']:.3f} | {row['yes_absent_partner']:.3f} | "
+                         f"{row['yes_absent_other']:.3f} | {row['hallucinations_partner_share']:.3f} |")
     lines += ["", "Visual dependence (mean log p(sentence | image) - log p(sentence | image without the object)):", "",
               "| model | mean | per seed |", "| --- | ---: | --- |"]
     for model, cell in mech["adavip"]["visual_dependence"].items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +86,17 @@ def test_quick_grid_runs_end_to_end(efficacy, tmp_path):
     again = efficacy.main(["--quick", "--run-dir", str(run_dir), "--cache-dir", str(tmp_path / "cache"),
                            "--no-progress", "--methods", "dpo", "aspo"])
     assert again["runs"]["dpo"] == summary["runs"]["dpo"]
+    # every run carries ASPO's premise check and the prior breakdown reads its POPE answers
+    premise = saved["mechanisms"]["aspo_premise"]
+    assert premise["base"]["ghosts"] >= 0
+    assert {"base", *efficacy.GRID} <= set(saved["mechanisms"]["prior"])
+    assert set(saved["mechanisms"]["dama"]) >= {"spearman", "spearman_rate", "spearman_equal_length"}
+    # the variants table reads the run directory; a setting compared with itself differs by 0
+    sys.path.insert(0, str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("efficacy_variants", SCRIPT.parent / "efficacy_variants.py")
+    variants = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(variants)
+    table = variants.main([str(run_dir), str(run_dir), "--out", str(tmp_path / "variants"), "--bootstrap", "50"])
+    same = table["settings"]["run"]["methods"]["dpo"]["vs_reference"]
+    assert same["chair_i"] == {"mean": 0.0, "lo": 0.0, "hi": 0.0}
+    assert "| run | aspo |" in (tmp_path / "variants" / "variants.md").read_text()

@@ -1,0 +1,111 @@
+"""One table of every efficacy grid run under a different setting: each method's paired difference
+against the DPO of its own setting, and each setting's DPO against the reference setting's.
+
+    python benchmarks/efficacy_variants.py runs/eff/sft1 runs/eff/sft0.1 ... --out benchmarks/results/efficacy-variants
+
+Each argument is a ``benchmarks/efficacy.py`` run directory (its ``results.json``; the per-run
+``runs/*/result.json`` for the cross-setting comparison). The first one is the reference setting.
+Setting names are the directory names. A method's difference against DPO is the grid's own paired
+bootstrap (same scenes, same seeds). DPO (and every method) of a setting is also compared with the
+same method in the reference setting, paired by seed and scene, when both settings evaluate the
+same held-out scenes.
+
+Writes ``variants.md`` and ``variants.json`` under ``--out``, and copies each setting's
+``results.md`` beside them (``SETTING.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from efficacy import METRICS, bootstrap, scene_counts  # noqa: E402
+
+SHOWN = ("chair_i", "coverage", "pope_f1", "pope_yes_ratio")
+
+
+def per_seed_counts(run_dir: Path) -> dict[str, dict[int, dict[str, np.ndarray]]]:
+    out: dict[str, dict[int, Any]] = {}
+    for path in sorted((run_dir / "runs").glob("*-s*/result.json")):
+        result = json.loads(path.read_text())
+        out.setdefault(result["method"], {})[int(result["seed"])] = scene_counts(result["metrics"])
+    return out
+
+
+def cross_setting(reference: dict, other: dict, method: str, replicates: int) -> dict[str, Any] | None:
+    """``other``'s ``method`` minus the reference setting's, paired by seed and scene."""
+    if method not in reference or method not in other:
+        return None
+    seeds = sorted(set(reference[method]) & set(other[method]))
+    if not seeds or len(reference[method][seeds[0]]["one"]) != len(other[method][seeds[0]]["one"]):
+        return None
+    stats = bootstrap({"dpo": [reference[method][s] for s in seeds], "other": [other[method][s] for s in seeds]},
+                      replicates)
+    return {m: stats["methods"]["other"][m]["diff_vs_dpo"] for m in METRICS} | {"seeds": len(seeds)}
+
+
+def cell(d: dict[str, float], metric: str) -> str:
+    text = f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+    better = d["hi"] < 0 if metric.startswith("chair") else d["lo"] > 0
+    return f"**{text}**" if better and metric != "pope_yes_ratio" else text
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dirs", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/efficacy-variants"))
+    p.add_argument("--bootstrap", type=int, default=2000)
+    ns = p.parse_args(argv)
+    ns.out.mkdir(parents=True, exist_ok=True)
+    reference_counts = per_seed_counts(ns.run_dirs[0])
+    rows, summary = [], {"reference": ns.run_dirs[0].name, "settings": {}}
+    for run_dir in ns.run_dirs:
+        results = json.loads((run_dir / "results.json").read_text())
+        stats = results["statistics"]
+        counts = per_seed_counts(run_dir)
+        setting = {"settings": {k: results["settings"][k] for k in results["settings"]
+                                if k not in ("run_dir", "no_progress", "methods", "quick", "bootstrap")},
+                   "records": results["records"], "base": stats["base"], "methods": {}}
+        for method, row in stats["methods"].items():
+            entry = {"seeds": len(counts.get(method, {})), "mean": {m: row[m]["mean"] for m in METRICS},
+                     "vs_dpo": {m: row[m].get("diff_vs_dpo") for m in METRICS}}
+            if run_dir != ns.run_dirs[0]:
+                entry["vs_reference"] = cross_setting(reference_counts, counts, method, ns.bootstrap)
+            setting["methods"][method] = entry
+            rows.append((run_dir.name, method, entry))
+        summary["settings"][run_dir.name] = setting
+        shutil.copyfile(run_dir / "results.md", ns.out / f"{run_dir.name}.md")
+
+    lines = ["# Every setting tried: paired differences (95% bootstrap intervals over scenes and seeds)", "",
+             "Within a setting, each method minus that setting's DPO (same seeds, same scenes).", "",
+             "| setting | method | seeds | CHAIR_i | vs DPO | coverage | vs DPO | POPE F1 | vs DPO | yes-ratio |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, method, entry in rows:
+        mean, vs = entry["mean"], entry["vs_dpo"]
+        diffs = {m: (cell(vs[m], m) if vs[m] else "") for m in ("chair_i", "coverage", "pope_f1")}
+        lines.append(f"| {name} | {method} | {entry['seeds']} | {mean['chair_i']:.3f} | {diffs['chair_i']} | "
+                     f"{mean['coverage']:.3f} | {diffs['coverage']} | {mean['pope_f1']:.3f} | {diffs['pope_f1']} | "
+                     f"{mean['pope_yes_ratio']:.3f} |")
+    lines += ["", f"Across settings: each method minus the same method in `{ns.run_dirs[0].name}` (paired by seed and "
+              "scene; settings with other held-out scenes are left out).", "",
+              "| setting | method | seeds | CHAIR_i | coverage | POPE F1 | yes-ratio |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, method, entry in rows:
+        vs = entry.get("vs_reference")
+        if vs:
+            lines.append(f"| {name} | {method} | {vs['seeds']} | " + " | ".join(cell(vs[m], m) for m in SHOWN) + " |")
+    text = "\n".join(lines) + "\n"
+    (ns.out / "variants.md").write_text(text)
+    (ns.out / "variants.json").write_text(json.dumps(summary, indent=2))
+    print(text)
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
