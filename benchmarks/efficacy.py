@@ -1,9 +1,13 @@
 """Do the methods work? Every method on the same self-generated pairs, several seeds, intervals,
 paired differences against DPO, and checks of each method's mechanism.
 
-    python benchmarks/efficacy.py                      # the full grid: 9 runs x 3 seeds (~40 min, 2 cores)
+    python benchmarks/efficacy.py                      # the full grid: 10 methods x 3 seeds (~25 min, 2 cores)
     python benchmarks/efficacy.py --quick              # 1 seed, a few steps (the integration test runs it)
     python benchmarks/efficacy.py --methods dpo aspo --seeds 2 --run-dir runs/efficacy-aspo
+    python benchmarks/efficacy.py --sft-weight 0 --learning-rate 1e-4 --beta 0.5 --run-dir runs/eff-sft0
+    python benchmarks/efficacy.py --prompts mixed --run-dir runs/eff-mixed     # half the pairs answer questions
+    python benchmarks/power.py runs/efficacy           # how small a difference the grid resolves
+    python benchmarks/efficacy_variants.py runs/efficacy runs/eff-sft0 ...     # every setting in one table
 
 1. The base model (the demo's: tiny LLaVA, SFT on noisy captions; cached).
 2. One record set for every method: RLAIF-V-style self-generated pairs (6 samples per scene from the
@@ -28,6 +32,13 @@ paired differences against DPO, and checks of each method's mechanism.
    * AdaViP: visual dependence, the mean over held-out objects O of ``log p(O's sentence | image) -
      log p(O's sentence | image with O removed)``, per model (AdaViP should raise it), and its
      loss weights over training (AdaViP's Fig. 5).
+6. Premise checks, per run (``result.json``; a run saved before them is measured from its saved model):
+   * ASPO's: inside chosen responses holding judged-wrong sentences, how training moved those
+     sentences' log-probs (vs the correct ones'), and how often the trained model's greedy
+     description of the same training image names the chosen response's hallucinated objects again;
+   * the world's co-occurrence prior (AdaViP's target): POPE's "yes" rate on present objects, on
+     absent partners of a present object and on other absent objects, and the share of hallucinated
+     mentions that are such partners.
 
 Output, in ``--run-dir``: ``results.md`` (the tables), ``results.json`` (everything, per run and
 aggregated), ``metrics.png`` (each metric with its interval per method), ``differences.png``

@@ -173,3 +173,25 @@ def test_demo_rounds_train_beside_the_offline_pass_at_equal_pairs_and_steps(tmp_
 def test_demo_rounds_need_self_pairs(tmp_path):
     with pytest.raises(ValueError, match="--rounds .* needs --data self"):
         demo.run_demo(demo.DemoOptions(rounds=2, data="truth", output_dir=str(tmp_path)))
+
+
+def test_demo_mixed_prompts_need_self_pairs_and_no_rounds(tmp_path):
+    for options in ({"data": "truth"}, {"rounds": 2}):
+        with pytest.raises(ValueError, match="--prompts mixed asks the policy questions .* needs --data self"):
+            demo.run_demo(demo.DemoOptions(prompts="mixed", output_dir=str(tmp_path), **options))
+
+
+def test_demo_mixed_prompts_train_on_questions_and_descriptions(tmp_path):
+    out = tmp_path / "run"
+    code = main(["demo", "--method", "aspo", "--prompts", "mixed", "--output-dir", str(out), "--cache-dir",
+                 str(tmp_path / "cache"), "--base-steps", "20", "--base-scenes", "64", "--n-pairs", "24",
+                 "--n-eval-scenes", "8", "--steps", "2", "--batch-size", "4", "--no-progress", "--no-control",
+                 "--no-report"])
+    assert code == 0
+    # the base model is built from the recipe that also answers the questions (the shipped one does not)
+    (base,) = (tmp_path / "cache").glob("toyworld-base-*")
+    assert json.loads((base / "recipe.json").read_text())["question_kinds"] == ["colour", "count", "position"]
+    samples = (tmp_path / "cache").glob("demo-data-*/self.samples.jsonl")
+    prompts = {json.loads(line)["prompt"] for path in samples for line in path.read_text().splitlines()
+               if '"prompt"' in line}
+    assert "describe the image ." in prompts and len(prompts) > 1
