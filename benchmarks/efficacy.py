@@ -379,7 +379,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             path = run_dir / "runs" / f"{method}-s{seed}" / "result.json"
             if path.exists():
                 result = json.loads(path.read_text())
-                if "aspo_premise" not in result and (path.parent / "model").is_dir():  # a run from before the check
+                if "truths_repeated" not in result.get("aspo_premise", {}) and (path.parent / "model").is_dir():
+                    # a run from before the check (or before its last part): measured on the saved model
                     from transformers import AutoModelForImageTextToText
 
                     result["aspo_premise"] = premise(AutoModelForImageTextToText.from_pretrained(path.parent / "model"))
@@ -541,15 +542,20 @@ def aspo_premise(model, processor, records: list) -> dict[str, Any]:
             logps += sentence_means
             correct += [bool(c["correct"]) for c in claims]
     descriptions = generate_responses(model, processor, [r.image for r in records], DESCRIBE_PROMPT, progress=False)
-    ghosts = repeated = 0
+    ghosts = repeated = truths = truths_repeated = 0
     for record, description in zip(records, descriptions, strict=True):
         said = {form for word in tokenize(description) for form in singular_forms(word)}
         for claim in record.meta["self_pairs"]["chosen_claims"]:
+            shape = claim_facts(claim["text"]).shape
             if not claim["correct"] and claim.get("reason") == ABSENT:
                 ghosts += 1
-                repeated += claim_facts(claim["text"]).shape in said
+                repeated += shape in said
+            elif claim["correct"] and shape is not None:
+                truths += 1
+                truths_repeated += shape in said
     return {"sentence_logps": logps, "correct": correct, "ghosts": ghosts,
-            "ghosts_repeated": repeated / ghosts if ghosts else float("nan")}
+            "ghosts_repeated": repeated / ghosts if ghosts else float("nan"),
+            "truths_repeated": truths_repeated / truths if truths else float("nan")}
 
 
 class PremiseProbe:
@@ -557,7 +563,7 @@ class PremiseProbe:
 
     def __init__(self, processor, records: list, base: dict[str, Any]):
         self.processor, self.records, self.base_full = processor, records, base
-        self.base = {"ghosts": base.get("ghosts"), "ghosts_repeated": base.get("ghosts_repeated")}
+        self.base = {k: base.get(k) for k in ("ghosts", "ghosts_repeated", "truths_repeated")}
 
     def __call__(self, model) -> dict[str, Any]:
         if not self.records:
@@ -569,7 +575,8 @@ class PremiseProbe:
         correct = np.array(self.base_full["correct"], bool)
         return {"logp_change_wrong": float(change[~correct].mean()), "logp_change_correct": float(change[correct].mean()),
                 "n_wrong": int((~correct).sum()), "n_correct": int(correct.sum()),
-                "ghosts": after["ghosts"], "ghosts_repeated": after["ghosts_repeated"]}
+                "ghosts": after["ghosts"], "ghosts_repeated": after["ghosts_repeated"],
+                "truths_repeated": after["truths_repeated"]}
 
 
 def summarize_premise(per_seed: list[dict[str, Any] | None]) -> dict[str, Any]:
@@ -577,7 +584,7 @@ def summarize_premise(per_seed: list[dict[str, Any] | None]) -> dict[str, Any]:
     rows = [r for r in per_seed if r and "logp_change_wrong" in r]
     if not rows:
         return {}
-    keys = ("logp_change_wrong", "logp_change_correct", "ghosts_repeated")
+    keys = ("logp_change_wrong", "logp_change_correct", "ghosts_repeated", "truths_repeated")
     out: dict[str, Any] = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     out["wrong_minus_correct"] = out["logp_change_wrong"] - out["logp_change_correct"]
     out["per_seed"] = {k: [r[k] for r in rows] for k in keys}
@@ -692,13 +699,15 @@ def results_markdown(summary: dict[str, Any]) -> str:
         lines += ["", "ASPO's premise: the chosen responses' own judged-wrong sentences, after training (mean over seeds). "
                   "Change of their mean token log-prob from the base model's, beside the correct sentences' change; "
                   f"and the share of the {base['ghosts']} objects the chosen responses hallucinate that the model's "
-                  f"greedy description of the same image names again (base model: {base['ghosts_repeated']:.3f}):", "",
-                  "| method | d logp wrong | d logp correct | wrong - correct | ghosts repeated |",
-                  "| --- | ---: | ---: | ---: | ---: |"]
+                  f"greedy description of the same image names again (base model: {base['ghosts_repeated']:.3f}), beside the "
+                  f"share of their true objects named again (base: {base.get('truths_repeated', float('nan')):.3f}):", "",
+                  "| method | d logp wrong | d logp correct | wrong - correct | ghosts repeated | true objects repeated |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
         for method, row in premise["runs"].items():
             if row:
                 lines.append(f"| {method} | {row['logp_change_wrong']:+.3f} | {row['logp_change_correct']:+.3f} | "
-                             f"{row['wrong_minus_correct']:+.3f} | {row['ghosts_repeated']:.3f} |")
+                             f"{row['wrong_minus_correct']:+.3f} | {row['ghosts_repeated']:.3f} | "
+                             f"{row.get('truths_repeated', float('nan')):.3f} |")
     prior = mech.get("prior")
     if prior:
         lines += ["", "The co-occurrence prior (mean over seeds): POPE \"yes\" rate on present objects, on absent partners "

@@ -57,6 +57,48 @@ def cell(d: dict[str, float], metric: str) -> str:
     return f"**{text}**" if better and metric != "pope_yes_ratio" else text
 
 
+def sd(values: np.ndarray) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+
+
+def premise_lines(summary: dict[str, Any], run_dirs: list[Path]) -> list[str]:
+    """The premise checks of every setting: ASPO's (hallucinated objects of the chosen responses named
+    again; log-prob change of their wrong minus their correct sentences), the prior's POPE "yes"
+    rates, and visual dependence; mean and seed-to-seed sd (paired difference vs DPO for ASPO's)."""
+    lines = ["", "Premise checks per setting (mean over seeds; +- the sd over seeds, or of the per-seed difference "
+             "vs DPO where marked):", "",
+             "| setting | method | ghosts named again | vs DPO | true objects named again | vs DPO | "
+             "wrong - correct d logp | yes: present | "
+             "yes: absent partner | yes: absent other | visual dependence |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for run_dir in run_dirs:
+        results = json.loads((run_dir / "results.json").read_text())
+        mech = results["mechanisms"]
+        premise = mech.get("aspo_premise", {}).get("runs", {})
+        prior, dependence = mech.get("prior", {}), mech["adavip"]["visual_dependence"]
+        for method in results["statistics"]["methods"]:
+            row = premise.get(method) or {}
+            cells = []
+            for key in ("ghosts_repeated", "truths_repeated"):
+                values = np.array(row.get("per_seed", {}).get(key, []), float)
+                dpo = np.array(premise.get("dpo", {}).get("per_seed", {}).get(key, []), float)
+                cells.append(f"{values.mean():.3f} +- {sd(values):.3f}" if len(values) else "")
+                paired = values - dpo if method != "dpo" and len(values) and len(values) == len(dpo) else None
+                cells.append(f"{paired.mean():+.3f} +- {sd(paired):.3f}" if paired is not None else "")
+            p = prior.get(method, {})
+            lines.append(f"| {run_dir.name} | {method} | {' | '.join(cells)} | "
+                         f"{row.get('wrong_minus_correct', float('nan')):+.3f} | {p.get('yes_present', float('nan')):.3f} | "
+                         f"{p.get('yes_absent_partner', float('nan')):.3f} | {p.get('yes_absent_other', float('nan')):.3f} | "
+                         f"{dependence.get(method, {}).get('mean', float('nan')):.2f} |")
+        base = mech.get("aspo_premise", {}).get("base", {})
+        p = prior.get("base", {})
+        lines.append(f"| {run_dir.name} | base model | {base.get('ghosts_repeated', float('nan')):.3f} | | "
+                     f"{base.get('truths_repeated', float('nan')):.3f} | | | "
+                     f"{p.get('yes_present', float('nan')):.3f} | {p.get('yes_absent_partner', float('nan')):.3f} | "
+                     f"{p.get('yes_absent_other', float('nan')):.3f} | {dependence['base']['mean']:.2f} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dirs", nargs="+", type=Path)
@@ -100,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         vs = entry.get("vs_reference")
         if vs:
             lines.append(f"| {name} | {method} | {vs['seeds']} | " + " | ".join(cell(vs[m], m) for m in SHOWN) + " |")
+    lines += premise_lines(summary, ns.run_dirs)
     text = "\n".join(lines) + "\n"
     (ns.out / "variants.md").write_text(text)
     (ns.out / "variants.json").write_text(json.dumps(summary, indent=2))
