@@ -32,7 +32,7 @@ from typing import Any
 from ..evaluation.chair import singular_forms, tokenize
 from ..evaluation.pope import parse_yes_no
 from .pope import pope_question
-from .scenes import COLOURS, QUADRANTS, SHAPES, SIZES, Scene
+from .scenes import COLOURS, SHAPES, Scene
 
 #: The question kinds, in the order :func:`ask` draws them.
 QUESTION_KINDS: tuple[str, ...] = ("existence", "colour", "count", "position")
@@ -132,18 +132,16 @@ def answer_problem(question: Question, answer: str, scene: Scene) -> str | None:
             return WRONG_ANSWER
         obj = next((o for o in scene.objects if o.shape == question.shape), None)
         return None if obj is not None and obj.colour == colour else WRONG_ANSWER
-    # position
-    if not shapes:
+    # position: the answer read as a description claim (:func:`~mmpo.toyworld.judge.claim_facts`)
+    from .judge import claim_facts
+
+    facts = claim_facts(answer)
+    if facts.shape is None:
         return NO_ANSWER
     obj = next((o for o in scene.objects if o.quadrant == question.quadrant), None)
-    if obj is None or shapes[0] != obj.shape:
+    if obj is None or facts.shape != obj.shape:
         return WRONG_ANSWER
-    first = words.index(next(w for w in words if shapes[0] in singular_forms(w)))
-    colour = next((w for w in reversed(words[:first]) if w in COLOURS), None)
-    size = next((w for w in reversed(words[:first]) if w in SIZES), None)
-    text = " ".join(words)
-    quadrant = next((q for q in QUADRANTS if q in text), None)
-    for stated, true in ((colour, obj.colour), (size, obj.size), (quadrant, obj.quadrant)):
+    for stated, true in ((facts.colour, obj.colour), (facts.size, obj.size), (facts.quadrant, obj.quadrant)):
         if stated is not None and stated != true:
             return WRONG_ANSWER
     return None
