@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ns.out.mkdir(parents=True, exist_ok=True)
     reference_counts = per_seed_counts(ns.run_dirs[0])
     rows, summary = [], {"reference": ns.run_dirs[0].name, "settings": {}}
-    for run_dir in ns.run_dirs:
+    for index, run_dir in enumerate(ns.run_dirs):
         results = json.loads((run_dir / "results.json").read_text())
         stats = results["statistics"]
         counts = per_seed_counts(run_dir)
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for method, row in stats["methods"].items():
             entry = {"seeds": len(counts.get(method, {})), "mean": {m: row[m]["mean"] for m in METRICS},
                      "vs_dpo": {m: row[m].get("diff_vs_dpo") for m in METRICS}}
-            if run_dir != ns.run_dirs[0]:
+            if index:
                 entry["vs_reference"] = cross_setting(reference_counts, counts, method, ns.bootstrap)
             setting["methods"][method] = entry
             rows.append((run_dir.name, method, entry))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -96,7 +97,9 @@ def test_quick_grid_runs_end_to_end(efficacy, tmp_path):
     spec = importlib.util.spec_from_file_location("efficacy_variants", SCRIPT.parent / "efficacy_variants.py")
     variants = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(variants)
-    table = variants.main([str(run_dir), str(run_dir), "--out", str(tmp_path / "variants"), "--bootstrap", "50"])
-    same = table["settings"]["run"]["methods"]["dpo"]["vs_reference"]
+    shutil.copytree(run_dir, tmp_path / "again")
+    table = variants.main([str(run_dir), str(tmp_path / "again"), "--out", str(tmp_path / "variants"),
+                           "--bootstrap", "50"])
+    same = table["settings"]["again"]["methods"]["dpo"]["vs_reference"]
     assert same["chair_i"] == {"mean": 0.0, "lo": 0.0, "hi": 0.0}
     assert "| run | aspo |" in (tmp_path / "variants" / "variants.md").read_text()
