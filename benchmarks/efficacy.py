@@ -139,6 +139,16 @@ def scene_counts(result: dict[str, Any]) -> dict[str, np.ndarray]:
     return counts
 
 
+def saved_scene_counts(run_dir: Path) -> dict[str, dict[int, dict[str, np.ndarray]]]:
+    """The per-scene counts of every run a grid saved in ``run_dir`` (``runs/METHOD-sSEED/result.json``),
+    as ``{method: {seed: scene_counts}}``."""
+    out: dict[str, dict[int, Any]] = {}
+    for path in sorted((Path(run_dir) / "runs").glob("*-s*/result.json")):
+        result = json.loads(path.read_text())
+        out.setdefault(result["method"], {})[int(result["seed"])] = scene_counts(result["metrics"])
+    return out
+
+
 def metric_values(counts: dict[str, np.ndarray], weights: np.ndarray) -> dict[str, np.ndarray]:
     """Every metric for each row of ``weights`` ``(B, K)`` (how often each scene is drawn): ``(B,)`` each."""
 
@@ -331,7 +341,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     say = demo.say
 
     say(f"[1/5] base model (cache {opts.cache_dir})")
-    kinds = ("colour", "count", "position") if ns.base_questions or ns.prompts == "mixed" else ()
+    from mmpo.toyworld.questions import EXTRA_KINDS
+
+    kinds = EXTRA_KINDS if ns.base_questions or ns.prompts == "mixed" else ()
     recipe = BaseModelRecipe(world=world, n_scenes=opts.base_scenes, steps=opts.base_steps, seed=0, question_kinds=kinds)
     base_dir, _ = ensure_base_model(recipe, opts.cache_dir, progress=opts.progress)
     _, (model_args, _, _, aspo, dama, adavip) = demo.demo_config(opts, run_dir / "all")

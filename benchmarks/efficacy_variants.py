@@ -26,17 +26,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from efficacy import METRICS, bootstrap, scene_counts  # noqa: E402
+from efficacy import METRICS, bootstrap, saved_scene_counts  # noqa: E402
 
 SHOWN = ("chair_i", "coverage", "pope_f1", "pope_yes_ratio")
-
-
-def per_seed_counts(run_dir: Path) -> dict[str, dict[int, dict[str, np.ndarray]]]:
-    out: dict[str, dict[int, Any]] = {}
-    for path in sorted((run_dir / "runs").glob("*-s*/result.json")):
-        result = json.loads(path.read_text())
-        out.setdefault(result["method"], {})[int(result["seed"])] = scene_counts(result["metrics"])
-    return out
 
 
 def cross_setting(reference: dict, other: dict, method: str, replicates: int) -> dict[str, Any] | None:
@@ -106,12 +98,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--bootstrap", type=int, default=2000)
     ns = p.parse_args(argv)
     ns.out.mkdir(parents=True, exist_ok=True)
-    reference_counts = per_seed_counts(ns.run_dirs[0])
+    reference_counts = saved_scene_counts(ns.run_dirs[0])
     rows, summary = [], {"reference": ns.run_dirs[0].name, "settings": {}}
     for index, run_dir in enumerate(ns.run_dirs):
         results = json.loads((run_dir / "results.json").read_text())
         stats = results["statistics"]
-        counts = per_seed_counts(run_dir)
+        counts = saved_scene_counts(run_dir)
         setting = {"settings": {k: results["settings"][k] for k in results["settings"]
                                 if k not in ("run_dir", "no_progress", "methods", "quick", "bootstrap")},
                    "records": results["records"], "base": stats["base"], "methods": {}}

@@ -42,17 +42,14 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from efficacy import metric_values, scene_counts  # noqa: E402
+from efficacy import metric_values, saved_scene_counts  # noqa: E402
 
 Z95, Z80 = 1.959964, 0.841621
 
 
-def load_grid(run_dir: Path, metric: str) -> dict[str, dict[int, np.ndarray]]:
-    """Per method and seed, the per-scene counts of ``metric`` (``{method: {seed: counts}}``)."""
-    grid: dict[str, dict[int, Any]] = {}
-    for path in sorted((run_dir / "runs").glob("*-s*/result.json")):
-        result = json.loads(path.read_text())
-        grid.setdefault(result["method"], {})[int(result["seed"])] = scene_counts(result["metrics"])
+def load_grid(run_dir: Path) -> dict[str, dict[int, dict[str, np.ndarray]]]:
+    """Per method and seed, the per-scene counts (``{method: {seed: counts}}``); DPO's runs must be there."""
+    grid = saved_scene_counts(run_dir)
     if "dpo" not in grid:
         raise SystemExit(f"{run_dir}: no DPO runs (runs/dpo-sSEED/result.json)")
     return grid
@@ -133,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     per_dir, pooled_num, pooled_df = {}, {}, 0
     for run_dir in ns.run_dirs:
-        grid = load_grid(run_dir, ns.metric)
+        grid = load_grid(run_dir)
         n_scenes = len(next(iter(grid["dpo"].values()))["one"])
         sizes = sorted({k for k in (25, 50, 100, 200, 400, 800) if k < n_scenes} | {n_scenes})
         methods = difference_variances(grid, ns.metric, sizes, ns.draws, rng)

@@ -450,8 +450,9 @@ def base_recipe(opts: DemoOptions, world):
     """The base model's recipe: the shipped default, or with ``--prompts mixed`` the same recipe
     whose SFT rows also answer the colour, count and position questions the mixed pairs ask."""
     from ..toyworld.base_model import BaseModelRecipe
+    from ..toyworld.questions import EXTRA_KINDS
 
-    kinds = ("colour", "count", "position") if opts.prompts == "mixed" else ()
+    kinds = EXTRA_KINDS if opts.prompts == "mixed" else ()
     return BaseModelRecipe(world=world, n_scenes=opts.base_scenes, steps=opts.base_steps, seed=opts.seed,
                            question_kinds=kinds)
 

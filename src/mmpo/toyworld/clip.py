@@ -115,7 +115,11 @@ class TinyCLIPRecipe:
     seed: int = 0
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def to_dict(self) -> dict:
+        """The recipe as ``recipe.json`` holds it."""
+        return asdict(self)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,7 +347,7 @@ def train_tiny_clip(out_dir: str | Path, steps: int | None = None, batch_size: i
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     (out_dir / "train_log.json").write_text(json.dumps({"train_seconds": round(seconds, 2), "log": log}, indent=2))
-    (out_dir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))  # written last: marks completion
+    (out_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))  # written last: marks completion
     return out_dir
 
 

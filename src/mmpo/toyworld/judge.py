@@ -17,7 +17,7 @@ from typing import Any
 from ..data.construct.self_pairs import ClaimQuery, Verdict, stable_uniform
 from ..evaluation.chair import singular_forms, tokenize
 from .pope import pope_question
-from .questions import answer_problem, question_of
+from .questions import Question, answer_problem, question_of
 from .scenes import COLOURS, QUADRANTS, SHAPES, SIZES, Scene
 
 #: Reasons a claim is wrong, in the order they are checked.
@@ -112,12 +112,11 @@ class SceneJudge:
 
     def judge(self, queries: Sequence[ClaimQuery]) -> list[Verdict]:
         verdicts = []
-        cache: dict[int, Scene] = {}
+        cache: dict[int, tuple[Scene, Question | None]] = {}  # per item: its scene and question, read once
         for query in queries:
-            scene = cache.get(id(query.meta))
-            if scene is None:
-                scene = cache[id(query.meta)] = scene_of(query.meta, query.key)
-            question = question_of(query.meta)
+            if id(query.meta) not in cache:
+                cache[id(query.meta)] = scene_of(query.meta, query.key), question_of(query.meta)
+            scene, question = cache[id(query.meta)]
             problem = claim_problem(query.claim, scene) if question is None else answer_problem(question, query.claim, scene)
             if self.objects_only and question is None and problem not in (None, NO_OBJECT, ABSENT):
                 problem = None

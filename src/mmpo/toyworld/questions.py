@@ -36,6 +36,9 @@ from .scenes import COLOURS, SHAPES, Scene
 
 #: The question kinds, in the order :func:`ask` draws them.
 QUESTION_KINDS: tuple[str, ...] = ("existence", "colour", "count", "position")
+#: The kinds a base model learns beyond the yes/no existence questions every base model answers: the
+#: recipe ``--prompts mixed`` and ``--base-questions`` start from.
+EXTRA_KINDS: tuple[str, ...] = ("colour", "count", "position")
 #: Why an answer is wrong (beside :mod:`~mmpo.toyworld.judge`'s reasons for description claims).
 NO_ANSWER, WRONG_ANSWER = "no answer", "wrong answer"
 
@@ -177,5 +180,5 @@ def question_of(meta: dict[str, Any]) -> Question | None:
     return Question.from_dict(json.loads(raw) if isinstance(raw, str) else raw)
 
 
-__all__ = ["QUESTION_KINDS", "NO_ANSWER", "WRONG_ANSWER", "Question", "ask", "true_answer",
+__all__ = ["QUESTION_KINDS", "EXTRA_KINDS", "NO_ANSWER", "WRONG_ANSWER", "Question", "ask", "true_answer",
            "answer_problem", "mixed_items", "question_of", "check_kinds"]

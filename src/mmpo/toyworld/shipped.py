@@ -15,7 +15,6 @@ on this machine instead.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +36,7 @@ def shipped_checkpoint(kind: str, recipe: Any) -> Path | None:
         saved = json.loads((folder / "recipe.json").read_text())
     except (OSError, ValueError):
         return None
-    wanted = recipe.to_dict() if hasattr(recipe, "to_dict") else asdict(recipe)
-    return folder if saved == json.loads(json.dumps(wanted)) else None
+    return folder if saved == json.loads(json.dumps(recipe.to_dict())) else None
 
 
 def rebuild_shipped(progress: bool = True, into: Path = SHIPPED_DIR) -> list[Path]:

@@ -59,8 +59,7 @@ def test_the_default_recipe_takes_the_shipped_model_and_builds_nothing(tmp_path,
 def fake_build(folder, recipe):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "weights").write_text("w")
-    saved = recipe.to_dict() if hasattr(recipe, "to_dict") else __import__("dataclasses").asdict(recipe)
-    (folder / "recipe.json").write_text(json.dumps(saved))  # what the real builders write
+    (folder / "recipe.json").write_text(json.dumps(recipe.to_dict()))  # what the real builders write
     return folder
 
 
