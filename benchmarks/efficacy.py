@@ -538,7 +538,7 @@ def aspo_premise(model, processor, records: list) -> dict[str, Any]:
     * ``ghosts_repeated``: of the objects the chosen responses hallucinate (judged "absent object"),
       the fraction ``model``'s greedy description of the same image mentions again.
     """
-    from mmpo.evaluation.chair import singular_forms, tokenize
+    from mmpo.evaluation.mentions import singular_forms, tokenize
     from mmpo.generation import generate_responses
     from mmpo.scoring.sentences import RuleSplitter
     from mmpo.toyworld.judge import ABSENT, claim_facts

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mmpo.evaluation import amber, chair, mmhal, pope
+from mmpo.evaluation import amber, chair, coco, mmhal, pope
 from mmpo.evaluation.text import nlp_backends
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,8 +79,8 @@ def _fmt(value) -> str:
 def chair_rows(root: Path, table: Table) -> None:
     aggregates = _json(root / "chair" / "aggregates.json")
     for gt in ("with_captions", "instances_only"):
-        truth = chair.load_coco_ground_truth(root / "chair" / ("annotations" if gt == "with_captions"
-                                                             else "annotations_instances_only"))
+        truth = coco.load_coco_ground_truth(root / "chair" / ("annotations" if gt == "with_captions"
+                                                            else "annotations_instances_only"))
         captions = chair.load_generations(root / "chair" / "generations_imgToEval.json")
         ours = chair.score_chair(captions, truth)
         lenient = chair.score_chair(captions, truth, parsing="lenient")

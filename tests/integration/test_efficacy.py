@@ -41,7 +41,7 @@ def per_scene(mentioned, truth, questions=()):
 
 
 def test_scene_counts_give_the_evaluators_aggregates(efficacy):
-    from mmpo.evaluation.chair import chair_scores
+    from mmpo.evaluation.mentions import chair_scores
     from mmpo.evaluation.pope import pope_metrics
 
     mentioned = [["circle", "star"], ["square"], []]

@@ -215,11 +215,11 @@ def _judge(ns: argparse.Namespace):
 
 def _coco_ground_truth(ns: argparse.Namespace):
     """The COCO files of the run, read once (CHAIR, Object HalBench and their images share them)."""
-    from ..evaluation import chair
+    from ..evaluation import coco
 
     if getattr(ns, "_coco_truth", None) is None:
-        ns._coco_truth = (chair.load_coco_ground_truth(ns.coco_annotations) if ns.coco_annotations
-                          else chair.load_coco_ground_truth(ns.coco_instances, ns.coco_captions))
+        ns._coco_truth = (coco.load_coco_ground_truth(ns.coco_annotations) if ns.coco_annotations
+                          else coco.load_coco_ground_truth(ns.coco_instances, ns.coco_captions))
     return ns._coco_truth
 
 

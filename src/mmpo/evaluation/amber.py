@@ -379,7 +379,7 @@ def score_amber_generative(nouns: Sequence[str], truth: Sequence[str], hallu: Se
 def _lenient_generative(response: str, truth: Sequence[str], hallu: Sequence[str], *,
                         associations: Mapping[str, Sequence[str]], safe_words: Iterable[str]) -> dict[str, Any]:
     """mmpo's earlier reading (a deviation): word matching, see :func:`score_amber`."""
-    from mmpo.evaluation.chair import find_mentions
+    from mmpo.evaluation.mentions import find_mentions
 
     safe_words = set(safe_words)
     vocabulary = set(amber_vocabulary(associations)) | set(truth) | set(hallu)
@@ -513,7 +513,7 @@ def score_amber(predictions: Sequence[Mapping[str, Any]], annotations: Mapping[i
             (:data:`AMBER_INITIAL_COUNTERS`) for ``"reference"`` and zeros for ``"lenient"``.
         parsing: ``"reference"`` (the module docstring's rules, exactly) or ``"lenient"``, mmpo's
             earlier reading kept as a documented deviation: object words by word matching
-            (:func:`mmpo.evaluation.chair.extract_mentions`, lower-cased, simple plurals, no POS
+            (:func:`mmpo.evaluation.mentions.extract_mentions`, lower-cased, simple plurals, no POS
             tags) over relation.json plus the annotation's objects; safe words dropped (not in
             CHAIR's denominator); duplicated truth/hallu objects counted once; a word covers every
             truth object it names or is associated with; Cog counts hallu objects named by a

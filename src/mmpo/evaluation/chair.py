@@ -56,166 +56,34 @@ file's category names, simple plural rules, :data:`COCO_NON_OBJECT_PHRASES`), th
 the instance category names as they are plus the captions read the same way, and mentions are
 de-duplicated per caption: by category for CHAIR, by (word, category) for Object HalBench.
 
-The synthetic world's helpers (:func:`tokenize`, :func:`singular_forms`, :func:`extract_mentions`,
-:func:`chair_scores`) are vocabulary-agnostic and import nothing but the standard library; their
-``chair_scores`` counts each category once per response, as the lenient reading does.
+The lenient reading's word scanner and the synthetic world's CHAIR aggregate, both
+vocabulary-agnostic, are in :mod:`mmpo.evaluation.mentions`; the COCO files are read by
+:mod:`mmpo.evaluation.coco`.
 """
 
 from __future__ import annotations
 
 import base64
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from mmpo.evaluation.coco import CocoGroundTruth, load_coco_ground_truth
 from mmpo.evaluation.common import Parsing, check_parsing, ratio, read_records
-from mmpo.evaluation.spans import char_range, locate_tokens, lower_same_length, make_span, missed
+from mmpo.evaluation.mentions import find_mentions, tokenize
+from mmpo.evaluation.spans import char_range, locate_tokens, make_span, missed
 
 DATA = Path(__file__).parent / "data"
 #: LisaAnne/Hallucination@6e4d33c ``data/synonyms.txt`` (unchanged).
 LISAANNE_SYNONYMS = DATA / "synonyms_lisaanne.txt"
 #: RLHF-V/RLAIF-V@83d917b ``eval/data/synonyms_refine.txt`` (unchanged).
 RLAIFV_SYNONYMS = DATA / "synonyms_rlaifv_refine.txt"
+#: mmpo's own synonyms of the COCO categories, for ``parsing="lenient"`` only (:data:`COCO_SYNONYMS`).
+LENIENT_SYNONYMS = DATA / "synonyms_lenient.txt"
 
 DEFAULT_PROMPT = "Describe this image in detail."
-
-# ====================================================================== synthetic-world helpers
-
-_WORD = re.compile(r"[a-z]+")
-
-
-def word_spans(text: str) -> list[tuple[str, int, int]]:
-    """``(word, start, end)`` of every lower-case alphabetic word of ``text`` (offsets into ``text``);
-    punctuation and digits separate words."""
-    return [(m.group(), m.start(), m.end()) for m in _WORD.finditer(lower_same_length(text))]
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-case alphabetic words of ``text``; punctuation and digits separate words."""
-    return [word for word, _, _ in word_spans(text)]
-
-
-def singular_forms(word: str) -> list[str]:
-    """``word`` followed by its candidate singulars under simple English plural rules.
-
-    ``"circles" -> ["circles", "circle"]``, ``"crosses" -> ["crosses", "crosse", "cross"]``,
-    ``"berries" -> ["berries", "berrie", "berry"]``. Candidates are only *tried* against the
-    vocabulary, so a wrong candidate (``"crosse"``) matches only if it is itself a name.
-    """
-    forms = [word]
-    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
-        forms.append(word[:-1])
-        if word.endswith("es") and word[:-2].endswith(("s", "x", "z", "ch", "sh")):
-            forms.append(word[:-2])
-        if word.endswith("ies"):
-            forms.append(word[:-3] + "y")
-    return forms
-
-
-def _phrase_table(vocabulary: Iterable[str], synonyms: Mapping[str, str] | None) -> dict[tuple[str, ...], str]:
-    """Map each name (a tuple of tokens) to its category: the category names, then the synonyms."""
-    vocabulary = list(vocabulary)
-    table: dict[tuple[str, ...], str] = {}
-    for category in vocabulary:
-        table[tuple(tokenize(category))] = category
-    for name, category in (synonyms or {}).items():
-        if category not in vocabulary:
-            raise ValueError(f"synonym {name!r} maps to {category!r}, which is not in the vocabulary")
-        table.setdefault(tuple(tokenize(name)), category)
-    table.pop((), None)
-    return table
-
-
-def find_mentions(text: str, vocabulary: Iterable[str], synonyms: Mapping[str, str] | None = None
-                  ) -> list[tuple[str, int, int]]:
-    """``(category, start, end)`` of every name of ``vocabulary`` in ``text``, in order, repeats kept.
-
-    The text is lower-cased and split into words (:func:`tokenize`). At each word the longest name
-    that matches is taken (so ``"traffic light"`` wins over ``"light"`` when both are names) and the
-    scan continues after it. The *last* word of a name may be a simple plural (``"circles"``,
-    ``"crosses"``, ``"traffic lights"``; see :func:`singular_forms`). ``text[start:end]`` is the
-    matched name as written (``"Traffic  lights"``).
-
-    Args:
-        text: one response.
-        vocabulary: the category names (may contain spaces).
-        synonyms: optional ``{name: category}``; each ``category`` must be in ``vocabulary``.
-    """
-    table = _phrase_table(vocabulary, synonyms)
-    if not table:
-        return []
-    longest = max(len(name) for name in table)
-    located = word_spans(text)
-    words = [word for word, _, _ in located]
-    found: list[tuple[str, int, int]] = []
-    i = 0
-    while i < len(words):
-        for length in range(min(longest, len(words) - i), 0, -1):
-            head = tuple(words[i:i + length - 1])
-            match = next((table[head + (last,)] for last in singular_forms(words[i + length - 1])
-                          if head + (last,) in table), None)
-            if match is not None:
-                found.append((match, located[i][1], located[i + length - 1][2]))
-                i += length
-                break
-        else:
-            i += 1
-    return found
-
-
-def extract_mentions(text: str, vocabulary: Iterable[str], synonyms: Mapping[str, str] | None = None) -> list[str]:
-    """The categories ``text`` mentions, in order of appearance, repeats kept (:func:`find_mentions`
-    without the places). The category is returned, never the synonym; :func:`chair_scores`
-    de-duplicates per response."""
-    return [category for category, _, _ in find_mentions(text, vocabulary, synonyms)]
-
-
-def chair_scores(mentions_per_response: Sequence[Iterable[str]],
-                 truth_per_response: Sequence[Iterable[str]]) -> dict[str, float]:
-    """CHAIR_i, CHAIR_s and coverage with each category counted once per response.
-
-    With ``M_r`` the set of categories response ``r`` mentions, ``T_r`` its image's true categories
-    and ``N`` the number of responses::
-
-        chair_i               = sum_r |M_r - T_r| / sum_r |M_r|
-        chair_s               = #{r : |M_r - T_r| >= 1} / N
-        coverage              = sum_r |M_r & T_r| / sum_r |T_r|
-        mentions_per_response = sum_r |M_r| / N
-
-    Args:
-        mentions_per_response: for each response, the categories it mentions (e.g. the output of
-            :func:`extract_mentions`); repeats are collapsed, each category counts once.
-        truth_per_response: for each response, the categories really in its image.
-
-    Returns:
-        ``chair_i``, ``chair_s``, ``coverage``, ``mentions_per_response`` (each ``0.0`` when its
-        denominator is zero) and the raw counts ``n_responses``, ``n_mentions``, ``n_hallucinated``.
-    """
-    if len(mentions_per_response) != len(truth_per_response):
-        raise ValueError(f"{len(mentions_per_response)} responses but {len(truth_per_response)} ground truths")
-    n_mentions = n_hallucinated = n_bad_responses = n_true = n_covered = 0
-    for mentions, truth in zip(mentions_per_response, truth_per_response, strict=True):
-        mentioned, true = set(mentions), set(truth)
-        hallucinated = mentioned - true
-        n_mentions += len(mentioned)
-        n_hallucinated += len(hallucinated)
-        n_bad_responses += bool(hallucinated)
-        n_true += len(true)
-        n_covered += len(mentioned & true)
-    n = len(mentions_per_response)
-    return {
-        "chair_i": ratio(n_hallucinated, n_mentions),
-        "chair_s": ratio(n_bad_responses, n),
-        "coverage": ratio(n_covered, n_true),
-        "mentions_per_response": ratio(n_mentions, n),
-        "n_responses": n,
-        "n_mentions": n_mentions,
-        "n_hallucinated": n_hallucinated,
-    }
-
 
 # ============================================================================ reference tables
 
@@ -365,91 +233,16 @@ COCO_CATEGORIES: tuple[str, ...] = (
     "teddy bear", "hair drier", "toothbrush",
 )
 
-_LENIENT_ANIMALS = ("bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe")
 
-
+@cache
 def _lenient_synonyms() -> dict[str, str]:
-    """mmpo's own name -> category table (singular forms; regular plurals are automatic)."""
-    groups: dict[str, tuple[str, ...]] = {
-        "person": ("people", "persons", "man", "men", "woman", "women", "child", "children", "kid",
-                   "boy", "girl", "baby", "babies", "toddler", "teenager", "teen", "adult", "guy",
-                   "lady", "ladies", "gentleman", "gentlemen", "player", "skier", "surfer",
-                   "skateboarder", "snowboarder", "pedestrian", "rider", "biker", "cyclist",
-                   "policeman", "policemen", "officer", "chef", "cook", "umpire", "catcher",
-                   "spectator", "crowd", "tourist", "worker", "vendor", "athlete", "human",
-                   "someone", "somebody", "husband", "wife", "mother", "father",
-                   "daughter", "son", "grandmother", "grandfather"),
-        "bicycle": ("bike", "push bike", "mountain bike"),
-        "car": ("automobile", "sedan", "taxi", "cab", "suv", "jeep", "minivan", "van"),
-        "motorcycle": ("motorbike", "motor bike", "moped", "dirt bike", "motor cycle"),
-        "airplane": ("plane", "aeroplane", "airliner", "jet", "jetliner", "aircraft", "passenger jet",
-                     "jumbo jet"),
-        "bus": ("school bus", "double decker", "minibus", "coach bus"),
-        "train": ("locomotive", "tram", "streetcar", "passenger train", "freight train", "train car"),
-        "truck": ("lorry", "pickup truck", "fire truck", "firetruck", "dump truck", "semi truck"),
-        "boat": ("ship", "sailboat", "canoe", "kayak", "yacht", "ferry", "rowboat", "speedboat",
-                 "motorboat", "vessel", "raft"),
-        "traffic light": ("traffic signal", "stoplight", "stop light"),
-        "fire hydrant": ("hydrant",),
-        "stop sign": ("stopsign",),
-        "bench": ("park bench",),
-        "bird": ("pigeon", "seagull", "gull", "duck", "parrot", "sparrow", "goose", "geese", "swan",
-                 "eagle", "owl", "crow", "hawk", "pelican", "chicken", "hen", "rooster", "flamingo"),
-        "cat": ("kitten", "kitty", "tabby"),
-        "dog": ("puppy", "pup", "doggy", "hound"),
-        "horse": ("pony", "foal", "stallion", "mare"),
-        "sheep": ("lamb", "ewe"),
-        "cow": ("cattle", "bull", "calf", "calves", "ox", "oxen", "heifer"),
-        "bear": ("grizzly", "polar bear", "brown bear", "black bear"),
-        "backpack": ("back pack", "rucksack", "knapsack"),
-        "umbrella": ("parasol",),
-        "handbag": ("hand bag", "purse", "pocketbook"),
-        "tie": ("necktie", "bow tie", "bowtie"),
-        "suitcase": ("suit case", "luggage", "baggage"),
-        "frisbee": ("flying disc",),
-        "skis": ("ski",),
-        "snowboard": ("snow board",),
-        "sports ball": ("ball", "soccer ball", "football", "tennis ball", "basketball", "volleyball",
-                        "softball"),
-        "baseball bat": ("bat",),
-        "baseball glove": ("glove", "mitt", "baseball mitt"),
-        "skateboard": ("skate board",),
-        "surfboard": ("surf board", "boogie board", "bodyboard"),
-        "tennis racket": ("racket", "racquet", "tennis racquet"),
-        "bottle": ("water bottle", "wine bottle", "beer bottle"),
-        "wine glass": ("wineglass", "champagne glass"),
-        "cup": ("mug", "teacup", "coffee cup", "coffee mug"),
-        "knife": ("knives",),
-        "bowl": ("fruit bowl",),
-        "donut": ("doughnut",),
-        "cake": ("cupcake", "cheesecake"),
-        "chair": ("armchair", "stool", "highchair", "high chair"),
-        "couch": ("sofa", "loveseat", "love seat", "settee"),
-        "potted plant": ("plant", "houseplant", "house plant", "pot plant", "flower pot", "flowerpot"),
-        "dining table": ("table", "dinner table", "kitchen table", "coffee table"),
-        "toilet": ("toilet seat", "toilet bowl", "urinal"),
-        "tv": ("television", "tvs", "tv set", "flatscreen", "flat screen"),
-        "laptop": ("computer", "notebook computer", "macbook"),
-        "mouse": ("computer mouse", "mice"),
-        "remote": ("remote control", "controller", "game controller"),
-        "keyboard": ("computer keyboard",),
-        "cell phone": ("phone", "cellphone", "smartphone", "mobile phone", "cellular phone",
-                       "telephone", "iphone"),
-        "microwave": ("microwave oven",),
-        "oven": ("stove", "stovetop"),
-        "sink": ("washbasin", "basin"),
-        "refrigerator": ("fridge", "freezer"),
-        "book": ("novel", "textbook"),
-        "clock": ("wall clock", "clocktower", "clock tower"),
-        "scissors": ("scissor", "shears"),
-        "teddy bear": ("teddy", "teddybear", "stuffed bear", "stuffed animal"),
-        "hair drier": ("hair dryer", "hairdryer", "blow dryer", "blowdryer", "blow drier"),
-        "toothbrush": ("tooth brush",),
-    }
-    table = {name: category for category, names in groups.items() for name in names}
-    for animal in _LENIENT_ANIMALS:         # "baby elephant" is an elephant, not a person
-        table[f"baby {animal}"] = animal
-        table[f"adult {animal}"] = animal
+    """mmpo's own name -> category table (singular forms; regular plurals are automatic), read from
+    :data:`LENIENT_SYNONYMS`: lines ``category: name, name, ...`` in order, ``#`` lines skipped."""
+    table: dict[str, str] = {}
+    for line in LENIENT_SYNONYMS.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            category, names = line.split(": ", 1)
+            table.update((name, category) for name in names.split(", "))
     return table
 
 
@@ -485,8 +278,8 @@ def coco_name_table(categories: Iterable[str] = COCO_CATEGORIES,
 def extract_object_words(text: str, table: Mapping[str, str | None]) -> list[tuple[str, str]]:
     """Lenient reading: ``(name, category)`` for every object name in ``text``, in order, repeats kept.
 
-    The scan is :func:`extract_mentions` with every *name* as its own vocabulary entry (longest
-    match first, simple plurals), so the matched name is known too.
+    The scan is :func:`~mmpo.evaluation.mentions.extract_mentions` with every *name* as its own
+    vocabulary entry (longest match first, simple plurals), so the matched name is known too.
     """
     return [(name, category) for name, category, _, _ in find_object_words(text, table)]
 
@@ -498,142 +291,6 @@ def find_object_words(text: str, table: Mapping[str, str | None]) -> list[tuple[
 
 
 # ================================================================================ ground truth
-
-@dataclass(frozen=True)
-class CocoGroundTruth:
-    """What the COCO files say about each image, before any caption is read.
-
-    ``instances``: the category *names* of each image's instance annotations; ``captions``: its
-    reference captions, in file order; ``file_names``: from the instances files' ``images``;
-    ``categories``: the category names in id order. The scorers turn this into per-image category
-    sets with their own tables (:func:`image_ground_truth`).
-    """
-
-    instances: dict[int, frozenset[str]]
-    captions: dict[int, tuple[str, ...]]
-    file_names: dict[int, str]
-    categories: tuple[str, ...]
-
-    def image_id(self, key: Any) -> Any:
-        """The image id ``key`` stands for: itself when it is known, a known id written as digits,
-        or the id of a listed file name; otherwise ``key`` unchanged (an image without ground truth)."""
-        if isinstance(key, int) or key in self.instances or key in self.captions or key in self.file_names:
-            return key
-        text = str(key)
-        if text.strip().isdigit():
-            return int(text)
-        return self._ids_by_name().get(text, key)
-
-    def _ids_by_name(self) -> dict[str, int]:
-        cached = self.__dict__.get("_by_name")
-        if cached is None:
-            cached = {name: i for i, name in self.file_names.items()}
-            object.__setattr__(self, "_by_name", cached)
-        return cached
-
-    def known(self, image_id: Any) -> bool:
-        """Whether any annotation file lists ``image_id``."""
-        return image_id in self.instances or image_id in self.captions or image_id in self.file_names
-
-
-def _as_paths(paths: str | Path | Iterable[str | Path] | None) -> list[Path]:
-    if paths is None:
-        return []
-    return [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
-
-
-def _annotation_files(annotations: str | Path | Iterable[str | Path],
-                      captions: str | Path | Iterable[str | Path] | None) -> tuple[list[Path], list[Path]]:
-    """Instances and captions files: a folder gives its ``instances_{val,train}2014.json`` and
-    ``captions_{val,train}2014.json`` (or those of its ``annotations/`` sub-folder)."""
-    given = _as_paths(annotations)
-    if len(given) == 1 and given[0].is_dir():
-        folder = given[0]
-        if not any(folder.glob("instances_*.json")) and (folder / "annotations").is_dir():
-            folder = folder / "annotations"
-        instances = [folder / f"instances_{s}2014.json" for s in ("val", "train")]
-        instances = [p for p in instances if p.exists()] or sorted(folder.glob("instances_*.json"))
-        if not instances:
-            raise FileNotFoundError(f"{folder}: no instances_*.json file")
-        if captions is None:
-            found = [folder / f"captions_{s}2014.json" for s in ("val", "train")]
-            captions = [p for p in found if p.exists()] or sorted(folder.glob("captions_*.json"))
-        return instances, _as_paths(captions)
-    return given, _as_paths(captions)
-
-
-def _coco_file(path: Path, keys: Iterable[str], what: str) -> dict[str, Any]:
-    data = read_records(path, what)
-    if len(data) != 1 or not isinstance(data[0], Mapping):
-        raise ValueError(f"{what} file {path}: expected one JSON object")
-    data = data[0]
-    for key in keys:
-        if key not in data:
-            raise ValueError(f"{what} file {path}: no {key!r} field; it has {sorted(data)}")
-    return data
-
-
-def load_coco_ground_truth(annotations: str | Path | Iterable[str | Path],
-                           captions: str | Path | Iterable[str | Path] | None = None, *,
-                           image_ids: Iterable[Any] | None = None) -> CocoGroundTruth:
-    """Read COCO ``instances_*.json`` and ``captions_*.json`` files as the references do.
-
-    Args:
-        annotations: a folder holding ``instances_{val,train}2014.json`` and (optionally)
-            ``captions_{val,train}2014.json`` — LisaAnne's ``--coco_path`` layout — or one or more
-            instances files.
-        captions: captions files; with a folder, ``None`` means the folder's captions files
-            (pass ``()`` for ground truth from instances only).
-        image_ids: keep only these images (saves memory on the full COCO files; the scorers use
-            only the images that have a response anyway).
-
-    Category names come from the instances files' ``categories`` (a later file wins on a shared
-    id, so ``instances_train2014.json``'s names win, as in the references); annotations of every
-    file count. Errors name the file and the missing field.
-    """
-    instance_files, caption_files = _annotation_files(annotations, captions)
-    keep = None if image_ids is None else set(image_ids) | {int(i) for i in image_ids if str(i).isdigit()}
-    names: dict[int, str] = {}
-    files = [(path, _coco_file(path, ("annotations", "categories"), "COCO instances")) for path in instance_files]
-    for path, data in files:
-        for index, category in enumerate(data["categories"]):
-            if not isinstance(category, Mapping) or "id" not in category or "name" not in category:
-                raise ValueError(f"COCO instances file {path}: categories[{index}] needs 'id' and 'name'")
-            names[category["id"]] = category["name"]
-    objects: dict[Any, set[str]] = {}
-    file_names: dict[Any, str] = {}
-    for path, data in files:
-        for image in data.get("images", []):
-            if keep is None or image["id"] in keep:
-                file_names[image["id"]] = image.get("file_name", str(image["id"]))
-                objects.setdefault(image["id"], set())
-        for index, ann in enumerate(data["annotations"]):
-            image_id, category_id = _annotation_fields(ann, ("image_id", "category_id"), f"COCO instances file {path}",
-                                                       index)
-            if keep is not None and image_id not in keep:
-                continue
-            if category_id not in names:
-                raise ValueError(f"COCO instances file {path}: annotations[{index}] has category_id "
-                                 f"{category_id!r}, which no file's 'categories' lists")
-            objects.setdefault(image_id, set()).add(names[category_id])
-    texts: dict[Any, list[str]] = {}
-    for path in caption_files:
-        data = _coco_file(path, ("annotations",), "COCO captions")
-        for index, ann in enumerate(data["annotations"]):
-            image_id, caption = _annotation_fields(ann, ("image_id", "caption"), f"COCO captions file {path}", index)
-            if keep is None or image_id in keep:
-                texts.setdefault(image_id, []).append(caption)
-    return CocoGroundTruth({k: frozenset(v) for k, v in objects.items()}, {k: tuple(v) for k, v in texts.items()},
-                           file_names, tuple(names[k] for k in sorted(names)))
-
-
-def _annotation_fields(ann: Any, keys: tuple[str, ...], where: str, index: int) -> tuple[Any, ...]:
-    """The ``keys`` of one COCO annotation; ``ValueError`` naming the file and the annotation when one is missing."""
-    try:
-        return tuple(ann[key] for key in keys)
-    except (KeyError, TypeError):
-        raise ValueError(f"{where}: annotations[{index}] needs {' and '.join(map(repr, keys))}") from None
-
 
 def image_ground_truth(ground_truth: CocoGroundTruth, image_id: Any, tables: ReferenceTables) -> dict[str, Any]:
     """One image's ground truth read with a reference's tables.
@@ -784,7 +441,7 @@ def score_chair(generations: Sequence[Mapping[str, Any]], ground_truth: CocoGrou
     Args:
         generations: rows with ``image_id`` and a text (see :func:`load_generations`); the text is
             scored as it is (no ``Assistant:`` removal).
-        ground_truth: from :func:`load_coco_ground_truth`.
+        ground_truth: from :func:`~mmpo.evaluation.coco.load_coco_ground_truth`.
         parsing: ``"reference"`` (LisaAnne's reading) or ``"lenient"`` (mmpo's, categories once per
             caption).
 
@@ -841,7 +498,7 @@ def score_object_halbench(generations: Sequence[Mapping[str, Any]], ground_truth
         generations: rows with ``image_id``, a text and optionally ``question`` (see
             :func:`load_generations`); every ``Assistant:`` is removed from the text, which is then
             stripped.
-        ground_truth: from :func:`load_coco_ground_truth`.
+        ground_truth: from :func:`~mmpo.evaluation.coco.load_coco_ground_truth`.
         parsing: ``"reference"`` (RLAIF-V's reading) or ``"lenient"`` (mmpo's, each distinct
             (word, category) once per caption).
 
@@ -957,8 +614,9 @@ def run_chair(model: Any, processor: Any, annotations: CocoGroundTruth | str | P
     Args:
         model, processor: a transformers VLM and its processor (see
             :func:`mmpo.generation.generate_responses`).
-        annotations: a :class:`CocoGroundTruth`, or what :func:`load_coco_ground_truth` reads (a
-            folder or instances files; ``captions`` as there).
+        annotations: a :class:`~mmpo.evaluation.coco.CocoGroundTruth`, or what
+            :func:`~mmpo.evaluation.coco.load_coco_ground_truth` reads (a folder or instances files;
+            ``captions`` as there).
         image_dir: folder of the images (``file_name`` of the instances file, or the question's
             ``image`` field, which may also be base64 image data).
         questions: optional Object HalBench-style JSONL (:func:`load_chair_questions`); without it

@@ -13,7 +13,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mmpo.evaluation.chair import chair_scores, find_mentions, word_spans
+from mmpo.evaluation.mentions import chair_scores, find_mentions, word_spans
 from mmpo.evaluation.pope import parse_yes_no, pope_metrics
 from mmpo.evaluation.spans import make_span, missed
 from mmpo.generation import generate_responses
@@ -62,7 +62,7 @@ def colour_claims(response: str, shapes: Collection[str], colours: Collection[st
     """The colour claims of ``response``, one per sentence that has one.
 
     The response is cut into sentences at ``"."``. In each sentence the first shape mentioned
-    (:func:`~mmpo.evaluation.chair.find_mentions`) is the sentence's subject and the last colour word
+    (:func:`~mmpo.evaluation.mentions.find_mentions`) is the sentence's subject and the last colour word
     before it is its colour (``"a small red circle is ..."`` -> ``(red, circle)``); a sentence whose
     subject has no colour word before it makes no claim. Offsets are into ``response``.
     """
@@ -177,9 +177,9 @@ def evaluate_synthetic(
 ) -> dict[str, Any]:
     """Describe every scene and answer the POPE ``questions`` about them; score both exactly.
 
-    CHAIR (:mod:`mmpo.evaluation.chair`): each scene is described with ``prompt``; the mentions of
-    ``shapes`` are compared with ``scene.shapes``. POPE: each question is asked about the scene
-    ``question.scene_id`` names; an answer whose first word is not yes/no counts as wrong (see
+    CHAIR (:func:`mmpo.evaluation.mentions.chair_scores`): each scene is described with ``prompt``;
+    the mentions of ``shapes`` are compared with ``scene.shapes``. POPE: each question is asked about
+    the scene ``question.scene_id`` names; an answer whose first word is not yes/no counts as wrong (see
     :func:`mmpo.evaluation.pope.pope_metrics`). Attribute errors: :func:`attribute_errors`.
 
     Args:

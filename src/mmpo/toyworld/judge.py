@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..data.construct.self_pairs import ClaimQuery, Verdict, stable_uniform
-from ..evaluation.chair import singular_forms, tokenize
+from ..evaluation.mentions import singular_forms, tokenize
 from .pope import pope_question
 from .questions import Question, answer_problem, question_of
 from .scenes import COLOURS, QUADRANTS, SHAPES, SIZES, Scene

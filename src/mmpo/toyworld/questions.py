@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..evaluation.chair import singular_forms, tokenize
+from ..evaluation.mentions import singular_forms, tokenize
 from ..evaluation.pope import parse_yes_no
 from .pope import pope_question
 from .scenes import COLOURS, SHAPES, Scene

@@ -20,13 +20,10 @@ from mmpo.evaluation.chair import (
     COCO_CATEGORIES,
     COCO_SYNONYMS,
     caption_objects,
-    chair_scores,
     coco_name_table,
-    extract_mentions,
     extract_object_words,
     lisaanne_tables,
     load_chair_questions,
-    load_coco_ground_truth,
     load_generations,
     merge_two_words,
     open_image_field,
@@ -34,9 +31,9 @@ from mmpo.evaluation.chair import (
     run_chair,
     score_chair,
     score_object_halbench,
-    singular_forms,
-    tokenize,
 )
+from mmpo.evaluation.coco import CocoGroundTruth, load_coco_ground_truth
+from mmpo.evaluation.mentions import chair_scores, extract_mentions, singular_forms, tokenize
 from mmpo.toyworld.benchmark_files import write_toy_benchmarks
 from mmpo.toyworld.scenes import DESCRIBE_PROMPT, SHAPES, WorldConfig, sample_scenes
 
@@ -466,8 +463,8 @@ def test_any_text_scores_finite(texts):
 
 
 def _property_truth():
-    return chair.CocoGroundTruth({1: frozenset({"dog"}), 2: frozenset(), 3: frozenset({"bus", "person"})},
-                                 {3: ("Two dogs.",)}, {1: "1.jpg", 2: "2.jpg", 3: "3.jpg"}, COCO_CATEGORIES)
+    return CocoGroundTruth({1: frozenset({"dog"}), 2: frozenset(), 3: frozenset({"bus", "person"})},
+                           {3: ("Two dogs.",)}, {1: "1.jpg", 2: "2.jpg", 3: "3.jpg"}, COCO_CATEGORIES)
 
 
 # ---------------------------------------------------------------------- synthetic-world helpers

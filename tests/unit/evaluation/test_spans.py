@@ -14,14 +14,14 @@ from hypothesis import strategies as st
 from mmpo.evaluation.amber import load_amber_associations, load_amber_safe_words, score_amber
 from mmpo.evaluation.chair import (
     caption_objects,
-    find_mentions,
     lisaanne_tables,
-    load_coco_ground_truth,
     load_generations,
     rlaifv_tables,
     score_chair,
     score_object_halbench,
 )
+from mmpo.evaluation.coco import load_coco_ground_truth
+from mmpo.evaluation.mentions import find_mentions
 from mmpo.evaluation.spans import VERDICTS, locate_tokens, make_span, missed, verdict_counts
 from mmpo.evaluation.synthetic import answer_spans, attribute_errors, score_descriptions
 from mmpo.toyworld.scenes import COLOURS, SHAPES, Scene, SceneObject, WorldConfig, sample_scenes
