@@ -69,11 +69,11 @@ def correlations(records) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from mmpo.cli import demo
     from mmpo.data.construct.sentence_scores import score_sentences
+    from mmpo.models import load_policy
     from mmpo.scoring.sentences import RuleSplitter
     from mmpo.toyworld.base_model import BaseModelRecipe, ensure_base_model
     from mmpo.toyworld.scenes import WorldConfig
     from mmpo.training.config import Methods
-    from mmpo.training.model_loading import load_policy
 
     ns = parse_args(argv)
     opts = demo.DemoOptions(method="dpo", cache_dir=ns.cache_dir, n_pairs=ns.n_pairs, progress=not ns.no_progress,
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     world = WorldConfig(seed=opts.seed)
     recipe = BaseModelRecipe(world=world, n_scenes=opts.base_scenes, steps=opts.base_steps, seed=opts.seed)
     base_dir, _ = ensure_base_model(recipe, opts.cache_dir, progress=opts.progress)
-    _, (model_args, *_) = demo.demo_config(opts, Path(opts.output_dir))
+    model_args = demo.demo_config(opts, Path(opts.output_dir))[1].model
     model_args.model_name_or_path = str(base_dir)
     model, processor = load_policy(model_args)
     records, _ = demo.prepare_records(opts, "self", Methods(), base_dir, model, processor, world)

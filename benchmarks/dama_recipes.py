@@ -5,7 +5,7 @@
 Three scenarios of 50 steps x 16 records, raw log-ratio margins ``A_i = mu(t) + 2 z`` (``z`` standard
 normal, the same draws for every recipe): gaps that rise (``mu = 0.2 t``, a model that keeps
 separating the pairs), fall (``mu = -0.2 t``) and stay (``mu = 2``). Each recipe runs
-:class:`mmpo.losses.dama.DamaController` (model-aware only, beta 0.1) over them, as training would:
+:class:`mmpo.methods.dama.DamaController` (model-aware only, beta 0.1) over them, as training would:
 
 * ``authors``: the released algorithm (the default);
 * ``paper``: Eqs. 9-17 as printed (unguarded ``R_i / R_bar``);
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from mmpo.losses.dama import DamaController
+from mmpo.methods.dama import DamaController
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RECIPES = {"authors": {"recipe": "authors"}, "paper": {"recipe": "paper"},

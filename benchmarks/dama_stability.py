@@ -42,9 +42,8 @@ from pathlib import Path
 import torch
 
 from mmpo.io import default_cache_dir
-from mmpo.losses.compose import preference_loss
-from mmpo.losses.dama import dama_combine, dama_data_alpha, dama_delta, dama_model_alpha
-from mmpo.types import DATA_ALPHA_RANGE
+from mmpo.methods.dama import DATA_ALPHA_RANGE, dama_combine, dama_data_alpha, dama_delta, dama_model_alpha
+from mmpo.methods.dpo import preference_loss
 
 NORMALIZERS = ("paper", "bounded")
 nan = float("nan")
@@ -145,10 +144,10 @@ def flip_labels(records: list, fraction: float, seed: int = 0) -> list:
 def train_runs(ns: argparse.Namespace) -> str:
     from mmpo.cli.demo import DemoOptions, prepare_records
     from mmpo.data.collator import PreferenceDataset
+    from mmpo.models import load_policy
     from mmpo.toyworld.base_model import BaseModelRecipe, ensure_base_model
     from mmpo.toyworld.scenes import WorldConfig
-    from mmpo.training.config import DamaArguments, Methods, ModelArguments, PreferenceConfig
-    from mmpo.training.model_loading import load_policy
+    from mmpo.training.config import DamaConfig, Methods, ModelArguments, PreferenceConfig
     from mmpo.training.trainer import PreferenceTrainer
 
     started = time.time()
@@ -159,7 +158,7 @@ def train_runs(ns: argparse.Namespace) -> str:
     model, processor = load_policy(ModelArguments(model_name_or_path=str(base_dir)))
     opts = DemoOptions(cache_dir=ns.cache_dir, n_pairs=ns.n_pairs, seed=0, base_steps=ns.base_steps,
                        base_scenes=ns.base_scenes, progress=False)
-    data_methods = Methods(dama=DamaArguments(dama_data=ns.data_alpha, dama_model=True))
+    data_methods = Methods(dama=DamaConfig(data=ns.data_alpha, model=True))
     with redirect_stdout(io.StringIO()):  # the demo's progress lines
         records = prepare_records(opts, ns.data, data_methods, base_dir, model, processor, world)
     have_alpha = all(r.data_alpha is not None for r in records)
@@ -179,8 +178,8 @@ def train_runs(ns: argparse.Namespace) -> str:
                     warmup_steps=min(10, ns.steps // 10), weight_decay=0.0, logging_steps=1, save_strategy="no",
                     beta=0.1, sft_weight=1.0, sft_reduction="record", seed=seed, disable_tqdm=True, report_to="none",
                     use_cpu=not torch.cuda.is_available(), on_nonfinite="skip")
-                methods = Methods(dama=DamaArguments(dama_data=have_alpha, dama_model=True, dama_recipe="paper",
-                                                     dama_normalizer=normalizer, dama_keep=0.75))
+                methods = Methods(dama=DamaConfig(data=have_alpha, model=True, recipe="paper",
+                                                     normalizer=normalizer, keep=0.75))
                 trainer = PreferenceTrainer(model, args, processor, dataset, methods=methods)
                 failure = ""
                 try:

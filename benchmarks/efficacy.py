@@ -322,10 +322,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from mmpo.cli import demo
     from mmpo.io import atomic_write_json, atomic_write_text, default_cache_dir
+    from mmpo.models import load_policy
     from mmpo.toyworld.base_model import BaseModelRecipe, ensure_base_model
     from mmpo.toyworld.scenes import WorldConfig, sample_scenes
-    from mmpo.training.config import Methods
-    from mmpo.training.model_loading import load_policy
 
     ns = parse_args(argv)
     started = time.time()
@@ -346,12 +345,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     kinds = EXTRA_KINDS if ns.base_questions or ns.prompts == "mixed" else ()
     recipe = BaseModelRecipe(world=world, n_scenes=opts.base_scenes, steps=opts.base_steps, seed=0, question_kinds=kinds)
     base_dir, _ = ensure_base_model(recipe, opts.cache_dir, progress=opts.progress)
-    _, (model_args, _, _, aspo, dama, adavip) = demo.demo_config(opts, run_dir / "all")
+    _, config = demo.demo_config(opts, run_dir / "all")
+    model_args, all_methods = config.model, config.methods
     model_args = dataclasses.replace(model_args, model_name_or_path=str(base_dir))
     base_model, processor = load_policy(model_args)
 
     say(f"[2/5] records: {ns.data} pairs + CLIP sentence scores + alpha_D + vision-rejected images")
-    all_methods = Methods(aspo=aspo, dama=dama, adavip=adavip)
     records, folder = demo.prepare_records(opts, ns.data, all_methods, base_dir, base_model, processor, world)
     say(f"      {len(records)} records in {folder}")
     pairs_report = json.loads((folder / "self_pairs_report.json").read_text()) if ns.data == "self" else None
@@ -403,7 +402,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             began = time.time()
             config, overrides = VARIANTS.get(method, (method, {}))
             run_opts = dataclasses.replace(opts, method=config, seed=seed, **overrides)
-            _, (m_args, _, args, m_aspo, m_dama, m_adavip) = demo.demo_config(run_opts, path.parent)
+            _, run_config = demo.demo_config(run_opts, path.parent)
+            m_args, args, run_methods = run_config.model, run_config.training, run_config.methods
             m_args = dataclasses.replace(m_args, model_name_or_path=str(base_dir))
             model, _ = load_policy(m_args)
             from mmpo.data.collator import PreferenceDataset
@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             torch.manual_seed(seed)
             model = prepare_policy(model, m_args, args)
             trainer = PreferenceTrainer(model, args, processor, PreferenceDataset(records),
-                                        methods=Methods(aspo=m_aspo, dama=m_dama, adavip=m_adavip))
+                                        methods=run_methods)
             gaps = None
             if seed == 0 and method in ("dpo", "dama"):
                 gaps = reward_gap_callback(probe, processor, args.beta, every=max(1, args.max_steps // 10))
@@ -465,7 +465,7 @@ def aspo_check(model, processor, records: list) -> dict[str, Any]:
     per-response AUCs)."""
     import torch
 
-    from mmpo.losses.aspo import aspo_sentence_weights_batched
+    from mmpo.methods.aspo import aspo_sentence_weights_batched
     from mmpo.scoring.sentences import RuleSplitter
 
     usable = [r for r in records if r.chosen_sentence_scores and "self_pairs" in r.meta

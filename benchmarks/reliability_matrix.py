@@ -310,7 +310,7 @@ def _dama_run(out: Path, steps: int, resume: bool | str | None = None):
     from mmpo.toyworld.data import ground_truth_pairs
     from mmpo.toyworld.model import build_processor, build_tiny_vlm, train_tokenizer
     from mmpo.toyworld.scenes import WorldConfig, sample_scenes
-    from mmpo.training.config import DamaArguments, Methods, PreferenceConfig
+    from mmpo.training.config import DamaConfig, Methods, PreferenceConfig
     from mmpo.training.trainer import PreferenceTrainer
 
     world = WorldConfig(seed=1)
@@ -320,7 +320,7 @@ def _dama_run(out: Path, steps: int, resume: bool | str | None = None):
     args = PreferenceConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=4, learning_rate=1e-3,
                             save_steps=1, logging_steps=1, disable_tqdm=True, use_cpu=True, seed=0, report_to="none",
                             sft_weight=1.0)
-    methods = Methods(dama=DamaArguments(dama_model=True, dama_keep=0.75))
+    methods = Methods(dama=DamaConfig(model=True, keep=0.75))
     trainer = PreferenceTrainer(build_tiny_vlm(tokenizer, seed=0), args, build_processor(tokenizer),
                                 PreferenceDataset(records), methods=methods)
     trainer.remove_callback(PrinterCallback)  # the per-step log dicts

@@ -72,13 +72,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from mmpo.data.construct.self_pairs import PairingRule, SamplingSettings, build_self_pairs
     from mmpo.data.records import load_records, save_records
+    from mmpo.models import load_policy
     from mmpo.scoring.clip import CLIPScorer
     from mmpo.toyworld.judge import SceneJudge
     from mmpo.toyworld.rounds import preference_scenes, scene_items, world_evaluator
     from mmpo.toyworld.scenes import WorldConfig
     from mmpo.toyworld.shipped import SHIPPED_DIR
-    from mmpo.training.config import DataArguments, Methods, parse_config
-    from mmpo.training.model_loading import load_policy
+    from mmpo.training.config import DataArguments, parse_config
     from mmpo.training.rounds import RoundsPlan, method_enricher, read_rounds, run_rounds
     from mmpo.training.run import run_training
 
@@ -114,9 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                          "--output_dir", str(folder / "offline" / "model")]
             if ns.steps is not None:
                 overrides += ["--max_steps", str(ns.steps), "--warmup_steps", str(max(ns.steps // 10, 0))]
-            model_args, _, args, aspo, dama, adavip = parse_config(CONFIGS / f"{method.replace('-', '_')}.yaml",
-                                                                   overrides)
-            methods = Methods(aspo, dama, adavip)
+            config = parse_config(CONFIGS / f"{method.replace('-', '_')}.yaml", overrides)
+            model_args, args, methods = config.model, config.training, config.methods
             enrich = method_enricher(methods, scorer=scorer, progress=False)
             sampling = SamplingSettings(n=6, temperature=1.0, seed=seed)
             rule = PairingRule(score=ns.pair_score)

@@ -29,7 +29,7 @@ from mmpo.data.collator import PreferenceDataset
 from mmpo.toyworld.data import ground_truth_pairs, sft_rows
 from mmpo.toyworld.model import build_processor, build_tiny_vlm, train_tokenizer
 from mmpo.toyworld.scenes import WorldConfig, sample_scenes
-from mmpo.training.config import AdavipArguments, AspoArguments, DamaArguments, Methods, PreferenceConfig
+from mmpo.training.config import AdavipConfig, AspoConfig, DamaConfig, Methods, PreferenceConfig
 from mmpo.training.sft import train_sft
 from mmpo.training.trainer import PreferenceTrainer
 
@@ -88,10 +88,10 @@ def main(argv: list[str]) -> int:
         ("DPO, one row per response", "copy", Methods(), False),
         ("DPO, live reference", "copy", Methods(), True),
         ("DPO, precomputed reference", "precomputed", Methods(), True),
-        ("ASPO", "copy", Methods(aspo=AspoArguments(aspo=True)), True),
-        ("DAMA", "copy", Methods(dama=DamaArguments(dama_data=True, dama_model=True)), True),
-        ("AdaViP, one row per response", "copy", Methods(adavip=AdavipArguments(adavip=True)), False),
-        ("AdaViP", "copy", Methods(adavip=AdavipArguments(adavip=True)), True),
+        ("ASPO", "copy", Methods(aspo=AspoConfig(enabled=True)), True),
+        ("DAMA", "copy", Methods(dama=DamaConfig(data=True, model=True)), True),
+        ("AdaViP, one row per response", "copy", Methods(adavip=AdavipConfig(enabled=True)), False),
+        ("AdaViP", "copy", Methods(adavip=AdavipConfig(enabled=True)), True),
     )
     for name, reference, methods, sharing in runs:
         timer = StepTimer()

@@ -217,12 +217,12 @@ def build_trainer(name: str, shape: Shape, datasets: dict, max_steps: int, batch
         trainer = DPOTrainer(model=model, ref_model=shape.make_model(), args=args, train_dataset=datasets["trl"],
                              processing_class=processor, callbacks=callbacks)
     else:
-        from mmpo.training.config import AdavipArguments, Methods, PreferenceConfig
+        from mmpo.training.config import AdavipConfig, Methods, PreferenceConfig
         from mmpo.training.trainer import PreferenceTrainer
 
         args = PreferenceConfig(output_dir=str(out), reference=row.reference, reference_cache_dir=str(out / "ref"),
                                 prefix_sharing=row.share, preflight=False, **common_args(max_steps, batch_size))
-        methods = Methods(adavip=AdavipArguments(adavip=True)) if row.adavip else Methods()
+        methods = Methods(adavip=AdavipConfig(enabled=True)) if row.adavip else Methods()
         trainer = PreferenceTrainer(model, args, processor, datasets["mmpo"], methods=methods, callbacks=callbacks)
         trainer.data_collator.encoder.append_eos = True  # mmpo's default, stated: responses end with EOS
     sync()

@@ -17,7 +17,7 @@ import torch
 
 from mmpo.data.collator import PreferenceCollator, PreferenceDataset, RowEncoder
 from mmpo.forward import policy_response_logps
-from mmpo.losses import dpo_loss
+from mmpo.methods import dpo_loss
 
 
 def train(model, processor, records, *, steps: int, batch_size: int, lr: float, beta: float,

@@ -12,11 +12,6 @@ from typing import Any
 #: transformers chat format (``[{"role": "user", "content": [{"type": "image"}, {"type": "text", ...}]}]``).
 Prompt = str | list
 
-#: The range a record's DAMA ``data_alpha`` must lie in. ``alpha_D = sigmoid(delta) / sigmoid(delta_bar)``
-#: is within [0.37, 2.72] in the paper's softmax mode; the bound leaves room for the ratio ablation
-#: and hand-made values while keeping ``beta * alpha_D`` far from float overflow.
-DATA_ALPHA_RANGE = (1e-3, 1e3)
-
 #: An image reference: a path on disk (JSONL files) or an in-memory ``PIL.Image.Image``.
 ImageRef = Any
 

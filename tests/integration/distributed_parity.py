@@ -22,18 +22,19 @@ from pathlib import Path
 import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
+from mmpo import models
 from mmpo.data.collator import PreferenceDataset
 from mmpo.data.records import load_records
 from mmpo.toyworld.model import build_processor, build_tiny_vlm, train_tokenizer
 from mmpo.training import distributed
-from mmpo.training.config import AdavipArguments, AspoArguments, DamaArguments, Methods, PreferenceConfig
+from mmpo.training.config import AdavipConfig, AspoConfig, DamaConfig, Methods, PreferenceConfig
 from mmpo.training.trainer import PreferenceTrainer, check_finite_parameters
 
 METHODS = {
     "dpo": Methods(),
-    "aspo": Methods(aspo=AspoArguments(aspo=True)),
-    "adavip": Methods(adavip=AdavipArguments(adavip=True)),
-    "dama": Methods(dama=DamaArguments(dama_model=True, dama_loss_mean="global")),  # the authors' draw, one mean
+    "aspo": Methods(aspo=AspoConfig(enabled=True)),
+    "adavip": Methods(adavip=AdavipConfig(enabled=True)),
+    "dama": Methods(dama=DamaConfig(model=True, loss_mean="global")),  # the authors' draw, one mean
     "lora": Methods(),  # DPO on a LoRA policy, with the adapter-off reference
 }
 
@@ -66,8 +67,8 @@ def run_case(case: str, records, tokenizer, checkpoint: Path, out_dir: Path, per
     # Loaded after the config exists, as ``mmpo train`` does: under ZeRO-3 transformers then
     # partitions the weights at load (zero.Init), and the frozen reference is loaded again from here.
     # (mmpo's load_policy first imports the modeling modules, so that no class is created inside
-    # zero.Init: distributed.import_model_modules says why; done here as it does.)
-    distributed.import_model_modules(LlavaConfig.from_pretrained(checkpoint))
+    # zero.Init: models.import_model_modules says why; done here as it does.)
+    models.import_model_modules(LlavaConfig.from_pretrained(checkpoint))
     model = LlavaForConditionalGeneration.from_pretrained(checkpoint)
     partitioned_at_load = distributed.is_partitioned(model)
     if method == "lora":

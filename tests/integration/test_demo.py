@@ -96,10 +96,11 @@ SWITCHES = {"dpo": (False, False, False, False, "plackett_luce"), "aspo": (True,
 def test_the_demo_reads_the_method_config(method, tmp_path):
     """The switches and training settings come from the config; the demo's paths, seed and device
     override it, and so do the settings given on its command line."""
-    path, (model_args, data_args, args, aspo, dama, adavip) = demo.demo_config(
+    path, config = demo.demo_config(
         demo.DemoOptions(method=method, seed=7, progress=False), tmp_path)
     assert path == demo.method_configs()[method]
-    assert (aspo.aspo, dama.dama_data, dama.dama_model, adavip.adavip, adavip.adavip_loss) == SWITCHES[method]
+    args, data_args, (aspo, dama, adavip) = config.training, config.data, vars(config.methods).values()
+    assert (aspo.enabled, dama.data, dama.model, adavip.enabled, adavip.loss) == SWITCHES[method]
     assert (args.max_steps, args.per_device_train_batch_size, args.learning_rate, args.beta, args.sft_weight,
             args.warmup_steps) == (200, 16, pytest.approx(3e-4), pytest.approx(0.1), pytest.approx(1.0), 10)
     assert args.output_dir == str(tmp_path / "train") and data_args.train_file == str(tmp_path / "data" / "train.jsonl")
@@ -109,11 +110,12 @@ def test_the_demo_reads_the_method_config(method, tmp_path):
 
 def test_the_command_line_overrides_the_config(tmp_path):
     opts = demo.DemoOptions(method="dama", steps=4, batch_size=2, learning_rate=1e-3, beta=0.2, sft_weight=0.0)
-    _, (_, _, args, _, dama, _) = demo.demo_config(opts, tmp_path)
+    _, config = demo.demo_config(opts, tmp_path)
+    args, dama = config.training, config.methods.dama
     assert (args.max_steps, args.per_device_train_batch_size, args.learning_rate, args.beta, args.sft_weight) == \
         (4, 2, pytest.approx(1e-3), pytest.approx(0.2), 0.0)
     assert args.warmup_steps == 0  # a short run warms up for at most a tenth of its steps
-    assert dama.dama_data and dama.dama_model
+    assert dama.data and dama.model
 
 
 def test_an_unknown_method_or_data_kind_names_the_choices(tmp_path):
@@ -126,7 +128,8 @@ def test_an_unknown_method_or_data_kind_names_the_choices(tmp_path):
 def test_the_control_keeps_an_nll_term(tmp_path):
     assert demo.control_options(demo.DemoOptions(method="dpo", sft_weight=0.0)).sft_weight is None  # the config's 1
     assert demo.control_options(demo.DemoOptions(method="dpo", sft_weight=0.5)).sft_weight == 0.5
-    _, (_, _, args, *_) = demo.demo_config(demo.control_options(demo.DemoOptions(sft_weight=0.0)), tmp_path)
+    _, config = demo.demo_config(demo.control_options(demo.DemoOptions(sft_weight=0.0)), tmp_path)
+    args = config.training
     assert (args.preference_weight, args.sft_weight) == (0.0, 1.0)
 
 

@@ -29,9 +29,9 @@ from mmpo.data.collator import MODEL_INPUTS, PreferenceCollator, PreferenceDatas
 from mmpo.forward import policy_response_logps
 from mmpo.toyworld.families import FAMILIES, build_family
 from mmpo.training.config import (
-    AdavipArguments,
-    AspoArguments,
-    DamaArguments,
+    AdavipConfig,
+    AspoConfig,
+    DamaConfig,
     Methods,
     ModelArguments,
     PreferenceConfig,
@@ -239,8 +239,8 @@ def test_dpo_trains(name, tmp_path):
     assert_trains(trainer_for(name, tmp_path), ["rewards/margins", "logps/chosen"])
 
 
-ALL_METHODS = Methods(aspo=AspoArguments(aspo=True), dama=DamaArguments(dama_data=True, dama_model=True),
-                      adavip=AdavipArguments(adavip=True))
+ALL_METHODS = Methods(aspo=AspoConfig(enabled=True), dama=DamaConfig(data=True, model=True),
+                      adavip=AdavipConfig(enabled=True))
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -251,9 +251,9 @@ def test_lora_with_every_method_trains(name, tmp_path):
 
 
 QWEN_METHODS = {
-    "aspo": Methods(aspo=AspoArguments(aspo=True)),
-    "dama": Methods(dama=DamaArguments(dama_data=True, dama_model=True)),
-    "adavip": Methods(adavip=AdavipArguments(adavip=True)),
+    "aspo": Methods(aspo=AspoConfig(enabled=True)),
+    "dama": Methods(dama=DamaConfig(data=True, model=True)),
+    "adavip": Methods(adavip=AdavipConfig(enabled=True)),
 }
 
 

@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 from helpers import load_tiny, training_args
 from mmpo.data.collator import PreferenceDataset
 from mmpo.training.checkpoints import CheckpointError
-from mmpo.training.config import AdavipArguments, AspoArguments, DamaArguments, Methods
+from mmpo.training.config import AdavipConfig, AspoConfig, DamaConfig, Methods
 from mmpo.training.reference import FrozenCopyReference
 from mmpo.training.trainer import STATE_FILE, PreferenceTrainer
 
@@ -51,7 +51,7 @@ def test_aspo_with_one_sentence_is_exactly_dpo(tmp_path, tiny_checkpoint, tiny_r
     one = [dataclasses.replace(r, chosen=r.chosen.split(" . ")[0] + " .", chosen_sentence_scores=[0.3])
            for r in tiny_records]
     dpo = batch_loss(tmp_path, tiny_checkpoint, one, Methods())
-    aspo = batch_loss(tmp_path, tiny_checkpoint, one, Methods(aspo=AspoArguments(aspo=True)))
+    aspo = batch_loss(tmp_path, tiny_checkpoint, one, Methods(aspo=AspoConfig(enabled=True)))
     assert dpo.item() != pytest.approx(math.log(2))
     torch.testing.assert_close(aspo, dpo)
 
@@ -60,7 +60,7 @@ def test_aspo_response_granularity_is_exactly_dpo(tmp_path, tiny_checkpoint, tin
     records = scored(tiny_records)
     dpo = batch_loss(tmp_path, tiny_checkpoint, records, Methods())
     aspo = batch_loss(tmp_path, tiny_checkpoint, records,
-                      Methods(aspo=AspoArguments(aspo=True, aspo_granularity="response")))
+                      Methods(aspo=AspoConfig(enabled=True, granularity="response")))
     torch.testing.assert_close(aspo, dpo)
 
 
@@ -69,9 +69,9 @@ def test_aspo_reward_normalizer_keeps_dpo_value_count_normalizer_does_not(tmp_pa
     the 'count' scale changes the value whenever sentence ratios differ."""
     records = [r for r in scored(tiny_records) if r.chosen.count(" .") > 1] * 2
     dpo = batch_loss(tmp_path, tiny_checkpoint, records, Methods())
-    reward = batch_loss(tmp_path, tiny_checkpoint, records, Methods(aspo=AspoArguments(aspo=True)))
+    reward = batch_loss(tmp_path, tiny_checkpoint, records, Methods(aspo=AspoConfig(enabled=True)))
     count = batch_loss(tmp_path, tiny_checkpoint, records,
-                       Methods(aspo=AspoArguments(aspo=True, aspo_normalizer="count")))
+                       Methods(aspo=AspoConfig(enabled=True, normalizer="count")))
     torch.testing.assert_close(reward, dpo, rtol=1e-4, atol=1e-5)
     assert abs(count.item() - dpo.item()) > 1e-5
 
@@ -79,7 +79,7 @@ def test_aspo_reward_normalizer_keeps_dpo_value_count_normalizer_does_not(tmp_pa
 @pytest.mark.parametrize("granularity", ["sentence", "token"])
 def test_aspo_trains_and_logs(tmp_path, tiny_checkpoint, tiny_records, granularity):
     model, processor = load_tiny(tiny_checkpoint)
-    methods = Methods(aspo=AspoArguments(aspo=True, aspo_granularity=granularity))
+    methods = Methods(aspo=AspoConfig(enabled=True, granularity=granularity))
     trainer = PreferenceTrainer(model, training_args(tmp_path / "out"), processor,
                                 PreferenceDataset(scored(tiny_records)),
                                 methods=methods)
@@ -94,21 +94,21 @@ def test_aspo_without_scores_names_the_record(tmp_path, tiny_checkpoint, tiny_re
     model, processor = load_tiny(tiny_checkpoint)
     with pytest.raises(ValueError, match=r"#0 \(id 't-000000'\) field 'chosen_sentence_scores': missing; ASPO"):
         PreferenceTrainer(model, training_args(tmp_path / "out"), processor, PreferenceDataset(tiny_records),
-                          methods=Methods(aspo=AspoArguments(aspo=True)))
+                          methods=Methods(aspo=AspoConfig(enabled=True)))
 
 
 # ---------------------------------------------------------------------------------------------- DAMA
 def test_dama_with_alpha_one_is_exactly_dpo(tmp_path, tiny_checkpoint, tiny_records):
     ones = [dataclasses.replace(r, data_alpha=1.0) for r in tiny_records]
     dpo = batch_loss(tmp_path, tiny_checkpoint, ones, Methods())
-    d2po = batch_loss(tmp_path, tiny_checkpoint, ones, Methods(dama=DamaArguments(dama_data=True)))
+    d2po = batch_loss(tmp_path, tiny_checkpoint, ones, Methods(dama=DamaConfig(data=True)))
     torch.testing.assert_close(d2po, dpo)
 
 
 def test_dama_data_alpha_scales_beta_per_record(tmp_path, tiny_checkpoint, tiny_records):
     """beta_C = beta * alpha_D: records with alpha_D = 2 give the DPO loss at beta 0.2."""
     twos = [dataclasses.replace(r, data_alpha=2.0) for r in tiny_records]
-    d2po = batch_loss(tmp_path, tiny_checkpoint, twos, Methods(dama=DamaArguments(dama_data=True)))
+    d2po = batch_loss(tmp_path, tiny_checkpoint, twos, Methods(dama=DamaConfig(data=True)))
     dpo_at_double_beta = batch_loss(tmp_path, tiny_checkpoint, twos, Methods(), beta=0.2)
     torch.testing.assert_close(d2po, dpo_at_double_beta)
 
@@ -130,7 +130,7 @@ def test_dama_state_survives_a_checkpoint_resume(tmp_path, tiny_checkpoint, tiny
     """Train 6 steps straight; train to step 3, stop, resume from checkpoint-3: same R_bar, same
     losses and the same final weights."""
     records = PreferenceDataset(hardness(tiny_records) * 3)
-    methods = Methods(dama=DamaArguments(dama_data=True, dama_model=True))
+    methods = Methods(dama=DamaConfig(data=True, model=True))
     common = dict(max_steps=6, per_device_train_batch_size=4, save_strategy="steps", save_steps=3,
                   learning_rate=5e-3)
 
@@ -169,7 +169,7 @@ def test_dama_state_survives_a_checkpoint_resume(tmp_path, tiny_checkpoint, tiny
     # The same checkpoint under the other recipe: its running mean has another scale, so it is refused,
     # naming the checkpoint and the option (the state file itself is valid).
     model, processor = load_tiny(tiny_checkpoint)
-    paper = Methods(dama=DamaArguments(dama_data=True, dama_model=True, dama_recipe="paper"))
+    paper = Methods(dama=DamaConfig(data=True, model=True, recipe="paper"))
     other = PreferenceTrainer(model, training_args(tmp_path / "b" / "out", **common), processor, records,
                               methods=paper)
     with pytest.raises(CheckpointError, match=r"cannot resume from .*checkpoint-3: .*kind 'all_gaps'.*"
@@ -180,7 +180,7 @@ def test_dama_state_survives_a_checkpoint_resume(tmp_path, tiny_checkpoint, tiny
 
 def test_dama_trains_and_logs(tmp_path, tiny_checkpoint, tiny_records):
     model, processor = load_tiny(tiny_checkpoint)
-    methods = Methods(dama=DamaArguments(dama_data=True, dama_model=True))
+    methods = Methods(dama=DamaConfig(data=True, model=True))
     trainer = PreferenceTrainer(model, training_args(tmp_path / "out", max_steps=3), processor,
                                 PreferenceDataset(hardness(tiny_records)), methods=methods)
     trainer.train()
@@ -197,7 +197,7 @@ def test_missing_data_alpha_names_the_record(tmp_path, tiny_checkpoint, tiny_rec
     records = [dataclasses.replace(r, data_alpha=None if i == 1 else 1.0) for i, r in enumerate(tiny_records)]
     with pytest.raises(ValueError, match=r"#1 \(id 't-000001'\) field 'data_alpha': missing; DAMA"):
         PreferenceTrainer(model, training_args(tmp_path / "out"), processor, PreferenceDataset(records),
-                          methods=Methods(dama=DamaArguments(dama_data=True)))
+                          methods=Methods(dama=DamaConfig(data=True)))
 
 
 # ---------------------------------------------------------------------------------------------- AdaViP
@@ -209,7 +209,7 @@ def vision_rejected(records):
 
 def test_adavip_without_vision_images_is_exactly_dpo(tmp_path, tiny_checkpoint, tiny_records):
     dpo = batch_loss(tmp_path, tiny_checkpoint, tiny_records, Methods())
-    adavip = batch_loss(tmp_path, tiny_checkpoint, tiny_records, Methods(adavip=AdavipArguments(adavip=True)))
+    adavip = batch_loss(tmp_path, tiny_checkpoint, tiny_records, Methods(adavip=AdavipConfig(enabled=True)))
     torch.testing.assert_close(adavip, dpo)
 
 
@@ -217,9 +217,9 @@ def test_adavip_loss_exceeds_dpo_with_a_vision_sample(tmp_path, tiny_checkpoint,
     """log(1 + e^a + e^b) > log(1 + e^a): a third sample can only add to the loss."""
     records = vision_rejected(tiny_records)
     dpo = batch_loss(tmp_path, tiny_checkpoint, records, Methods())
-    adavip = batch_loss(tmp_path, tiny_checkpoint, records, Methods(adavip=AdavipArguments(adavip=True)))
+    adavip = batch_loss(tmp_path, tiny_checkpoint, records, Methods(adavip=AdavipConfig(enabled=True)))
     plus = batch_loss(tmp_path, tiny_checkpoint, records,
-                      Methods(adavip=AdavipArguments(adavip=True, adavip_loss="plus_vision")))
+                      Methods(adavip=AdavipConfig(enabled=True, loss="plus_vision")))
     assert dpo.item() < adavip.item() < plus.item()
 
 
@@ -227,7 +227,7 @@ def test_adavip_trains_and_logs_the_eq13_weights(tmp_path, tiny_checkpoint, tiny
     model, processor = load_tiny(tiny_checkpoint)
     trainer = PreferenceTrainer(model, training_args(tmp_path / "out"), processor,
                                 PreferenceDataset(vision_rejected(tiny_records)),
-                                methods=Methods(adavip=AdavipArguments(adavip=True)))
+                                methods=Methods(adavip=AdavipConfig(enabled=True)))
     trainer.train()
     assert {"adavip/weight_vision", "adavip/weight_language", "rewards/vision_rejected"} <= logged_keys(trainer)
     for e in trainer.state.log_history:
@@ -239,8 +239,8 @@ def test_adavip_trains_and_logs_the_eq13_weights(tmp_path, tiny_checkpoint, tiny
 # ---------------------------------------------------------------------------------------------- all three
 def test_all_methods_compose(tmp_path, tiny_checkpoint, tiny_records):
     records = vision_rejected(hardness(scored(tiny_records)))
-    methods = Methods(aspo=AspoArguments(aspo=True), dama=DamaArguments(dama_data=True, dama_model=True),
-                      adavip=AdavipArguments(adavip=True))
+    methods = Methods(aspo=AspoConfig(enabled=True), dama=DamaConfig(data=True, model=True),
+                      adavip=AdavipConfig(enabled=True))
     model, processor = load_tiny(tiny_checkpoint)
     trainer = PreferenceTrainer(model, training_args(tmp_path / "out", sft_weight=0.5), processor,
                                 PreferenceDataset(records),

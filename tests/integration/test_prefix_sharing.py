@@ -23,7 +23,7 @@ from helpers import training_args
 from mmpo.data.collator import PreferenceCollator, PreferenceDataset, RowEncoder
 from mmpo.forward import block_attention_mask, policy_response_logps, prefix_sharing_problem
 from mmpo.toyworld.families import FAMILIES, build_family
-from mmpo.training.config import AdavipArguments, Methods, ModelArguments
+from mmpo.training.config import AdavipConfig, Methods, ModelArguments
 from mmpo.training.model_loading import prepare_policy
 from mmpo.training.reference import compute_reference_table
 from mmpo.training.trainer import PreferenceTrainer
@@ -197,7 +197,7 @@ def trainer_for(name: str, tmp_path, **args) -> PreferenceTrainer:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return PreferenceTrainer(model, training_args(tmp_path / "out", **args), processor, PreferenceDataset(recs),
-                                 methods=Methods(adavip=AdavipArguments(adavip=True)))
+                                 methods=Methods(adavip=AdavipConfig(enabled=True)))
 
 
 def _saved(image, path):

@@ -24,7 +24,7 @@ from mmpo.io import read_jsonl
 from mmpo.toyworld.judge import SceneJudge
 from mmpo.toyworld.rounds import world_pool
 from mmpo.toyworld.shipped import SHIPPED_DIR
-from mmpo.training.config import CONFIG_CLASSES, Methods, parse_config
+from mmpo.training.config import CONFIG_CLASSES, keyed, parse_config
 from mmpo.training.rounds import (
     IterateArguments,
     RoundsPlan,
@@ -41,11 +41,11 @@ class Killed(BaseException):
 
 
 def config(out: Path, method: str = "dpo", *extra: str):
-    model_args, data_args, args, aspo, dama, adavip = parse_config(CONFIGS / f"{method}.yaml", [
+    parsed = parse_config(CONFIGS / f"{method}.yaml", [
         "--model_name_or_path", str(BASE), "--output_dir", str(out), "--max_steps", "6", "--save_strategy", "steps",
         "--save_steps", "2", "--per_device_train_batch_size", "4", "--warmup_steps", "1", "--logging_steps", "1",
         "--disable_tqdm", "true", *extra])
-    return model_args, args, Methods(aspo, dama, adavip)
+    return parsed.model, parsed.training, parsed.methods
 
 
 PLAN = RoundsPlan(rounds=3, items_per_round=8, sampling=SamplingSettings(n=3, max_new_tokens=24),
@@ -167,7 +167,7 @@ def test_the_methods_data_is_added_each_round(tmp_path):
     (clip,) = sorted(SHIPPED_DIR.glob("clip-*"))
     scorer = CLIPScorer(clip, cache_dir=tmp_path / "cache")
     _, _, methods = config(tmp_path / "run", "dama", "--aspo", "true", "--adavip", "true")
-    assert methods.aspo.enabled and methods.dama.dama_data and methods.adavip.enabled
+    assert methods.aspo.enabled and methods.dama.data and methods.adavip.enabled
     enrich = method_enricher(methods, scorer=scorer, vision_pipeline=world_vision_pipeline(scorer), progress=False)
     plan = dataclasses.replace(PLAN, rounds=1)
     model_args, args, _ = config(tmp_path / "run", "dama", "--aspo", "true", "--adavip", "true")
@@ -231,7 +231,7 @@ def test_iterate_plan_divides_the_pool():
 def test_iterate_arguments_do_not_clash_with_the_training_config():
     from transformers import HfArgumentParser
 
-    HfArgumentParser((*CONFIG_CLASSES, IterateArguments))  # a duplicate field name would raise here
+    HfArgumentParser(tuple(keyed(cls) for cls in (*CONFIG_CLASSES, IterateArguments)))  # a duplicate key raises
 
 
 def test_mmpo_iterate_runs_rounds_and_evaluates(tmp_path, capsys):

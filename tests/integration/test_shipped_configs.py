@@ -16,7 +16,7 @@ import pytest
 
 from mmpo.cli.demo import CONFIG_DIR, method_configs
 from mmpo.data.records import save_records
-from mmpo.training.config import DamaArguments, parse_config
+from mmpo.training.config import parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
@@ -58,7 +58,8 @@ def test_configs_toyworld_is_what_the_demo_reads():
 @pytest.mark.parametrize("path", SHIPPED, ids=name)
 def test_every_shipped_config_parses(path):
     """``parse_config`` reads no model or data file, so the placeholder paths need not exist."""
-    model_args, data_args, args, *_ = parse_config(path, ON_ANY_MACHINE)
+    config = parse_config(path, ON_ANY_MACHINE)
+    model_args, data_args, args = config.model, config.data, config.training
     assert model_args.model_name_or_path and data_args.train_file and args.output_dir
 
 
@@ -74,14 +75,8 @@ PAPER_VALUES = {
 }
 
 
-DAMA_FIELDS = {f.name for f in dataclasses.fields(DamaArguments)}
-
-
 def parsed_values(path: Path) -> dict:
-    values = {}
-    for part in parse_config(path, ON_ANY_MACHINE):
-        values.update({f.name: getattr(part, f.name) for f in dataclasses.fields(part)})
-    return values
+    return parse_config(path, ON_ANY_MACHINE).values()
 
 
 @pytest.mark.parametrize("family", ["llava15", "qwen25vl"])
@@ -92,8 +87,7 @@ def test_paper_configs_hold_the_papers_values(family, config):
     values["batch"], values["batch_on_4_gpus"] = per_step, per_step * 4
     if config.startswith("dama"):
         assert values["per_device_train_batch_size"] * 4 == 16  # N over the paper's four GPUs
-        dama = DamaArguments(**{k: v for k, v in values.items() if k in DAMA_FIELDS})
-        values["K of 16"] = dama.recipe().keep_count(16)
+        values["K of 16"] = parse_config(CONFIGS / family / config, ON_ANY_MACHINE).methods.dama.resolved().keep_count(16)
     for key, expected in PAPER_VALUES[config].items():
         wanted = pytest.approx(expected) if isinstance(expected, float) else expected
         assert values[key] == wanted, f"{family}/{config}: {key}"

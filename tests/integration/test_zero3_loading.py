@@ -1,6 +1,6 @@
 """Under DeepSpeed ZeRO-3 the policy and the frozen reference loaded again both run, with the
 transformers + kernels releases in which the attention classes are decorated by kernels'
-``use_kernelized_func`` (see :func:`mmpo.training.distributed.import_model_modules`).
+``use_kernelized_func`` (see :func:`mmpo.models.import_model_modules`).
 
 Without ``load_policy`` importing the modeling modules first, the reference loaded again inside a
 second ``zero.Init`` has no ``_kernel_funcs`` on its attention layers and its first forward raises
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from mmpo import models
 from mmpo.training import distributed
 
 SCRIPT = Path(__file__).with_name("zero3_loading.py")
@@ -43,7 +44,7 @@ def test_the_reference_loaded_again_under_zero3_runs_like_the_policy(tiny_checkp
 def test_every_nested_config_has_its_modeling_module_imported(tiny_checkpoint):
     from transformers import AutoConfig
 
-    names = distributed.import_model_modules(AutoConfig.from_pretrained(tiny_checkpoint))
+    names = models.import_model_modules(AutoConfig.from_pretrained(tiny_checkpoint))
     assert names == ["transformers.models.clip.modeling_clip", "transformers.models.llama.modeling_llama",
                      "transformers.models.llava.modeling_llava"]
     assert all(name in sys.modules for name in names)

@@ -20,9 +20,9 @@ def main(checkpoint: str, out_dir: str, port: str) -> None:
     import torch
     from PIL import Image
 
+    from mmpo.models import load_policy
     from mmpo.training import distributed
     from mmpo.training.config import ModelArguments, PreferenceConfig
-    from mmpo.training.model_loading import load_policy
 
     assert "transformers.models.llama.modeling_llama" not in sys.modules  # imported below, under ZeRO-3
     zero3 = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",

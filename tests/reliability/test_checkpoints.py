@@ -25,11 +25,11 @@ from mmpo.training.checkpoints import (
     CheckpointError,
     newest_complete_checkpoint,
 )
-from mmpo.training.config import DamaArguments, Methods, PreferenceConfig
+from mmpo.training.config import DamaConfig, Methods, PreferenceConfig
 from mmpo.training.trainer import PreferenceTrainer
 
 STEPS = 3
-DAMA = Methods(dama=DamaArguments(dama_model=True))
+DAMA = Methods(dama=DamaConfig(model=True))
 
 
 def make_args(out: Path, **kw) -> PreferenceConfig:

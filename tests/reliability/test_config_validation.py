@@ -14,8 +14,8 @@ import yaml
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from mmpo.hub import CheckpointLoadError
+from mmpo.models import load_policy
 from mmpo.training.config import DataArguments, ModelArguments, PreferenceConfig, check_number, parse_config
-from mmpo.training.model_loading import load_policy
 from mmpo.training.run import run_training
 
 
@@ -78,11 +78,11 @@ def test_a_bad_value_is_an_error_naming_the_field(config, values, overrides, mes
 
 
 def test_good_values_and_what_they_are_read_as(config):
-    model_args, _, args, aspo, *_ = config({"max_steps": 10.0, "learning_rate": "1e-5", "dtype": "bf16",
-                                            "beta": 1, "aspo_alpha": 0})
+    parsed = config({"max_steps": 10.0, "learning_rate": "1e-5", "dtype": "bf16", "beta": 1, "aspo_alpha": 0})
+    model_args, args, aspo = parsed.model, parsed.training, parsed.methods.aspo
     assert args.max_steps == 10 and isinstance(args.max_steps, int)
     assert args.learning_rate == 1e-5  # PyYAML reads 1e-5 as a string: a number literal is still a number
-    assert model_args.dtype == "bfloat16" and args.beta == 1 and aspo.aspo_alpha == 0
+    assert model_args.dtype == "bfloat16" and args.beta == 1 and aspo.alpha == 0
     assert args.on_nonfinite == "raise" and model_args.allow_download is False
 
 
@@ -96,7 +96,7 @@ def test_good_values_and_what_they_are_read_as(config):
     ({}, ["--resume_from_checkpoint", "runs/x/checkpoint-5"], "runs/x/checkpoint-5"),
 ])
 def test_resume_from_checkpoint_true_is_not_a_path(config, values, overrides, expected):
-    assert config(values, overrides)[2].resume_from_checkpoint == expected
+    assert config(values, overrides).training.resume_from_checkpoint == expected
 
 
 def test_check_number_never_accepts_nan_or_inf():

@@ -16,9 +16,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmpo.losses.compose import preference_loss
-from mmpo.losses.dama import (
+from mmpo.methods.dama import (
     ALPHA_MODEL_MAX,
+    DATA_ALPHA_RANGE,
     R_FLOOR,
     RECIPES,
     DamaState,
@@ -27,8 +27,8 @@ from mmpo.losses.dama import (
     dama_data_alpha,
     dama_model_alpha,
 )
-from mmpo.training.config import DamaArguments, Methods
-from mmpo.types import DATA_ALPHA_RANGE
+from mmpo.methods.dpo import preference_loss
+from mmpo.training.config import DamaConfig, Methods
 
 FILTERS = ["topk", "bottom", "top", "none", "sample"]
 EPS, FLOOR, ALPHA_MAX = 1e-6, 0.1, 10.0
@@ -244,8 +244,9 @@ def test_ratio_mode_zero_alpha_reproduced_and_fixed():
     ("dama_beta_min", float("nan")), ("dama_gap_uses_beta", "yes"),
 ])
 def test_dama_arguments_reject_out_of_range_values(field, value):
+    """The error names the YAML key (``dama_gamma``) of the field (``DamaConfig.gamma``)."""
     with pytest.raises(ValueError, match=field):
-        DamaArguments(**{field: value})
+        DamaConfig(**{field.removeprefix("dama_"): value})
 
 
 @pytest.mark.parametrize(("field", "value"), [
@@ -254,41 +255,42 @@ def test_dama_arguments_reject_out_of_range_values(field, value):
     ("dama_recipe", "paper"), ("dama_beta_min", 0.0), ("dama_filter", "sample"), ("dama_update", "step"),
 ])
 def test_dama_arguments_accept_the_edges(field, value):
-    assert getattr(DamaArguments(**{field: value}), field) == value
+    name = field.removeprefix("dama_")
+    assert getattr(DamaConfig(**{name: value}), name) == value
 
 
 def test_config_defaults_are_the_library_defaults():
     """The config repeats the library's defaults (its help texts need the numbers): keep them equal.
     Unset choices resolve to the recipe's, set ones replace only themselves."""
-    dama = DamaArguments()
-    assert dama.dama_recipe == "authors" and dama.recipe() == RECIPES["authors"]
-    assert DamaArguments(dama_recipe="paper").recipe() == RECIPES["paper"]
-    assert (dama.dama_scale_floor, dama.dama_alpha_model_max) == (R_FLOOR, ALPHA_MODEL_MAX)
+    dama = DamaConfig()
+    assert dama.recipe == "authors" and dama.resolved() == RECIPES["authors"]
+    assert DamaConfig(recipe="paper").resolved() == RECIPES["paper"]
+    assert (dama.scale_floor, dama.alpha_model_max) == (R_FLOOR, ALPHA_MODEL_MAX)
     assert (R_FLOOR, ALPHA_MODEL_MAX) == (FLOOR, ALPHA_MAX)
     assert (RECIPES["authors"].keep, RECIPES["authors"].beta_min, RECIPES["paper"].keep) == (0.8, 1e-3, 0.75)
-    mixed = DamaArguments(dama_recipe="paper", dama_normalizer="bounded", dama_filter="sample").recipe()
+    mixed = DamaConfig(recipe="paper", normalizer="bounded", filter="sample").resolved()
     assert (mixed.normalizer, mixed.filter, mixed.alpha_model, mixed.keep) == ("bounded", "sample", "paper", 0.75)
 
 
 def test_the_config_reaches_the_dama_step(tmp_path, tiny_checkpoint, tiny_records):
-    """``DamaController.from_arguments`` hands dama_normalizer, dama_scale_floor and dama_alpha_model_max
+    """``DamaController.from_config`` hands dama_normalizer, dama_scale_floor and dama_alpha_model_max
     to ``dama_model_alpha`` (at R_bar = -100 the paper's alpha_M is e^88, the bounded one the clamp),
     and the trainer builds its controller from its methods."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from mmpo.data.collator import PreferenceDataset
-    from mmpo.losses.dama import DamaController
+    from mmpo.methods.dama import DamaController
     from mmpo.training.config import PreferenceConfig
     from mmpo.training.trainer import PreferenceTrainer
 
     chosen, rejected = torch.tensor([-50.0, 1.0, 2.0, 3.0]), torch.zeros(4)
     for dama, expected in (
-        (DamaArguments(dama_model=True, dama_recipe="paper"), math.exp(88.0)),
-        (DamaArguments(dama_model=True, dama_recipe="paper", dama_normalizer="bounded"), 10.0),
-        (DamaArguments(dama_model=True, dama_recipe="paper", dama_normalizer="bounded", dama_alpha_model_max=2.0),
+        (DamaConfig(model=True, recipe="paper"), math.exp(88.0)),
+        (DamaConfig(model=True, recipe="paper", normalizer="bounded"), 10.0),
+        (DamaConfig(model=True, recipe="paper", normalizer="bounded", alpha_model_max=2.0),
          2.0),
     ):
-        controller = DamaController.from_arguments(dama, beta=0.1)
+        controller = DamaController.from_config(dama, beta=0.1)
         controller.state = DamaState(r_bar=-100.0)
         beta_c, keep, diag = controller.beta(chosen, rejected, training=False)
         assert diag["dama/alpha_model"].item() == pytest.approx(expected, rel=1e-6)
@@ -298,7 +300,7 @@ def test_the_config_reaches_the_dama_step(tmp_path, tiny_checkpoint, tiny_record
 
     args = PreferenceConfig(output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=4,
                             use_cpu=True, disable_tqdm=True, report_to="none", save_strategy="no", beta=0.3)
-    dama = DamaArguments(dama_model=True, dama_recipe="paper", dama_keep=0.5, dama_gamma=0.5)
+    dama = DamaConfig(model=True, recipe="paper", keep=0.5, gamma=0.5)
     trainer = PreferenceTrainer(AutoModelForImageTextToText.from_pretrained(tiny_checkpoint), args,
                                 AutoProcessor.from_pretrained(tiny_checkpoint), PreferenceDataset(tiny_records),
                                 methods=Methods(dama=dama))

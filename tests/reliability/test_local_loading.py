@@ -17,14 +17,14 @@ import transformers
 import transformers.utils.hub
 
 from mmpo import hub
+from mmpo import models as model_loading
 from mmpo.cli.main import main
-from mmpo.data.construct.vision_hf_models import GroundingDinoDetector, OwlV2Detector, SamSegmenter
 from mmpo.data.records import save_records
+from mmpo.methods.adavip.vision_hf_models import GroundingDinoDetector, OwlV2Detector, SamSegmenter
 from mmpo.scoring.clip import CLIPScorer
 from mmpo.scoring.sentences import LLMSplitter
 from mmpo.toyworld.data import ground_truth_pairs
 from mmpo.toyworld.scenes import WorldConfig, sample_scenes
-from mmpo.training import model_loading
 from mmpo.training.config import ModelArguments
 
 TYPO = os.path.join("checkpoints", "no-such-model")

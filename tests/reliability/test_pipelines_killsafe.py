@@ -29,12 +29,12 @@ from mmpo.cli import demo
 from mmpo.cli import noisy_pairs as noisy_pairs_cli
 from mmpo.cli.main import main
 from mmpo.data.construct import noisy_pairs
-from mmpo.data.construct.inpainting import MeanFillInpainter
 from mmpo.data.construct.noisy_pairs import build_noisy_pairs
-from mmpo.data.construct.vision_rejected import VisionRejectedPipeline, build_vision_rejected
-from mmpo.data.construct.vision_steps import NounTagger
 from mmpo.data.records import load_records
 from mmpo.io import progress_path_for
+from mmpo.methods.adavip.inpainting import MeanFillInpainter
+from mmpo.methods.adavip.vision_rejected import VisionRejectedPipeline, build_vision_rejected
+from mmpo.methods.adavip.vision_steps import NounTagger
 from mmpo.toyworld.annotations import AnnotationDetector, AnnotationSegmenter, SceneIndex
 from mmpo.toyworld.benchmark_files import write_toy_benchmarks
 from mmpo.toyworld.data import ground_truth_pairs

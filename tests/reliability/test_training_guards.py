@@ -18,7 +18,7 @@ from transformers import TrainerCallback
 from helpers import load_tiny, training_args
 from mmpo.data.collator import PreferenceDataset
 from mmpo.data.records import save_records
-from mmpo.losses.dama import DamaController
+from mmpo.methods.dama import DamaController
 from mmpo.training import trainer as trainer_module
 from mmpo.training.config import DataArguments, ModelArguments, PreferenceConfig
 from mmpo.training.run import run_training

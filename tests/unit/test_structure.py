@@ -1,11 +1,17 @@
 """Gates: every module imports without side effects, and the layering rules hold.
 
-The layers, bottom up: ``mmpo.types``, ``mmpo.io`` (all file I/O), ``mmpo.hub``, ``mmpo.prompting``,
-``mmpo.generation``, ``mmpo.logprobs`` and ``mmpo.forward`` (torch only); then ``mmpo.losses`` (torch only), ``mmpo.scoring``, ``mmpo.data``,
-``mmpo.evaluation``, ``mmpo.training``; then ``mmpo.toyworld`` (the synthetic world, which may use
-all of them) and ``mmpo.cli`` (the commands). A layer never imports one above it. Each import gate
-checks both what a fresh interpreter loads and the source text (lazy imports inside functions
-included), and names the module and the import line that break it.
+:data:`LAYERS` is the layer list, bottom up (the README points here). A module may import its own
+layer and those below it, never one above. On top of that:
+
+* nothing under ``mmpo.methods`` imports ``training``, ``data``, ``evaluation``, ``toyworld`` or ``cli``;
+  each paper's maths (:data:`METHOD_MATHS`) imports only the standard library, torch, the bottom modules
+  (:data:`MATHS_MAY_IMPORT`) and other maths or options modules of ``mmpo.methods``;
+* ``mmpo.data`` imports neither ``training`` nor ``evaluation``; ``mmpo.evaluation`` not ``training``;
+* the library never imports ``mmpo.toyworld``, ``mmpo.testing`` or ``mmpo.cli``, and CLI subcommands
+  do not import each other.
+
+Each import gate checks both what a fresh interpreter loads and the source text (lazy imports inside
+functions included), and names the module and the import line that break it.
 """
 
 from __future__ import annotations
@@ -133,35 +139,91 @@ def test_every_import_names_something_that_exists():
     assert problems == [], "\n".join(problems)
 
 
-#: The torch-only modules the method steps in ``mmpo.losses`` build on.
-LOSSES_MAY_IMPORT = ("mmpo.losses", "mmpo.types", "mmpo.logprobs")
+#: The layers, bottom up: a module may import modules of its own layer and the layers below.
+LAYERS = (
+    ("mmpo.types", "mmpo.checks", "mmpo.io", "mmpo.hub", "mmpo.chat_http", "mmpo.plots"),
+    ("mmpo.prompting", "mmpo.logprobs", "mmpo.forward", "mmpo.models"),
+    ("mmpo.generation", "mmpo.scoring"),
+    ("mmpo.methods",),
+    ("mmpo.data",),
+    ("mmpo.evaluation", "mmpo.report"),
+    ("mmpo.training",),
+    ("mmpo.toyworld", "mmpo.testing"),
+    ("mmpo.cli",),
+)
+
+#: Each paper's maths: torch only.
+METHOD_MATHS = ("mmpo.methods.dpo", "mmpo.methods.aspo.loss", "mmpo.methods.adavip.loss",
+                "mmpo.methods.dama.factors", "mmpo.methods.dama.controller")
+#: What the maths may import besides the standard library and torch: the shared bottom modules, and
+#: the maths and options of ``mmpo.methods`` (never a method's data pipeline).
+MATHS_MAY_IMPORT = ("mmpo.types", "mmpo.logprobs", "mmpo.checks", *METHOD_MATHS, "mmpo.methods.aspo.config",
+                    "mmpo.methods.dama.config", "mmpo.methods.adavip.config")
+METHOD_PACKAGES = ("mmpo.methods", "mmpo.methods.aspo", "mmpo.methods.dama", "mmpo.methods.adavip")
 
 
-def test_losses_need_only_torch():
-    """Every method's training-step maths runs with torch alone: in the source of every
-    ``mmpo.losses`` module each import is the standard library, torch or a torch-only mmpo module
-    (:data:`LOSSES_MAY_IMPORT`), and importing them in a fresh interpreter loads nothing heavier."""
-    losses = [name for name in MODULES if name == "mmpo.losses" or name.startswith("mmpo.losses.")]
-    assert {"mmpo.losses.aspo", "mmpo.losses.dama", "mmpo.losses.adavip", "mmpo.losses.compose"} <= set(losses)
+def layer_of(module: str) -> int:
+    for index, layer in enumerate(LAYERS):
+        if any(module == name or module.startswith(f"{name}.") for name in layer):
+            return index
+    raise AssertionError(f"{module} is in no layer of LAYERS: add it")
+
+
+def test_every_module_is_in_a_layer_and_imports_no_layer_above_its_own():
     problems = []
-    for module in losses:
+    for module in MODULES:
+        if module == "mmpo":
+            continue
+        mine = layer_of(module)
+        for number, name, line in imports_of(module):
+            if name.startswith("mmpo.") and name in MODULES and layer_of(name) > mine:
+                problems.append(f"{source_of(module).relative_to(ROOT.parent)}:{number} imports {name} "
+                                f"(layer {layer_of(name)} above its {mine}): {line}")
+    assert problems == [], "\n".join(problems)
+
+
+def test_methods_import_nothing_above_them():
+    methods = [name for name in MODULES if name.startswith("mmpo.methods")]
+    assert {"mmpo.methods.dama.controller", "mmpo.methods.adavip.vision_rejected", "mmpo.methods.aspo.units"} <= set(methods)
+    assert_never_imports(methods, ("mmpo.training", "mmpo.data", "mmpo.evaluation", "mmpo.toyworld", "mmpo.cli"))
+
+
+def test_method_maths_need_only_torch():
+    """Every method's training-step maths runs with torch alone: in the source of each module of
+    :data:`METHOD_MATHS` each import is the standard library, torch or :data:`MATHS_MAY_IMPORT`, and
+    importing every method package in a fresh interpreter loads nothing heavier."""
+    assert set(METHOD_MATHS) <= set(MODULES)
+    problems = []
+    for module in [*METHOD_MATHS, *METHOD_PACKAGES]:
         for number, name, line in imports_of(module):
             top = name.split(".")[0]
             if name.startswith("mmpo"):
-                ok = name == "mmpo" or any(name == m or name.startswith(f"{m}.") for m in LOSSES_MAY_IMPORT)
+                ok = name in ("mmpo", "mmpo.methods", *METHOD_PACKAGES) or any(
+                    name == m or name.startswith(f"{m}.") for m in MATHS_MAY_IMPORT)
             else:
                 ok = top in sys.stdlib_module_names or top == "torch"
             if not ok:
                 problems.append(f"{source_of(module).relative_to(ROOT.parent)}:{number} imports {name}: {line}")
     assert problems == [], "\n".join(problems)
-    loaded = imported_after("mmpo.losses")
-    assert not loaded & {"transformers", "peft", "accelerate", "datasets", "PIL", "safetensors"}
-    assert not {m for m in mmpo_modules_after("mmpo.losses") if not m.startswith(LOSSES_MAY_IMPORT)} - {"mmpo"}
+    for package in METHOD_PACKAGES:
+        loaded = imported_after(package)
+        assert not loaded & {"transformers", "peft", "accelerate", "datasets", "PIL", "safetensors"}, package
+        extra = {m for m in mmpo_modules_after(package) if not m.startswith(MATHS_MAY_IMPORT)}
+        assert extra <= {"mmpo", *METHOD_PACKAGES}, f"{package} loads {sorted(extra)}"
+
+
+def test_data_imports_neither_training_nor_evaluation():
+    """Building and reading training data needs no trainer and no benchmark code: model loading is
+    :mod:`mmpo.models`, batched generation the neutral :mod:`mmpo.generation`."""
+    data = [name for name in MODULES if name.startswith("mmpo.data")]
+    assert {"mmpo.data.construct.noisy_pairs", "mmpo.data.construct.claim_judges"} <= set(data)
+    assert_never_imports(data, ("mmpo.training", "mmpo.evaluation"))
 
 
 def test_evaluation_does_not_import_training():
-    loaded = mmpo_modules_after("mmpo.evaluation.synthetic")
-    assert not any(m.startswith(("mmpo.training", "mmpo.cli")) for m in loaded)
+    evaluation = [name for name in MODULES if name.startswith("mmpo.evaluation")]
+    assert "mmpo.evaluation.synthetic" in evaluation
+    assert_never_imports(evaluation, ("mmpo.training", "mmpo.cli"))
 
 
 def test_nothing_imports_the_cli():
@@ -183,26 +245,17 @@ def test_the_library_does_not_import_the_toyworld():
     live in ``mmpo.toyworld.annotations``; the CLI wires them in."""
     library = [name for name in MODULES if not name.startswith(("mmpo.cli", "mmpo.toyworld"))]
     assert {"mmpo.evaluation.chair", "mmpo.evaluation.pope", "mmpo.evaluation.amber", "mmpo.evaluation.mmhal",
-            "mmpo.evaluation.judge", "mmpo.evaluation.synthetic", "mmpo.data.construct.vision_steps",
-            "mmpo.data.construct.vision_rejected", "mmpo.io"} <= set(library)
+            "mmpo.evaluation.judge", "mmpo.evaluation.synthetic", "mmpo.methods.adavip.vision_steps",
+            "mmpo.methods.adavip.vision_rejected", "mmpo.io"} <= set(library)
     assert_never_imports(library, ("mmpo.toyworld",))
-
-
-def test_data_does_not_import_evaluation():
-    """Building and reading training data needs no benchmark code: batched generation, which both
-    use, is the neutral ``mmpo.generation``."""
-    data = [name for name in MODULES if name.startswith("mmpo.data")]
-    assert "mmpo.data.construct.noisy_pairs" in data
-    assert_never_imports(data, ("mmpo.evaluation",))
 
 
 def test_construct_modules_share_helpers_through_io_not_each_other():
     """A construction pipeline imports a sibling only for the step interfaces it composes
-    (``vision_steps``: tag/detect/segment, ``inpainting``, ``self_pairs``: the claim-judge protocol
-    the judges of ``claim_judges`` implement); shared helpers (image keys, the resume journal, atomic
-    files) come from ``mmpo.io``."""
+    (``self_pairs``: the claim-judge protocol the judges of ``claim_judges`` implement); shared helpers
+    (image keys, the resume journal, atomic files) come from ``mmpo.io``."""
     construct = [name for name in MODULES if name.startswith("mmpo.data.construct.")]
-    steps = ("mmpo.data.construct.vision_steps", "mmpo.data.construct.inpainting", "mmpo.data.construct.self_pairs")
+    steps = ("mmpo.data.construct.self_pairs",)
     for module in construct:
         siblings = tuple(name for name in construct if name != module and name not in steps)
         problems = offending_imports([module], siblings)
@@ -212,7 +265,7 @@ def test_construct_modules_share_helpers_through_io_not_each_other():
 def test_cli_subcommands_do_not_import_each_other():
     """Each ``mmpo.cli.X`` stands on the library alone; only ``mmpo.cli.main`` knows them all (it
     dispatches by name). What two subcommands share (checkpoint loading, the download switch, the
-    cache directory) lives in the library: ``mmpo.training.model_loading``, ``mmpo.hub``, ``mmpo.io``."""
+    cache directory) lives in the library: ``mmpo.models``, ``mmpo.hub``, ``mmpo.io``."""
     cli = [name for name in MODULES if name.startswith("mmpo.cli.")]
     assert {"mmpo.cli.evaluate", "mmpo.cli.noisy_pairs", "mmpo.cli.main"} <= set(cli)
     for module in cli:

@@ -40,6 +40,9 @@ from pathlib import Path
 from ..io import default_cache_dir
 from ..report.html import CURVE_GROUPS
 
+if typing.TYPE_CHECKING:
+    from ..training.config import RunConfig
+
 #: The method configs, shipped inside the package (``configs/toyworld`` at the top of a checkout
 #: links here): ``adavip_plus_vision.yaml`` is ``--method adavip-plus-vision``.
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "toyworld"
@@ -157,9 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def demo_config(opts: DemoOptions, out: Path) -> tuple[Path, tuple]:
-    """The method's config file and its parsed dataclasses ``(model, data, training, aspo, dama,
-    adavip)`` (:func:`~mmpo.training.config.parse_config`), with the demo's overrides: the run's
+def demo_config(opts: DemoOptions, out: Path) -> tuple[Path, RunConfig]:
+    """The method's config file and its parsed :class:`~mmpo.training.config.RunConfig`
+    (:func:`~mmpo.training.config.parse_config`), with the demo's overrides: the run's
     paths, the seed, progress bars, the device, and the training settings ``opts`` gives.
 
     Given ``--steps``, warm-up lasts at most a tenth of them (a config's warm-up ratio is kept).
@@ -185,7 +188,7 @@ def demo_config(opts: DemoOptions, out: Path) -> tuple[Path, tuple]:
         overrides["dama_recipe"] = opts.dama_recipe
     argv = [part for key, value in overrides.items() for part in (f"--{key}", str(value))]
     parsed = parse_config(path, argv)
-    warmup = parsed[2].warmup_steps
+    warmup = parsed.training.warmup_steps
     if opts.steps is not None and warmup >= 1 and warmup > opts.steps // 10:  # >= 1: steps, not a ratio
         parsed = parse_config(path, [*argv, "--warmup_steps", str(opts.steps // 10)])
     return path, parsed
@@ -196,19 +199,18 @@ def run_demo(opts: DemoOptions) -> dict:
     import torch
 
     from ..io import atomic_write_text
+    from ..models import load_policy
     from ..plots import plot_log_history
     from ..toyworld.base_model import ensure_base_model
     from ..toyworld.scenes import WorldConfig
-    from ..training.config import Methods
-    from ..training.model_loading import load_policy
 
     started = time.time()
     out = Path(opts.output_dir)
-    config_path, (model_args, _, args, aspo, dama, adavip) = demo_config(opts, out)  # bad configs fail first
+    config_path, config = demo_config(opts, out)  # bad configs fail first
+    model_args, args, methods = config.model, config.training, config.methods
     with_control = opts.control and opts.method != CONTROL_METHOD
     if with_control:
         demo_config(control_options(opts), out / "control")
-    methods = Methods(aspo=aspo, dama=dama, adavip=adavip)
     data_kind = opts.data
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(opts.seed)
@@ -231,7 +233,7 @@ def run_demo(opts: DemoOptions) -> dict:
     model, processor = load_policy(model_args)
 
     say(f"[2/{steps}] preference records: {data_kind} pairs"
-        + (", CLIP sentence scores" if methods.aspo.enabled or methods.dama.dama_data else "")
+        + (", CLIP sentence scores" if methods.aspo.enabled or methods.dama.data else "")
         + (", vision-rejected images" if methods.adavip.enabled else ""))
     records, folder = prepare_records(opts, data_kind, methods, base_dir, model, processor, world)
     if not records:
@@ -275,7 +277,7 @@ def run_demo(opts: DemoOptions) -> dict:
              if plot_log_history(log, keys, out / name, title=f"mmpo demo: {opts.method}")]
     # The options as run: a training setting left to the config is recorded with the config's value.
     options = {**asdict(opts), **{option: getattr(args, key) for option, key in TRAINING_OPTIONS.items()},
-               "dama_recipe": dama.dama_recipe if dama.enabled else None}
+               "dama_recipe": methods.dama.recipe if methods.dama.enabled else None}
     metrics = {
         "method": opts.method,
         "data": data_kind,
@@ -364,12 +366,13 @@ def control_metrics(opts: DemoOptions, folder: Path, base_dir: Path, records: li
     """The control trained on ``records`` and evaluated; cached per record set and training settings,
     so running several methods on the same records trains it once."""
     from ..io import atomic_write_text
+    from ..models import load_policy
     from ..training.config import Methods
-    from ..training.model_loading import load_policy
 
     control = control_options(opts)
     out = Path(opts.output_dir) / "control"
-    _, (model_args, _, args, *_) = demo_config(control, out)
+    _, config = demo_config(control, out)
+    model_args, args = config.model, config.training
     settings = {option: getattr(args, key) for option, key in TRAINING_OPTIONS.items()}
     path = folder / f"control-metrics-{_key(base_dir.name, settings, opts.n_eval_scenes, opts.seed, EVAL_VERSION)}.json"
     if path.exists():
@@ -406,7 +409,7 @@ def on_policy_rounds(opts: DemoOptions, model_args, args, methods, base_dir: Pat
     start = round_dir(run_dir, 0) / ROUND_FILE  # the base model's metrics are round 0's: not evaluated again
     if not start.exists():
         atomic_write_json(start, RoundResult(round=0, model=str(base_dir), metrics=_scalars(before)).to_dict(), indent=2)
-    scorer = clip_scorer(opts) if methods.aspo.enabled or methods.dama.dama_data or methods.adavip.enabled else None
+    scorer = clip_scorer(opts) if methods.aspo.enabled or methods.dama.data or methods.adavip.enabled else None
     indent = lambda message: say("      " + message.replace("\n", "\n      "))  # noqa: E731
     enrich = method_enricher(methods, scorer=scorer, progress=opts.progress, say=indent,
                              vision_pipeline=world_vision_pipeline(scorer) if methods.adavip.enabled else None)
@@ -467,7 +470,7 @@ def prepare_records(opts: DemoOptions, data_kind: str, methods, base_dir: Path, 
     (:func:`add_vision_rejected`, AdaViP). Every step writes under :func:`data_folder`, which is
     returned with the records.
     """
-    needs_scores = methods.aspo.enabled or methods.dama.dama_data
+    needs_scores = methods.aspo.enabled or methods.dama.data
     needs_vision = methods.adavip.enabled
     folder = data_folder(opts, base_dir, data_kind, needs_scores, needs_vision)
 
@@ -605,10 +608,10 @@ def add_vision_rejected(records: list, scorer, folder: Path, opts: DemoOptions) 
     the scene's ground-truth boxes and masks (annotation backends, named as such), OpenCV Telea
     inpainting, and the tiny CLIP picking the removal that hurts the description most.
     Resumable (``vision.jsonl``); the contact sheet goes to the run directory."""
-    from ..data.construct.inpainting import TeleaInpainter
-    from ..data.construct.vision_rejected import VisionRejectedPipeline, build_vision_rejected
-    from ..data.construct.vision_steps import NounTagger
     from ..data.records import load_records
+    from ..methods.adavip.inpainting import TeleaInpainter
+    from ..methods.adavip.vision_rejected import VisionRejectedPipeline, build_vision_rejected
+    from ..methods.adavip.vision_steps import NounTagger
     from ..toyworld.annotations import AnnotationDetector, AnnotationSegmenter, SceneIndex
     from ..toyworld.scenes import SHAPES
 

@@ -331,8 +331,8 @@ def evaluate(ns: argparse.Namespace, judge: Any = None) -> dict[str, Any]:
     return the results."""
     from ..evaluation.report import write_run
     from ..io import atomic_write_json
+    from ..models import load_policy
     from ..training.config import ModelArguments
-    from ..training.model_loading import load_policy
 
     out = Path(ns.output_dir)
     model = processor = None

@@ -33,15 +33,15 @@ from typing import Any
 def main(argv: list[str]) -> int:
     from accelerate import PartialState
 
-    from ..training.config import CONFIG_CLASSES, Methods, parse_command_line
+    from ..training.config import parse_command_line
     from ..training.rounds import IterateArguments, method_enricher, run_rounds
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parsed = parse_command_line(argv, __doc__, (*CONFIG_CLASSES, IterateArguments))
-    if parsed is None:
+    config = parse_command_line(argv, __doc__, extra=(IterateArguments,))
+    if config is None:
         return 0
-    model_args, data_args, args, aspo, dama, adavip, it = parsed
-    methods = Methods(aspo, dama, adavip)
+    model_args, data_args, args, methods = config.model, config.data, config.training, config.methods
+    (it,) = config.extra
     run_dir = Path(args.output_dir)
     progress = not args.disable_tqdm
 
@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
     judge = make_judge(it, args, synthetic)
     scorer = clip_scorer(it, methods, synthetic, progress)
     enrich = method_enricher(methods, scorer=scorer, progress=progress, say=say,
-                             vision_pipeline=vision_pipeline(it, scorer, synthetic) if adavip.enabled else None)
+                             vision_pipeline=vision_pipeline(it, scorer, synthetic) if methods.adavip.enabled else None)
     evaluate = None
     if synthetic and it.eval_scenes:
         from ..toyworld.rounds import world_evaluator
@@ -104,7 +104,7 @@ def make_judge(it: Any, args: Any, synthetic: bool):
 
 def clip_scorer(it: Any, methods: Any, synthetic: bool, progress: bool):
     """The CLIP scorer the methods need (``None`` when none does)."""
-    if not (methods.aspo.enabled or methods.dama.dama_data or methods.adavip.enabled):
+    if not (methods.aspo.enabled or methods.dama.data or methods.adavip.enabled):
         return None
     from ..io import default_cache_dir
     from ..scoring.clip import CLIPScorer
@@ -134,10 +134,10 @@ def vision_pipeline(it: Any, scorer: Any, synthetic: bool):
     if "annotations" in (it.vision_detector, it.vision_segmenter):
         raise ValueError("vision_detector and vision_segmenter: use annotations for both (the synthetic world) "
                          "or for neither")
-    from ..data.construct.inpainting import TeleaInpainter
-    from ..data.construct.vision_hf_models import SamSegmenter, load_detector
-    from ..data.construct.vision_rejected import VisionRejectedPipeline
-    from ..data.construct.vision_steps import BoxSegmenter, NounTagger
+    from ..methods.adavip.inpainting import TeleaInpainter
+    from ..methods.adavip.vision_hf_models import SamSegmenter, load_detector
+    from ..methods.adavip.vision_rejected import VisionRejectedPipeline
+    from ..methods.adavip.vision_steps import BoxSegmenter, NounTagger
 
     detector = load_detector(it.vision_detector, it.vision_detector_path)
     segmenter = SamSegmenter(it.vision_segmenter_path) if it.vision_segmenter == "sam" else BoxSegmenter()
@@ -153,7 +153,7 @@ def vocabulary(value: str) -> list[str]:
         from ..toyworld.scenes import SHAPES
 
         return list(SHAPES)
-    from ..data.construct.vision_steps import read_vocabulary
+    from ..methods.adavip.vision_steps import read_vocabulary
 
     return read_vocabulary(value)
 

@@ -74,8 +74,8 @@ def synthetic_items(n: int, seed: int, image_dir: Path) -> list[tuple[str, str, 
 def main(argv: list[str]) -> int:
     from ..data.construct.noisy_pairs import DiffusionNoise, build_noisy_pairs
     from ..hub import allowing_downloads
+    from ..models import load_policy
     from ..training.config import ModelArguments
-    from ..training.model_loading import load_policy
 
     parser = build_parser()
     ns = parser.parse_args(argv)

@@ -114,8 +114,8 @@ def main(argv: list[str]) -> int:
     from ..data.construct.self_pairs import PairingRule, SamplingSettings, build_self_pairs
     from ..hub import allowing_downloads
     from ..io import read_items
+    from ..models import load_policy
     from ..training.config import ModelArguments
-    from ..training.model_loading import load_policy
 
     parser = build_parser()
     ns = parser.parse_args(argv)

@@ -10,14 +10,13 @@ import logging
 
 
 def main(argv: list[str]) -> int:
-    from ..training.config import Methods, parse_command_line
+    from ..training.config import parse_command_line
     from ..training.run import run_training
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parsed = parse_command_line(argv, __doc__)
-    if parsed is None:
+    config = parse_command_line(argv, __doc__)
+    if config is None:
         return 0
-    model_args, data_args, args, aspo, dama, adavip = parsed
-    run_training(model_args, data_args, args, Methods(aspo, dama, adavip),
-                 resume_from_checkpoint=args.resume_from_checkpoint)
+    run_training(config.model, config.data, config.training, config.methods,
+                 resume_from_checkpoint=config.training.resume_from_checkpoint)
     return 0

@@ -67,17 +67,17 @@ def _vocabulary(value: str) -> list[str]:
         from ..toyworld.scenes import SHAPES
 
         return list(SHAPES)
-    from ..data.construct.vision_steps import read_vocabulary
+    from ..methods.adavip.vision_steps import read_vocabulary
 
     return read_vocabulary(value)
 
 
 def main(argv: list[str]) -> int:
-    from ..data.construct.inpainting import MeanFillInpainter, TeleaInpainter
-    from ..data.construct.vision_rejected import VisionRejectedPipeline, build_vision_rejected
-    from ..data.construct.vision_steps import BoxSegmenter, CLIPTagger, NounTagger
     from ..data.records import load_records
     from ..hub import allowing_downloads
+    from ..methods.adavip.inpainting import MeanFillInpainter, TeleaInpainter
+    from ..methods.adavip.vision_rejected import VisionRejectedPipeline, build_vision_rejected
+    from ..methods.adavip.vision_steps import BoxSegmenter, CLIPTagger, NounTagger
     from ..scoring.clip import CLIPScorer
     from ..toyworld.annotations import AnnotationDetector, AnnotationSegmenter, SceneIndex
 
@@ -122,7 +122,7 @@ def main(argv: list[str]) -> int:
         if ns.detector == "annotations":
             detector = AnnotationDetector(scenes)
         else:
-            from ..data.construct.vision_hf_models import load_detector
+            from ..methods.adavip.vision_hf_models import load_detector
 
             detector = load_detector(ns.detector, ns.detector_path, device=ns.device, threshold=ns.box_threshold)
 
@@ -131,7 +131,7 @@ def main(argv: list[str]) -> int:
         elif ns.segmenter == "box":
             segmenter = BoxSegmenter()
         else:
-            from ..data.construct.vision_hf_models import SamSegmenter
+            from ..methods.adavip.vision_hf_models import SamSegmenter
 
             segmenter = SamSegmenter(ns.segmenter_path, device=ns.device)
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from ..methods.aspo.units import chosen_units, unit_batch
 from ..prompting import (
     chat_template_of,
     encode_inputs,
@@ -171,7 +172,7 @@ class RowEncoder:
 
     def _tokenize(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Ids and character offsets without special tokens. A tokenizer without offsets (a slow
-        one) gives ``(-1, -1)`` offsets, which sentence-level methods refuse (see ``_units``)."""
+        one) gives ``(-1, -1)`` offsets, which sentence-level methods refuse (see :func:`mmpo.methods.aspo.units.chosen_units`)."""
         try:
             enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
             return enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
@@ -364,17 +365,10 @@ class PreferenceCollator:
             batch["data_alpha"] = torch.tensor([float(r.data_alpha) for r in records])
         if self.sentence_splitter is not None:
             chosen_offsets = offsets[: len(records)]  # the chosen rows come first
-            units = [self._units(r, o, name) for r, o, name in zip(records, chosen_offsets, names, strict=True)]
-            width = max(len(u) for u in units)
-            spans = torch.zeros(len(units), width, 2, dtype=torch.long)  # (B, S, 2)
-            scores = torch.zeros(len(units), width)  # (B, S)
-            mask = torch.zeros(len(units), width, dtype=torch.bool)  # (B, S)
-            for b, unit in enumerate(units):
-                for s, (start, end, score) in enumerate(unit):
-                    spans[b, s] = torch.tensor([start, end])
-                    scores[b, s] = score
-                    mask[b, s] = True
-            batch.update(unit_spans=spans, unit_mask=mask, unit_scores=scores)
+            tokenizer_name = type(self.encoder.tokenizer).__name__
+            batch.update(unit_batch([
+                chosen_units(r, o, name, self.sentence_splitter, self.granularity, self.need_sentence_scores,
+                             tokenizer_name) for r, o, name in zip(records, chosen_offsets, names, strict=True)]))
         return batch
 
     def _rows(self, records: list[PreferenceRecord], names: list[str]) -> dict[str, Any]:
@@ -431,35 +425,6 @@ class PreferenceCollator:
             batch[key] = batch[key][index]
         batch["response_offsets"] = [batch["response_offsets"][i] for i in order]
         return batch
-
-    def _units(self, record: PreferenceRecord, offsets: list[tuple[int, int]],
-               name: str) -> list[tuple[int, int, float]]:
-        """``(token_start, token_end, similarity)`` per unit of the chosen response, from the character
-        offsets of the response tokens the encoder kept (a truncated response loses its tail)."""
-        from ..scoring.sentences import token_spans
-
-        n_tokens = len(offsets)
-        if any(o == (-1, -1) for o in offsets):
-            raise ValueError(f"{name}: sentence units need token offsets, which {type(self.encoder.tokenizer).__name__} "
-                             "cannot give; load the fast tokenizer (use_fast=True)")
-        sentences = token_spans(self.sentence_splitter.split(record.chosen), offsets)
-        scores = record.chosen_sentence_scores
-        if self.need_sentence_scores:
-            if scores is None:
-                raise ValueError(f"{name}: field 'chosen_sentence_scores' is missing; ASPO's similarity weight "
-                                 "needs it (run `mmpo score-sentences` first, or set aspo_alpha 0)")
-            if len(scores) != len(sentences):
-                raise ValueError(f"{name}: field 'chosen_sentence_scores' has {len(scores)} scores but the chosen "
-                                 f"response splits into {len(sentences)} sentences; re-score with the same splitter")
-        else:
-            scores = [0.0] * len(sentences)
-        pieces = [(s.token_start, s.token_end, float(c)) for s, c in zip(sentences, scores, strict=True)]
-        pieces = [p for p in pieces if p[1] > p[0]]
-        if self.granularity == "response":
-            return [(0, n_tokens, sum(c for *_, c in pieces) / max(len(pieces), 1))]
-        if self.granularity == "token":
-            return [(t, t + 1, c) for start, end, c in pieces for t in range(start, end)]
-        return pieces
 
 
 def _identity(image: Any) -> Any:

@@ -38,7 +38,8 @@ import PIL.Image
 
 from mmpo.data.formats import FORMATS, FieldProblem, detect_format, native_fields, source_field
 from mmpo.io import BadLine, atomic_writer, image_reference, json_line, read_jsonl_lines
-from mmpo.types import DATA_ALPHA_RANGE, PreferenceRecord, prompt_messages
+from mmpo.methods.dama.factors import DATA_ALPHA_RANGE
+from mmpo.types import PreferenceRecord, prompt_messages
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Offline stand-ins for a detector and a segmenter that read the synthetic world's ground truth.
 
-AdaViP's construction (:mod:`mmpo.data.construct.vision_rejected`) detects the tagged objects and
-segments them with vision models (:mod:`mmpo.data.construct.vision_hf_models`). On the synthetic
+AdaViP's construction (:mod:`mmpo.methods.adavip.vision_rejected`) detects the tagged objects and
+segments them with vision models (:mod:`mmpo.methods.adavip.vision_hf_models`). On the synthetic
 world the exact answers are known, so these backends, named as such, return them instead of any
 model's guess: no checkpoint, no download, and every box and mask is right.
 
@@ -9,8 +9,8 @@ model's guess: no checkpoint, no download, and every box and mask is right.
 * :class:`AnnotationSegmenter` — the exact drawn pixels of the object a box covers;
 * :class:`SceneIndex` — finds an image's scene by its pixels, since a stage receives only the image.
 
-They implement :class:`~mmpo.data.construct.vision_steps.Detector` and
-:class:`~mmpo.data.construct.vision_steps.Segmenter`, and work only on the world's unmodified
+They implement :class:`~mmpo.methods.adavip.vision_steps.Detector` and
+:class:`~mmpo.methods.adavip.vision_steps.Segmenter`, and work only on the world's unmodified
 renderings (a photo, or a scene's image after any edit, is an error naming the image's size).
 """
 
@@ -22,8 +22,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from mmpo.data.construct.vision_steps import Box, Detection, box_iou
 from mmpo.io import image_key
+from mmpo.methods.adavip.vision_steps import Box, Detection, box_iou
 from mmpo.toyworld.scenes import Scene
 from mmpo.types import PreferenceRecord
 

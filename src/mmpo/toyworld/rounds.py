@@ -72,9 +72,9 @@ def world_vision_pipeline(scorer: Any) -> Callable[[list], Any]:
     """``records -> VisionRejectedPipeline`` for AdaViP on the world: nouns of the chosen response
     as tags, the scenes' exact boxes and masks (annotation backends, named as such), Telea
     inpainting and ``scorer`` (the world's tiny CLIP) choosing the removal."""
-    from ..data.construct.inpainting import TeleaInpainter
-    from ..data.construct.vision_rejected import VisionRejectedPipeline
-    from ..data.construct.vision_steps import NounTagger
+    from ..methods.adavip.inpainting import TeleaInpainter
+    from ..methods.adavip.vision_rejected import VisionRejectedPipeline
+    from ..methods.adavip.vision_steps import NounTagger
     from .annotations import AnnotationDetector, AnnotationSegmenter, SceneIndex
     from .scenes import SHAPES
 

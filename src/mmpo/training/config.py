@@ -1,4 +1,4 @@
-"""Configuration: three dataclasses, one YAML file, command-line overrides.
+"""Configuration: one YAML file and command-line overrides, read into a :class:`RunConfig`.
 
 Each field is documented once, here, in its ``metadata["help"]``; ``transformers.HfArgumentParser``
 turns the same dataclasses into the command line, so ``mmpo train --help`` shows this text.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import math
+import functools
 import re
 import types
 import typing
@@ -24,83 +24,11 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-#: Weight dtypes ``ModelArguments.dtype`` accepts, and the short names mapped onto them.
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
-def check_number(name: str, value: Any, *, integer: bool = False, low: float | None = None,
-                 high: float | None = None, low_open: bool = False, high_open: bool = False,
-                 optional: bool = False) -> None:
-    """Raise ``ValueError`` naming ``name`` unless ``value`` is a finite number in the range.
-
-    Args:
-        name: the field, for the message.
-        value: the value; ``bool`` is never a number here (``True`` is not 1.0).
-        integer: the value must be an ``int``.
-        low / high: bounds (``None``: unbounded); ``low_open`` / ``high_open`` exclude them.
-        optional: ``None`` is allowed.
-    """
-    if value is None and optional:
-        return
-    parts = []
-    if low is not None:
-        parts.append(f"{'>' if low_open else '>='} {low:g}")
-    if high is not None:
-        parts.append(f"{'<' if high_open else '<='} {high:g}")
-    wanted = f"{'an integer' if integer else 'a finite number'}{' ' + ' and '.join(parts) if parts else ''}"
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        raise ValueError(f"{name} must be {wanted}, not {value!r} ({type(value).__name__})")
-    ok = math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        raise ValueError(f"{name} must be {wanted}, not {value!r}")
-
-
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    """Raise ``ValueError`` naming ``name`` unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, not {value!r}")
-
-
-@dataclass
-class ModelArguments:
-    """Which model to train and how (full tuning or LoRA)."""
-
-    model_name_or_path: str = field(metadata={"help": "Local directory of a transformers VLM checkpoint "
-                                              "(e.g. a downloaded llava-hf/llava-1.5-7b-hf) and its processor."})
-    dtype: str = field(default="auto", metadata={"help": "Weights dtype: auto, float32, bfloat16 or float16 "
-                                                 "(fp32, bf16 and fp16 are read as those)."})
-    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights; "
-                                                    "the reference model is then the policy with adapters off."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank (ASPO's paper: 1024 for LLaVA-1.5)."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha (ASPO's paper: 2048)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch."})
-    lora_target_modules: str = field(
-        default="auto",
-        metadata={"help": "peft target_modules: 'auto' (every linear layer of the model's language model, found "
-                          "through get_decoder(): works for every tested family), a regex over module names, or "
-                          "'all-linear'."})
-    allow_download: bool = field(default=False, metadata={
-        "help": "Let model_name_or_path be a Hugging Face Hub id that is downloaded (default: a local checkpoint "
-                "directory only, and a path that does not exist is an error naming it; MMPO_ALLOW_DOWNLOAD=1 "
-                "does the same)."})
-
-    def __post_init__(self):
-        if not isinstance(self.model_name_or_path, str) or not self.model_name_or_path.strip():
-            raise ValueError(f"model_name_or_path must be a checkpoint directory, not {self.model_name_or_path!r}")
-        self.dtype = DTYPE_ALIASES.get(self.dtype, self.dtype)
-        check_choice("dtype", self.dtype, DTYPES)
-        check_number("lora_r", self.lora_r, integer=True, low=0, low_open=True)
-        check_number("lora_alpha", self.lora_alpha, integer=True, low=0, low_open=True)
-        check_number("lora_dropout", self.lora_dropout, low=0, high=1, high_open=True)
-        if not isinstance(self.lora_target_modules, str) or not self.lora_target_modules.strip():
-            raise ValueError(f"lora_target_modules must be 'auto', 'all-linear' or a regex, "
-                             f"not {self.lora_target_modules!r}")
+from ..checks import check_choice, check_number
+from ..methods.adavip.config import AdavipConfig
+from ..methods.aspo.config import AspoConfig
+from ..methods.dama.config import DamaConfig
+from ..models import ModelArguments
 
 
 @dataclass
@@ -217,162 +145,74 @@ class PreferenceConfig(TrainingArguments):
 
 
 @dataclass
-class AspoArguments:
-    """ASPO: sentence-level adaptive rewards on the chosen response ("ASPO: Adaptive Sentence-Level
-    Preference Optimization for Fine-Grained Multimodal Reasoning", arXiv:2505.19100, section 3.2)."""
-
-    aspo: bool = field(default=False, metadata={"help": "Weight each chosen sentence's reward by CLIP similarity "
-                                                "and the policy's own perplexity."})
-    aspo_alpha: float = field(default=0.5, metadata={
-        "help": "w_i = alpha * S'_i + (1 - alpha) * PPL'_i. 1 = similarity only, 0 = perplexity only (Table 5). "
-                "alpha > 0 needs chosen_sentence_scores in the records (mmpo score-sentences)."})
-    aspo_normalizer: str = field(default="reward", metadata={
-        "help": "Stop-gradient scale of the re-weighted sum: 'reward' = sg(R_c / R*_c) (paper, Eq. 12), "
-                "'count' = sg(n / sum(1 + w_i)) (ablation)."})
-    aspo_granularity: str = field(default="sentence", metadata={
-        "help": "Unit that gets a weight: 'sentence' (paper), 'token' (each token, with its sentence's "
-                "similarity), or 'response' (one unit: the weight is 0, so this is exactly DPO). Table 6."})
-
-    def __post_init__(self):
-        check_choice("aspo_normalizer", self.aspo_normalizer, ("reward", "count"))
-        check_choice("aspo_granularity", self.aspo_granularity, ("sentence", "token", "response"))
-        check_number("aspo_alpha", self.aspo_alpha, low=0, high=1)
-
-    @property
-    def enabled(self) -> bool:
-        return self.aspo
-
-
-@dataclass
-class DamaArguments:
-    """DAMA: data- and model-aware per-record beta ("DAMA: Data- and Model-aware Alignment of Multi-modal
-    LLMs", arXiv:2502.01943). D2PO = data only, MDPO = model only.
-
-    ``dama_recipe`` sets every choice of the model-aware step at once: ``authors`` (the released code,
-    which produced the paper's tables) or ``paper`` (Eqs. 9-17 as printed). Each ``dama_*`` choice
-    left unset (null) takes the recipe's value; set one to change only that (ablations).
-    :meth:`recipe` gives the resolved choices."""
-
-    dama_data: bool = field(default=False, metadata={
-        "help": "Scale beta per record by the offline alpha_D stored in the records (mmpo score-sentences)."})
-    dama_model: bool = field(default=False, metadata={
-        "help": "Scale beta per batch by alpha_M from the filtered reward gaps and their running mean."})
-    dama_recipe: str = field(default="authors", metadata={
-        "help": "'authors': the authors' released algorithm (raw gaps, weighted random draw of int(0.8 N) centred "
-                "at an EMA of the mean gap of all records, alpha_M = mean kept sigmoid(gap) / sigmoid(EMA), EMA "
-                "updated after each batch's loss, loss averaged per process, beta >= 1e-3). 'paper': Eqs. 9-17 as "
-                "printed (beta * gap / R_bar, the K = round(0.75 N) gaps closest to the batch mean, "
-                "alpha_M = sigmoid(R_B) / sigmoid(R_bar), R_bar an EMA of R_B per optimizer step, one global mean)."})
-    dama_keep: float | None = field(default=None, metadata={
-        "help": "Fraction K/N of the global batch the filter keeps (authors 0.8, paper 12/16 = 0.75)."})
-    dama_keep_rounding: str | None = field(default=None, metadata={
-        "help": "K = int(keep * N) ('floor', authors) or round(keep * N) ('round', paper); at least 1."})
-    dama_filter: str | None = field(default=None, metadata={
-        "help": "'sample': the authors' weighted random draw centred at the running mean; 'topk': the K gaps "
-                "closest to the batch mean (paper); 'bottom'/'top' drop the lowest/highest; 'none' keeps all."})
-    dama_gap_uses_beta: bool | None = field(default=None, metadata={
-        "help": "Reward gap = beta * (ratio_w - ratio_l) (paper, Eq. 9); false: the raw log-ratio margin (authors)."})
-    dama_alpha_model: str | None = field(default=None, metadata={
-        "help": "'authors': alpha_M = mean over kept of sigmoid(gap) / sigmoid(running mean); 'paper': "
-                "sigmoid(mean over kept of gap / R_bar) / sigmoid(R_bar) (Eqs. 10-13)."})
-    dama_running_mean: str | None = field(default=None, metadata={
-        "help": "What the running mean averages: 'all_gaps', the mean gap of all N records (authors), or "
-                "'kept_normalised', the paper's R_B (Eq. 15)."})
-    dama_update: str | None = field(default=None, metadata={
-        "help": "When the running mean moves: after each batch's loss ('loss', authors) or after each optimizer "
-                "step with the mean of its micro-batches ('step')."})
-    dama_loss_mean: str | None = field(default=None, metadata={
-        "help": "'process': the kept losses averaged on each process, then over processes (authors); 'global': "
-                "one mean over the kept records of the global batch."})
-    dama_beta_min: float | None = field(default=None, metadata={
-        "help": "Lower clamp of the per-record beta (authors 1e-3; paper 0 = none)."})
-    dama_gamma: float = field(default=0.9, metadata={"help": "Momentum of the running mean (both sources: 0.9)."})
-    dama_combine: str = field(default="product", metadata={
-        "help": "'product': alpha = alpha_D * alpha_M (paper); 'sum': (1 - rho) alpha_M + rho alpha_D (ablation)."})
-    dama_rho: float = field(default=0.5, metadata={"help": "Weight of alpha_D when dama_combine = sum."})
-    dama_normalizer: str | None = field(default=None, metadata={
-        "help": "dama_alpha_model paper only: how the gaps are normalised by R_bar (docs/methods.md, 'DAMA "
-                "numerics'). 'paper' (the recipe's): the unguarded R_i / R_bar, alpha_M up to e^88 (diverges on "
-                "falling gaps). 'bounded': divide by R_bar held at least dama_scale_floor x the batch's mean |R_i| "
-                "away from 0, alpha_M clamped to [1 / dama_alpha_model_max, dama_alpha_model_max]."})
-    dama_scale_floor: float = field(default=0.1, metadata={
-        "help": "'bounded' only: the divisor's floor tau relative to the batch's mean |R_i|; bounds "
-                "|R_B| and |R_bar| by (N / K) / tau."})
-    dama_alpha_model_max: float = field(default=10.0, metadata={
-        "help": "'bounded' only: alpha_M is clamped to [1 / this, this]; >= 1 (1 = alpha_M always 1)."})
-
-    def __post_init__(self):
-        from ..losses import dama
-
-        check_choice("dama_recipe", self.dama_recipe, tuple(dama.RECIPES))
-        optional_choices = {  # field -> the Literal of its DamaRecipe attribute
-            "dama_keep_rounding": dama.KeepRounding, "dama_filter": dama.FilterMode,
-            "dama_alpha_model": dama.AlphaModelForm, "dama_running_mean": dama.RunningMean,
-            "dama_update": dama.UpdateTime, "dama_loss_mean": dama.LossMean, "dama_normalizer": dama.Normalizer}
-        for name, kind in optional_choices.items():
-            if getattr(self, name) is not None:
-                check_choice(name, getattr(self, name), typing.get_args(kind))
-        if self.dama_gap_uses_beta is not None and not isinstance(self.dama_gap_uses_beta, bool):
-            raise ValueError(f"dama_gap_uses_beta must be true or false, not {self.dama_gap_uses_beta!r}")
-        check_choice("dama_combine", self.dama_combine, typing.get_args(dama.CombineMode))
-        check_number("dama_keep", self.dama_keep, low=0, high=1, low_open=True, optional=True)
-        check_number("dama_beta_min", self.dama_beta_min, low=0, optional=True)
-        check_number("dama_gamma", self.dama_gamma, low=0, high=1, high_open=True)
-        check_number("dama_rho", self.dama_rho, low=0, high=1)
-        check_number("dama_scale_floor", self.dama_scale_floor, low=0, low_open=True)
-        check_number("dama_alpha_model_max", self.dama_alpha_model_max, low=1)
-
-    def recipe(self):
-        """The resolved :class:`~mmpo.losses.dama.DamaRecipe`: ``dama_recipe`` with every set field applied."""
-        from ..losses.dama import dama_recipe
-
-        return dama_recipe(self.dama_recipe, keep=self.dama_keep, keep_rounding=self.dama_keep_rounding,
-                           filter=self.dama_filter, gap_uses_beta=self.dama_gap_uses_beta,
-                           alpha_model=self.dama_alpha_model, running_mean=self.dama_running_mean,
-                           update=self.dama_update, loss_mean=self.dama_loss_mean, beta_min=self.dama_beta_min,
-                           normalizer=self.dama_normalizer, floor=self.dama_scale_floor,
-                           alpha_max=self.dama_alpha_model_max, gamma=self.dama_gamma, combine=self.dama_combine,
-                           rho=self.dama_rho)
-
-    @property
-    def enabled(self) -> bool:
-        return self.dama_data or self.dama_model
-
-
-@dataclass
-class AdavipArguments:
-    """AdaViP: vision-rejected images and the adaptive Plackett-Luce loss ("AdaViP: Aligning Multi-modal
-    LLMs via Adaptive Vision-enhanced Preference Optimization", arXiv:2504.15619, section 3.3, Eq. 11)."""
-
-    adavip: bool = field(default=False, metadata={
-        "help": "Add a third sample per record, the chosen text on its rejected_image; records without one "
-                "are trained with plain DPO."})
-    adavip_loss: str = field(default="plackett_luce", metadata={
-        "help": "'plackett_luce' (paper, Eq. 11) or 'plus_vision' (ablation: sum of two equal-weight DPO losses)."})
-
-    def __post_init__(self):
-        check_choice("adavip_loss", self.adavip_loss, ("plackett_luce", "plus_vision"))
-
-    @property
-    def enabled(self) -> bool:
-        return self.adavip
-
-
-@dataclass
 class Methods:
-    """The method switches, each with its own sub-config; all off is plain DPO.
+    """The method switches, each with its own options; all off is plain DPO.
 
     ``methods.aspo.enabled``, ``methods.dama.enabled`` (data- or model-aware) and
-    ``methods.adavip.enabled`` say which are on; the YAML keys stay the flat field names
-    (``aspo: true``, ``dama_model: true``, ``adavip_loss: plus_vision``).
+    ``methods.adavip.enabled`` say which are on. In YAML and on the command line the keys are flat
+    and prefixed (``aspo: true``, ``dama_model: true``, ``adavip_loss: plus_vision``).
     """
 
-    aspo: AspoArguments = field(default_factory=AspoArguments)
-    dama: DamaArguments = field(default_factory=DamaArguments)
-    adavip: AdavipArguments = field(default_factory=AdavipArguments)
+    aspo: AspoConfig = field(default_factory=AspoConfig)
+    dama: DamaConfig = field(default_factory=DamaConfig)
+    adavip: AdavipConfig = field(default_factory=AdavipConfig)
 
 
-CONFIG_CLASSES = (ModelArguments, DataArguments, PreferenceConfig, AspoArguments, DamaArguments, AdavipArguments)
+@dataclass
+class RunConfig:
+    """Everything one training run is given, by name: what :func:`parse_config` returns.
+
+    Attributes:
+        model: which checkpoint and how it is tuned.
+        data: the record files.
+        training: ``TrainingArguments`` plus the preference fields.
+        methods: the method switches and their options.
+        extra: instances of the extra dataclasses a command adds (``mmpo iterate``'s), in order.
+    """
+
+    model: ModelArguments
+    data: DataArguments
+    training: PreferenceConfig
+    methods: Methods = field(default_factory=Methods)
+    extra: tuple = ()
+
+    def values(self) -> dict[str, Any]:
+        """Every field's value under its YAML key (``beta``, ``aspo_alpha``, ``dama_keep``, ...)."""
+        parts = [self.model, self.data, self.training, self.methods.aspo, self.methods.dama, self.methods.adavip,
+                 *self.extra]
+        return {flat_key(type(part), f) if type(part) in METHOD_CONFIGS else f.name: getattr(part, f.name)
+                for part in parts for f in dataclasses.fields(part)}
+
+
+#: The config dataclasses of a run, in the order :class:`RunConfig` holds them.
+CONFIG_CLASSES = (ModelArguments, DataArguments, PreferenceConfig, AspoConfig, DamaConfig, AdavipConfig)
+METHOD_CONFIGS = (AspoConfig, DamaConfig, AdavipConfig)
+
+
+def flat_key(cls: type, f: dataclasses.Field) -> str:
+    """The YAML / command-line key of a method option: ``metadata["key"]`` or the class's prefix
+    plus the field name (``DamaConfig.keep`` is ``dama_keep``)."""
+    return f.metadata.get("key", f"{cls.PREFIX}{f.name}")
+
+
+@functools.cache
+def keyed(cls: type) -> type:
+    """``cls`` as ``HfArgumentParser`` needs it: a dataclass with the same fields under their flat keys
+    and no checks (a method config is checked when :func:`unkeyed` builds it). Other classes are
+    returned as they are."""
+    if cls not in METHOD_CONFIGS:
+        return cls
+    hints = typing.get_type_hints(cls)
+    fields = [(flat_key(cls, f), hints[f.name], field(default=f.default, metadata={"help": f.metadata.get("help")}))
+              for f in dataclasses.fields(cls)]
+    return dataclasses.make_dataclass(f"{cls.__name__}Keys", fields)
+
+
+def unkeyed(cls: type, parsed: Any) -> Any:
+    """The ``cls`` instance of a :func:`keyed` instance (method configs are checked here)."""
+    if cls not in METHOD_CONFIGS:
+        return parsed
+    return cls(**{f.name: getattr(parsed, flat_key(cls, f)) for f in dataclasses.fields(cls)})
 
 
 def resume_value(value: Any) -> str | bool | None:
@@ -468,14 +308,22 @@ def check_yaml_value(source: str, key: str, value: Any, hint: Any, default: Any)
 
 
 def parse_config(yaml_path: str | Path | None = None, overrides: list[str] | None = None,
-                 classes: tuple = CONFIG_CLASSES) -> tuple:
-    """Build the config dataclasses from a YAML file and ``--field value`` overrides.
+                 extra: tuple[type, ...] = ()) -> RunConfig:
+    """The run's config from a YAML file and ``--field value`` overrides.
 
     Unknown YAML keys are an error that names them (a typo must not be silently ignored); so is a
     YAML value of the wrong type (:func:`check_yaml_value`). An out-of-range value is a
     ``ValueError`` naming the field (and the YAML file, when there is one).
+
+    Args:
+        yaml_path: the config file, or None (overrides alone).
+        overrides: ``["--beta", "0.2", ...]``, applied after the file.
+        extra: more dataclasses whose fields the file and overrides may set (``mmpo iterate``'s);
+            their instances are :attr:`RunConfig.extra`.
     """
-    parser = HfArgumentParser(classes)
+    classes = (*CONFIG_CLASSES, *extra)
+    flat = tuple(keyed(cls) for cls in classes)
+    parser = HfArgumentParser(flat)
     values = {}
     if yaml_path is not None:
         values = yaml.safe_load(Path(yaml_path).read_text()) or {}
@@ -485,7 +333,7 @@ def parse_config(yaml_path: str | Path | None = None, overrides: list[str] | Non
         unknown = sorted(set(values) - known, key=str)
         if unknown:
             raise ValueError(f"{yaml_path}: unknown config keys {unknown}")
-        fields = _field_types(classes)
+        fields = _field_types(flat)
         values = {key: check_yaml_value(str(yaml_path), key, value, *fields[key])
                   if key in fields and key not in _CHECKED_BY_POST_INIT else value for key, value in values.items()}
         parser.set_defaults(**values)
@@ -494,19 +342,22 @@ def parse_config(yaml_path: str | Path | None = None, overrides: list[str] | Non
             if action.dest in values:
                 action.required = False
     try:
-        return parser.parse_args_into_dataclasses(args=list(overrides or []), look_for_args_file=False)
+        parsed = parser.parse_args_into_dataclasses(args=list(overrides or []), look_for_args_file=False)
+        model, data, training, aspo, dama, adavip, *more = (unkeyed(cls, p) for cls, p in zip(classes, parsed,
+                                                                                             strict=True))
     except ValueError as error:
         if yaml_path is None:
             raise
         raise ValueError(f"{yaml_path}: {error}") from error
+    return RunConfig(model, data, training, Methods(aspo, dama, adavip), tuple(more))
 
 
-def parse_command_line(argv: list[str], doc: str, classes: tuple = CONFIG_CLASSES) -> tuple | None:
+def parse_command_line(argv: list[str], doc: str, extra: tuple[type, ...] = ()) -> RunConfig | None:
     """``CONFIG.yaml [--field value ...]`` (or overrides alone) parsed by :func:`parse_config`;
     ``None`` after printing ``doc`` and every field's help when ``argv`` is empty or asks for help."""
     if not argv or argv[0] in ("-h", "--help"):
         print(doc)
-        HfArgumentParser(classes).print_help()
+        HfArgumentParser(tuple(keyed(cls) for cls in (*CONFIG_CLASSES, *extra))).print_help()
         return None
     path, overrides = (argv[0], argv[1:]) if not argv[0].startswith("--") else (None, argv)
-    return parse_config(path, overrides, classes=classes)
+    return parse_config(path, overrides, extra=extra)

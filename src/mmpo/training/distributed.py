@@ -21,7 +21,6 @@ see :mod:`mmpo.training.reference` for how it is computed under each engine.
 from __future__ import annotations
 
 import copy
-import importlib
 import logging
 import os
 from collections.abc import Iterator
@@ -63,47 +62,11 @@ def local_shard(p: torch.Tensor) -> torch.Tensor:
     return p.to_local() if hasattr(p, "to_local") else p
 
 
-def import_model_modules(config: Any) -> list[str]:
-    """Import the ``transformers`` modeling module of ``config`` and of every config nested in it
-    (text model, vision tower, ...), before anything is built from it. Returns the modules' names.
-
-    Why, under ZeRO-3: transformers imports a family's modeling module lazily, when the first model
-    of that family is built, which under ZeRO-3 is inside DeepSpeed's ``zero.Init``. While it is
-    active, ``zero.Init`` wraps the ``__init__`` of every ``nn.Module`` subclass defined, and on exit
-    puts back the ``__init__`` it saw when the class was created. A class decorated by kernels'
-    ``use_kernelized_func`` (the attention classes, since transformers depends on ``kernels``) gets
-    its instance set-up ``__init__`` from the decorator only *after* creation, so the exit throws
-    that away: every later instance lacks ``_kernel_funcs``, which the decorated forward reads
-    (``AttributeError: 'LlamaAttention' object has no attribute '_kernel_funcs'``). The first later
-    instance is the frozen reference ZeRO-3 loads again. Imported first, outside ``zero.Init``,
-    the classes are complete before DeepSpeed ever wraps them.
-    """
-    from transformers import PretrainedConfig
-
-    names, seen, stack = [], set(), [config]
-    while stack:
-        cfg = stack.pop()
-        if id(cfg) in seen:
-            continue
-        seen.add(id(cfg))
-        stack.extend(v for v in vars(cfg).values() if isinstance(v, PretrainedConfig))
-        module = type(cfg).__module__
-        if module.startswith("transformers.models.") and ".configuration_" in module:
-            name = module.replace(".configuration_", ".modeling_", 1)
-            try:
-                importlib.import_module(name)
-            except ModuleNotFoundError as error:
-                if error.name != name:  # a missing dependency of an existing module: from_pretrained says it
-                    raise
-                continue
-            names.append(name)
-    return sorted(set(names))
-
 
 def kernel_layers_without_setup(model: torch.nn.Module) -> list[str]:
     """Names of ``model``'s modules whose forward kernels' ``use_kernelized_func`` replaced but that
     were built without the decorator's ``__init__`` (no ``_kernel_funcs``): they fail on their first
-    forward. See :func:`import_model_modules` for how ZeRO-3 leaves them so."""
+    forward. See :func:`mmpo.models.import_model_modules` for how ZeRO-3 leaves them so."""
     broken = []
     for name, module in model.named_modules():
         code = getattr(type(module).forward, "__code__", None)
@@ -218,8 +181,8 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
             f"under DeepSpeed ZeRO-3 the frozen reference loaded again from {path} has {len(broken)} layers "
             f"(e.g. {broken[0]}: {type(reference.get_submodule(broken[0])).__name__}) that kernels' "
             "use_kernelized_func decorated but zero.Init built without their set-up: the model's classes were "
-            "first imported inside zero.Init. Load the policy with mmpo.training.model_loading.load_policy, or "
-            "call mmpo.training.distributed.import_model_modules(config) before from_pretrained.")
+            "first imported inside zero.Init. Load the policy with mmpo.models.load_policy, or "
+            "call mmpo.models.import_model_modules(config) before from_pretrained.")
     if weights_digest(reference) != weights_digest(model):
         raise ValueError(
             f"under DeepSpeed ZeRO-3 the frozen reference is loaded again from {path}, but the policy's weights "

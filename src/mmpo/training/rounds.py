@@ -48,6 +48,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..checks import check_choice, check_number
 from ..data.construct.self_pairs import (
     ClaimJudge,
     Item,
@@ -61,7 +62,7 @@ from ..data.construct.self_pairs import (
 from ..io import PROGRESS_SUFFIX, atomic_write_json, atomic_write_jsonl, read_jsonl
 from ..types import PreferenceRecord
 from . import distributed
-from .config import DataArguments, Methods, ModelArguments, PreferenceConfig, check_choice, check_number
+from .config import DataArguments, Methods, ModelArguments, PreferenceConfig
 
 logger = logging.getLogger(__name__)
 
@@ -418,7 +419,7 @@ def run_rounds(model_args: ModelArguments, args: PreferenceConfig, methods: Meth
 def _sample_round(model_args: ModelArguments, policy: str, share: list[Item], judge: ClaimJudge, journal: Path,
                   plan: RoundsPlan, k: int, device: Any, progress: bool):
     """Stage 1 on one process: its share of round ``k``'s prompts sampled from ``policy`` and judged."""
-    from .model_loading import load_policy
+    from ..models import load_policy
 
     model, processor = load_policy(dataclasses.replace(model_args, model_name_or_path=policy), device=str(device))
     if distributed.is_partitioned(model):
@@ -461,7 +462,7 @@ def _finish_round(result: RoundResult, folder: Path, model_args: ModelArguments,
                   log_history: list, device: Any, keep_checkpoints: bool, say: Callable[[str], None]) -> None:
     """Stage 5 on the main process: the round's model evaluated, its log and ``round.json`` written
     (the mark that it finished), its checkpoints removed."""
-    from .model_loading import load_policy
+    from ..models import load_policy
 
     began = time.perf_counter()
     if evaluate is not None:
@@ -536,7 +537,7 @@ def merge_adapters(base: str, adapter_dir: Path, out_dir: Path, dtype: str = "au
     the processor) to ``out_dir`` (replacing it)."""
     from peft import PeftModel
 
-    from .model_loading import load_policy
+    from ..models import load_policy
 
     model, processor = load_policy(ModelArguments(model_name_or_path=base, dtype=dtype))
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
@@ -564,7 +565,7 @@ def method_enricher(methods: Methods, *, scorer: Any = None,
     """The ``enrich`` step for ``methods``: CLIP sentence scores and DAMA's alpha_D
     (:func:`~mmpo.data.construct.sentence_scores.score_sentences`) when ASPO or DAMA's data-aware
     factor is on, then AdaViP's vision-rejected images
-    (:func:`~mmpo.data.construct.vision_rejected.build_vision_rejected`, journaled in the round's
+    (:func:`~mmpo.methods.adavip.vision_rejected.build_vision_rejected`, journaled in the round's
     ``vision.jsonl``) when AdaViP is on; ``None`` when no method needs anything.
 
     Args:
@@ -575,12 +576,12 @@ def method_enricher(methods: Methods, *, scorer: Any = None,
     Raises:
         ValueError: a method is on and what it needs was not given.
     """
-    needs_scores = methods.aspo.enabled or methods.dama.dama_data
+    needs_scores = methods.aspo.enabled or methods.dama.data
     needs_vision = methods.adavip.enabled
     if not (needs_scores or needs_vision):
         return None
     if scorer is None:
-        wanted = [name for name, on in (("ASPO", methods.aspo.enabled), ("DAMA's data-aware beta", methods.dama.dama_data),
+        wanted = [name for name, on in (("ASPO", methods.aspo.enabled), ("DAMA's data-aware beta", methods.dama.data),
                                         ("AdaViP", needs_vision)) if on]
         raise ValueError(f"{' and '.join(wanted)} need a CLIP model to score sentences or images: set clip_model")
     if needs_vision and vision_pipeline is None:
@@ -596,7 +597,7 @@ def method_enricher(methods: Methods, *, scorer: Any = None,
             records, report = score_sentences(records, scorer, RuleSplitter(), progress=progress)
             say(report.summary())
         if needs_vision:
-            from ..data.construct.vision_rejected import build_vision_rejected
+            from ..methods.adavip.vision_rejected import build_vision_rejected
 
             report = build_vision_rejected(records, vision_pipeline(records), folder / "vision.jsonl",
                                            folder / "vision", progress=progress)

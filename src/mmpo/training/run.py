@@ -8,8 +8,9 @@ from pathlib import Path
 from ..data.collator import PreferenceDataset
 from ..data.records import load_records
 from ..io import atomic_write_json
+from ..models import count_parameters, load_policy, model_source
 from .config import DataArguments, Methods, ModelArguments, PreferenceConfig, resume_value
-from .model_loading import count_parameters, load_policy, model_source, prepare_policy
+from .model_loading import prepare_policy
 from .trainer import PreferenceTrainer, check_finite_parameters
 
 logger = logging.getLogger(__name__)

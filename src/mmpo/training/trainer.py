@@ -1,16 +1,16 @@
 """``PreferenceTrainer``: a ``transformers.Trainer`` that optimises a preference loss for VLMs.
 
 The training step, top to bottom (``compute_loss``); each method's maths lives in its own module
-of :mod:`mmpo.losses`, torch only and unit-tested without a Trainer:
+of :mod:`mmpo.methods`, torch only and unit-tested without a Trainer:
 
 1. one policy forward over the batch's rows (chosen, rejected, and AdaViP's vision-rejected)
    -> response-aligned per-token log-probs ``(R, L)``;
 2. the reference's per-token log-probs for the same rows (frozen copy, adapter-off, or table);
 3. per-record log-ratios ``log pi(y) - log pi_ref(y)``; with ASPO the chosen one is re-weighted
-   per sentence (:func:`mmpo.losses.aspo.aspo_step`);
+   per sentence (:func:`mmpo.methods.aspo.aspo_step`);
 4. with DAMA, ``beta`` becomes a per-record ``beta_C`` and outlier records are filtered out
-   (:class:`mmpo.losses.dama.DamaController`, which also keeps the running mean ``R_bar``);
-5. :func:`mmpo.losses.compose.preference_loss` gives per-record losses (DPO, or AdaViP's
+   (:class:`mmpo.methods.dama.DamaController`, which also keeps the running mean ``R_bar``);
+5. :func:`mmpo.methods.dpo.preference_loss` gives per-record losses (DPO, or AdaViP's
    Plackett-Luce loss when there is a vision-rejected sample);
 6. the mean over kept records, plus an optional NLL term on the chosen response.
 
@@ -41,9 +41,9 @@ from ..data.preflight import bound_max_length, model_max_positions, preflight
 from ..forward import policy_response_logps, prefix_sharing_problem, unwrap
 from ..hub import loading, pretrained_kwargs
 from ..io import atomic_write_json
-from ..losses.aspo import aspo_step
-from ..losses.compose import preference_loss
-from ..losses.dama import DamaController, DamaStateMismatch
+from ..methods.aspo import aspo_step
+from ..methods.dama import DamaController, DamaStateMismatch
+from ..methods.dpo import preference_loss
 from . import distributed
 from .checkpoints import (
     STATE_FILE,
@@ -113,8 +113,8 @@ class PreferenceTrainer(Trainer):
         collator = PreferenceCollator(
             RowEncoder(processor, max_length=args.max_length, prompt_format=args.prompt_format),
             vision_rows=adavip.enabled,
-            sentence_splitter=splitter, granularity=aspo.aspo_granularity,
-            need_sentence_scores=aspo.enabled and aspo.aspo_alpha > 0, need_data_alpha=dama.dama_data,
+            sentence_splitter=splitter, granularity=aspo.granularity,
+            need_sentence_scores=aspo.enabled and aspo.alpha > 0, need_data_alpha=dama.data,
             prefix_sharing=self._can_share(model, args),
         )
         bound_max_length(collator, model_max_positions(model))
@@ -127,13 +127,13 @@ class PreferenceTrainer(Trainer):
         self._step_records: list[list[str]] = []  # record ids of this optimizer step's finite micro-batches
         self._step_skips = 0  # this optimizer step's micro-batches skipped for a NaN/inf loss
         self._skipped_batch = False  # the last compute_loss in training skipped its batch
-        callbacks = [_NonFiniteGuard(self)] + list(callbacks or []) + ([_DamaCallback(self)] if dama.dama_model else [])
+        callbacks = [_NonFiniteGuard(self)] + list(callbacks or []) + ([_DamaCallback(self)] if dama.model else [])
         super().__init__(model=model, args=args, data_collator=collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processor, callbacks=callbacks)
         distributed.wrap_only_present_layers(self.accelerator, unwrap(self.model))
         self.gather = AcceleratorGather(self.accelerator)
         #: DAMA's step and state (``R_bar``); with DAMA off its beta is the plain ``args.beta``.
-        self.dama = DamaController.from_arguments(dama, args.beta, seed=args.seed, gather=self.gather)
+        self.dama = DamaController.from_config(dama, args.beta, seed=args.seed, gather=self.gather)
         # Our loss is a mean over records: let Trainer divide it by the accumulation steps.
         self.loss_is_scaled_for_ga = False
         #: Per mode and key, the logging window's (sum on the device, count): read once per log.
@@ -188,8 +188,8 @@ class PreferenceTrainer(Trainer):
     def _load_reference_model(self, path: str) -> torch.nn.Module:
         """The ``reference_model`` checkpoint in the policy's dtype, checked to have the policy's
         architecture and tensor shapes (a reference of another model gives meaningless rewards)."""
+        from ..models import load_policy
         from .config import ModelArguments
-        from .model_loading import load_policy
 
         policy = unwrap(self.model)
         policy = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
@@ -268,10 +268,10 @@ class PreferenceTrainer(Trainer):
         diag: dict[str, torch.Tensor] = {}
         if aspo.enabled:
             chosen, diag = aspo_step(token_ratios[:B], policy[:B], inputs["unit_spans"], inputs["unit_mask"],
-                                     inputs["unit_scores"], aspo.aspo_alpha, aspo.aspo_normalizer)
+                                     inputs["unit_scores"], aspo.alpha, aspo.normalizer)
         beta, keep, dama_diag = self.dama.beta(chosen, rejected, inputs.get("data_alpha"), training=training)
         losses, loss_diag = preference_loss(chosen, rejected, beta, vision, inputs.get("vision_mask"),
-                                            self.methods.adavip.adavip_loss)
+                                            self.methods.adavip.loss)
         loss, nll = self._with_sft_term(self.dama.mean_loss(losses, keep), policy, mask, B, diag)
         if training and self._skip_nonfinite(model, inputs, loss, losses, keep, nll, dama_mark):
             loss = _zero_loss(model)
@@ -452,7 +452,7 @@ class PreferenceTrainer(Trainer):
         if path is True:
             path = self._newest_complete_checkpoint()
         if isinstance(path, str):
-            problem = checkpoint_problem(path, need_state=self.methods.dama.dama_model)
+            problem = checkpoint_problem(path, need_state=self.methods.dama.model)
             if problem:
                 raise CheckpointError(f"cannot resume from {path}: {problem}"
                                       + ("; a DAMA model-aware run needs its running mean R_bar from it"
@@ -471,7 +471,7 @@ class PreferenceTrainer(Trainer):
 
     def _newest_complete_checkpoint(self) -> str:
         output_dir = self.args.output_dir
-        path, skipped = newest_complete_checkpoint(output_dir, need_state=self.methods.dama.dama_model)
+        path, skipped = newest_complete_checkpoint(output_dir, need_state=self.methods.dama.model)
         for folder, problem in skipped:
             logger.warning("resume: skipping %s, incomplete (killed while it was written?): %s", folder.name, problem)
         if path is None:
@@ -608,7 +608,7 @@ class _NonFiniteGuard(TrainerCallback):
 
 
 class AcceleratorGather:
-    """:class:`~mmpo.losses.dama.BatchGather` over ``accelerate``'s processes (DAMA's global batch,
+    """:class:`~mmpo.methods.dama.BatchGather` over ``accelerate``'s processes (DAMA's global batch,
     the NaN/inf guard's agreement)."""
 
     def __init__(self, accelerator):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmpo.data.construct.sentence_scores import score_sentences
-from mmpo.losses.dama import dama_data_alpha
+from mmpo.methods.dama import dama_data_alpha
 from mmpo.scoring.sentences import RuleSplitter
 from mmpo.types import PreferenceRecord
 

@@ -8,7 +8,8 @@ import pytest
 
 from mmpo.toyworld.families import build_family
 from mmpo.training.config import ModelArguments
-from mmpo.training.model_loading import TESTED_MODEL_TYPES, language_model_lora_targets, load_policy
+from mmpo.models import TESTED_MODEL_TYPES, load_policy
+from mmpo.training.model_loading import language_model_lora_targets
 
 
 def saved(name, tmp_path):

@@ -206,14 +206,13 @@ class VLMClaimJudge:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | None = "auto", dtype: str = "auto",
                         **kwargs: Any) -> VLMClaimJudge:
-        """A judge with the VLM of a local checkpoint (:func:`mmpo.training.model_loading.load_policy`,
+        """A judge with the VLM of a local checkpoint (:func:`mmpo.models.load_policy`,
         no download); ``kwargs`` go to the constructor, ``name`` defaulting to ``path``.
 
         Raises:
             FileNotFoundError: ``path`` is not a directory.
         """
-        from mmpo.training.config import ModelArguments
-        from mmpo.training.model_loading import load_policy
+        from mmpo.models import ModelArguments, load_policy
 
         model_args = ModelArguments(model_name_or_path=os.fspath(path), dtype=dtype)
         model, processor = load_policy(model_args, device=device, what="judge model")

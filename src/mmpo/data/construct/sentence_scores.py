@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-from ...losses.dama import dama_alpha_from_delta, dama_delta
+from ...methods.dama import dama_alpha_from_delta, dama_delta
 from ...types import PreferenceRecord
 
 
@@ -64,7 +64,7 @@ def score_sentences(records: Sequence[PreferenceRecord], scorer, splitter, *, da
     ``dama_delta_bar``, ``dama_mode``, ``dama_scores`` and ``dama_logit_scale``.
 
     Args:
-        dama_mode: ``"softmax"`` (paper) or ``"ratio"`` (ablation), see :func:`~mmpo.losses.dama.dama_delta`.
+        dama_mode: ``"softmax"`` (paper) or ``"ratio"`` (ablation), see :func:`~mmpo.methods.dama.dama_delta`.
         dama_scores: ``"logits"``: ``delta``'s softmax runs over cosine x ``logit_scale`` (CLIP as a
             classifier, the paper's reading); ``"cosine"``: over the raw cosines.
         logit_scale: the multiplier for ``"logits"``; default the scorer's ``logit_scale`` (a

@@ -11,9 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmpo.losses.aspo import aspo_sentence_weights, aspo_step
-from mmpo.losses.dama import DamaController, dama_combine, dama_model_alpha
-from mmpo.losses.dpo import dpo_loss
+from mmpo.methods.aspo import aspo_sentence_weights, aspo_step
+from mmpo.methods.dama import DamaController, dama_combine, dama_model_alpha
+from mmpo.methods.dpo import dpo_loss
 
 # --------------------------------------------------------------------------------------------- ASPO
 

@@ -7,13 +7,13 @@ from the preferred image ``I_w``:
 1. tag the image (paper: Recognize Anything) -> category names ``t_1..t_n``  (:class:`Tagger`);
 2. detect each tag (paper: Grounding DINO) -> boxes ``b_i``                   (:class:`Detector`);
 3. segment each box (paper: SAM) -> masks ``m_i``                             (:class:`Segmenter`);
-4. inpaint each mask (paper: Big-LaMa) -> candidates ``c_i``   (:mod:`mmpo.data.construct.inpainting`).
+4. inpaint each mask (paper: Big-LaMa) -> candidates ``c_i``   (:mod:`mmpo.methods.adavip.inpainting`).
 
 This module holds the interfaces of steps 1-3 (:class:`Tagger`, :class:`Detector`,
 :class:`Segmenter`, and :class:`Detection`), the box utilities every backend shares
 (:func:`box_iou`, :func:`clip_box`, :func:`non_max_suppression`) and the light backends, which load
 no detector or segmenter checkpoint. The transformers-backed detectors and segmenter (OWLv2,
-Grounding DINO, SAM) are in :mod:`mmpo.data.construct.vision_hf_models`; the synthetic world's
+Grounding DINO, SAM) are in :mod:`mmpo.methods.adavip.vision_hf_models`; the synthetic world's
 ground-truth stand-ins are in :mod:`mmpo.toyworld.annotations`.
 
 * :class:`NounTagger` — the object nouns of the chosen response, from a vocabulary (the

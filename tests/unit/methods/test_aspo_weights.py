@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmpo.losses.aspo import aspo_sentence_weights, aspo_sentence_weights_batched, minmax
+from mmpo.methods.aspo import aspo_sentence_weights, aspo_sentence_weights_batched, minmax
 
 
 def test_minmax_hand_worked():

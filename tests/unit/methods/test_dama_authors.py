@@ -4,7 +4,7 @@
 and docs/papers.md, in the most literal way: float32 sample weights drawn with
 ``torch.multinomial``, ``alpha_M = mean_kept sigmoid(A) / sigmoid(m)``, beta clamped at 1e-3, the
 loss averaged over this process's kept records, and the EMA of the mean raw gap of all records
-updated after the loss. :class:`~mmpo.losses.dama.DamaController` with its default recipe must give
+updated after the loss. :class:`~mmpo.methods.dama.DamaController` with its default recipe must give
 the same kept set, ``alpha_M``, EMA, beta, loss and gradient, step after step.
 """
 
@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmpo.losses.dama import RECIPES, DamaController, DamaState, dama_model_alpha_authors
-from mmpo.losses.dpo import dpo_loss
+from mmpo.methods.dama import RECIPES, DamaController, DamaState, dama_model_alpha_authors
+from mmpo.methods.dpo import dpo_loss
 
 
 def _sigmoid(x: float) -> float:

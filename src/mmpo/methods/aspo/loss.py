@@ -9,7 +9,7 @@ arXiv:2505.19100. Everything ASPO changes in a training step is here, torch only
    by ``1 + w_i`` per sentence, rescaled (stop-gradient) back onto DPO's scale;
 3. :func:`aspo_step`: both, from the trainer's per-token log-ratios, plus the logged diagnostics.
 
-The result replaces DPO's chosen log-ratio in :func:`mmpo.losses.compose.preference_loss`. The
+The result replaces DPO's chosen log-ratio in :func:`mmpo.methods.dpo.preference_loss`. The
 weights only rescale rewards; they are never differentiated through. The sentences' spans and
 similarities come from the data pipeline (:mod:`mmpo.scoring.sentences`,
 :mod:`mmpo.data.construct.sentence_scores`).
@@ -21,7 +21,7 @@ from typing import Literal
 
 import torch
 
-from ..logprobs import span_sums
+from ...logprobs import span_sums
 
 Normalizer = Literal["reward", "count"]
 
@@ -168,7 +168,7 @@ def aspo_chosen_logratio(
     """ASPO's re-weighted chosen log-ratio, ``sg(scale) * sum_i (1 + w_i) ratio(s_i)``.
 
     ASPO Eq. 12 divided by beta: ``M* = beta * aspo_chosen_logratio(...) - beta * ratio(y_l)``, so
-    the result replaces ``chosen_logratios`` in :func:`mmpo.losses.dpo.dpo_loss` (and in the DAMA
+    the result replaces ``chosen_logratios`` in :func:`mmpo.methods.dpo.dpo_loss` (and in the DAMA
     and AdaViP paths, which multiply by their own beta). This is consistent because the scale
     ``R_c / R*_c`` is invariant to beta.
     Intuition: sentences that match the image and that the model finds fluent get a larger share

@@ -15,20 +15,21 @@ import pytest
 import torch
 from PIL import Image
 
-from mmpo.data.construct.inpainting import (
+from mmpo.data.records import load_records, save_records
+from mmpo.methods.adavip.inpainting import (
     Inpainter,
     MeanFillInpainter,
     TeleaInpainter,
     TorchScriptInpainter,
     dilate_mask,
 )
-from mmpo.data.construct.vision_rejected import (
+from mmpo.methods.adavip.vision_rejected import (
     SKIP_REASONS,
     VisionRejectedPipeline,
     build_vision_rejected,
     sentence_sum_scores,
 )
-from mmpo.data.construct.vision_steps import (
+from mmpo.methods.adavip.vision_steps import (
     BoxSegmenter,
     CLIPTagger,
     Detection,
@@ -39,7 +40,6 @@ from mmpo.data.construct.vision_steps import (
     non_max_suppression,
     noun_forms,
 )
-from mmpo.data.records import load_records, save_records
 from mmpo.scoring.clip import CLIPScorer
 from mmpo.toyworld.annotations import AnnotationDetector, AnnotationSegmenter, SceneIndex
 from mmpo.toyworld.clip import TinyCLIPConfig, build_clip_processor, build_clip_tokenizer, build_tiny_clip
@@ -448,7 +448,7 @@ def assert_well_formed(detections, tags, size=64):
 
 
 def test_owlv2_detector_runs(owlv2_dir, scenes):
-    from mmpo.data.construct.vision_hf_models import OwlV2Detector
+    from mmpo.methods.adavip.vision_hf_models import OwlV2Detector
 
     detector = OwlV2Detector(owlv2_dir, threshold=0.0, max_per_label=2, device="cpu")
     assert isinstance(detector, Detector)
@@ -459,7 +459,7 @@ def test_owlv2_detector_runs(owlv2_dir, scenes):
 
 
 def test_grounding_dino_detector_runs(grounding_dino_dir, scenes):
-    from mmpo.data.construct.vision_hf_models import GroundingDinoDetector
+    from mmpo.methods.adavip.vision_hf_models import GroundingDinoDetector
 
     detector = GroundingDinoDetector(grounding_dino_dir, box_threshold=0.0, device="cpu", tags_per_prompt=2)
     tags = ["circle", "star", "square"]  # two prompts: "circle. star." and "square."
@@ -469,7 +469,7 @@ def test_grounding_dino_detector_runs(grounding_dino_dir, scenes):
 
 
 def test_sam_segmenter_runs(sam_dir, scenes):
-    from mmpo.data.construct.vision_hf_models import SamSegmenter
+    from mmpo.methods.adavip.vision_hf_models import SamSegmenter
 
     scene = scenes[0]
     boxes = [tuple(map(float, o.box)) for o in scene.objects]
@@ -483,7 +483,7 @@ def test_sam_segmenter_runs(sam_dir, scenes):
 
 
 def test_clip_tagger_and_a_chain_of_model_backends(clip_dir, owlv2_dir, sam_dir, scenes):
-    from mmpo.data.construct.vision_hf_models import OwlV2Detector, SamSegmenter
+    from mmpo.methods.adavip.vision_hf_models import OwlV2Detector, SamSegmenter
 
     scorer = CLIPScorer(clip_dir, device="cpu")
     tagger = CLIPTagger(scorer, SHAPES, template="a {} .", top_k=3)

@@ -6,8 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmpo.losses.compose import preference_loss
-from mmpo.losses.dpo import dpo_loss
+from mmpo.methods.dpo import dpo_loss, preference_loss
 
 
 def test_hand_worked_values():

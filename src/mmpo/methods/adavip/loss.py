@@ -2,7 +2,7 @@
 
 "AdaViP: Aligning Multi-modal LLMs via Adaptive Vision-enhanced Preference Optimization",
 arXiv:2504.15619, section 3.3. The vision-rejected images come from
-:mod:`mmpo.data.construct.vision_rejected`; :func:`mmpo.losses.compose.preference_loss` picks the
+:mod:`mmpo.methods.adavip.vision_rejected`; :func:`mmpo.methods.dpo.preference_loss` picks the
 loss by the ``adavip_loss`` setting.
 """
 

@@ -13,8 +13,8 @@ arXiv:2504.15619, section 3.2; ``docs/methods.md``, AdaViP section) keeps the pr
    description most.
 
 Each stage is a protocol with a model backend and a weight-free one
-(:mod:`~mmpo.data.construct.vision_steps`, :mod:`~mmpo.data.construct.vision_hf_models`,
-:mod:`~mmpo.data.construct.inpainting`); :class:`VisionRejectedPipeline` chains them for one image
+(:mod:`~mmpo.methods.adavip.vision_steps`, :mod:`~mmpo.methods.adavip.vision_hf_models`,
+:mod:`~mmpo.methods.adavip.inpainting`); :class:`VisionRejectedPipeline` chains them for one image
 and :func:`build_vision_rejected` runs it over records, resumably, writing PNG files and JSONL.
 
 Departures from the paper: sentences come from the rule splitter by default, not a LLaMA-3
@@ -40,9 +40,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
-from mmpo.data.construct.inpainting import Inpainter
-from mmpo.data.construct.vision_steps import Detection, Detector, Segmenter, Tagger
 from mmpo.io import ResumeJournal, image_reference, load_image, write_png_atomic
+from mmpo.methods.adavip.inpainting import Inpainter
+from mmpo.methods.adavip.vision_steps import Detection, Detector, Segmenter, Tagger
 from mmpo.scoring.clip import ImageTextScorer
 from mmpo.scoring.sentences import RuleSplitter, SentenceSplitter
 from mmpo.types import PreferenceRecord

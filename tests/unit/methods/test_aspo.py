@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmpo.losses.aspo import aspo_chosen_logratio, aspo_scale
-from mmpo.losses.dpo import dpo_loss
+from mmpo.methods.aspo import aspo_chosen_logratio, aspo_scale
+from mmpo.methods.dpo import dpo_loss
 
 
 def _grad(ratios, weights, mask, normalizer="reward", eps=1e-6):

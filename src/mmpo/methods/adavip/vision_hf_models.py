@@ -5,7 +5,7 @@
   (``AutoModelForZeroShotObjectDetection``);
 * :class:`SamSegmenter` — Segment Anything with box prompts, the paper's segmenter (``SamModel``).
 
-They implement the step interfaces of :mod:`mmpo.data.construct.vision_steps`, which also holds the
+They implement the step interfaces of :mod:`mmpo.methods.adavip.vision_steps`, which also holds the
 box utilities and the light backends (the synthetic world's ground-truth stand-ins are in
 :mod:`mmpo.toyworld.annotations`). Nothing is downloaded: ``path`` is a directory holding the
 model and its processor (``save_pretrained`` output, e.g. a snapshot of
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmpo.data.construct.vision_steps import Box, Detection, clip_box, non_max_suppression
 from mmpo.hub import loading, pretrained_kwargs
+from mmpo.methods.adavip.vision_steps import Box, Detection, clip_box, non_max_suppression
 
 __all__ = ["GroundingDinoDetector", "OwlV2Detector", "SamSegmenter"]
 
@@ -39,7 +39,7 @@ class OwlV2Detector:
 
     Boxes scoring above ``threshold`` are kept (transformers' ``post_process_grounded_object_detection``),
     clipped to the image, then thinned by per-label non-maximum suppression
-    (:func:`~mmpo.data.construct.vision_steps.non_max_suppression`).
+    (:func:`~mmpo.methods.adavip.vision_steps.non_max_suppression`).
 
     Args:
         path: local checkpoint directory (``Owlv2ForObjectDetection`` + ``Owlv2Processor``).

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmpo.losses.adavip import adavip_plackett_luce_loss, adavip_plus_vision_loss
-from mmpo.losses.dpo import dpo_loss
+from mmpo.methods.adavip import adavip_plackett_luce_loss, adavip_plus_vision_loss
+from mmpo.methods.dpo import dpo_loss
 
 
 def test_hand_worked_values():

@@ -9,7 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmpo.losses.dama import (
+from mmpo.methods.dama import (
+    DATA_ALPHA_RANGE,
     DamaState,
     dama_alpha_from_delta,
     dama_combine,
@@ -18,8 +19,7 @@ from mmpo.losses.dama import (
     dama_model_alpha,
     dama_model_alpha_authors,
 )
-from mmpo.losses.dpo import dpo_loss
-from mmpo.types import DATA_ALPHA_RANGE
+from mmpo.methods.dpo import dpo_loss
 
 
 def _sigmoid(x):

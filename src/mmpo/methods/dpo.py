@@ -1,11 +1,14 @@
-"""The one place where the method switches meet.
+"""DPO, the loss every method extends, and the one place where the method switches meet.
 
-Every method changes one part of the DPO objective, so they compose: DAMA rescales ``beta`` per
-record, ASPO replaces the chosen log-ratio by a sentence-weighted one, AdaViP adds a third
-(vision-rejected) sample and changes the loss. The method modules compute the adjusted pieces
-(:func:`mmpo.losses.aspo.aspo_step`, :class:`mmpo.losses.dama.DamaController`); this function
-turns them into per-record losses plus detached diagnostics under TRL's metric names (and
-``adavip/...`` when the vision sample is present).
+"Direct Preference Optimization: Your Language Model is Secretly a Reward Model" (Rafailov et al.,
+2023), arXiv:2305.18290: :func:`dpo_loss`.
+
+Every method changes one part of the DPO objective, so they compose in :func:`preference_loss`:
+DAMA rescales ``beta`` per record (:class:`mmpo.methods.dama.DamaController`), ASPO replaces the
+chosen log-ratio by a sentence-weighted one (:func:`mmpo.methods.aspo.aspo_step`), AdaViP adds a
+third (vision-rejected) sample and changes the loss (:mod:`mmpo.methods.adavip.loss`).
+:func:`preference_loss` turns those pieces into per-record losses plus detached diagnostics under
+TRL's metric names (and ``adavip/...`` when the vision sample is present).
 """
 
 from __future__ import annotations
@@ -13,11 +16,35 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
-from .adavip import adavip_plackett_luce_loss, adavip_plus_vision_loss
-from .dpo import dpo_loss
+from .adavip.loss import adavip_plackett_luce_loss, adavip_plus_vision_loss
 
 AdavipLoss = Literal["plackett_luce", "plus_vision"]
+
+
+def dpo_loss(
+    chosen_logratios: torch.Tensor,
+    rejected_logratios: torch.Tensor,
+    beta: float | torch.Tensor,
+) -> torch.Tensor:
+    """Per-record DPO loss, ``-log sigmoid(beta * (ratio(y_w) - ratio(y_l)))``.
+
+    Rafailov et al. 2023, Eq. 7 (restated in docs/methods.md, "Notation").
+    Intuition: push the policy's log-ratio of the chosen response above that of the rejected one,
+    with ``beta`` setting how sharply the margin is rewarded.
+
+    Args:
+        chosen_logratios: ``(B,)`` policy log-prob minus reference log-prob of the chosen response,
+            summed over its response tokens (ASPO passes its re-weighted chosen log-ratio here).
+        rejected_logratios: ``(B,)`` the same for the rejected response.
+        beta: a float, or a ``(B,)`` tensor of per-record betas (DAMA's ``beta_C = beta * alpha``).
+
+    Returns:
+        ``(B,)`` losses, not reduced. Computed with ``logsigmoid``, so finite for finite inputs.
+    """
+    margin = beta * (chosen_logratios - rejected_logratios)  # (B,)
+    return -F.logsigmoid(margin)
 
 
 def preference_loss(
