@@ -67,28 +67,36 @@ def correlations(records) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mmpo.cli import demo
+    from mmpo import progress
+
+    ns = parse_args(argv)
+    with progress.bars(not ns.no_progress):
+        return measure(ns)
+
+
+def measure(ns: argparse.Namespace) -> int:
+    """What :func:`main` measures, on parsed options."""
     from mmpo.data.construct.sentence_scores import score_sentences
     from mmpo.models import load_policy
     from mmpo.scoring.sentences import RuleSplitter
+    from mmpo.toyworld import pipeline
     from mmpo.toyworld.base_model import BaseModelRecipe, ensure_base_model
     from mmpo.toyworld.scenes import WorldConfig
     from mmpo.training.config import Methods
 
-    ns = parse_args(argv)
-    opts = demo.DemoOptions(method="dpo", cache_dir=ns.cache_dir, n_pairs=ns.n_pairs, progress=not ns.no_progress,
+    opts = pipeline.DemoOptions(method="dpo", cache_dir=ns.cache_dir, n_pairs=ns.n_pairs, progress=not ns.no_progress,
                             output_dir=str(Path(ns.cache_dir) / "dama-alpha-data"))
     world = WorldConfig(seed=opts.seed)
     recipe = BaseModelRecipe(world=world, n_scenes=opts.base_scenes, steps=opts.base_steps, seed=opts.seed)
-    base_dir, _ = ensure_base_model(recipe, opts.cache_dir, progress=opts.progress)
-    model_args = demo.demo_config(opts, Path(opts.output_dir))[1].model
+    base_dir, _ = ensure_base_model(recipe, opts.cache_dir)
+    model_args = pipeline.demo_config(opts, Path(opts.output_dir))[1].model
     model_args.model_name_or_path = str(base_dir)
     model, processor = load_policy(model_args)
-    records, _ = demo.prepare_records(opts, "self", Methods(), base_dir, model, processor, world)
-    scorer = demo.clip_scorer(opts)
+    records, _ = pipeline.prepare_records(opts, "self", Methods(), base_dir, model, processor, world)
+    scorer = pipeline.clip_scorer(opts)
     results = {"records": len(records), "logit_scale": scorer.logit_scale}
     for reading in ("cosine", "logits"):
-        scored, report = score_sentences(records, scorer, RuleSplitter(), dama_scores=reading, progress=opts.progress)
+        scored, report = score_sentences(records, scorer, RuleSplitter(), dama_scores=reading)
         results[reading] = {**correlations(scored), "delta_bar": report.delta_bar}
 
     lines = [f"alpha_D on {results['records']} self-generated pairs (tiny CLIP, logit scale "

@@ -142,10 +142,10 @@ def flip_labels(records: list, fraction: float, seed: int = 0) -> list:
 
 
 def train_runs(ns: argparse.Namespace) -> str:
-    from mmpo.cli.demo import DemoOptions, prepare_records
     from mmpo.data.collator import PreferenceDataset
     from mmpo.models import load_policy
     from mmpo.toyworld.base_model import BaseModelRecipe, ensure_base_model
+    from mmpo.toyworld.pipeline import DemoOptions, prepare_records
     from mmpo.toyworld.scenes import WorldConfig
     from mmpo.training.config import DamaConfig, Methods, ModelArguments, PreferenceConfig
     from mmpo.training.trainer import PreferenceTrainer
@@ -153,7 +153,7 @@ def train_runs(ns: argparse.Namespace) -> str:
     started = time.time()
     world = WorldConfig(seed=0)
     recipe = BaseModelRecipe(world=world, n_scenes=ns.base_scenes, steps=ns.base_steps, seed=0)
-    base_dir, cached = ensure_base_model(recipe, ns.cache_dir, progress=False)
+    base_dir, cached = ensure_base_model(recipe, ns.cache_dir)
     print(f"base model: {'reused' if cached else 'built'} {base_dir} [{time.time() - started:.0f} s]", flush=True)
     model, processor = load_policy(ModelArguments(model_name_or_path=str(base_dir)))
     opts = DemoOptions(cache_dir=ns.cache_dir, n_pairs=ns.n_pairs, seed=0, base_steps=ns.base_steps,

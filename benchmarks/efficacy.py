@@ -13,7 +13,7 @@ paired differences against DPO, and checks of each method's mechanism.
 2. One record set for every method: RLAIF-V-style self-generated pairs (6 samples per scene from the
    base model, every sentence judged against the scene, best vs worst; ``--judge-flip`` makes the
    judge noisy), with the world's tiny CLIP's sentence scores and DAMA's alpha_D, and AdaViP's
-   vision-rejected images: the demo's own pipeline (``mmpo.cli.demo.prepare_records``), cached.
+   vision-rejected images: the demo's own pipeline (``mmpo.cli.pipeline.prepare_records``), cached.
    Methods that do not use a field ignore it, so every method trains on the same pairs.
 3. For each method and seed (the seed of training; the data and the evaluation scenes are fixed):
    train with the method's config (``configs/toyworld/METHOD.yaml``), evaluate on the held-out scenes
@@ -318,40 +318,48 @@ def reward_gap_callback(records: list, processor, beta: float, every: int):
 
 # ------------------------------------------------------------------------------------------ the grid
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from mmpo import progress
+
+    ns = parse_args(argv)
+    with progress.bars(not ns.no_progress):
+        return grid(ns)
+
+
+def grid(ns: argparse.Namespace) -> dict[str, Any]:
+    """The grid of :func:`main`, on parsed options."""
     import torch
 
-    from mmpo.cli import demo
     from mmpo.io import atomic_write_json, atomic_write_text, default_cache_dir
     from mmpo.models import load_policy
+    from mmpo.toyworld import pipeline
     from mmpo.toyworld.base_model import BaseModelRecipe, ensure_base_model
     from mmpo.toyworld.scenes import WorldConfig, sample_scenes
 
-    ns = parse_args(argv)
     started = time.time()
     run_dir = Path(ns.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    opts = demo.DemoOptions(
+    opts = pipeline.DemoOptions(
         method="aspo-dama-adavip", data=ns.data, output_dir=str(run_dir), judge_flip=ns.judge_flip,
         cache_dir=ns.cache_dir or str(default_cache_dir()), n_pairs=ns.n_pairs, n_eval_scenes=ns.n_eval_scenes,
         steps=ns.steps, batch_size=ns.batch_size, learning_rate=ns.learning_rate, beta=ns.beta,
         sft_weight=ns.sft_weight, base_steps=ns.base_steps, base_scenes=ns.base_scenes, clip_steps=ns.clip_steps,
         seed=0, progress=not ns.no_progress, control=False, prompts=ns.prompts, dama_recipe=ns.dama_recipe)
     world = WorldConfig(seed=0)
-    say = demo.say
+    say = pipeline.say
 
     say(f"[1/5] base model (cache {opts.cache_dir})")
     from mmpo.toyworld.questions import EXTRA_KINDS
 
     kinds = EXTRA_KINDS if ns.base_questions or ns.prompts == "mixed" else ()
     recipe = BaseModelRecipe(world=world, n_scenes=opts.base_scenes, steps=opts.base_steps, seed=0, question_kinds=kinds)
-    base_dir, _ = ensure_base_model(recipe, opts.cache_dir, progress=opts.progress)
-    _, config = demo.demo_config(opts, run_dir / "all")
+    base_dir, _ = ensure_base_model(recipe, opts.cache_dir)
+    _, config = pipeline.demo_config(opts, run_dir / "all")
     model_args, all_methods = config.model, config.methods
     model_args = dataclasses.replace(model_args, model_name_or_path=str(base_dir))
     base_model, processor = load_policy(model_args)
 
     say(f"[2/5] records: {ns.data} pairs + CLIP sentence scores + alpha_D + vision-rejected images")
-    records, folder = demo.prepare_records(opts, ns.data, all_methods, base_dir, base_model, processor, world)
+    records, folder = pipeline.prepare_records(opts, ns.data, all_methods, base_dir, base_model, processor, world)
     say(f"      {len(records)} records in {folder}")
     pairs_report = json.loads((folder / "self_pairs_report.json").read_text()) if ns.data == "self" else None
     alphas = np.array([r.data_alpha for r in records], float)
@@ -367,8 +375,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def evaluate(model) -> dict[str, Any]:
         from mmpo.toyworld.evaluate import evaluate_world
 
-        return evaluate_world(model, processor, eval_scenes, pope_split_scenes_for_stats=stats_scenes, seed=0,
-                              progress=False, keep_items=True)
+        return evaluate_world(model, processor, eval_scenes, pope_split_scenes_for_stats=stats_scenes, seed=0, keep_items=True)
 
     say(f"[3/5] the base model on {len(eval_scenes)} held-out scenes")
     base_path = run_dir / "runs" / "base.json"
@@ -402,12 +409,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             began = time.time()
             config, overrides = VARIANTS.get(method, (method, {}))
             run_opts = dataclasses.replace(opts, method=config, seed=seed, **overrides)
-            _, run_config = demo.demo_config(run_opts, path.parent)
+            _, run_config = pipeline.demo_config(run_opts, path.parent)
             m_args, args, run_methods = run_config.model, run_config.training, run_config.methods
             m_args = dataclasses.replace(m_args, model_name_or_path=str(base_dir))
             model, _ = load_policy(m_args)
             from mmpo.data.collator import PreferenceDataset
-            from mmpo.training.model_loading import prepare_policy
+            from mmpo.training.policy import prepare_policy
             from mmpo.training.trainer import PreferenceTrainer
 
             torch.manual_seed(seed)
@@ -553,7 +560,7 @@ def aspo_premise(model, processor, records: list) -> dict[str, Any]:
         if len(claims) == len(sentence_means):
             logps += sentence_means
             correct += [bool(c["correct"]) for c in claims]
-    descriptions = generate_responses(model, processor, [r.image for r in records], DESCRIBE_PROMPT, progress=False)
+    descriptions = generate_responses(model, processor, [r.image for r in records], DESCRIBE_PROMPT)
     ghosts = repeated = truths = truths_repeated = 0
     for record, description in zip(records, descriptions, strict=True):
         said = {form for word in tokenize(description) for form in singular_forms(word)}

@@ -130,8 +130,7 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         world = WorldConfig(seed=3)
-        save_records(ground_truth_pairs(sample_scenes(world, 8 * ns.steps, prefix="mem"), world, work / "images",
-                                        progress=False), work / "train.jsonl")
+        save_records(ground_truth_pairs(sample_scenes(world, 8 * ns.steps, prefix="mem"), world, work / "images"), work / "train.jsonl")
         model = build_tiny_vlm(train_tokenizer(), config, seed=0)
         n_params = sum(p.numel() for p in model.parameters())
         model.save_pretrained(work / "checkpoint")

@@ -160,7 +160,7 @@ def run_config(name: str, model, processor, records, ns, tmp: Path, device: str,
     """One config's steps; ``params`` are the plain model's (LoRA's adapter parameters are not counted)."""
     from mmpo.data.collator import PreferenceDataset
     from mmpo.training.config import PreferenceConfig
-    from mmpo.training.model_loading import language_model_lora_targets
+    from mmpo.training.policy import language_model_lora_targets
     from mmpo.training.trainer import PreferenceTrainer
 
     mode, layout = name.split("-")

@@ -13,7 +13,7 @@ Used by ``benchmarks/vs_trl.py`` and ``benchmarks/gpu_throughput.py``; importabl
   4 layers; vision hidden 64, 2 layers) so that an mmpo DPO step at batch 4 takes about 2 s on 2 CPU
   cores (hidden 256 took 3-5 s there: most of a step is vocabulary-wide work that no width removes).
 * The processor is a ``LlavaProcessor`` with a ``CLIPImageProcessorPil`` at 336 (crop 336) and the
-  byte-level tokenizer of :mod:`mmpo.toyworld.families` (about 450 tokens: every id is valid in the
+  byte-level tokenizer of :mod:`mmpo.testing.families` (about 450 tokens: every id is valid in the
   32064-row embedding), with a Vicuna / LLaVA-1.5 chat template ("USER: <image>\\n... ASSISTANT: ...</s>").
 * :func:`records` makes :class:`mmpo.types.PreferenceRecord` s with random 336x336 images, a prompt
   of about 50 tokens and responses of 100-200 tokens: words of the toy world's vocabulary, which
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmpo.toyworld.families import VICUNA_TEMPLATE, family_tokenizer
+from mmpo.testing.families import VICUNA_TEMPLATE, family_tokenizer
 from mmpo.toyworld.model import world_corpus
 from mmpo.types import PreferenceRecord
 
@@ -58,7 +58,7 @@ SIZES: dict[str, dict[str, dict]] = {
 
 @functools.lru_cache(maxsize=1)
 def _tokenizer():
-    # The tokenizer of mmpo.toyworld.families' "llava" family (trained on the toy world's text).
+    # The tokenizer of mmpo.testing.families' "llava" family (trained on the toy world's text).
     return family_tokenizer(named_tokens={"image_token": "<image>"})
 
 
@@ -66,7 +66,7 @@ def build_processor():
     """The ``LlavaProcessor``: CLIP preprocessing at 336/336, patch 14, 576 ``<image>`` tokens per image."""
     from transformers import CLIPImageProcessorPil, LlavaProcessor
 
-    # As mmpo.toyworld.families._llava, at LLaVA-1.5's image geometry (CLIP's mean/std are the defaults).
+    # As mmpo.testing.families._llava, at LLaVA-1.5's image geometry (CLIP's mean/std are the defaults).
     return LlavaProcessor(
         image_processor=CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
                                               crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),

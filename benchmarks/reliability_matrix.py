@@ -314,7 +314,7 @@ def _dama_run(out: Path, steps: int, resume: bool | str | None = None):
     from mmpo.training.trainer import PreferenceTrainer
 
     world = WorldConfig(seed=1)
-    records = ground_truth_pairs(sample_scenes(world, 16, prefix="k"), world, out.parent / "images", progress=False)
+    records = ground_truth_pairs(sample_scenes(world, 16, prefix="k"), world, out.parent / "images")
     tokenizer = train_tokenizer()
     torch.manual_seed(0)
     args = PreferenceConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=4, learning_rate=1e-3,
@@ -428,12 +428,12 @@ def preflight_section(tmp: Path) -> tuple[int, int, list[str]]:
     from mmpo.data.preflight import model_max_positions, preflight
     from mmpo.data.records import RecordValidationError
     from mmpo.scoring.sentences import RuleSplitter
+    from mmpo.testing.families import build_family
     from mmpo.toyworld.data import ground_truth_pairs
-    from mmpo.toyworld.families import build_family
     from mmpo.toyworld.scenes import WorldConfig, sample_scenes
 
     world = WorldConfig(seed=2)
-    good = ground_truth_pairs(sample_scenes(world, 3, prefix="p"), world, tmp / "images", progress=False)
+    good = ground_truth_pairs(sample_scenes(world, 3, prefix="p"), world, tmp / "images")
     llava, llava_processor = build_family("llava")
     qwen, qwen_processor = build_family("qwen2_vl")
     splitter = RuleSplitter()
@@ -471,7 +471,7 @@ def preflight_section(tmp: Path) -> tuple[int, int, list[str]]:
                                       sentence_splitter=splitter if aspo else None, need_sentence_scores=aspo,
                                       **settings)
         try:
-            preflight(records, collator, max_positions=model_max_positions(model), progress=False)
+            preflight(records, collator, max_positions=model_max_positions(model))
         except RecordValidationError as exc:
             if (exc.error.index, exc.error.field) == (1, field):
                 handled += 1

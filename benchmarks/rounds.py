@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     world = WorldConfig(seed=0)
     items = scene_items(preference_scenes(world, ns.n_pairs, 0), run_dir / "images")
     scorer = CLIPScorer(clip, cache_dir=run_dir / "clip-cache")
-    full_evaluate = world_evaluator(world, ns.n_eval_scenes, seed=0, progress=False, keep_items=True)
+    full_evaluate = world_evaluator(world, ns.n_eval_scenes, seed=0, keep_items=True)
 
     def evaluate_into(folder: Path, model, processor) -> dict[str, Any]:
         """The scalars; the per-scene rows go to ``folder/eval_items.json`` (for the bootstrap)."""
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 overrides += ["--max_steps", str(ns.steps), "--warmup_steps", str(max(ns.steps // 10, 0))]
             config = parse_config(CONFIGS / f"{method.replace('-', '_')}.yaml", overrides)
             model_args, args, methods = config.model, config.training, config.methods
-            enrich = method_enricher(methods, scorer=scorer, progress=False)
+            enrich = method_enricher(methods, scorer=scorer)
             sampling = SamplingSettings(n=6, temperature=1.0, seed=seed)
             rule = PairingRule(score=ns.pair_score)
             judge = SceneJudge(seed=seed)
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 began = time.perf_counter()
                 model, processor = load_policy(model_args)
                 sampled, paired = build_self_pairs(model, processor, items, judge, data / "pairs.jsonl",
-                                                   sampling=sampling, rule=rule, batch_size=32, progress=False)
+                                                   sampling=sampling, rule=rule, batch_size=32)
                 del model
                 sample_seconds = time.perf_counter() - began
                 records = load_records(data / "pairs.jsonl").records
@@ -158,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                               round_reference=ns.round_reference,
                               steps=tuple(total // n + (1 if k < total % n else 0) for k in range(n)))
             rounds = run_rounds(model_args, dataclasses.replace(args, output_dir=str(folder / "rounds")), methods, plan,
-                                items, judge, enrich=enrich, evaluate=round_evaluator((folder / "rounds").resolve()),
-                                progress=False, say=print)
+                                items, judge, enrich=enrich, evaluate=round_evaluator((folder / "rounds").resolve()), say=print)
             results["runs"][name] = {"offline": done, "rounds": [r.to_dict() for r in rounds]}
             assert [r.round for r in read_rounds(folder / "rounds")] == list(range(n + 1))
 

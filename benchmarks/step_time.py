@@ -63,7 +63,7 @@ def main(argv: list[str]) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="mmpo-bench-"))
     world = WorldConfig(seed=0)
     scenes = sample_scenes(world, ns.batch_size * ns.steps, prefix="bench")
-    records = ground_truth_pairs(scenes, world, tmp / "images", progress=False)
+    records = ground_truth_pairs(scenes, world, tmp / "images")
     tokenizer = train_tokenizer()
     processor = build_processor(tokenizer)
     common = dict(max_steps=ns.steps, per_device_train_batch_size=ns.batch_size, per_device_eval_batch_size=32,

@@ -143,7 +143,7 @@ def build_shape(name: str, n_records: int, tmp: Path) -> Shape:
 
         world = WorldConfig(seed=0)
         scenes = sample_scenes(world, n_records, prefix="bench")
-        records = ground_truth_pairs(scenes, world, tmp / "images", progress=False)
+        records = ground_truth_pairs(scenes, world, tmp / "images")
         (tmp / "vision").mkdir(exist_ok=True)
         for scene, record in zip(scenes, records, strict=True):  # AdaViP: the scene without its first object
             path = tmp / "vision" / f"{scene.id}.png"

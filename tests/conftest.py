@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mmpo import progress
 from mmpo.toyworld.data import ground_truth_pairs
 from mmpo.toyworld.model import build_processor, build_tiny_vlm, train_tokenizer
 from mmpo.toyworld.scenes import WorldConfig, sample_scenes
 
 torch.set_num_threads(2)
+progress.disable()  # no progress bars in the suite's output (tests/unit/test_progress.py turns them on)
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +29,7 @@ def tiny_records(tmp_path_factory):
     """Eight ground-truth preference records with PNG images on disk."""
     world = WorldConfig(seed=3)
     scenes = sample_scenes(world, 8, prefix="t")
-    return ground_truth_pairs(scenes, world, tmp_path_factory.mktemp("images"), seed=0, progress=False)
+    return ground_truth_pairs(scenes, world, tmp_path_factory.mktemp("images"), seed=0)
 
 
 @pytest.fixture(scope="session")

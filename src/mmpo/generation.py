@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from mmpo.prompting import encode_inputs, render_prompt
 from mmpo.types import ImageRef, Prompt
+
+from . import progress
 
 
 def generate_responses(
@@ -20,7 +21,6 @@ def generate_responses(
     *,
     batch_size: int = 32,
     max_new_tokens: int = 64,
-    progress: bool = True,
     prompt_format: str = "auto",
     do_sample: bool = False,
     temperature: float = 1.0,
@@ -43,7 +43,6 @@ def generate_responses(
         prompts: one prompt per image, or one string used for every image.
         batch_size: requests per ``generate`` call.
         max_new_tokens: generation length limit.
-        progress: show a tqdm bar.
         prompt_format: ``"auto"``, ``"chat"`` or ``"plain"`` (see :mod:`mmpo.prompting`).
         do_sample: sample with ``temperature`` and ``top_p`` instead of decoding greedily (seed
             torch's generator first for reproducible samples).
@@ -65,7 +64,7 @@ def generate_responses(
     responses: list[str] = []
     model.eval()
     try:
-        with torch.no_grad(), tqdm(total=len(texts), desc="generate", disable=not progress) as bar:
+        with torch.no_grad(), progress.bar(total=len(texts), desc="generate") as bar:
             for start in range(0, len(texts), batch_size):
                 batch_texts = texts[start:start + batch_size]
                 inputs = encode_inputs(processor, images[start:start + batch_size], batch_texts, padding_side="left")

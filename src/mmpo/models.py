@@ -2,7 +2,7 @@
 
 The one loader every layer shares (training, data construction, evaluation, the commands), so it sits
 below them all: :class:`ModelArguments` says which checkpoint and how, :func:`load_policy` loads it.
-Preparing a loaded model for training (freezing, LoRA) is :mod:`mmpo.training.model_loading`.
+Preparing a loaded model for training (freezing, LoRA) is :mod:`mmpo.training.policy`.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import pytest
 
 from mmpo.cli import demo
 from mmpo.cli.main import main
+from mmpo.toyworld import pipeline
 
 
 def test_demo_writes_metrics_log_and_plot(tmp_path):
@@ -31,7 +32,7 @@ def test_demo_writes_metrics_log_and_plot(tmp_path):
     assert set(metrics["control"]) == set(metrics["after"])
     assert len(list((tmp_path / "cache").glob("demo-data-*/control-metrics-*.json"))) == 1
     # The options as run: the ones left to the method's config carry the config's values.
-    assert metrics["config"] == str(demo.CONFIG_DIR / "dpo.yaml")
+    assert metrics["config"] == str(pipeline.CONFIG_DIR / "dpo.yaml")
     assert metrics["options"]["steps"] == 4 and metrics["options"]["learning_rate"] == pytest.approx(3e-4)
     # The base model is cached: a second demo reuses it.
     assert len(list((tmp_path / "cache").glob("toyworld-base-*"))) == 1
@@ -68,18 +69,18 @@ def test_unknown_subcommand_is_an_error(capsys):
 def test_the_parser_is_built_from_the_options():
     """Every DemoOptions field is a flag with help text, and no flag given is the dataclass's defaults."""
     parser = demo.build_parser()
-    assert demo.DemoOptions(**vars(parser.parse_args([]))) == demo.DemoOptions()
+    assert pipeline.DemoOptions(**vars(parser.parse_args([]))) == pipeline.DemoOptions()
     flags = {action.dest: action for action in parser._actions if action.dest != "help"}
-    assert set(flags) == {f.name for f in dataclasses.fields(demo.DemoOptions)}
+    assert set(flags) == {f.name for f in dataclasses.fields(pipeline.DemoOptions)}
     assert all(action.help for action in flags.values())
     assert flags["progress"].option_strings == ["--no-progress"]
-    assert flags["method"].choices == list(demo.method_configs())
+    assert flags["method"].choices == list(pipeline.method_configs())
     ns = parser.parse_args(["--method", "adavip-plus-vision", "--n-pairs", "3", "--beta", "0.5", "--no-progress"])
     assert (ns.method, ns.n_pairs, ns.beta, ns.progress) == ("adavip-plus-vision", 3, 0.5, False)
 
 
 def test_the_methods_are_the_shipped_configs():
-    assert set(demo.method_configs()) == {"dpo", "aspo", "d2po", "mdpo", "dama", "adavip", "adavip-plus-vision",
+    assert set(pipeline.method_configs()) == {"dpo", "aspo", "d2po", "mdpo", "dama", "adavip", "adavip-plus-vision",
                                           "aspo-dama-adavip", "sft-chosen"}
 
 
@@ -96,9 +97,9 @@ SWITCHES = {"dpo": (False, False, False, False, "plackett_luce"), "aspo": (True,
 def test_the_demo_reads_the_method_config(method, tmp_path):
     """The switches and training settings come from the config; the demo's paths, seed and device
     override it, and so do the settings given on its command line."""
-    path, config = demo.demo_config(
-        demo.DemoOptions(method=method, seed=7, progress=False), tmp_path)
-    assert path == demo.method_configs()[method]
+    path, config = pipeline.demo_config(
+        pipeline.DemoOptions(method=method, seed=7, progress=False), tmp_path)
+    assert path == pipeline.method_configs()[method]
     args, data_args, (aspo, dama, adavip) = config.training, config.data, vars(config.methods).values()
     assert (aspo.enabled, dama.data, dama.model, adavip.enabled, adavip.loss) == SWITCHES[method]
     assert (args.max_steps, args.per_device_train_batch_size, args.learning_rate, args.beta, args.sft_weight,
@@ -109,8 +110,8 @@ def test_the_demo_reads_the_method_config(method, tmp_path):
 
 
 def test_the_command_line_overrides_the_config(tmp_path):
-    opts = demo.DemoOptions(method="dama", steps=4, batch_size=2, learning_rate=1e-3, beta=0.2, sft_weight=0.0)
-    _, config = demo.demo_config(opts, tmp_path)
+    opts = pipeline.DemoOptions(method="dama", steps=4, batch_size=2, learning_rate=1e-3, beta=0.2, sft_weight=0.0)
+    _, config = pipeline.demo_config(opts, tmp_path)
     args, dama = config.training, config.methods.dama
     assert (args.max_steps, args.per_device_train_batch_size, args.learning_rate, args.beta, args.sft_weight) == \
         (4, 2, pytest.approx(1e-3), pytest.approx(0.2), 0.0)
@@ -120,27 +121,27 @@ def test_the_command_line_overrides_the_config(tmp_path):
 
 def test_an_unknown_method_or_data_kind_names_the_choices(tmp_path):
     with pytest.raises(ValueError, match=r"unknown method 'nope': the configs in .* are adavip, adavip-plus-vision"):
-        demo.demo_config(demo.DemoOptions(method="nope"), tmp_path)
+        pipeline.demo_config(pipeline.DemoOptions(method="nope"), tmp_path)
     with pytest.raises(ValueError, match=r"data must be self or truth or seva, not 'both'"):
-        demo.demo_config(demo.DemoOptions(data="both"), tmp_path)
+        pipeline.demo_config(pipeline.DemoOptions(data="both"), tmp_path)
 
 
 def test_the_control_keeps_an_nll_term(tmp_path):
-    assert demo.control_options(demo.DemoOptions(method="dpo", sft_weight=0.0)).sft_weight is None  # the config's 1
-    assert demo.control_options(demo.DemoOptions(method="dpo", sft_weight=0.5)).sft_weight == 0.5
-    _, config = demo.demo_config(demo.control_options(demo.DemoOptions(sft_weight=0.0)), tmp_path)
+    assert pipeline.control_options(pipeline.DemoOptions(method="dpo", sft_weight=0.0)).sft_weight is None  # the config's 1
+    assert pipeline.control_options(pipeline.DemoOptions(method="dpo", sft_weight=0.5)).sft_weight == 0.5
+    _, config = pipeline.demo_config(pipeline.control_options(pipeline.DemoOptions(sft_weight=0.0)), tmp_path)
     args = config.training
     assert (args.preference_weight, args.sft_weight) == (0.0, 1.0)
 
 
 def test_missing_configs_are_an_error_naming_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
-        demo.method_configs(tmp_path)
+        pipeline.method_configs(tmp_path)
 
 
 def test_metrics_table():
     metrics = {"before": {"chair_i": 0.5, "pope_f1": 0.25, "n": 3}, "after": {"chair_i": 0.375, "pope_f1": 0.5}}
-    assert demo.metrics_table(metrics) == ("| metric | before | after | change |\n"
+    assert pipeline.metrics_table(metrics) == ("| metric | before | after | change |\n"
                                            "| --- | ---: | ---: | ---: |\n"
                                            "| chair_i | 0.500 | 0.375 | -0.125 |\n"
                                            "| pope_f1 | 0.250 | 0.500 | +0.250 |")
@@ -148,7 +149,7 @@ def test_metrics_table():
 
 def test_metrics_table_with_the_control():
     metrics = {"method": "dpo", "before": {"chair_i": 0.5}, "after": {"chair_i": 0.25}, "control": {"chair_i": 0.375}}
-    assert demo.metrics_table(metrics) == ("| metric | before | SFT control | dpo | change | dpo - control |\n"
+    assert pipeline.metrics_table(metrics) == ("| metric | before | SFT control | dpo | change | dpo - control |\n"
                                            "| --- | ---: | ---: | ---: | ---: | ---: |\n"
                                            "| chair_i | 0.500 | 0.375 | 0.250 | -0.250 | -0.125 |")
 
@@ -175,13 +176,13 @@ def test_demo_rounds_train_beside_the_offline_pass_at_equal_pairs_and_steps(tmp_
 
 def test_demo_rounds_need_self_pairs(tmp_path):
     with pytest.raises(ValueError, match="--rounds .* needs --data self"):
-        demo.run_demo(demo.DemoOptions(rounds=2, data="truth", output_dir=str(tmp_path)))
+        pipeline.run_demo(pipeline.DemoOptions(rounds=2, data="truth", output_dir=str(tmp_path)))
 
 
 def test_demo_mixed_prompts_need_self_pairs_and_no_rounds(tmp_path):
     for options in ({"data": "truth"}, {"rounds": 2}):
         with pytest.raises(ValueError, match="--prompts mixed asks the policy questions .* needs --data self"):
-            demo.run_demo(demo.DemoOptions(prompts="mixed", output_dir=str(tmp_path), **options))
+            pipeline.run_demo(pipeline.DemoOptions(prompts="mixed", output_dir=str(tmp_path), **options))
 
 
 def test_demo_mixed_prompts_train_on_questions_and_descriptions(tmp_path):

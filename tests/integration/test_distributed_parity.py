@@ -72,7 +72,7 @@ def runs(tmp_path_factory):
     """The runs, once for the module: 1 x 8 records per step, and 2 x 4 under each engine."""
     tmp = tmp_path_factory.mktemp("parity")
     world = WorldConfig(seed=9)
-    records = ground_truth_pairs(sample_scenes(world, 24, prefix="par"), world, tmp / "images", progress=False)
+    records = ground_truth_pairs(sample_scenes(world, 24, prefix="par"), world, tmp / "images")
     # ASPO's sentence scores, and AdaViP's vision-rejected image on every other record only, so
     # that batches hold a variable number of real third rows.
     records = [dataclasses.replace(r, chosen_sentence_scores=[0.1 * (k + 1) for k in range(r.chosen.count(" ."))],

@@ -1,6 +1,6 @@
 """Every supported VLM family trains with exact log-probs (the README's table of families).
 
-Each family is a tiny random stand-in built in-process by :mod:`mmpo.toyworld.families` (the
+Each family is a tiny random stand-in built in-process by :mod:`mmpo.testing.families` (the
 family's real model and processor classes, the project's own byte-level tokenizer, a chat template
 in the family's style). torchvision cannot be installed beside the CPU torch here, and transformers
 5 needs it for the *video* processor slot of the Qwen-VL, SmolVLM and LLaVA-OneVision processors,
@@ -27,7 +27,7 @@ from PIL import Image
 from helpers import training_args
 from mmpo.data.collator import MODEL_INPUTS, PreferenceCollator, PreferenceDataset, RowEncoder
 from mmpo.forward import policy_response_logps
-from mmpo.toyworld.families import FAMILIES, build_family
+from mmpo.testing.families import FAMILIES, build_family
 from mmpo.training.config import (
     AdavipConfig,
     AspoConfig,
@@ -36,7 +36,7 @@ from mmpo.training.config import (
     ModelArguments,
     PreferenceConfig,
 )
-from mmpo.training.model_loading import prepare_policy
+from mmpo.training.policy import prepare_policy
 from mmpo.training.trainer import PreferenceTrainer
 from mmpo.types import prompt_messages
 

@@ -1,7 +1,7 @@
 """Prefix sharing is exact: a record's image and prompt run once, its responses after them in one
 row, and every log-prob and gradient equals the one-row-per-response path.
 
-For every family the suite builds (:mod:`mmpo.toyworld.families`): the per-token log-probs of
+For every family the suite builds (:mod:`mmpo.testing.families`): the per-token log-probs of
 chosen, rejected and AdaViP's vision-rejected rows agree to 1e-5 in float32 and so do the
 gradients of a DPO-like loss with respect to every parameter; families that cannot share fall back
 with one logged reason. Also: the batch layout itself, the mask, LoRA's adapter-off reference and
@@ -22,9 +22,9 @@ from PIL import Image
 from helpers import training_args
 from mmpo.data.collator import PreferenceCollator, PreferenceDataset, RowEncoder
 from mmpo.forward import block_attention_mask, policy_response_logps, prefix_sharing_problem
-from mmpo.toyworld.families import FAMILIES, build_family
+from mmpo.testing.families import FAMILIES, build_family
 from mmpo.training.config import AdavipConfig, Methods, ModelArguments
-from mmpo.training.model_loading import prepare_policy
+from mmpo.training.policy import prepare_policy
 from mmpo.training.reference import compute_reference_table
 from mmpo.training.trainer import PreferenceTrainer
 from mmpo.types import PreferenceRecord

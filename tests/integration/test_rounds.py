@@ -55,7 +55,7 @@ PLAN = RoundsPlan(rounds=3, items_per_round=8, sampling=SamplingSettings(n=3, ma
 def rounds(tmp_path: Path, out: Path, plan: RoundsPlan = PLAN, judge=None, method: str = "dpo", **kwargs):
     model_args, args, methods = config(out, method)
     items = world_pool(plan.rounds * plan.items_per_round, 0, tmp_path / "pool")
-    return run_rounds(model_args, args, methods, plan, items, judge or SceneJudge(), progress=False, **kwargs)
+    return run_rounds(model_args, args, methods, plan, items, judge or SceneJudge(), **kwargs)
 
 
 def weights(model_dir: str | Path) -> dict[str, torch.Tensor]:
@@ -168,11 +168,11 @@ def test_the_methods_data_is_added_each_round(tmp_path):
     scorer = CLIPScorer(clip, cache_dir=tmp_path / "cache")
     _, _, methods = config(tmp_path / "run", "dama", "--aspo", "true", "--adavip", "true")
     assert methods.aspo.enabled and methods.dama.data and methods.adavip.enabled
-    enrich = method_enricher(methods, scorer=scorer, vision_pipeline=world_vision_pipeline(scorer), progress=False)
+    enrich = method_enricher(methods, scorer=scorer, vision_pipeline=world_vision_pipeline(scorer))
     plan = dataclasses.replace(PLAN, rounds=1)
     model_args, args, _ = config(tmp_path / "run", "dama", "--aspo", "true", "--adavip", "true")
     items = world_pool(8, 0, tmp_path / "pool")
-    (result,) = run_rounds(model_args, args, methods, plan, items, SceneJudge(), enrich=enrich, progress=False)
+    (result,) = run_rounds(model_args, args, methods, plan, items, SceneJudge(), enrich=enrich)
     records = load_records(tmp_path / "run" / "round-1" / "train.jsonl").records
     assert len(records) == result.pairs["written"]
     assert all(r.chosen_sentence_scores and r.data_alpha is not None for r in records)
@@ -203,7 +203,7 @@ def test_refusals_name_the_problem(tmp_path, uninterrupted):
     with pytest.raises(ValueError, match="holds 24 items, and 4 rounds of 8 need 32"):
         model_args, args, methods = config(tmp_path / "small")
         run_rounds(model_args, args, methods, dataclasses.replace(PLAN, rounds=4), world_pool(24, 0, tmp_path / "p"),
-                   SceneJudge(), progress=False)
+                   SceneJudge())
     with pytest.raises(ValueError, match="round_reference"):
         RoundsPlan(rounds=1, items_per_round=1, round_reference="first")
 
@@ -293,8 +293,7 @@ def test_lora_rounds_merge_each_rounds_adapters(tmp_path):
     round's start); round_reference: initial then uses a frozen copy of the first model."""
     model_args, args, methods = config(tmp_path / "run", "dpo", "--use_lora", "true", "--lora_r", "4")
     plan = dataclasses.replace(PLAN, rounds=2, round_reference="initial")
-    results = run_rounds(model_args, args, methods, plan, world_pool(16, 0, tmp_path / "pool"), SceneJudge(),
-                         progress=False)
+    results = run_rounds(model_args, args, methods, plan, world_pool(16, 0, tmp_path / "pool"), SceneJudge())
     for result in results:
         model = Path(result.model)
         assert (model / "model.safetensors").exists() and not (model / "adapter_config.json").exists()

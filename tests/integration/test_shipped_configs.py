@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from mmpo.cli.demo import CONFIG_DIR, method_configs
 from mmpo.data.records import save_records
+from mmpo.toyworld.pipeline import CONFIG_DIR, method_configs
 from mmpo.training.config import parse_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import torch
 from helpers import load_tiny, training_args
 from mmpo.data.collator import PreferenceCollator, PreferenceDataset, RowEncoder
 from mmpo.training.config import ModelArguments
-from mmpo.training.model_loading import prepare_policy
+from mmpo.training.policy import prepare_policy
 from mmpo.training.reference import FrozenCopyReference, load_or_compute_reference
 from mmpo.training.trainer import PreferenceTrainer
 
@@ -80,7 +80,7 @@ def test_lora_uses_the_adapter_off_policy_as_reference(tmp_path, tiny_checkpoint
 
 
 def test_freezing_an_unknown_architecture_is_an_error():
-    from mmpo.training.model_loading import freeze
+    from mmpo.training.policy import freeze
 
     with pytest.raises(ValueError, match="not known to mmpo"):
         freeze(torch.nn.Linear(2, 2), vision_tower=True, projector=False)

@@ -16,8 +16,7 @@ import pytest
 import transformers
 import transformers.utils.hub
 
-from mmpo import hub
-from mmpo import models as model_loading
+from mmpo import hub, models
 from mmpo.cli.main import main
 from mmpo.data.records import save_records
 from mmpo.methods.adavip.vision_hf_models import GroundingDinoDetector, OwlV2Detector, SamSegmenter
@@ -61,7 +60,7 @@ def assert_names_the_path(error: BaseException, tmp_path, what: str) -> None:
 
 
 @pytest.mark.parametrize("load, what", [
-    (lambda: model_loading.load_policy(ModelArguments(model_name_or_path=TYPO), what="model"), "model path"),
+    (lambda: models.load_policy(ModelArguments(model_name_or_path=TYPO), what="model"), "model path"),
     (lambda: CLIPScorer(TYPO), "CLIP model path"),
     (lambda: OwlV2Detector(TYPO), "OWLv2 detector path"),
     (lambda: GroundingDinoDetector(TYPO), "Grounding DINO detector path"),
@@ -92,7 +91,7 @@ def test_a_local_checkpoint_loads_with_local_files_only(offline, monkeypatch, ti
             return _original(path, *args, **kwargs)
 
         monkeypatch.setattr(cls, "from_pretrained", spy)
-    model, processor = model_loading.load_policy(ModelArguments(model_name_or_path=str(tiny_checkpoint)),
+    model, processor = models.load_policy(ModelArguments(model_name_or_path=str(tiny_checkpoint)),
                                                  device="cpu")
     assert model is not None and processor is not None and not model.training  # eval mode, for generation
     assert next(model.parameters()).device.type == "cpu"
@@ -103,7 +102,7 @@ def test_a_local_checkpoint_loads_with_local_files_only(offline, monkeypatch, ti
 @pytest.fixture
 def records_file(tmp_path):
     world = WorldConfig(seed=1)
-    records = ground_truth_pairs(sample_scenes(world, 2, prefix="l"), world, tmp_path / "images", progress=False)
+    records = ground_truth_pairs(sample_scenes(world, 2, prefix="l"), world, tmp_path / "images")
     return save_records(records, tmp_path / "records.jsonl")
 
 
@@ -130,7 +129,7 @@ def test_allow_download_is_passed_to_the_loaders_and_then_reset(offline, monkeyp
         allowed.append(hub.downloads_allowed(True if model_args.allow_download else None))
         raise RuntimeError("stand-in stops here")
 
-    monkeypatch.setattr(model_loading, "load_policy", stand_in)
+    monkeypatch.setattr(models, "load_policy", stand_in)
     base = ["noisy-pairs", "--model", "org/model", "--synthetic", "1", "--output", "p.jsonl"]
     assert main([*base, "--allow-download"]) == 2 and main(base) == 2
     assert allowed == [True, False]
@@ -158,7 +157,7 @@ def torchvision_usable() -> bool:
 def smolvlm_checkpoint(tmp_path):
     """A tiny SmolVLM saved as a real one is: its processor declared as transformers' SmolVLMProcessor,
     which has a video-processor slot (the tests' own processor class, without it, is renamed away)."""
-    from mmpo.toyworld.families import build_family
+    from mmpo.testing.families import build_family
 
     model, processor = build_family("smolvlm")
     path = tmp_path / "smolvlm"
@@ -194,7 +193,7 @@ def test_a_damaged_weights_file_is_one_error_naming_the_class(offline, tmp_path,
     weights = path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated, as by a copy that stopped
     with pytest.raises(hub.CheckpointLoadError) as caught:
-        model_loading.load_policy(ModelArguments(model_name_or_path=str(path)))
+        models.load_policy(ModelArguments(model_name_or_path=str(path)))
     message = str(caught.value)
     assert message.startswith(f"cannot load the model in {path} (LlavaForConditionalGeneration): "), message
     assert "truncated or damaged" in message and caught.value.__cause__ is not None

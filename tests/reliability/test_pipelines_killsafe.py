@@ -25,7 +25,6 @@ import torch
 from PIL import Image
 
 from mmpo import io as mmpo_io
-from mmpo.cli import demo
 from mmpo.cli import noisy_pairs as noisy_pairs_cli
 from mmpo.cli.main import main
 from mmpo.data.construct import noisy_pairs
@@ -35,6 +34,7 @@ from mmpo.io import progress_path_for
 from mmpo.methods.adavip.inpainting import MeanFillInpainter
 from mmpo.methods.adavip.vision_rejected import VisionRejectedPipeline, build_vision_rejected
 from mmpo.methods.adavip.vision_steps import NounTagger
+from mmpo.toyworld import pipeline
 from mmpo.toyworld.annotations import AnnotationDetector, AnnotationSegmenter, SceneIndex
 from mmpo.toyworld.benchmark_files import write_toy_benchmarks
 from mmpo.toyworld.data import ground_truth_pairs
@@ -209,12 +209,12 @@ def test_ground_truth_pairs_scenes_are_repaired_and_never_partial(monkeypatch, t
     scenes = sample_scenes(world, 4, prefix="g")
     kill_on_save(monkeypatch, 2)
     with pytest.raises(Killed):
-        ground_truth_pairs(scenes, world, tmp_path, progress=False)
+        ground_truth_pairs(scenes, world, tmp_path)
     assert len(assert_every_png_decodes(tmp_path)) == 1
     monkeypatch.undo()
-    records = ground_truth_pairs(scenes, world, tmp_path, progress=False)
+    records = ground_truth_pairs(scenes, world, tmp_path)
     damage([Path(r.image) for r in records])
-    records = ground_truth_pairs(scenes, world, tmp_path, progress=False)
+    records = ground_truth_pairs(scenes, world, tmp_path)
     assert len(assert_every_png_decodes(tmp_path)) == 4
     assert len(load_records(records).records) == 4  # load_records decodes every image
 
@@ -244,14 +244,14 @@ def test_demo_seva_scenes_are_repaired_on_rerun(monkeypatch, tmp_path):
         raise StopAfterItems
 
     monkeypatch.setattr(noisy_pairs, "build_noisy_pairs", stand_in)
-    opts = demo.DemoOptions(cache_dir=str(tmp_path), n_pairs=3, progress=False)
+    opts = pipeline.DemoOptions(cache_dir=str(tmp_path), n_pairs=3, progress=False)
     prepare = (opts, "seva", Methods(), tmp_path / "base", None, None, WorldConfig(seed=0))
     with pytest.raises(StopAfterItems):
-        demo.prepare_records(*prepare)
+        pipeline.prepare_records(*prepare)
     paths = [Path(item[1]) for item in given[0]]
     damage(paths)
     with pytest.raises(StopAfterItems):
-        demo.prepare_records(*prepare)
+        pipeline.prepare_records(*prepare)
     assert [Path(item[1]) for item in given[1]] == paths and all(decodes(p) for p in paths)
 
 
@@ -275,7 +275,7 @@ def test_noisy_pairs_undecodable_image_names_the_item(monkeypatch, tmp_path):
     monkeypatch.setattr(noisy_pairs, "generate_responses", NoGenerate())
     items = [("a", str(good), "describe"), ("b", str(bad), "describe")]
     with pytest.raises(ValueError, match=r"item #1 \(id 'b'\): cannot read its image .*bad\.png") as caught:
-        build_noisy_pairs(None, None, items, tmp_path / "out.jsonl", batch_size=1, progress=False)
+        build_noisy_pairs(None, None, items, tmp_path / "out.jsonl", batch_size=1)
     assert "UnidentifiedImageError" in str(caught.value)
     assert [r.id for r in load_records(tmp_path / "out.jsonl").records] == ["a"]  # resumable from here
 
@@ -285,7 +285,7 @@ def test_noisy_pairs_missing_image_fails_before_any_generation(monkeypatch, tmp_
     monkeypatch.setattr(noisy_pairs, "generate_responses", generate)
     items = [("a", Image.new("RGB", (8, 8)), "describe"), ("b", str(tmp_path / "gone.png"), "describe")]
     with pytest.raises(FileNotFoundError, match=r"item #1 \(id 'b'\): image file .*gone\.png"):
-        build_noisy_pairs(None, None, items, tmp_path / "out.jsonl", progress=False)
+        build_noisy_pairs(None, None, items, tmp_path / "out.jsonl")
     assert generate.calls == 0
 
 
@@ -307,19 +307,19 @@ def test_vision_rejected_undecodable_image_names_the_record(tmp_path):
     record = PreferenceRecord(image=str(bad), prompt="p", chosen="a circle .", rejected="a square .", id="r-7")
     stages = SimpleNamespace(settings=lambda: {"stand-in": True})
     with pytest.raises(ValueError, match=r"record #0 \(id 'r-7'\): cannot read its image .*bad\.png"):
-        build_vision_rejected([record], stages, tmp_path / "out.jsonl", tmp_path / "rejected", progress=False)
+        build_vision_rejected([record], stages, tmp_path / "out.jsonl", tmp_path / "rejected")
 
 
 def test_vision_rejected_killed_mid_save_resumes_with_whole_images(monkeypatch, tmp_path):
     world = WorldConfig(seed=4)
-    records = ground_truth_pairs(sample_scenes(world, 4, prefix="v"), world, tmp_path / "in", progress=False)
+    records = ground_truth_pairs(sample_scenes(world, 4, prefix="v"), world, tmp_path / "in")
     out, image_dir = tmp_path / "out.jsonl", tmp_path / "rejected"
     kill_on_save(monkeypatch, 2)
     with pytest.raises(Killed):
-        build_vision_rejected(records, vision_pipeline(records), out, image_dir, progress=False)
+        build_vision_rejected(records, vision_pipeline(records), out, image_dir)
     monkeypatch.undo()
     assert_every_png_decodes(image_dir)
-    report = build_vision_rejected(records, vision_pipeline(records), out, image_dir, progress=False)
+    report = build_vision_rejected(records, vision_pipeline(records), out, image_dir)
     assert report.done_before + report.built + sum(report.skipped.values()) == 4
     loaded = load_records(out).records
     assert [r.id for r in loaded] == [r.id for r in records]

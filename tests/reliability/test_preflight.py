@@ -11,7 +11,7 @@ from mmpo.data.collator import PreferenceCollator, PreferenceDataset, RowEncoder
 from mmpo.data.preflight import bound_max_length, model_max_positions, placeholder_tokens, preflight
 from mmpo.data.records import RecordValidationError
 from mmpo.scoring.sentences import RuleSplitter
-from mmpo.toyworld.families import build_family
+from mmpo.testing.families import build_family
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +24,10 @@ def test_a_prompt_too_long_for_max_length_is_a_bad_record_before_training(proces
     records[1] = dataclasses.replace(records[1], prompt="describe the image . " * 40)
     collator = PreferenceCollator(RowEncoder(processor, max_length=120))
     with pytest.raises(RecordValidationError) as caught:
-        preflight(records, collator, progress=False)
+        preflight(records, collator)
     assert (caught.value.error.index, caught.value.error.field) == (1, "prompt")
     assert "max_length=120" in str(caught.value)
-    result = preflight(records, collator, on_error="skip", progress=False)
+    result = preflight(records, collator, on_error="skip")
     assert [r.id for r in result.records] == [records[0].id, records[2].id] and len(result.errors) == 1
 
 
@@ -50,7 +50,7 @@ def test_a_sentence_score_count_that_does_not_fit_is_found_at_preflight(processo
                for r in tiny_records[:3]]
     records[2] = dataclasses.replace(records[2], chosen_sentence_scores=[0.5] * 9)
     collator = PreferenceCollator(RowEncoder(processor), sentence_splitter=RuleSplitter(), need_sentence_scores=True)
-    result = preflight(records, collator, on_error="skip", progress=False)
+    result = preflight(records, collator, on_error="skip")
     assert len(result.records) == 2
     (error,) = result.errors
     assert (error.index, error.field) == (2, "chosen_sentence_scores") and "9 scores" in error.message
@@ -59,7 +59,7 @@ def test_a_sentence_score_count_that_does_not_fit_is_found_at_preflight(processo
 def test_missing_data_alpha_is_found_at_preflight(processor, tiny_records):
     collator = PreferenceCollator(RowEncoder(processor), need_data_alpha=True)
     with pytest.raises(RecordValidationError, match="field 'data_alpha': missing"):
-        preflight(list(tiny_records[:2]), collator, progress=False)
+        preflight(list(tiny_records[:2]), collator)
 
 
 def test_the_processors_own_placeholder_tokens_are_rejected(tiny_records):
@@ -67,7 +67,7 @@ def test_the_processors_own_placeholder_tokens_are_rejected(tiny_records):
     tokens = placeholder_tokens(processor)
     assert "<|image_pad|>" in tokens and processor.tokenizer.eos_token not in tokens
     records = [dataclasses.replace(tiny_records[0], chosen="A red <|image_pad|> square."), tiny_records[1]]
-    result = preflight(records, PreferenceCollator(RowEncoder(processor)), on_error="skip", progress=False)
+    result = preflight(records, PreferenceCollator(RowEncoder(processor)), on_error="skip")
     assert [e.field for e in result.errors] == ["chosen"] and "<|image_pad|>" in result.errors[0].message
 
 
@@ -83,22 +83,22 @@ def test_an_image_that_verifies_but_does_not_decode_is_a_bad_record(processor, t
     records = [tiny_records[0], dataclasses.replace(tiny_records[1], image=str(tmp_path / "cut.jpg"))]
     collator = PreferenceCollator(RowEncoder(processor))
     with pytest.raises(RecordValidationError) as caught:
-        preflight(records, collator, progress=False)
+        preflight(records, collator)
     assert (caught.value.error.index, caught.value.error.field) == (1, "image")
     assert "truncated" in str(caught.value)
-    result = preflight(records, collator, on_error="skip", progress=False)
+    result = preflight(records, collator, on_error="skip")
     assert [r.id for r in result.records] == [records[0].id]
 
 
 def test_skipping_every_record_is_an_error_not_an_empty_run(processor, tiny_records):
     collator = PreferenceCollator(RowEncoder(processor), need_data_alpha=True)
     with pytest.raises(ValueError, match="none of the 2 training records can be trained"):
-        preflight(list(tiny_records[:2]), collator, on_error="skip", progress=False)
+        preflight(list(tiny_records[:2]), collator, on_error="skip")
 
 
 def test_truncated_responses_are_counted_and_reported(processor, tiny_records, caplog):
     records = [dataclasses.replace(tiny_records[0], chosen="a red square . " * 100), tiny_records[1]]
     collator = PreferenceCollator(RowEncoder(processor, max_length=120))
     with pytest.warns(UserWarning, match="truncated"):
-        preflight(records, collator, progress=False)
+        preflight(records, collator)
     assert "1 of 2 records have a response longer than the token budget of 120" in caplog.text

@@ -20,8 +20,7 @@ def images():
 
 def test_one_string_per_image(tiny, images):
     model, processor = tiny
-    out = generate_responses(model, processor, images, DESCRIBE_PROMPT, batch_size=2, max_new_tokens=4,
-                             progress=False)
+    out = generate_responses(model, processor, images, DESCRIBE_PROMPT, batch_size=2, max_new_tokens=4)
     assert len(out) == 3 and all(isinstance(r, str) and r == r.strip() for r in out)
     assert all("<image>" not in r and "<pad>" not in r for r in out)
 
@@ -34,11 +33,10 @@ def test_batched_equals_one_at_a_time_and_state_is_restored(tiny, images):
     prompts = [DESCRIBE_PROMPT, "is there a star in the image ?", "describe ."]
     processor.tokenizer.padding_side = "right"
     model.train()
-    batched = generate_responses(model, processor, images, prompts, batch_size=3, max_new_tokens=6,
-                                 progress=False)
+    batched = generate_responses(model, processor, images, prompts, batch_size=3, max_new_tokens=6)
     assert processor.tokenizer.padding_side == "right" and model.training
     model.eval()
-    alone = [generate_responses(model, processor, [im], [p], max_new_tokens=6, progress=False)[0]
+    alone = [generate_responses(model, processor, [im], [p], max_new_tokens=6)[0]
              for im, p in zip(images, prompts, strict=True)]
     assert len(set(batched)) == 3                              # the outputs depend on the input
     assert batched == alone
@@ -47,19 +45,18 @@ def test_batched_equals_one_at_a_time_and_state_is_restored(tiny, images):
 def test_length_mismatch(tiny, images):
     model, processor = tiny
     with pytest.raises(ValueError):
-        generate_responses(model, processor, images, ["a", "b"], progress=False)
+        generate_responses(model, processor, images, ["a", "b"])
 
 
 def test_sampling_is_seeded_and_differs_from_greedy(tiny, images):
     import torch
 
     model, processor = tiny
-    greedy = generate_responses(model, processor, images * 4, DESCRIBE_PROMPT, max_new_tokens=6, progress=False)
+    greedy = generate_responses(model, processor, images * 4, DESCRIBE_PROMPT, max_new_tokens=6)
     runs = []
     for _ in range(2):
         torch.manual_seed(11)
-        runs.append(generate_responses(model, processor, images * 4, DESCRIBE_PROMPT, max_new_tokens=6,
-                                       progress=False, do_sample=True, temperature=1.5))
+        runs.append(generate_responses(model, processor, images * 4, DESCRIBE_PROMPT, max_new_tokens=6, do_sample=True, temperature=1.5))
     assert runs[0] == runs[1]
     assert runs[0] != greedy
     assert len(set(runs[0][0::3])) > 1  # the same image, different samples

@@ -141,7 +141,7 @@ def test_every_import_names_something_that_exists():
 
 #: The layers, bottom up: a module may import modules of its own layer and the layers below.
 LAYERS = (
-    ("mmpo.types", "mmpo.checks", "mmpo.io", "mmpo.hub", "mmpo.chat_http", "mmpo.plots"),
+    ("mmpo.types", "mmpo.checks", "mmpo.progress", "mmpo.io", "mmpo.hub", "mmpo.chat_http", "mmpo.plots"),
     ("mmpo.prompting", "mmpo.logprobs", "mmpo.forward", "mmpo.models"),
     ("mmpo.generation", "mmpo.scoring"),
     ("mmpo.methods",),
@@ -239,15 +239,20 @@ def test_nothing_imports_the_cli():
 
 
 def test_the_library_does_not_import_the_toyworld():
-    """The library stands alone: importing every module outside ``mmpo.toyworld`` and ``mmpo.cli``
-    (the benchmark scorers, the data pipelines, training, ...) loads no ``mmpo.toyworld`` module, and
-    none names it in an import. The synthetic world's ground-truth stand-ins for the AdaViP stages
-    live in ``mmpo.toyworld.annotations``; the CLI wires them in."""
-    library = [name for name in MODULES if not name.startswith(("mmpo.cli", "mmpo.toyworld"))]
+    """The library stands alone: importing every module outside ``mmpo.toyworld``, ``mmpo.testing``
+    and ``mmpo.cli`` (the benchmark scorers, the data pipelines, training, ...) loads no module of the
+    synthetic world or of the test fixtures, and none names one in an import. The synthetic world's
+    ground-truth stand-ins for the AdaViP stages live in ``mmpo.toyworld.annotations``; the CLI wires them in."""
+    library = [name for name in MODULES if not name.startswith(("mmpo.cli", "mmpo.toyworld", "mmpo.testing"))]
     assert {"mmpo.evaluation.chair", "mmpo.evaluation.pope", "mmpo.evaluation.amber", "mmpo.evaluation.mmhal",
             "mmpo.evaluation.judge", "mmpo.evaluation.synthetic", "mmpo.methods.adavip.vision_steps",
             "mmpo.methods.adavip.vision_rejected", "mmpo.io"} <= set(library)
-    assert_never_imports(library, ("mmpo.toyworld",))
+    assert_never_imports(library, ("mmpo.toyworld", "mmpo.testing"))
+
+
+def test_the_synthetic_world_does_not_import_the_test_fixtures():
+    toyworld = [name for name in MODULES if name.startswith("mmpo.toyworld")]
+    assert_never_imports(toyworld, ("mmpo.testing",))
 
 
 def test_construct_modules_share_helpers_through_io_not_each_other():

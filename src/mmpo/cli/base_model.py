@@ -30,12 +30,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    from .. import progress
+
     ns = build_parser().parse_args(argv)
+    with progress.bars(ns.progress):
+        return build(ns)
+
+
+def build(ns: argparse.Namespace) -> int:
     if ns.rebuild:
         from ..toyworld.shipped import rebuild_shipped
 
         started = time.time()
-        for path in rebuild_shipped(progress=ns.progress):
+        for path in rebuild_shipped():
             size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
             print(f"written {path} ({size / 1e6:.1f} MB)")
         print(f"[{time.time() - started:.0f} s]")
@@ -44,5 +51,5 @@ def main(argv: list[str]) -> int:
     from ..toyworld.scenes import WorldConfig
 
     recipe = BaseModelRecipe(world=WorldConfig(seed=ns.seed), n_scenes=ns.n_scenes, steps=ns.steps, seed=ns.seed)
-    print(f"base model written to {build_base_model(recipe, ns.output_dir, progress=ns.progress)}")
+    print(f"base model written to {build_base_model(recipe, ns.output_dir)}")
     return 0

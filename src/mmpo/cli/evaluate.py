@@ -282,10 +282,18 @@ def _is_mmhal_answers(path: str) -> bool:
 
 def run_benchmark(bench: str, ns: argparse.Namespace, model: Any, processor: Any, judge: Any = None) -> dict[str, Any]:
     """One benchmark's result dict (scores + bulky entries), from the parsed options. For
-    ``chair`` / ``object_halbench`` it is ``{"chair": ..., "object_halbench": ..., "predictions"}``."""
+    ``chair`` / ``object_halbench`` it is ``{"chair": ..., "object_halbench": ..., "predictions"}``.
+    Generation shows progress bars only with ``--progress``."""
+    from .. import progress
+
+    with progress.bars(ns.progress):
+        return _run_benchmark(bench, ns, model, processor, judge)
+
+
+def _run_benchmark(bench: str, ns: argparse.Namespace, model: Any, processor: Any, judge: Any) -> dict[str, Any]:
     from ..evaluation import amber, chair, mmhal, pope
 
-    common = {"batch_size": ns.batch_size, "progress": ns.progress, "limit": ns.limit, "parsing": ns.parsing}
+    common = {"batch_size": ns.batch_size, "limit": ns.limit, "parsing": ns.parsing}
     if bench in CAPTION_BENCHMARKS:
         return chair.run_chair(model, processor, _coco_ground_truth(ns), ns.coco_images, questions=ns.chair_questions,
                                prompt=ns.chair_prompt, max_new_tokens=ns.max_new_tokens, **common)
@@ -313,8 +321,7 @@ def run_benchmark(bench: str, ns: argparse.Namespace, model: Any, processor: Any
         result = evaluate_world(model, processor, scenes,
                                 pope_split_scenes_for_stats=sample_scenes(world, 1000, prefix="train"),
                                 seed=ns.synthetic_seed, max_new_tokens=ns.max_new_tokens,
-                                pope_max_new_tokens=ns.yes_no_max_new_tokens, batch_size=ns.batch_size,
-                                progress=ns.progress, keep_items=True)
+                                pope_max_new_tokens=ns.yes_no_max_new_tokens, batch_size=ns.batch_size, keep_items=True)
         images = Path(ns.output_dir) / "images" / "synthetic"
         images.mkdir(parents=True, exist_ok=True)
         by_id = {scene.id: scene for scene in scenes}

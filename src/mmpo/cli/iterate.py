@@ -31,19 +31,27 @@ from typing import Any
 
 
 def main(argv: list[str]) -> int:
-    from accelerate import PartialState
-
+    from .. import progress
     from ..training.config import parse_command_line
-    from ..training.rounds import IterateArguments, method_enricher, run_rounds
+    from ..training.rounds import IterateArguments
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = parse_command_line(argv, __doc__, extra=(IterateArguments,))
     if config is None:
         return 0
+    with progress.bars(not config.training.disable_tqdm):
+        return iterate(config)
+
+
+def iterate(config: Any) -> int:
+    """``mmpo iterate`` on a parsed :class:`~mmpo.training.config.RunConfig`."""
+    from accelerate import PartialState
+
+    from ..training.rounds import method_enricher, run_rounds
+
     model_args, data_args, args, methods = config.model, config.data, config.training, config.methods
     (it,) = config.extra
     run_dir = Path(args.output_dir)
-    progress = not args.disable_tqdm
 
     synthetic = it.items_file is None
     if synthetic:
@@ -58,20 +66,20 @@ def main(argv: list[str]) -> int:
         items = read_items(it.items_file)
     plan = it.plan(len(items), args.seed)
     judge = make_judge(it, args, synthetic)
-    scorer = clip_scorer(it, methods, synthetic, progress)
-    enrich = method_enricher(methods, scorer=scorer, progress=progress, say=say,
+    scorer = clip_scorer(it, methods, synthetic)
+    enrich = method_enricher(methods, scorer=scorer, say=say,
                              vision_pipeline=vision_pipeline(it, scorer, synthetic) if methods.adavip.enabled else None)
     evaluate = None
     if synthetic and it.eval_scenes:
         from ..toyworld.rounds import world_evaluator
         from ..toyworld.scenes import WorldConfig
 
-        evaluate = world_evaluator(WorldConfig(seed=args.seed), it.eval_scenes, seed=args.seed, progress=progress)
+        evaluate = world_evaluator(WorldConfig(seed=args.seed), it.eval_scenes, seed=args.seed)
     if data_args.train_file:
         logging.getLogger(__name__).info("train_file (%s) is not used: each round trains on its own pairs",
                                          data_args.train_file)
     results = run_rounds(model_args, args, methods, plan, items, judge, enrich=enrich, evaluate=evaluate,
-                         data_args=data_args, progress=progress, say=say)
+                         data_args=data_args, say=say)
     state = PartialState()
     if state.is_main_process:
         say(f"\n{len(results) - (1 if results and results[0].round == 0 else 0)} rounds in {run_dir}; the last model: "
@@ -102,7 +110,7 @@ def make_judge(it: Any, args: Any, synthetic: bool):
                                    question=it.judge_question or DEFAULT_QUESTION, max_workers=it.judge_workers)
 
 
-def clip_scorer(it: Any, methods: Any, synthetic: bool, progress: bool):
+def clip_scorer(it: Any, methods: Any, synthetic: bool):
     """The CLIP scorer the methods need (``None`` when none does)."""
     if not (methods.aspo.enabled or methods.dama.data or methods.adavip.enabled):
         return None
@@ -117,7 +125,7 @@ def clip_scorer(it: Any, methods: Any, synthetic: bool, progress: bool):
     if clip == "toyworld":
         from ..toyworld.clip import ensure_tiny_clip
 
-        clip, _ = ensure_tiny_clip(cache_dir, progress=progress)
+        clip, _ = ensure_tiny_clip(cache_dir)
     return CLIPScorer(clip, cache_dir=cache_dir)
 
 

@@ -18,7 +18,6 @@ examples:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -57,21 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
 def synthetic_items(n: int, seed: int, image_dir: Path) -> list[tuple[str, str, str, dict[str, Any]]]:
     """``n`` scenes of the synthetic world (``WorldConfig(seed=seed)``) rendered to ``image_dir``,
     with the describe prompt; each item's meta keeps its scene (as ``ground_truth_pairs`` does).
+    A damaged or missing PNG is rendered again (:func:`mmpo.toyworld.rounds.scene_items`)."""
+    from ..toyworld.rounds import scene_items
+    from ..toyworld.scenes import WorldConfig, sample_scenes
 
-    Each PNG is written atomically; on a rerun an existing one is kept only if it decodes
-    completely, so a damaged file (from a run killed before atomic writes) is re-rendered."""
-    from ..io import ensure_png
-    from ..toyworld.scenes import DESCRIBE_PROMPT, WorldConfig, sample_scenes
-
-    image_dir.mkdir(parents=True, exist_ok=True)
-    items = []
-    for scene in sample_scenes(WorldConfig(seed=seed), n):
-        path = ensure_png(image_dir / f"{scene.id}.png", scene.render)
-        items.append((scene.id, str(path), DESCRIBE_PROMPT, {"scene": json.dumps(scene.to_dict())}))
-    return items
+    return scene_items(sample_scenes(WorldConfig(seed=seed), n), image_dir)
 
 
 def main(argv: list[str]) -> int:
+    from .. import progress
     from ..data.construct.noisy_pairs import DiffusionNoise, build_noisy_pairs
     from ..hub import allowing_downloads
     from ..models import load_policy
@@ -103,8 +96,9 @@ def main(argv: list[str]) -> int:
         items = synthetic_items(ns.synthetic, ns.seed, image_dir)
         source = f"synthetic(seed={ns.seed})"
 
-    report = build_noisy_pairs(model, processor, items, output, noise=noise, batch_size=ns.batch_size,
-                               max_new_tokens=ns.max_new_tokens, progress=not ns.no_progress,
-                               image_dir=image_dir, meta={"model": str(ns.model), "items": source})
+    with progress.bars(not ns.no_progress):
+        report = build_noisy_pairs(model, processor, items, output, noise=noise, batch_size=ns.batch_size,
+                                   max_new_tokens=ns.max_new_tokens, image_dir=image_dir,
+                                   meta={"model": str(ns.model), "items": source})
     print(report.summary())
     return 0

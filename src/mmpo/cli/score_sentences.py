@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    from .. import progress
     from ..data.construct.sentence_scores import score_sentences
     from ..data.records import load_records, save_records
     from ..hub import allowing_downloads
@@ -56,9 +57,10 @@ def main(argv: list[str]) -> int:
         print(loaded.summary())
     with allowing_downloads(ns.allow_download):
         scorer = CLIPScorer(clip, batch_size=ns.batch_size, cache_dir=ns.cache_dir)
-    records, report = score_sentences(loaded.records, scorer, RuleSplitter(), dama_mode=ns.dama_mode,
-                                      dama_scores=ns.dama_scores, logit_scale=ns.logit_scale,
-                                      delta_bar=ns.delta_bar, progress=ns.progress)
+    with progress.bars(ns.progress):
+        records, report = score_sentences(loaded.records, scorer, RuleSplitter(), dama_mode=ns.dama_mode,
+                                          dama_scores=ns.dama_scores, logit_scale=ns.logit_scale,
+                                          delta_bar=ns.delta_bar)
     save_records(records, ns.output)
     print(report.summary())
     print(f"wrote {len(records)} records to {ns.output}")

@@ -111,6 +111,7 @@ def make_judge(ns: argparse.Namespace, parser: argparse.ArgumentParser):
 
 
 def main(argv: list[str]) -> int:
+    from .. import progress
     from ..data.construct.self_pairs import PairingRule, SamplingSettings, build_self_pairs
     from ..hub import allowing_downloads
     from ..io import read_items
@@ -142,9 +143,9 @@ def main(argv: list[str]) -> int:
             parser.error(str(error))
     else:
         items = synthetic_items(ns.synthetic, ns.seed, output.parent / "images")
-    sampled, paired = build_self_pairs(model, processor, items, judge, output, sampling=sampling, rule=rule,
-                                       batch_size=ns.batch_size, progress=not ns.no_progress,
-                                       meta={"model": str(ns.model)})
+    with progress.bars(not ns.no_progress):
+        sampled, paired = build_self_pairs(model, processor, items, judge, output, sampling=sampling, rule=rule,
+                                           batch_size=ns.batch_size, meta={"model": str(ns.model)})
     print(sampled.summary())
     print(paired.summary())
     return 0

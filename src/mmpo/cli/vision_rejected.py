@@ -73,6 +73,7 @@ def _vocabulary(value: str) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
+    from .. import progress
     from ..data.records import load_records
     from ..hub import allowing_downloads
     from ..methods.adavip.inpainting import MeanFillInpainter, TeleaInpainter
@@ -111,7 +112,8 @@ def main(argv: list[str]) -> int:
         if clip == "toyworld":
             from ..toyworld.clip import ensure_tiny_clip
 
-            clip, _ = ensure_tiny_clip(ns.cache_dir, progress=ns.progress)
+            with progress.bars(ns.progress):
+                clip, _ = ensure_tiny_clip(ns.cache_dir)
         scorer = CLIPScorer(clip, device=ns.device, cache_dir=ns.cache_dir)
 
         if ns.tagger == "clip":
@@ -148,7 +150,8 @@ def main(argv: list[str]) -> int:
                                       scorer=scorer, max_candidates=ns.max_candidates)
     output = Path(ns.output)
     image_dir = Path(ns.image_dir) if ns.image_dir else output.parent / "vision_rejected"
-    report = build_vision_rejected(records, pipeline, output, image_dir, progress=ns.progress,
-                                   contact_sheet=ns.contact_sheet, contact_sheet_records=ns.contact_sheet_records)
+    with progress.bars(ns.progress):
+        report = build_vision_rejected(records, pipeline, output, image_dir, contact_sheet=ns.contact_sheet,
+                                       contact_sheet_records=ns.contact_sheet_records)
     print(report.summary())
     return 0

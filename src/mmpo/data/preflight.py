@@ -21,8 +21,7 @@ import logging
 import re
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from .. import progress
 from ..io import load_image
 from ..prompting import tokenizer_of
 from ..types import PreferenceRecord
@@ -74,7 +73,7 @@ def bound_max_length(collator: PreferenceCollator, max_positions: int | None) ->
 
 
 def preflight(records: list[PreferenceRecord], collator: PreferenceCollator, *, max_positions: int | None = None,
-              on_error: str = "raise", progress: bool = True, what: str = "training records") -> LoadResult:
+              on_error: str = "raise", what: str = "training records") -> LoadResult:
     """Encode every record as training will, and report the ones that cannot be trained.
 
     Args:
@@ -82,7 +81,6 @@ def preflight(records: list[PreferenceRecord], collator: PreferenceCollator, *, 
         collator: the collator training uses (its encoder, switches and splitter decide the checks).
         max_positions: the model's maximum positions; the encoder's budget is capped at it.
         on_error: ``"raise"`` (``RecordValidationError`` at the first bad record) or ``"skip"``.
-        progress: show a progress bar.
         what: how the progress bar names the records.
 
     Returns:
@@ -95,7 +93,7 @@ def preflight(records: list[PreferenceRecord], collator: PreferenceCollator, *, 
     dataset = PreferenceDataset(records)
     kept, errors = [], []
     truncated = 0  # records with a response cut to the token budget
-    for index in tqdm(range(len(records)), desc=f"preflight: {what}", disable=not progress, leave=False):
+    for index in progress.bar(range(len(records)), desc=f"preflight: {what}", leave=False):
         record = records[index]
         problem = _placeholder_problem(record, placeholders)
         if problem is None:

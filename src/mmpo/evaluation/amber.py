@@ -630,8 +630,7 @@ def run_amber(model: Any, processor: Any, queries: str | Path, annotations: str 
               parsing: AmberParsing = "reference", associations: str | Path | None = None,
               safe_words: str | Path | None = None, metrics: str | Path | None = None, limit: int | None = None,
               yes_no_suffix: str = "", batch_size: int = 8, max_new_tokens: int = 256,
-              yes_no_max_new_tokens: int = 8, similarity: Similarity | None = None,
-              progress: bool = False) -> dict[str, Any]:
+              yes_no_max_new_tokens: int = 8, similarity: Similarity | None = None) -> dict[str, Any]:
     """Answer AMBER queries with ``model`` and score them with :func:`score_amber` (``similarity``:
     its word-similarity fallback, e.g. :func:`spacy_similarity`; ``None`` = exact matches only).
 
@@ -667,7 +666,7 @@ def run_amber(model: Any, processor: Any, queries: str | Path, annotations: str 
         if group:
             answers = generate_responses(model, processor, [Path(image_dir) / q["image"] for q in group],
                                          [q["query"] + suffix for q in group], batch_size=batch_size,
-                                         max_new_tokens=length, progress=progress)
+                                         max_new_tokens=length)
             predictions += [{"id": q["id"], "response": a} for q, a in zip(group, answers, strict=True)]
     predictions.sort(key=lambda p: int(p["id"]))
     scores = score_amber(predictions, entries, parsing=parsing, similarity=similarity, **data)

@@ -607,8 +607,7 @@ def load_chair_questions(path: str | Path) -> list[dict[str, Any]]:
 def run_chair(model: Any, processor: Any, annotations: CocoGroundTruth | str | Path | Iterable[str | Path],
               image_dir: str | Path, *, captions: str | Path | Iterable[str | Path] | None = None,
               questions: str | Path | None = None, prompt: str = DEFAULT_PROMPT, parsing: Parsing = "reference",
-              limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 256,
-              progress: bool = False) -> dict[str, Any]:
+              limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 256) -> dict[str, Any]:
     """Generate a description per image (or per question) and score it with both scorers.
 
     Args:
@@ -623,7 +622,7 @@ def run_chair(model: Any, processor: Any, annotations: CocoGroundTruth | str | P
             every image listed by the instances files is asked ``prompt``, in id order.
         parsing: see :func:`score_chair`.
         limit: evaluate only the first ``limit`` images/questions.
-        batch_size, max_new_tokens, progress: generation settings.
+        batch_size, max_new_tokens: generation settings.
 
     Returns:
         ``{"chair": score_chair(...), "object_halbench": score_object_halbench(...),
@@ -644,8 +643,7 @@ def run_chair(model: Any, processor: Any, annotations: CocoGroundTruth | str | P
             raise KeyError(f"image {q['image_id']!r}: no 'image' field and no file name in the instances files")
         images.append(open_image_field(str(name), image_dir))
     responses = generation.generate_responses(model, processor, images, [q["question"] for q in items],
-                                              batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                              progress=progress)
+                                              batch_size=batch_size, max_new_tokens=max_new_tokens)
     predictions = [{"image_id": q["image_id"], "question": q["question"], "caption": r}
                    for q, r in zip(items, responses, strict=True)]
     return {"chair": score_chair(predictions, truth, parsing), "object_halbench":

@@ -266,7 +266,7 @@ def _mmhal_image(record: Mapping[str, Any], image_dir: str | Path) -> Path:
 
 def run_mmhal(model: Any, processor: Any, template: str | Path, image_dir: str | Path, judge: Judge, *,
               parsing: Parsing = "reference", limit: int | None = None, batch_size: int = 8,
-              max_new_tokens: int = 256, progress: bool = False) -> dict[str, Any]:
+              max_new_tokens: int = 256) -> dict[str, Any]:
     """Answer MMHal-Bench's questions, have ``judge`` rate them, and summarise (:func:`score_mmhal`).
 
     Images are looked up in ``image_dir`` by the file name at the end of each ``image_src`` URL
@@ -278,6 +278,6 @@ def run_mmhal(model: Any, processor: Any, template: str | Path, image_dir: str |
     records = load_mmhal_template(template)[:limit]
     answers = generate_responses(model, processor, [_mmhal_image(r, image_dir) for r in records],
                                  [r["question"] for r in records], batch_size=batch_size,
-                                 max_new_tokens=max_new_tokens, progress=progress)
+                                 max_new_tokens=max_new_tokens)
     answered = [{**r, "model_answer": a} for r, a in zip(records, answers, strict=True)]
     return {**score_mmhal(answered, judge, parsing), "predictions": answered}

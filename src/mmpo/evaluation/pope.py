@@ -373,8 +373,7 @@ def score_pope(predictions_by_split: Mapping[str, Sequence[str | Mapping[str, An
 
 def run_pope(model: Any, processor: Any, question_files: Mapping[str, str | Path] | str | Path,
              image_dir: str | Path, *, parsing: PopeParsing = "reference", prompt_suffix: str = "",
-             limit: int | None = None, batch_size: int = 16, max_new_tokens: int = 8,
-             progress: bool = False) -> dict[str, Any]:
+             limit: int | None = None, batch_size: int = 16, max_new_tokens: int = 8) -> dict[str, Any]:
     """Answer every POPE question with the model and score the splits with :func:`score_pope`.
 
     Args:
@@ -397,7 +396,7 @@ def run_pope(model: Any, processor: Any, question_files: Mapping[str, str | Path
     flat = [(split, q) for split, split_questions in questions.items() for q in split_questions]
     prompts = [q["text"] + prompt_suffix for _, q in flat]
     answers = generate_responses(model, processor, [Path(image_dir) / q["image"] for _, q in flat], prompts,
-                                 batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
+                                 batch_size=batch_size, max_new_tokens=max_new_tokens)
     predictions: dict[str, list[dict[str, Any]]] = {split: [] for split in questions}
     for (split, q), prompt, answer in zip(flat, prompts, answers, strict=True):
         predictions[split].append({"question_id": q["question_id"], "prompt": prompt, "text": answer})

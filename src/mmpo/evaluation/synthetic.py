@@ -172,7 +172,6 @@ def evaluate_synthetic(
     max_new_tokens: int = 64,
     pope_max_new_tokens: int = 8,
     n_samples: int = 5,
-    progress: bool = False,
     keep_items: bool = False,
 ) -> dict[str, Any]:
     """Describe every scene and answer the POPE ``questions`` about them; score both exactly.
@@ -192,7 +191,6 @@ def evaluate_synthetic(
         max_new_tokens: length limit of descriptions.
         pope_max_new_tokens: length limit of POPE answers (only the first word is read).
         n_samples: how many (description, truth) pairs to keep under ``samples``.
-        progress: show tqdm bars.
         keep_items: also return ``per_scene`` (``{"scene_id", "response", "mentioned", "truth",
             "spans", "missed"}`` per scene: the categories mentioned and present, each mention's
             place and verdict, see :func:`score_descriptions`) and ``per_question`` (``{"scene_id",
@@ -212,12 +210,12 @@ def evaluate_synthetic(
         raise ValueError(f"{len(unknown)} POPE questions are about scenes not evaluated, e.g. {unknown[:3]}")
 
     descriptions = generate_responses(model, processor, [images[s.id] for s in scenes], prompt,
-                                      batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
+                                      batch_size=batch_size, max_new_tokens=max_new_tokens)
     scored = score_descriptions(descriptions, scenes, shapes=shapes, colours=colours)
 
     answers = generate_responses(model, processor, [images[q.scene_id] for q in questions],
                                  [q.question for q in questions], batch_size=batch_size,
-                                 max_new_tokens=pope_max_new_tokens, progress=progress)
+                                 max_new_tokens=pope_max_new_tokens)
     predictions = [parse_yes_no(a) for a in answers]
     pope = pope_metrics([q.label for q in questions], predictions)
 

@@ -30,7 +30,7 @@ def dpo_loss(
 ) -> torch.Tensor:
     """Per-record DPO loss, ``-log sigmoid(beta * (ratio(y_w) - ratio(y_l)))``.
 
-    Rafailov et al. 2023, Eq. 7 (restated in docs/methods.md, "Notation").
+    Rafailov et al. 2023, Eq. 7 (restated in docs/methods.md, "DPO").
     Intuition: push the policy's log-ratio of the chosen response above that of the rejected one,
     with ``beta`` setting how sharply the margin is rewarded.
 

@@ -59,11 +59,12 @@ class BaseModelRecipe:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def build_base_model(recipe: BaseModelRecipe, out_dir: str | Path, progress: bool = True) -> Path:
+def build_base_model(recipe: BaseModelRecipe, out_dir: str | Path) -> Path:
     """Train the base model from scratch into ``out_dir``; returns ``out_dir``."""
     import torch
     from transformers import TrainingArguments
 
+    from .. import progress
     from ..training.sft import train_sft
     from .data import sft_rows
     from .model import build_processor, build_tiny_vlm, train_tokenizer
@@ -79,7 +80,7 @@ def build_base_model(recipe: BaseModelRecipe, out_dir: str | Path, progress: boo
         output_dir=str(out_dir / "sft_run"), max_steps=recipe.steps, per_device_train_batch_size=recipe.batch_size,
         learning_rate=recipe.learning_rate, lr_scheduler_type="cosine", warmup_steps=recipe.warmup_steps,
         weight_decay=0.0, logging_steps=50, save_strategy="no", report_to="none", remove_unused_columns=False,
-        disable_tqdm=not progress, seed=recipe.seed, use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=not progress.enabled(), seed=recipe.seed, use_cpu=not torch.cuda.is_available(),
     )
     trainer = train_sft(model, processor, rows, args)
     model.save_pretrained(out_dir)
@@ -91,7 +92,7 @@ def build_base_model(recipe: BaseModelRecipe, out_dir: str | Path, progress: boo
     return out_dir
 
 
-def ensure_base_model(recipe: BaseModelRecipe, cache_root: str | Path, progress: bool = True,
+def ensure_base_model(recipe: BaseModelRecipe, cache_root: str | Path,
                       shipped: bool = True) -> tuple[Path, bool]:
     """The base model for ``recipe``: the one shipped with mmpo when ``recipe`` is the default
     recipe and ``shipped`` (:mod:`mmpo.toyworld.shipped`), else the cached one, built first if
@@ -105,5 +106,5 @@ def ensure_base_model(recipe: BaseModelRecipe, cache_root: str | Path, progress:
     if shipped and (path := shipped_checkpoint("base", recipe)) is not None:
         return path, True
     target = Path(cache_root) / f"toyworld-base-{recipe.fingerprint()}"
-    return ensure_directory(target, lambda folder: build_base_model(recipe, folder, progress=progress),
+    return ensure_directory(target, lambda folder: build_base_model(recipe, folder),
                             "recipe.json")

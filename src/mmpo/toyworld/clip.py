@@ -274,7 +274,7 @@ def _text_features(model, tokenizer, texts: list[str], buckets: int = 4):
 
 
 def train_tiny_clip(out_dir: str | Path, steps: int | None = None, batch_size: int | None = None,
-                    seed: int | None = None, progress: bool = False,
+                    seed: int | None = None,
                     recipe: TinyCLIPRecipe | None = None) -> Path:
     """Train a tiny CLIP on the world and save it as a CLIP checkpoint directory; returns ``out_dir``.
 
@@ -284,7 +284,8 @@ def train_tiny_clip(out_dir: str | Path, steps: int | None = None, batch_size: i
     """
     import torch
     import torch.nn.functional as F
-    from tqdm.auto import tqdm
+
+    from .. import progress
 
     recipe = recipe if recipe is not None else TinyCLIPRecipe()
     overrides = {k: v for k, v in {"steps": steps, "batch_size": batch_size, "seed": seed}.items() if v is not None}
@@ -313,7 +314,7 @@ def train_tiny_clip(out_dir: str | Path, steps: int | None = None, batch_size: i
     gen = torch.Generator().manual_seed(recipe.seed)
     log: list[dict[str, Any]] = []
     start = time.perf_counter()
-    bar = tqdm(range(recipe.steps), desc="tiny CLIP", disable=not progress)
+    bar = progress.bar(range(recipe.steps), desc="tiny CLIP")
     for step in bar:
         idx = torch.randperm(len(scenes), generator=gen)[: recipe.batch_size].tolist()
         pairs = [_training_texts(scenes[i], rng, recipe.description_prob, recipe.shape_negative_prob) for i in idx]
@@ -351,8 +352,7 @@ def train_tiny_clip(out_dir: str | Path, steps: int | None = None, batch_size: i
     return out_dir
 
 
-def ensure_tiny_clip(cache_root: str | Path, recipe: TinyCLIPRecipe | None = None,
-                     progress: bool = False, shipped: bool = True) -> tuple[Path, bool]:
+def ensure_tiny_clip(cache_root: str | Path, recipe: TinyCLIPRecipe | None = None, shipped: bool = True) -> tuple[Path, bool]:
     """The tiny CLIP for ``recipe`` (default: the default recipe): the one shipped with mmpo when
     ``recipe`` is the default recipe and ``shipped`` (:mod:`mmpo.toyworld.shipped`), else the cached
     one, trained first if missing. Returns ``(path, was_ready)``: False when it was trained now.
@@ -367,7 +367,7 @@ def ensure_tiny_clip(cache_root: str | Path, recipe: TinyCLIPRecipe | None = Non
     if shipped and (path := shipped_checkpoint("clip", recipe)) is not None:
         return path, True
     target = Path(cache_root) / f"toyworld-clip-{recipe.fingerprint()}"
-    return ensure_directory(target, lambda folder: train_tiny_clip(folder, recipe=recipe, progress=progress),
+    return ensure_directory(target, lambda folder: train_tiny_clip(folder, recipe=recipe),
                             "recipe.json")
 
 

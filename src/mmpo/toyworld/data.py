@@ -8,8 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
+from .. import progress
 from ..io import ensure_png
 from ..types import PreferenceRecord
 from .pope import pope_question
@@ -94,8 +93,7 @@ def hallucinated_description(scene: Scene, config: WorldConfig, rng: random.Rand
     return " ".join(o.sentence() for o in objects)
 
 
-def ground_truth_pairs(scenes: list[Scene], config: WorldConfig, image_dir: str | Path, seed: int = 0,
-                       progress: bool = True) -> list[PreferenceRecord]:
+def ground_truth_pairs(scenes: list[Scene], config: WorldConfig, image_dir: str | Path, seed: int = 0) -> list[PreferenceRecord]:
     """Preference records: chosen = exact description, rejected = one hallucinated object.
 
     Images are written as PNG files under ``image_dir``, atomically (skipped when a complete one is
@@ -106,7 +104,7 @@ def ground_truth_pairs(scenes: list[Scene], config: WorldConfig, image_dir: str 
     image_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     records = []
-    for scene in tqdm(scenes, desc="preference pairs", disable=not progress):
+    for scene in progress.bar(scenes, desc="preference pairs"):
         path = ensure_png(image_dir / f"{scene.id}.png", scene.render)
         records.append(PreferenceRecord(
             image=str(path), prompt=DESCRIBE_PROMPT, chosen=scene.description(),

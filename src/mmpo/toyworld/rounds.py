@@ -45,8 +45,7 @@ def eval_scenes(world: WorldConfig, n: int) -> list[Scene]:
     return sample_scenes(world.held_out(), n, prefix="heldout")
 
 
-def world_evaluator(world: WorldConfig, n_scenes: int, *, seed: int, n_stats_scenes: int = 3000,
-                    progress: bool = True, keep_items: bool = False) -> Callable[[Any, Any], dict[str, Any]]:
+def world_evaluator(world: WorldConfig, n_scenes: int, *, seed: int, n_stats_scenes: int = 3000, keep_items: bool = False) -> Callable[[Any, Any], dict[str, Any]]:
     """``evaluate(model, processor)``: CHAIR, coverage and POPE on :func:`eval_scenes`, POPE's
     adversarial negatives from the co-occurrence statistics of ``n_stats_scenes`` training
     scenes (the demo's evaluation). The per-scene answers are kept only with ``keep_items``."""
@@ -56,8 +55,7 @@ def world_evaluator(world: WorldConfig, n_scenes: int, *, seed: int, n_stats_sce
     stats = sample_scenes(world, n_stats_scenes, prefix="train")
 
     def evaluate(model: Any, processor: Any) -> dict[str, Any]:
-        result = evaluate_world(model, processor, scenes, pope_split_scenes_for_stats=stats, seed=seed,
-                                progress=progress, keep_items=keep_items)
+        result = evaluate_world(model, processor, scenes, pope_split_scenes_for_stats=stats, seed=seed, keep_items=keep_items)
         return result if keep_items else scalars(result)
 
     return evaluate

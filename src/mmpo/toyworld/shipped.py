@@ -39,7 +39,7 @@ def shipped_checkpoint(kind: str, recipe: Any) -> Path | None:
     return folder if saved == json.loads(json.dumps(recipe.to_dict())) else None
 
 
-def rebuild_shipped(progress: bool = True, into: Path = SHIPPED_DIR) -> list[Path]:
+def rebuild_shipped(into: Path = SHIPPED_DIR) -> list[Path]:
     """Train the base model and the tiny CLIP from their default recipes into ``into`` (replacing
     what is there for those recipes, and removing shipped copies of older recipes). Returns the
     two directories."""
@@ -51,8 +51,8 @@ def rebuild_shipped(progress: bool = True, into: Path = SHIPPED_DIR) -> list[Pat
     into = Path(into)
     into.mkdir(parents=True, exist_ok=True)
     base, clip = BaseModelRecipe(), TinyCLIPRecipe()
-    targets = {"base": (base.fingerprint(), lambda d: build_base_model(base, d, progress=progress)),
-               "clip": (clip.fingerprint(), lambda d: train_tiny_clip(d, recipe=clip, progress=progress))}
+    targets = {"base": (base.fingerprint(), lambda d: build_base_model(base, d)),
+               "clip": (clip.fingerprint(), lambda d: train_tiny_clip(d, recipe=clip))}
     written = []
     for kind, (fingerprint, build) in targets.items():
         target = into / f"{kind}-{fingerprint}"

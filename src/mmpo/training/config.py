@@ -1,8 +1,10 @@
 """Configuration: one YAML file and command-line overrides, read into a :class:`RunConfig`.
 
-Each field is documented once, here, in its ``metadata["help"]``; ``transformers.HfArgumentParser``
-turns the same dataclasses into the command line, so ``mmpo train --help`` shows this text.
-A YAML file sets the values; ``--field value`` arguments after it override them.
+Each field is documented once, in its ``metadata["help"]``: the model's in :class:`mmpo.models.ModelArguments`,
+the data's and training's here, each method's in its package (:class:`mmpo.methods.aspo.AspoConfig`, ...).
+``transformers.HfArgumentParser`` turns the same dataclasses into the command line, so ``mmpo train --help``
+shows this text; a method's fields appear under their flat keys (``dama_keep`` for ``DamaConfig.keep``,
+:func:`keyed`). A YAML file sets the values; ``--field value`` arguments after it override them.
 
 Every value is checked before a model is loaded: YAML values against their field's type (``beta: true``
 or ``max_steps: 2.5`` is an error naming the key and the file, not 1.0 or 2), and every number in its

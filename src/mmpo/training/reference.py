@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from .. import progress
 from ..data.collator import move_batch
 from ..forward import policy_response_logps
 from ..io import atomic_writer
@@ -135,8 +135,8 @@ def compute_reference_table(model: torch.nn.Module, dataset, collator, batch_siz
     table: list[dict[str, torch.Tensor]] = [{} for _ in range(len(dataset))]
     computed: list[tuple[int, str, torch.Tensor]] = []
     try:
-        for ids, real in tqdm(record_shares(len(dataset), batch_size, rank, world), desc="reference log-probs",
-                              unit="batch", disable=rank != 0):
+        for ids, real in progress.bar(record_shares(len(dataset), batch_size, rank, world), desc="reference log-probs",
+                                      unit="batch", disable=rank != 0):
             items = [dataset[i] for i in ids]
             batch = move_batch(collator(items), device)
             logps, mask = policy_response_logps(model, batch)

@@ -48,17 +48,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import progress
 from ..checks import check_choice, check_number
 from ..data.construct.self_pairs import (
     ClaimJudge,
-    Item,
     PairingRule,
     PairReport,
     SamplingSettings,
-    check_items,
     pair_samples,
     sample_and_judge,
 )
+from ..data.items import Item, check_items
 from ..io import PROGRESS_SUFFIX, atomic_write_json, atomic_write_jsonl, read_jsonl
 from ..types import PreferenceRecord
 from . import distributed
@@ -301,8 +301,7 @@ def merge_journals(folder: Path, items: Sequence[Item]) -> Path:
 
 def run_rounds(model_args: ModelArguments, args: PreferenceConfig, methods: Methods | None, plan: RoundsPlan,
                items: Sequence[Sequence[Any]], judge: ClaimJudge, *, enrich: Enrich | None = None,
-               evaluate: Evaluate | None = None, data_args: DataArguments | None = None,
-               progress: bool = True, say: Callable[[str], None] = logger.info) -> list[RoundResult]:
+               evaluate: Evaluate | None = None, data_args: DataArguments | None = None, say: Callable[[str], None] = logger.info) -> list[RoundResult]:
     """Run ``plan.rounds`` on-policy rounds in ``args.output_dir`` (see the module docstring).
 
     Args:
@@ -317,7 +316,6 @@ def run_rounds(model_args: ModelArguments, args: PreferenceConfig, methods: Meth
             cached in ``train.jsonl``).
         evaluate: metrics of a policy (main process; the starting model's are round 0's).
         data_args: ``on_bad_record`` and ``image_root`` for reading the round's records.
-        progress: progress bars (main process).
         say: where one line per finished stage goes.
 
     Returns:
@@ -379,7 +377,7 @@ def run_rounds(model_args: ModelArguments, args: PreferenceConfig, methods: Meth
         # 1. sample and judge: every process its share, into its own journal
         report = together(state, functools.partial(_sample_round, model_args, policy, _share(pool, rank, world), judge,
                                                    journal_path(folder, rank, world), plan, k, state.device,
-                                                   progress and main))
+                                                   progress.enabled() and main))
         timings = gather_object([(report.sample_seconds, report.judge_seconds)]) if world > 1 else \
             [(report.sample_seconds, report.judge_seconds)]
         seconds["sample"] = round(max(t[0] for t in timings), 1)
@@ -417,17 +415,19 @@ def run_rounds(model_args: ModelArguments, args: PreferenceConfig, methods: Meth
 
 
 def _sample_round(model_args: ModelArguments, policy: str, share: list[Item], judge: ClaimJudge, journal: Path,
-                  plan: RoundsPlan, k: int, device: Any, progress: bool):
-    """Stage 1 on one process: its share of round ``k``'s prompts sampled from ``policy`` and judged."""
+                  plan: RoundsPlan, k: int, device: Any, bars: bool):
+    """Stage 1 on one process: its share of round ``k``'s prompts sampled from ``policy`` and judged
+    (with progress bars where ``bars``: the main process)."""
     from ..models import load_policy
 
     model, processor = load_policy(dataclasses.replace(model_args, model_name_or_path=policy), device=str(device))
     if distributed.is_partitioned(model):
         raise ValueError("DeepSpeed ZeRO-3 partitioned the policy at load, and sampling needs whole weights on each "
                          "process: run mmpo iterate with ZeRO-2, FSDP or DDP")
-    return sample_and_judge(model, processor, [(i.id, i.image, i.prompt, i.meta) for i in share], judge, journal,
-                            sampling=plan.round_sampling(k), batch_size=plan.sample_batch_size, progress=progress,
-                            image_dir=journal.parent.parent / "images")
+    with progress.bars(bars):
+        return sample_and_judge(model, processor, [(i.id, i.image, i.prompt, i.meta) for i in share], judge,
+                                journal, sampling=plan.round_sampling(k), batch_size=plan.sample_batch_size,
+                                image_dir=journal.parent.parent / "images")
 
 
 def _pair_round(folder: Path, pool: list[Item], plan: RoundsPlan, k: int, judge: ClaimJudge, policy: str,
@@ -560,8 +560,7 @@ def _remove_checkpoints(folder: Path) -> None:
 
 
 def method_enricher(methods: Methods, *, scorer: Any = None,
-                    vision_pipeline: Callable[[list[PreferenceRecord]], Any] | None = None,
-                    progress: bool = True, say: Callable[[str], None] = logger.info) -> Enrich | None:
+                    vision_pipeline: Callable[[list[PreferenceRecord]], Any] | None = None, say: Callable[[str], None] = logger.info) -> Enrich | None:
     """The ``enrich`` step for ``methods``: CLIP sentence scores and DAMA's alpha_D
     (:func:`~mmpo.data.construct.sentence_scores.score_sentences`) when ASPO or DAMA's data-aware
     factor is on, then AdaViP's vision-rejected images
@@ -594,13 +593,13 @@ def method_enricher(methods: Methods, *, scorer: Any = None,
             from ..data.construct.sentence_scores import score_sentences
             from ..scoring.sentences import RuleSplitter
 
-            records, report = score_sentences(records, scorer, RuleSplitter(), progress=progress)
+            records, report = score_sentences(records, scorer, RuleSplitter())
             say(report.summary())
         if needs_vision:
             from ..methods.adavip.vision_rejected import build_vision_rejected
 
             report = build_vision_rejected(records, vision_pipeline(records), folder / "vision.jsonl",
-                                           folder / "vision", progress=progress)
+                                           folder / "vision")
             say(report.summary())
             records = load_records(folder / "vision.jsonl").records
         return records

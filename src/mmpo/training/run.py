@@ -1,4 +1,4 @@
-"""One training run from the three config dataclasses: load, validate, train, check, save."""
+"""One training run from its config (:class:`~mmpo.training.config.RunConfig`'s parts): load, validate, train, check, save."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from ..data.records import load_records
 from ..io import atomic_write_json
 from ..models import count_parameters, load_policy, model_source
 from .config import DataArguments, Methods, ModelArguments, PreferenceConfig, resume_value
-from .model_loading import prepare_policy
+from .policy import prepare_policy
 from .trainer import PreferenceTrainer, check_finite_parameters
 
 logger = logging.getLogger(__name__)

@@ -36,6 +36,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .. import progress
 from ..data.collator import PreferenceCollator, PreferenceDataset, RowEncoder
 from ..data.preflight import bound_max_length, model_max_positions, preflight
 from ..forward import policy_response_logps, prefix_sharing_problem, unwrap
@@ -153,7 +154,8 @@ class PreferenceTrainer(Trainer):
     @staticmethod
     def _preflight(dataset: PreferenceDataset, collator: PreferenceCollator, on_bad_record: str, what: str,
                    args: PreferenceConfig) -> PreferenceDataset:
-        result = preflight(dataset.records, collator, on_error=on_bad_record, what=what, progress=not args.disable_tqdm)
+        with progress.bars(progress.enabled() and not args.disable_tqdm):  # the run's own bar switch
+            result = preflight(dataset.records, collator, on_error=on_bad_record, what=what)
         return dataset if not result.errors else PreferenceDataset(result.records)
 
     def _build_reference(self, args: PreferenceConfig, collator, train_dataset):

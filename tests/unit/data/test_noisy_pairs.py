@@ -119,7 +119,7 @@ def test_pipeline_with_tiny_llava(tiny, tmp_path):
         items.append((scene.id, image, DESCRIBE_PROMPT))
     out = tmp_path / "pairs.jsonl"
     report = build_noisy_pairs(model, processor, items, out, noise=DiffusionNoise(step=500), batch_size=4,
-                               max_new_tokens=6, progress=False)
+                               max_new_tokens=6)
     assert report.written + sum(report.dropped.values()) == 6 and report.skipped_done == 0
     assert report.written >= 1 and "written" in report.summary()
 
@@ -135,7 +135,7 @@ def test_pipeline_with_tiny_llava(tiny, tmp_path):
     first = next(i for i in items if i[0] == records[0].id)
     clean = first[1] if isinstance(first[1], Image.Image) else Image.open(first[1]).convert("RGB")
     again = noisy_pairs.generate_responses(model, processor, [clean, DiffusionNoise()(clean)],
-                                           DESCRIBE_PROMPT, max_new_tokens=6, progress=False)
+                                           DESCRIBE_PROMPT, max_new_tokens=6)
     assert again == [records[0].chosen, records[0].rejected]
 
     outcomes = [json.loads(line) for line in progress_path_for(out).read_text().splitlines()]
@@ -155,7 +155,7 @@ class StandIn:
         self.identical, self.empty, self.fail_on = set(identical), set(empty), fail_on
         self.calls: list[list[str]] = []
 
-    def __call__(self, model, processor, images, prompts, *, batch_size, max_new_tokens, progress):
+    def __call__(self, model, processor, images, prompts, *, batch_size, max_new_tokens):
         assert len(images) == len(prompts) == batch_size and batch_size % 2 == 0
         assert all(isinstance(image, Image.Image) for image in images)
         self.calls.append(list(prompts[:len(prompts) // 2]))
@@ -187,7 +187,7 @@ def test_identical_and_empty_answers_are_dropped(monkeypatch, tmp_path):
     stand_in = StandIn(identical={"prompt 1", "prompt 4"}, empty={"prompt 2"})
     monkeypatch.setattr(noisy_pairs, "generate_responses", stand_in)
     out = tmp_path / "pairs.jsonl"
-    report = build_noisy_pairs(None, None, make_items(6), out, batch_size=4, progress=False,
+    report = build_noisy_pairs(None, None, make_items(6), out, batch_size=4,
                                meta={"model": "stand-in"})
     assert (report.written, report.dropped, report.skipped_done) == (3, {"identical": 2, "empty": 1}, 0)
     assert "dropped 3 (identical 2, empty 1)" in report.summary()
@@ -207,12 +207,12 @@ def test_kill_and_resume(monkeypatch, tmp_path):
     killed = StandIn(identical={"prompt 3"}, fail_on=3)
     monkeypatch.setattr(noisy_pairs, "generate_responses", killed)
     with pytest.raises(RuntimeError, match="killed"):
-        build_noisy_pairs(None, None, items, out, batch_size=2, progress=False)
+        build_noisy_pairs(None, None, items, out, batch_size=2)
     assert [row["id"] for row in lines_of(out)] == ["item-0", "item-1", "item-2"]  # batches 1 and 2
 
     resumed = StandIn(identical={"prompt 3"})
     monkeypatch.setattr(noisy_pairs, "generate_responses", resumed)
-    report = build_noisy_pairs(None, None, items, out, batch_size=2, progress=False)
+    report = build_noisy_pairs(None, None, items, out, batch_size=2)
     assert resumed.calls == [["prompt 4", "prompt 5"], ["prompt 6"]]  # the dropped item-3 is not redone
     assert (report.skipped_done, report.written, report.dropped["identical"]) == (4, 3, 0)
 
@@ -221,7 +221,7 @@ def test_kill_and_resume(monkeypatch, tmp_path):
     assert [r.id for r in load_records(out).records] == ids
 
     # a third call finds nothing to do
-    again = build_noisy_pairs(None, None, items, out, batch_size=2, progress=False)
+    again = build_noisy_pairs(None, None, items, out, batch_size=2)
     assert (again.skipped_done, again.written) == (7, 0) and len(resumed.calls) == 2
 
 
@@ -230,7 +230,7 @@ def test_truncated_last_line_is_repaired(monkeypatch, tmp_path):
     out = tmp_path / "pairs.jsonl"
     items = make_items(4)
     monkeypatch.setattr(noisy_pairs, "generate_responses", StandIn())
-    build_noisy_pairs(None, None, items[:3], out, batch_size=2, progress=False)
+    build_noisy_pairs(None, None, items[:3], out, batch_size=2)
     lines = out.read_text().splitlines(keepends=True)
     progress = progress_path_for(out).read_text().splitlines(keepends=True)
     # undo item-2 as if the kill came while its line was half written
@@ -239,7 +239,7 @@ def test_truncated_last_line_is_repaired(monkeypatch, tmp_path):
 
     stand_in = StandIn()
     monkeypatch.setattr(noisy_pairs, "generate_responses", stand_in)
-    report = build_noisy_pairs(None, None, items, out, batch_size=2, progress=False)
+    report = build_noisy_pairs(None, None, items, out, batch_size=2)
     assert report.repaired_lines == 1 and "truncated" in report.summary()
     assert stand_in.calls == [["prompt 2", "prompt 3"]]
     assert [row["id"] for row in lines_of(out)] == ["item-0", "item-1", "item-2", "item-3"]
@@ -250,13 +250,13 @@ def test_records_without_progress_lines_are_not_redone(monkeypatch, tmp_path):
     """A kill between the records' fsync and the progress lines: the output itself says what is done."""
     out = tmp_path / "pairs.jsonl"
     monkeypatch.setattr(noisy_pairs, "generate_responses", StandIn())
-    build_noisy_pairs(None, None, make_items(3), out, batch_size=3, progress=False)
+    build_noisy_pairs(None, None, make_items(3), out, batch_size=3)
     header = progress_path_for(out).read_text().splitlines(keepends=True)[0]
     progress_path_for(out).write_text(header + '{"id": "item-0", "outcome": "wri')  # truncated too
 
     stand_in = StandIn()
     monkeypatch.setattr(noisy_pairs, "generate_responses", stand_in)
-    report = build_noisy_pairs(None, None, make_items(3), out, batch_size=3, progress=False)
+    report = build_noisy_pairs(None, None, make_items(3), out, batch_size=3)
     assert stand_in.calls == [] and report.skipped_done == 3 and report.repaired_lines == 1
     assert [row["id"] for row in lines_of(out)] == ["item-0", "item-1", "item-2"]
     assert {row["id"] for row in lines_of(progress_path_for(out))[1:]} == {"item-0", "item-1", "item-2"}
@@ -265,15 +265,15 @@ def test_records_without_progress_lines_are_not_redone(monkeypatch, tmp_path):
 def test_resume_refuses_other_settings_and_foreign_files(monkeypatch, tmp_path):
     monkeypatch.setattr(noisy_pairs, "generate_responses", StandIn())
     out = tmp_path / "pairs.jsonl"
-    build_noisy_pairs(None, None, make_items(2), out, batch_size=2, progress=False)
+    build_noisy_pairs(None, None, make_items(2), out, batch_size=2)
     with pytest.raises(ValueError, match="other settings"):
-        build_noisy_pairs(None, None, make_items(2), out, noise=DiffusionNoise(step=300), progress=False)
+        build_noisy_pairs(None, None, make_items(2), out, noise=DiffusionNoise(step=300))
     foreign = tmp_path / "foreign.jsonl"
     foreign.write_text(out.read_text())
     with pytest.raises(FileExistsError):
-        build_noisy_pairs(None, None, make_items(2), foreign, progress=False)
+        build_noisy_pairs(None, None, make_items(2), foreign)
     with pytest.raises(ValueError, match="duplicate id"):
-        build_noisy_pairs(None, None, make_items(2) * 2, tmp_path / "new.jsonl", progress=False)
+        build_noisy_pairs(None, None, make_items(2) * 2, tmp_path / "new.jsonl")
 
 
 # ---------------------------------------------------------------------------------------------

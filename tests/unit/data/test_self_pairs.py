@@ -10,12 +10,12 @@ from mmpo.data.construct.self_pairs import (
     SamplingSettings,
     Verdict,
     build_self_pairs,
-    check_items,
     pair_samples,
     rank_responses,
     sample_and_judge,
     samples_path_for,
 )
+from mmpo.data.items import check_items
 from mmpo.data.records import load_records
 from mmpo.io import read_jsonl
 from mmpo.toyworld.judge import SceneJudge
@@ -150,7 +150,7 @@ def test_sample_and_judge_journals_every_claim(varied_tiny_vlm, scene_items, tmp
     judge = RecordingJudge()
     sampling = SamplingSettings(n=3, max_new_tokens=12, seed=1)
     report = sample_and_judge(model, processor, scene_items, judge, tmp_path / "s.samples.jsonl", sampling=sampling,
-                              batch_size=2, progress=False)
+                              batch_size=2)
     rows = read_jsonl(tmp_path / "s.samples.jsonl")
     assert [r["id"] for r in rows] == [item[0] for item in scene_items]
     assert report.sampled_items == 5 and report.responses == 15 and report.claims == len(judge.queries)
@@ -164,7 +164,7 @@ def test_sample_and_judge_journals_every_claim(varied_tiny_vlm, scene_items, tmp
     assert all(q.meta["scene"] for q in judge.queries)
     # the same settings give the same samples
     again = sample_and_judge(model, processor, scene_items, RecordingJudge(), tmp_path / "t.samples.jsonl",
-                             sampling=sampling, batch_size=2, progress=False)
+                             sampling=sampling, batch_size=2)
     assert again.responses == 15
     assert read_jsonl(tmp_path / "t.samples.jsonl") == rows
 
@@ -173,15 +173,15 @@ def test_resume_after_a_kill_redoes_only_the_lost_items(varied_tiny_vlm, scene_i
     model, processor = varied_tiny_vlm
     path = tmp_path / "s.samples.jsonl"
     sampling = SamplingSettings(n=2, max_new_tokens=8)
-    sample_and_judge(model, processor, scene_items[:3], RecordingJudge(), path, sampling=sampling, progress=False)
+    sample_and_judge(model, processor, scene_items[:3], RecordingJudge(), path, sampling=sampling)
     text = path.read_text()
     path.write_text(text[: len(text) - 40])  # a kill mid-way through the last line
     judge = RecordingJudge()
-    report = sample_and_judge(model, processor, scene_items, judge, path, sampling=sampling, progress=False)
+    report = sample_and_judge(model, processor, scene_items, judge, path, sampling=sampling)
     assert report.repaired_lines == 1 and report.skipped_done == 2 and report.sampled_items == 3
     assert sorted(r["id"] for r in read_jsonl(path)) == sorted(item[0] for item in scene_items)
     with pytest.raises(ValueError, match="other settings"):
-        sample_and_judge(model, processor, scene_items, judge, path, sampling=SamplingSettings(n=3), progress=False)
+        sample_and_judge(model, processor, scene_items, judge, path, sampling=SamplingSettings(n=3))
 
 
 def test_a_judge_that_loses_verdicts_is_an_error(varied_tiny_vlm, scene_items, tmp_path):
@@ -192,13 +192,13 @@ def test_a_judge_that_loses_verdicts_is_an_error(varied_tiny_vlm, scene_items, t
     model, processor = varied_tiny_vlm
     with pytest.raises(RuntimeError, match="Lossy.judge returned"):
         sample_and_judge(model, processor, scene_items, Lossy(), tmp_path / "s.samples.jsonl",
-                         sampling=SamplingSettings(n=2, max_new_tokens=8), progress=False)
+                         sampling=SamplingSettings(n=2, max_new_tokens=8))
 
 
 def test_build_self_pairs_writes_loadable_records(varied_tiny_vlm, scene_items, tmp_path):
     model, processor = varied_tiny_vlm
     sampled, paired = build_self_pairs(model, processor, scene_items, SceneJudge(), tmp_path / "out" / "pairs.jsonl",
-                                       sampling=SamplingSettings(n=4, max_new_tokens=16), progress=False)
+                                       sampling=SamplingSettings(n=4, max_new_tokens=16))
     assert samples_path_for(tmp_path / "out" / "pairs.jsonl").exists()
     loaded = load_records(tmp_path / "out" / "pairs.jsonl").records
     assert len(loaded) == paired.written

@@ -36,7 +36,7 @@ def test_scores_delta_bar_and_alpha_hand_worked():
     softmax([0.3, 0.4, 0.2]) = [0.32197, 0.35584, 0.29135] ... delta_1 = 0.67781 - 0.29135 = 0.38646 (approx).
     delta_bar = mean; alpha_D = sigmoid(delta) / sigmoid(delta_bar)."""
     records = [record(0, "a b c .", "a b ."), record(1, "a b . c d e .", "a .")]
-    out, report = score_sentences(records, LengthScorer(), RuleSplitter(), dama_scores="cosine", progress=False)
+    out, report = score_sentences(records, LengthScorer(), RuleSplitter(), dama_scores="cosine")
     assert report.scored == 2 and not report.skipped
     assert out[0].chosen_sentence_scores == pytest.approx([0.4]) and out[0].rejected_sentence_scores == pytest.approx([0.3])
     assert out[1].chosen_sentence_scores == pytest.approx([0.3, 0.4])
@@ -58,7 +58,7 @@ def test_scores_delta_bar_and_alpha_hand_worked():
 
 def test_ratio_mode_is_the_ratio_of_sums():
     out, _ = score_sentences([record(0, "a b c .", "a b .")], LengthScorer(), RuleSplitter(), dama_mode="ratio",
-                             logit_scale=100.0, progress=False)
+                             logit_scale=100.0)
     assert out[0].meta["dama_delta"] == pytest.approx(0.4 / 0.3)  # the scale cancels in the ratio
 
 
@@ -73,7 +73,7 @@ def test_delta_is_a_softmax_over_clip_logits():
     logits [8, 6], delta = tanh(2 / 2) = 0.761594 (the raw cosines gave tanh(0.05) = 0.049958). The
     stored scores stay cosines; meta keeps the scale, so alpha_D can be recomputed without CLIP."""
     out, report = score_sentences([record(0, "a b c .", "a b ."), record(1, "a .", "a b c d e f .")],
-                                  ScaledLengthScorer(), RuleSplitter(), progress=False)
+                                  ScaledLengthScorer(), RuleSplitter())
     assert out[0].chosen_sentence_scores == pytest.approx([0.4])
     assert out[0].meta["dama_delta"] == pytest.approx(math.tanh(1.0), rel=1e-6)
     assert out[1].meta["dama_delta"] == pytest.approx(math.tanh(-5.0), rel=1e-6)  # logits [2, 12]
@@ -81,7 +81,7 @@ def test_delta_is_a_softmax_over_clip_logits():
     assert "cosine x 20" in report.summary()
     # An explicit scale wins over the scorer's; a given delta_bar is used as it is.
     out, report = score_sentences([record(0, "a b c .", "a b .")], ScaledLengthScorer(), RuleSplitter(),
-                                  logit_scale=10.0, delta_bar=0.0482190464911681, progress=False)
+                                  logit_scale=10.0, delta_bar=0.0482190464911681)
     assert out[0].meta["dama_delta"] == pytest.approx(math.tanh(0.5), rel=1e-6)
     assert report.delta_bar == out[0].meta["dama_delta_bar"] == 0.0482190464911681
     sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
@@ -90,17 +90,17 @@ def test_delta_is_a_softmax_over_clip_logits():
 
 def test_logits_need_a_scale_and_bad_settings_are_refused():
     with pytest.raises(ValueError, match="logit_scale"):
-        score_sentences([record(0, "a .", "b .")], LengthScorer(), RuleSplitter(), progress=False)
+        score_sentences([record(0, "a .", "b .")], LengthScorer(), RuleSplitter())
     for kwargs, match in (({"logit_scale": 0.0}, "logit_scale"), ({"logit_scale": math.nan}, "logit_scale"),
                           ({"dama_scores": "probs"}, "dama_scores"), ({"delta_bar": math.inf}, "delta_bar")):
         with pytest.raises(ValueError, match=match):
-            score_sentences([record(0, "a .", "b .")], ScaledLengthScorer(), RuleSplitter(), progress=False, **kwargs)
+            score_sentences([record(0, "a .", "b .")], ScaledLengthScorer(), RuleSplitter(), **kwargs)
 
 
 def test_unscorable_records_are_reported_by_index_and_reason_and_the_rest_kept():
     records = [record(0, "a b c .", "a b ."), record(1, "x y .", "z .", image="broken"), record(2, "a .", "   "),
                record(3, "p q r s .", "p .")]
-    out, report = score_sentences(records, ScaledLengthScorer(), RuleSplitter(), progress=False)
+    out, report = score_sentences(records, ScaledLengthScorer(), RuleSplitter())
     assert [r.id for r in out] == ["r0", "r3"]
     reasons = {i: why for i, _, why in report.skipped}
     assert set(reasons) == {1, 2}

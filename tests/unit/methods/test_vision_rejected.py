@@ -137,7 +137,7 @@ def annotation_pipeline(scenes, scorer, inpainter=None, **kwargs) -> VisionRejec
 
 
 def records_for(scenes, tmp_path):
-    return ground_truth_pairs(scenes, WorldConfig(seed=7), tmp_path / "originals", progress=False)
+    return ground_truth_pairs(scenes, WorldConfig(seed=7), tmp_path / "originals")
 
 
 def read_lines(path):
@@ -263,7 +263,7 @@ def test_end_to_end_with_an_untrained_tiny_clip(scenes, clip_dir, tmp_path):
     records = records_for(scenes[:3], tmp_path)
     pipeline = annotation_pipeline(scenes, CLIPScorer(clip_dir, device="cpu"), TeleaInpainter(dilate=DILATE))
     out = tmp_path / "run" / "adavip.jsonl"
-    report = build_vision_rejected(records, pipeline, out, tmp_path / "run" / "images", progress=False,
+    report = build_vision_rejected(records, pipeline, out, tmp_path / "run" / "images",
                                    contact_sheet=tmp_path / "sheet.png")
     assert report.built == 3 and sum(report.skipped.values()) == 0
     assert "3 of 3 records built" in report.summary()
@@ -285,7 +285,7 @@ def test_kill_and_resume_loses_duplicates_and_corrupts_nothing(scenes, tmp_path)
     out, images = tmp_path / "run" / "adavip.jsonl", tmp_path / "run" / "images"
     pipeline = annotation_pipeline(scenes, VisibilityScorerStandIn(scenes, fail_at=4))
     with pytest.raises(RuntimeError, match="stand-in crash"):
-        build_vision_rejected(records, pipeline, out, images, progress=False)
+        build_vision_rejected(records, pipeline, out, images)
     assert [row["id"] for row in read_lines(out)] == [r.id for r in records[:3]]
     # a kill in the middle of the next line, and between a record line and its progress line
     progress = out.with_name(out.name + ".progress.jsonl")
@@ -294,7 +294,7 @@ def test_kill_and_resume_loses_duplicates_and_corrupts_nothing(scenes, tmp_path)
     with out.open("a") as file:
         file.write('{"id": "half a li')
 
-    report = build_vision_rejected(records, pipeline, out, images, progress=False)  # calls 5.. do not fail
+    report = build_vision_rejected(records, pipeline, out, images)  # calls 5.. do not fail
     assert report.repaired_lines == 1 and report.done_before == 3 and report.built == len(records) - 3
     rows = read_lines(out)  # every line is whole JSON
     assert [row["id"] for row in rows] == [r.id for r in records]
@@ -309,11 +309,11 @@ def test_kill_and_resume_loses_duplicates_and_corrupts_nothing(scenes, tmp_path)
     # the same as a run that was never interrupted
     clean_out = tmp_path / "clean" / "adavip.jsonl"
     build_vision_rejected(records, annotation_pipeline(scenes, VisibilityScorerStandIn(scenes)), clean_out,
-                          tmp_path / "clean" / "images", progress=False)
+                          tmp_path / "clean" / "images")
     assert read_lines(clean_out) == rows
     # a third call has nothing left to do
     again = build_vision_rejected(records, annotation_pipeline(scenes, VisibilityScorerStandIn(scenes)),
-                                  out, images, progress=False)
+                                  out, images)
     assert again.done_before == len(records) and again.built == 0 and len(read_lines(out)) == len(records)
 
 
@@ -321,14 +321,14 @@ def test_resume_guards(scenes, tmp_path):
     records = records_for(scenes[:1], tmp_path)
     out = tmp_path / "adavip.jsonl"
     build_vision_rejected(records, annotation_pipeline(scenes, VisibilityScorerStandIn(scenes)), out,
-                          tmp_path / "images", progress=False)
+                          tmp_path / "images")
     other = annotation_pipeline(scenes, VisibilityScorerStandIn(scenes), TeleaInpainter())
     with pytest.raises(ValueError, match="other settings"):
-        build_vision_rejected(records, other, out, tmp_path / "images", progress=False)
+        build_vision_rejected(records, other, out, tmp_path / "images")
     foreign = tmp_path / "foreign.jsonl"
     save_records(records, foreign)
     with pytest.raises(FileExistsError, match="no progress file"):
-        build_vision_rejected(records, other, foreign, tmp_path / "images", progress=False)
+        build_vision_rejected(records, other, foreign, tmp_path / "images")
 
 
 def test_skipped_records_are_written_without_rejected_image_and_counted(scenes, tmp_path):
@@ -338,7 +338,7 @@ def test_skipped_records_are_written_without_rejected_image_and_counted(scenes, 
     records[1].chosen = f"a small red {absent} is at the top left ."  # named, but not in the image
     scorer = VisibilityScorerStandIn(scenes)
     report = build_vision_rejected(records, annotation_pipeline(scenes, scorer), tmp_path / "a.jsonl",
-                                   tmp_path / "images", progress=False)
+                                   tmp_path / "images")
     assert (report.built, report.skipped["no_tags"], report.skipped["no_detections"]) == (1, 1, 1)
     rows = read_lines(tmp_path / "a.jsonl")
     assert [row["meta"]["adavip"].get("skipped") for row in rows] == ["no_tags", "no_detections", None]
@@ -351,10 +351,8 @@ def test_skipped_records_are_written_without_rejected_image_and_counted(scenes, 
                                    MeanFillInpainter(), scorer)
     same = VisionRejectedPipeline(NounTagger(SHAPES), AnnotationDetector(index), AnnotationSegmenter(index),
                                   IdentityInpainterStandIn(), scorer)
-    assert build_vision_rejected(records[2:], empty, tmp_path / "b.jsonl", tmp_path / "images",
-                                 progress=False).skipped["empty_masks"] == 1
-    assert build_vision_rejected(records[2:], same, tmp_path / "c.jsonl", tmp_path / "images",
-                                 progress=False).skipped["unchanged"] == 1
+    assert build_vision_rejected(records[2:], empty, tmp_path / "b.jsonl", tmp_path / "images").skipped["empty_masks"] == 1
+    assert build_vision_rejected(records[2:], same, tmp_path / "c.jsonl", tmp_path / "images").skipped["unchanged"] == 1
     assert set(SKIP_REASONS) >= {"no_tags", "no_detections", "empty_masks", "unchanged", "no_sentences"}
 
 

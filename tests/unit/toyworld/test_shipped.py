@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from mmpo.cli.demo import DemoOptions
 from mmpo.toyworld import base_model, clip, shipped
 from mmpo.toyworld.base_model import BaseModelRecipe, ensure_base_model
 from mmpo.toyworld.clip import TinyCLIPRecipe, ensure_tiny_clip
+from mmpo.toyworld.pipeline import DemoOptions
 from mmpo.toyworld.scenes import WorldConfig
 
 
@@ -64,7 +64,7 @@ def fake_build(folder, recipe):
 
 
 def test_without_shipped_the_recipe_is_built_into_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(base_model, "build_base_model", lambda recipe, folder, progress=True: fake_build(folder, recipe))
+    monkeypatch.setattr(base_model, "build_base_model", lambda recipe, folder: fake_build(folder, recipe))
     path, ready = ensure_base_model(demo_recipe(), tmp_path, shipped=False)
     assert not ready and path.parent == tmp_path and (path / "weights").exists()
     assert ensure_base_model(demo_recipe(), tmp_path, shipped=False) == (path, True)  # cached now
@@ -84,10 +84,10 @@ def test_a_copy_whose_recipe_is_not_the_one_asked_for_is_not_taken(tmp_path, mon
 
 
 def test_rebuild_replaces_the_shipped_copies(tmp_path, monkeypatch):
-    monkeypatch.setattr(base_model, "build_base_model", lambda recipe, folder, progress=True: fake_build(folder, recipe))
-    monkeypatch.setattr(clip, "train_tiny_clip", lambda folder, recipe, progress=True: fake_build(folder, recipe))
+    monkeypatch.setattr(base_model, "build_base_model", lambda recipe, folder: fake_build(folder, recipe))
+    monkeypatch.setattr(clip, "train_tiny_clip", lambda folder, recipe: fake_build(folder, recipe))
     (tmp_path / "base-000000000000").mkdir()  # an older recipe's copy
-    written = shipped.rebuild_shipped(progress=False, into=tmp_path)
+    written = shipped.rebuild_shipped(into=tmp_path)
     assert [p.name for p in written] == [f"base-{BaseModelRecipe().fingerprint()}",
                                          f"clip-{TinyCLIPRecipe().fingerprint()}"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)

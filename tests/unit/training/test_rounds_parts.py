@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mmpo.data.construct.self_pairs import Item
+from mmpo.data.items import Item
 from mmpo.training.config import PreferenceConfig
 from mmpo.training.rounds import (
     RoundsPlan,

@@ -27,11 +27,12 @@ from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
+from mmpo import progress
+from mmpo.data.items import check_items
 from mmpo.generation import generate_responses
 from mmpo.io import ResumeJournal, image_key, image_reference, load_image
-from mmpo.types import ImageRef, PreferenceRecord, Prompt
+from mmpo.types import PreferenceRecord
 
 logger = logging.getLogger(__name__)
 
@@ -193,19 +194,6 @@ class NoisyPairsReport:
         return text
 
 
-@dataclasses.dataclass(frozen=True)
-class _Item:
-    index: int
-    id: str
-    image: ImageRef
-    prompt: Prompt
-    meta: dict[str, Any]
-
-    def load_image(self) -> Image.Image:
-        """The item's RGB image; a missing or undecodable file raises ValueError naming the item."""
-        return load_image(self.image, f"item #{self.index} (id {self.id!r})")
-
-
 def build_noisy_pairs(
     model: Any,
     processor: Any,
@@ -215,7 +203,6 @@ def build_noisy_pairs(
     noise: DiffusionNoise | None = None,
     batch_size: int = 8,
     max_new_tokens: int = 256,
-    progress: bool = True,
     image_dir: str | os.PathLike | None = None,
     meta: dict[str, Any] | None = None,
 ) -> NoisyPairsReport:
@@ -251,7 +238,6 @@ def build_noisy_pairs(
         noise: the corruption; default ``DiffusionNoise()`` (linear schedule, k = 500 of T = 1000).
         batch_size: items per batch (one generate call of ``2 * batch_size`` requests, one fsync).
         max_new_tokens: answer length limit.
-        progress: show a tqdm bar over items.
         image_dir: where in-memory (PIL) images are saved as PNG, named by content hash; default
             ``images/`` next to ``out_path``. Paths inside ``out_path``'s directory are stored relative
             to it (``load_records`` resolves them), others absolute.
@@ -266,7 +252,7 @@ def build_noisy_pairs(
     out_path = Path(os.path.abspath(out_path))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     image_dir = out_path.parent / "images" if image_dir is None else Path(os.path.abspath(image_dir))
-    checked = _check_items(items)
+    checked = check_items(items)
     record_meta = {"source": SOURCE, **noise.describe(), **(meta or {})}
     settings = {**noise.describe(), "max_new_tokens": max_new_tokens}
 
@@ -279,16 +265,16 @@ def build_noisy_pairs(
     if report.skipped_done or report.repaired_lines:
         logger.info("resuming %s: %d of %d items done before", out_path, report.skipped_done, len(checked))
 
-    with journal, tqdm(total=len(checked), initial=report.skipped_done, desc="noisy pairs",
-                       disable=not progress) as bar:
+    with journal, progress.bar(total=len(checked), initial=report.skipped_done, desc="noisy pairs") as bar:
         for start in range(0, len(pending), batch_size):
             batch = pending[start:start + batch_size]
             clean = [item.load_image() for item in batch]
             noisy = [noise(image) for image in clean]
             prompts = [item.prompt for item in batch]
-            answers = generate_responses(model, processor, clean + noisy, prompts + prompts,
-                                         batch_size=2 * len(batch), max_new_tokens=max_new_tokens,
-                                         progress=False)  # (2B,): B clean answers, then B noisy
+            with progress.bars(False):  # the items' bar above counts them
+                answers = generate_responses(model, processor, clean + noisy, prompts + prompts,
+                                             batch_size=2 * len(batch),
+                                             max_new_tokens=max_new_tokens)  # (2B,): B clean answers, then B noisy
             chosen, rejected = answers[:len(batch)], answers[len(batch):]
             rows, outcomes = [], []
             for item, clean_image, y_w, y_l in zip(batch, clean, chosen, rejected, strict=True):
@@ -311,32 +297,6 @@ def build_noisy_pairs(
             journal.append(rows, outcomes)
             bar.update(len(batch))
     return report
-
-
-def _check_items(items: Iterable[Sequence[Any]]) -> list[_Item]:
-    checked: list[_Item] = []
-    seen: set[str] = set()
-    for index, item in enumerate(items):
-        if not isinstance(item, (tuple, list)) or len(item) not in (3, 4):
-            raise ValueError(f"item #{index}: expected (id, image, instruction[, meta]), got {item!r:.200}")
-        item_id, image, prompt = item[:3]
-        extra = item[3] if len(item) == 4 else {}
-        if item_id is None or isinstance(item_id, bool) or str(item_id) == "":
-            raise ValueError(f"item #{index}: needs a non-empty id, got {item_id!r}")
-        item_id = str(item_id)
-        if item_id in seen:
-            raise ValueError(f"item #{index}: duplicate id {item_id!r}")
-        if not isinstance(image, (str, os.PathLike, Image.Image)):
-            raise ValueError(f"item {item_id!r}: image must be a path or a PIL image, got {type(image).__name__}")
-        if not isinstance(image, Image.Image) and not os.path.isfile(image):
-            raise FileNotFoundError(f"item #{index} (id {item_id!r}): image file {os.fspath(image)!r} does not exist")
-        if not (isinstance(prompt, list) and prompt) and not (isinstance(prompt, str) and prompt.strip()):
-            raise ValueError(f"item {item_id!r}: empty instruction")
-        if not isinstance(extra, dict):
-            raise ValueError(f"item {item_id!r}: meta must be a dict, got {type(extra).__name__}")
-        seen.add(item_id)
-        checked.append(_Item(index, item_id, image, prompt, dict(extra)))
-    return checked
 
 
 def _outcome(chosen: str, rejected: str) -> str:

@@ -38,10 +38,11 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from PIL import Image
-from tqdm.auto import tqdm
 
-from mmpo.io import ResumeJournal, image_reference, load_image, read_jsonl
-from mmpo.types import ImageRef, PreferenceRecord, Prompt
+from mmpo import progress
+from mmpo.data.items import check_items
+from mmpo.io import ResumeJournal, image_reference, read_jsonl
+from mmpo.types import PreferenceRecord, Prompt
 
 logger = logging.getLogger(__name__)
 
@@ -225,59 +226,6 @@ class PairingRule:
 
 
 # ---------------------------------------------------------------------------------------------
-# Items.
-
-
-@dataclasses.dataclass(frozen=True)
-class Item:
-    """One ``(image, prompt)`` to sample responses for; ``index`` is its position in the input."""
-
-    index: int
-    id: str
-    image: ImageRef
-    prompt: Prompt
-    meta: dict[str, Any]
-
-    def load_image(self) -> Image.Image:
-        """The item's RGB image; a missing or undecodable file raises ValueError naming the item."""
-        return load_image(self.image, f"item #{self.index} (id {self.id!r})")
-
-
-def check_items(items: Iterable[Sequence[Any]]) -> list[Item]:
-    """``(id, image, prompt)`` or ``(id, image, prompt, meta)`` tuples as :class:`Item`\\ s.
-
-    Raises:
-        ValueError: a malformed item, an empty id or prompt, a duplicate id, a non-dict meta
-            (naming the item's index and id).
-        FileNotFoundError: an image path that does not exist (before any work is done).
-    """
-    checked: list[Item] = []
-    seen: set[str] = set()
-    for index, item in enumerate(items):
-        if not isinstance(item, (tuple, list)) or len(item) not in (3, 4):
-            raise ValueError(f"item #{index}: expected (id, image, prompt[, meta]), got {item!r:.200}")
-        item_id, image, prompt = item[:3]
-        extra = item[3] if len(item) == 4 else {}
-        if item_id is None or isinstance(item_id, bool) or str(item_id) == "":
-            raise ValueError(f"item #{index}: needs a non-empty id, got {item_id!r}")
-        item_id = str(item_id)
-        if item_id in seen:
-            raise ValueError(f"item #{index}: duplicate id {item_id!r}")
-        if not isinstance(image, (str, os.PathLike, Image.Image)):
-            raise ValueError(f"item #{index} (id {item_id!r}): image must be a path or a PIL image, "
-                             f"got {type(image).__name__}")
-        if not isinstance(image, Image.Image) and not os.path.isfile(image):
-            raise FileNotFoundError(f"item #{index} (id {item_id!r}): image file {os.fspath(image)!r} does not exist")
-        if not (isinstance(prompt, list) and prompt) and not (isinstance(prompt, str) and prompt.strip()):
-            raise ValueError(f"item #{index} (id {item_id!r}): empty prompt")
-        if not isinstance(extra, dict):
-            raise ValueError(f"item #{index} (id {item_id!r}): meta must be a dict, got {type(extra).__name__}")
-        seen.add(item_id)
-        checked.append(Item(index, item_id, image, prompt, dict(extra)))
-    return checked
-
-
-# ---------------------------------------------------------------------------------------------
 # Steps 1-3: sample and judge, journaled.
 
 
@@ -342,7 +290,6 @@ def sample_and_judge(
     sampling: SamplingSettings | None = None,
     splitter: Any = None,
     batch_size: int = 16,
-    progress: bool = True,
     image_dir: str | os.PathLike | None = None,
 ) -> SampleReport:
     """Sample ``sampling.n`` responses per item from ``model``, split them into claims, judge every
@@ -364,7 +311,6 @@ def sample_and_judge(
         sampling: the sampling settings (default :class:`SamplingSettings`).
         splitter: a sentence splitter (default :class:`~mmpo.scoring.sentences.RuleSplitter`).
         batch_size: items per batch (one generate call of ``batch_size * n`` rows).
-        progress: show a tqdm bar over items.
         image_dir: where in-memory images are saved as PNG (default ``images/`` next to the journal).
     """
     import torch
@@ -389,18 +335,18 @@ def sample_and_judge(
     if report.skipped_done:
         logger.info("resuming %s: %d of %d items done before", samples_path, report.skipped_done, len(checked))
 
-    with journal, tqdm(total=len(checked), initial=report.skipped_done, desc="self-pairs: sample + judge",
-                       unit="item", disable=not progress) as bar:
+    with journal, progress.bar(total=len(checked), initial=report.skipped_done, desc="self-pairs: sample + judge",
+                       unit="item") as bar:
         for start in range(0, len(pending), batch_size):
             batch = pending[start:start + batch_size]
             images = [item.load_image() for item in batch]
             rows_images = [image for image in images for _ in range(sampling.n)]
             rows_prompts = [item.prompt for item in batch for _ in range(sampling.n)]
             began = time.perf_counter()
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]), progress.bars(False):  # the items' bar above counts them
                 torch.manual_seed(int(stable_uniform("self-pairs", sampling.seed, batch[0].id) * 2**62))
                 texts = generate_responses(model, processor, rows_images, rows_prompts, batch_size=len(rows_images),
-                                           max_new_tokens=sampling.max_new_tokens, progress=False, do_sample=True,
+                                           max_new_tokens=sampling.max_new_tokens, do_sample=True,
                                            temperature=sampling.temperature, top_p=sampling.top_p)
             report.sample_seconds += time.perf_counter() - began
 
@@ -609,7 +555,6 @@ def build_self_pairs(
     rule: PairingRule | None = None,
     splitter: Any = None,
     batch_size: int = 16,
-    progress: bool = True,
     image_dir: str | os.PathLike | None = None,
     meta: dict[str, Any] | None = None,
 ) -> tuple[SampleReport, PairReport]:
@@ -622,7 +567,7 @@ def build_self_pairs(
     samples = samples_path_for(out_path)
     image_dir = out_path.parent / "images" if image_dir is None else image_dir
     sample_report = sample_and_judge(model, processor, items, judge, samples, sampling=sampling, splitter=splitter,
-                                     batch_size=batch_size, progress=progress, image_dir=image_dir)
+                                     batch_size=batch_size, image_dir=image_dir)
     records, pair_report = pair_samples(samples, rule, meta={"judge": judge.describe(), **(meta or {})})
     save_records(records, out_path)
     pair_report.out_path = out_path

@@ -27,7 +27,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tqdm.auto import tqdm
+from mmpo import progress
 
 from ...methods.dama import dama_alpha_from_delta, dama_delta
 from ...types import PreferenceRecord
@@ -55,7 +55,7 @@ class ScoreReport:
 
 def score_sentences(records: Sequence[PreferenceRecord], scorer, splitter, *, dama_mode: str = "softmax",
                     dama_scores: str = "logits", logit_scale: float | None = None, delta_bar: float | None = None,
-                    chunk: int = 64, progress: bool = True) -> tuple[list[PreferenceRecord], ScoreReport]:
+                    chunk: int = 64) -> tuple[list[PreferenceRecord], ScoreReport]:
     """Score every sentence of every record; returns the scored records and a report.
 
     A record is skipped (and reported by index and reason) when a response has no sentence or
@@ -87,7 +87,7 @@ def score_sentences(records: Sequence[PreferenceRecord], scorer, splitter, *, da
         raise ValueError(f"delta_bar must be a finite number, got {delta_bar}")
     report = ScoreReport()
     scored: list[tuple[PreferenceRecord, list[float], list[float]]] = []
-    bar = tqdm(total=len(records), desc="sentence scores", unit="record", disable=not progress)
+    bar = progress.bar(total=len(records), desc="sentence scores", unit="record")
     for start in range(0, len(records), chunk):
         part = list(enumerate(records[start : start + chunk], start))
         pairs: list[tuple[int, object, str]] = []  # (position in part, image, sentence)

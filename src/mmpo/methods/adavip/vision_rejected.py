@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from tqdm.auto import tqdm
 
+from mmpo import progress
 from mmpo.io import ResumeJournal, image_reference, load_image, write_png_atomic
 from mmpo.methods.adavip.inpainting import Inpainter
 from mmpo.methods.adavip.vision_steps import Detection, Detector, Segmenter, Tagger
@@ -252,7 +252,6 @@ def build_vision_rejected(
     out_path: str | os.PathLike,
     image_dir: str | os.PathLike,
     *,
-    progress: bool = True,
     contact_sheet: str | os.PathLike | None = None,
     contact_sheet_records: int = 4,
 ) -> VisionRejectedReport:
@@ -284,7 +283,6 @@ def build_vision_rejected(
         pipeline: the stages.
         out_path: the JSONL file to append to (created with its directory).
         image_dir: where the rejected images go.
-        progress: show a tqdm bar.
         contact_sheet: write a PNG like the paper's Figure 3 for the first ``contact_sheet_records``
             records built by this call (:func:`save_contact_sheet`).
         contact_sheet_records: rows of the contact sheet.
@@ -309,8 +307,7 @@ def build_vision_rejected(
         logger.info("resuming %s: %d of %d records done before", out_path, report.done_before, len(records))
 
     sheet: list[tuple[str, Image.Image, Construction]] = []
-    with journal, tqdm(total=len(records), initial=report.done_before, desc="vision-rejected",
-                       disable=not progress) as bar:
+    with journal, progress.bar(total=len(records), initial=report.done_before, desc="vision-rejected") as bar:
         for index, record in pending:
             image = load_image(record.image, f"record #{index} (id {record.id!r})")
             built = pipeline.run(image, record.chosen)

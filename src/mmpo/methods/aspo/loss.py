@@ -35,8 +35,9 @@ def minmax(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
 
     Intuition: put every sentence's score on the same [0, 1] scale within its own response.
 
-    The project's rule (docs/methods.md, ASPO step 4): a row with fewer than two valid entries, or
-    whose valid entries are all equal, normalises to all zeros, so ASPO degenerates to DPO there.
+    The project's rule (docs/methods.md, "ASPO", the min-max paragraph): a row with fewer than two
+    valid entries, or whose valid entries are all equal, normalises to all zeros, so ASPO degenerates
+    to DPO there.
 
     Args:
         x: ``(..., S)`` scores.

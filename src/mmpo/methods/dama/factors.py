@@ -248,70 +248,34 @@ def dama_model_alpha(
     floor: float = R_FLOOR,
     alpha_max: float = ALPHA_MODEL_MAX,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The model-aware factor ``alpha_M``, its keep mask, and the batch statistic ``R_B``.
+    """The model-aware factor ``alpha_M``, its keep mask, and the batch statistic ``R_B`` (the paper's form).
 
-    DAMA Eqs. 10-13 (docs/methods.md, "Model-aware"):
-    ``Rn_i = R_i / R_bar``; keep ``K`` records (``M_i``); ``R_B = (1/K) sum_i M_i Rn_i``;
-    ``alpha_M = sigmoid(R_B) / sigmoid(R_bar)``.
-    Intuition: when the batch's reward gaps run ahead of their running mean the model is already
-    separating the pairs, so beta grows; when they lag, beta shrinks.
-
-    Filters (``K = keep``; ``keep >= N`` keeps everything):
-
-    * ``"topk"`` (paper, default): the K records whose gaps are closest to the batch mean, dropping
-      both tails. Ranking by ``(Rn_i - mean Rn)^2`` equals ranking raw gaps by ``(R_i - mean R)^2``,
-      since ``Rn`` is ``R`` times one constant.
-    * ``"bottom"``: drop the N-K lowest gaps. ``"top"``: drop the N-K highest gaps. Both rank the
-      raw gaps ``R_i``, so their meaning does not flip when ``R_bar`` is negative (for ``R_bar > 0``
-      it is the same as ranking ``Rn_i``).
-    * ``"none"``: keep all.
-    * ``"sample"``: the authors' code's random draw of K without replacement, weights
-      ``exp(-(R_i - R_bar)^2 / 2)`` on raw gaps, drawn with ``generator`` (``torch.multinomial``;
-      when the weights underflow, the nearest records are kept: see :func:`dama_model_alpha_authors`).
-
-    Normalisers (docs/methods.md, "DAMA numerics"). ``S = mean_i |R_i|`` over the whole batch,
-    ``tau = floor``:
-
-    * ``"bounded"`` (default): ``Rn_i = R_i / D`` with ``D = sign(R_bar) * max(|R_bar|, tau * S)``
-      (``sign(0) = +1``). While ``|R_bar| >= tau * S`` this *is* the paper's ``R_i / R_bar``; below
-      that the divisor stops shrinking with ``R_bar``, so ``|R_B| <= (N / K) / tau`` for any
-      ``R_bar`` and any gaps (the kept ``|R_i|`` sum to at most ``N S``). A running mean fed only
-      such values stays inside the same bound. ``alpha_M`` is then clamped to
-      ``[1 / alpha_max, alpha_max]``: for ``R_bar > 0`` the paper's value is below 2 and only the
-      lower end can act; for ``R_bar < 0`` it grows like ``e^|R_bar|``, which the clamp stops.
-    * ``"paper"``: the unguarded formula ``R_i / R_bar`` with ``alpha_M`` only capped at ``e^88``,
-      kept to reproduce earlier runs and for ``benchmarks/dama_stability.py``. It is unbounded:
-      ``|R_bar|`` just above ``eps`` makes ``R_B`` explode, and ``R_bar << 0`` makes
-      ``alpha_M ~ e^-R_bar``, which overflows ``beta * alpha * gap`` in float32. ``floor`` and
-      ``alpha_max`` are ignored.
-
-    Zero-start guard: the paper starts from ``R_bar = 0``, where ``Rn`` divides by zero. While
-    ``|r_bar| <= eps``, ``alpha_M = 1`` (plain beta) and the filter runs on raw gaps. ``R_B`` is then
-    (bounded) ``mean_kept R_i / (tau * S)`` — the divisor formula above with ``R_bar = 0`` — or
-    (paper) the mean of the kept *raw* gaps; either way the EMA update moves ``R_bar`` away from 0
-    once the gaps are non-zero (at step 0 they are all 0, ``R_B = 0`` and ``R_bar`` stays 0, which is
-    correct: nothing is known yet). Other departures (docs/methods.md): Eq. 11 writes the distance
-    to ``R_bar`` and Eq. 12 divides by ``N - K``; the project uses the distance to the batch mean and
-    the mean over the K kept records. All statistics are float64 on the CPU; ``alpha_M`` is
-    evaluated in log space (finite even when ``sigmoid(R_bar)`` underflows).
+    DAMA Eqs. 10-13: ``Rn_i = R_i / R_bar``; keep ``K`` records (``M_i``); ``R_B = (1/K) sum_i M_i Rn_i``;
+    ``alpha_M = sigmoid(R_B) / sigmoid(R_bar)``. Intuition: when the batch's reward gaps run ahead of
+    their running mean the model already separates the pairs, so beta grows; when they lag, it shrinks.
+    docs/methods.md ("DAMA" and "DAMA numerics, paper recipe") gives each filter, both normalisers,
+    the zero-start guard (``alpha_M = 1`` while ``|r_bar| <= eps``) and why each departs from the paper.
+    All statistics are float64 on the CPU; ``alpha_M`` is evaluated in log space.
 
     Args:
-        gaps: ``(N,)`` reward gaps ``R_i = beta * ratio(y_w,i) - beta * ratio(y_l,i)`` of the global
-            batch (gathered across processes); detached here.
+        gaps: ``(N,)`` reward gaps ``R_i`` of the global batch (gathered across processes); detached here.
         r_bar: the running mean ``R_bar`` (:attr:`DamaState.r_bar`); must be finite.
-        keep: ``K``, the number of records to keep (paper: 12 of 16).
-        filter: one of ``"topk" | "bottom" | "top" | "none" | "sample"``.
+        keep: ``K``, the number of records to keep (paper: 12 of 16; ``keep >= N`` keeps all).
+        filter: ``"topk"`` (the K gaps closest to the batch mean), ``"bottom"`` / ``"top"`` (drop the
+            lowest / highest raw gaps), ``"none"``, or ``"sample"`` (the authors' weighted draw with
+            ``generator``; see :func:`dama_model_alpha_authors`).
         eps: zero-start guard threshold on ``|r_bar|``.
         generator: random generator for ``"sample"`` (CPU); ``None`` uses the global one.
-        normalizer: ``"bounded"`` (default) or ``"paper"``.
-        floor: ``tau > 0``, the bounded divisor's floor relative to the mean absolute gap.
+        normalizer: ``"bounded"`` (divide by ``R_bar`` held at least ``floor`` x the batch's mean
+            ``|R_i|`` away from 0, ``alpha_M`` clamped to ``[1 / alpha_max, alpha_max]``) or ``"paper"``
+            (unguarded, capped at ``e^88`` only; ``floor`` and ``alpha_max`` ignored).
+        floor: ``tau > 0``, the bounded divisor's floor; bounds ``|R_B|`` by ``(N / K) / tau``.
         alpha_max: ``>= 1``; the bounded ``alpha_M`` lies in ``[1 / alpha_max, alpha_max]``.
 
     Returns:
         ``(alpha_model, keep_mask, r_batch)``: 0-dim ``alpha_M``; ``(N,)`` bool mask on ``gaps``'
-        device; 0-dim ``R_B`` to pass to :meth:`DamaState.update` after the optimizer step.
-        All detached. With ``"bounded"`` they are finite for any finite input (float32 or float64,
-        any magnitude); a non-finite gap may give a non-finite ``R_B``, which the update refuses.
+        device; 0-dim ``R_B`` for :meth:`DamaState.update`. All detached; with ``"bounded"`` finite
+        for any finite input.
     """
     r_bar, out_dtype = _check_model_inputs(gaps, keep, r_bar, "r_bar")
     if normalizer not in ("bounded", "paper"):

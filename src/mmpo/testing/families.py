@@ -34,7 +34,7 @@ from transformers import (
     SmolVLMProcessor,
 )
 
-from .model import world_corpus
+from ..toyworld.model import world_corpus
 
 FAMILIES: tuple[str, ...] = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl",
                              "gemma3", "paligemma", "idefics3", "smolvlm", "mllama")

@@ -6,10 +6,10 @@ import warnings
 
 import pytest
 
-from mmpo.toyworld.families import build_family
-from mmpo.training.config import ModelArguments
 from mmpo.models import TESTED_MODEL_TYPES, load_policy
-from mmpo.training.model_loading import language_model_lora_targets
+from mmpo.testing.families import build_family
+from mmpo.training.config import ModelArguments
+from mmpo.training.policy import language_model_lora_targets
 
 
 def saved(name, tmp_path):
