@@ -12,8 +12,8 @@ class AdavipConfig:
     """AdaViP: vision-rejected images and the adaptive Plackett-Luce loss ("AdaViP: Aligning Multi-modal
     LLMs via Adaptive Vision-enhanced Preference Optimization", arXiv:2504.15619, section 3.3, Eq. 11).
 
-    In code the fields have no prefix; in YAML and on the command line each is ``adavip_<field>``, the switch ``adavip``
-    (:func:`mmpo.training.config.parse_config`)."""
+    In code the fields have no prefix; in YAML and on the command line each is ``adavip_<field>`` and the
+    switch is ``adavip`` (:func:`mmpo.training.config.parse_config`)."""
 
     PREFIX = "adavip_"
 

@@ -12,8 +12,8 @@ class AspoConfig:
     """ASPO: sentence-level adaptive rewards on the chosen response ("ASPO: Adaptive Sentence-Level
     Preference Optimization for Fine-Grained Multimodal Reasoning", arXiv:2505.19100, section 3.2).
 
-    In code the fields have no prefix; in YAML and on the command line each is ``aspo_<field>``, the switch ``aspo``
-    (:func:`mmpo.training.config.parse_config`)."""
+    In code the fields have no prefix; in YAML and on the command line each is ``aspo_<field>`` and the
+    switch is ``aspo`` (:func:`mmpo.training.config.parse_config`)."""
 
     PREFIX = "aspo_"
 

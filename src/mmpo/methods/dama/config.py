@@ -23,6 +23,7 @@ from .factors import CombineMode, FilterMode, Normalizer
 class DamaConfig:
     """DAMA: data- and model-aware per-record beta ("DAMA: Data- and Model-aware Alignment of Multi-modal
     LLMs", arXiv:2502.01943). D2PO = data only, MDPO = model only.
+
     In code the fields have no prefix; in YAML and on the command line each is ``dama_<field>``
     (:func:`mmpo.training.config.parse_config`).
 
