@@ -75,19 +75,16 @@ PAPER_VALUES = {
 }
 
 
-def parsed_values(path: Path) -> dict:
-    return parse_config(path, ON_ANY_MACHINE).values()
-
-
 @pytest.mark.parametrize("family", ["llava15", "qwen25vl"])
 @pytest.mark.parametrize("config", sorted(PAPER_VALUES))
 def test_paper_configs_hold_the_papers_values(family, config):
-    values = parsed_values(CONFIGS / family / config)
+    parsed = parse_config(CONFIGS / family / config, ON_ANY_MACHINE)
+    values = parsed.values()
     per_step = values["per_device_train_batch_size"] * values["gradient_accumulation_steps"]
     values["batch"], values["batch_on_4_gpus"] = per_step, per_step * 4
     if config.startswith("dama"):
         assert values["per_device_train_batch_size"] * 4 == 16  # N over the paper's four GPUs
-        values["K of 16"] = parse_config(CONFIGS / family / config, ON_ANY_MACHINE).methods.dama.resolved().keep_count(16)
+        values["K of 16"] = parsed.methods.dama.resolved().keep_count(16)
     for key, expected in PAPER_VALUES[config].items():
         wanted = pytest.approx(expected) if isinstance(expected, float) else expected
         assert values[key] == wanted, f"{family}/{config}: {key}"
@@ -96,7 +93,7 @@ def test_paper_configs_hold_the_papers_values(family, config):
 @pytest.mark.parametrize("config", sorted(PAPER_VALUES))
 def test_qwen25vl_configs_carry_the_llava15_values_over(config):
     """The papers train LLaVA-1.5 only: the Qwen2.5-VL files differ in paths and max_length alone."""
-    llava, qwen = parsed_values(CONFIGS / "llava15" / config), parsed_values(CONFIGS / "qwen25vl" / config)
+    llava, qwen = (parse_config(CONFIGS / family / config, ON_ANY_MACHINE).values() for family in ("llava15", "qwen25vl"))
     differ = {key for key in llava if llava[key] != qwen[key]}
     paths = {"model_name_or_path", "output_dir", "logging_dir", "reference_cache_dir", "train_file", "run_name"}
     assert differ - paths == {"max_length"}

@@ -168,8 +168,8 @@ def _run_demo(opts: DemoOptions) -> dict:
     from ..io import atomic_write_text
     from ..models import load_policy
     from ..plots import plot_log_history
-    from ..toyworld.base_model import ensure_base_model
-    from ..toyworld.scenes import WorldConfig
+    from .base_model import ensure_base_model
+    from .scenes import WorldConfig
 
     started = time.time()
     out = Path(opts.output_dir)
@@ -285,7 +285,7 @@ def _run_demo(opts: DemoOptions) -> dict:
 
 def _scalars(result: dict) -> dict:
     """The result for metrics.json: the answers go to eval/answers.json (the report's gallery)."""
-    from ..toyworld.rounds import scalars
+    from .rounds import scalars
 
     return scalars(result)
 
@@ -295,8 +295,8 @@ def write_answers(out: Path, world, opts: DemoOptions, results: dict[str, dict])
     scorer's spans and verdicts (``eval/answers.json``: ``{"prompt", "truth": {scene: description},
     "models": {stage: per-scene rows}}``), which the report's gallery shows."""
     from ..io import atomic_write_json, ensure_png
-    from ..toyworld.rounds import eval_scenes
-    from ..toyworld.scenes import DESCRIBE_PROMPT
+    from .rounds import eval_scenes
+    from .scenes import DESCRIBE_PROMPT
 
     images = out / "eval" / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -363,9 +363,9 @@ def on_policy_rounds(opts: DemoOptions, model_args, args, methods, base_dir: Pat
     was. Returns ``metrics.json``'s ``rounds``: the settings and every round's ``round.json``."""
     from ..data.construct.self_pairs import SamplingSettings
     from ..io import atomic_write_json
-    from ..toyworld.judge import SceneJudge
-    from ..toyworld.rounds import preference_scenes, scene_items, world_vision_pipeline
     from ..training.rounds import ROUND_FILE, RoundResult, RoundsPlan, method_enricher, round_dir, run_rounds
+    from .judge import SceneJudge
+    from .rounds import preference_scenes, scene_items, world_vision_pipeline
 
     n = opts.rounds
     steps = tuple(args.max_steps // n + (1 if k < args.max_steps % n else 0) for k in range(n))
@@ -419,8 +419,8 @@ def rounds_table(metrics: dict) -> str:
 def base_recipe(opts: DemoOptions, world):
     """The base model's recipe: the shipped default, or with ``--prompts mixed`` the same recipe
     whose SFT rows also answer the colour, count and position questions the mixed pairs ask."""
-    from ..toyworld.base_model import BaseModelRecipe
-    from ..toyworld.questions import EXTRA_KINDS
+    from .base_model import BaseModelRecipe
+    from .questions import EXTRA_KINDS
 
     kinds = EXTRA_KINDS if opts.prompts == "mixed" else ()
     return BaseModelRecipe(world=world, n_scenes=opts.base_scenes, steps=opts.base_steps, seed=opts.seed,
@@ -479,13 +479,13 @@ def cached_records(path: Path, build: Callable[[], list]) -> list:
 def preference_pairs(opts: DemoOptions, data_kind: str, model, processor, world, folder: Path) -> list:
     """Records from ``opts.n_pairs`` scenes of ``data_kind``: ``self`` (:func:`self_generated_pairs`),
     ``truth`` (ground truth vs one hallucinated object) or ``seva`` (:func:`seva_pairs`)."""
-    from ..toyworld.rounds import preference_scenes
+    from .rounds import preference_scenes
 
     # Preference scenes come from the prior-free distribution (with their own seed, disjoint from the
     # evaluation scenes): the data a user collects to fix a model's biases.
     scenes = preference_scenes(world, opts.n_pairs, opts.seed)
     if data_kind == "truth":
-        from ..toyworld.data import ground_truth_pairs
+        from .data import ground_truth_pairs
 
         return ground_truth_pairs(scenes, world, folder / "images", seed=opts.seed)
     if data_kind == "seva":
@@ -500,7 +500,7 @@ def seva_pairs(opts: DemoOptions, scenes: list, model, processor, folder: Path) 
     (rejected) image; resumable (``seva.jsonl``), images re-rendered if damaged."""
     from ..data.construct.noisy_pairs import build_noisy_pairs
     from ..data.records import load_records
-    from ..toyworld.rounds import scene_items
+    from .rounds import scene_items
 
     items = scene_items(scenes, folder / "images")
     report = build_noisy_pairs(model, processor, items, folder / "seva.jsonl", batch_size=32,
@@ -517,11 +517,11 @@ def self_generated_pairs(opts: DemoOptions, scenes: list, model, processor, fold
     from ..data.construct.self_pairs import SamplingSettings, build_self_pairs
     from ..data.records import load_records
     from ..io import atomic_write_json
-    from ..toyworld.judge import SceneJudge
-    from ..toyworld.rounds import scene_items
+    from .judge import SceneJudge
+    from .rounds import scene_items
 
     if opts.prompts == "mixed":
-        from ..toyworld.questions import mixed_items
+        from .questions import mixed_items
 
         items = mixed_items(scenes, folder / "images", seed=opts.seed)
     else:
@@ -542,7 +542,7 @@ def self_generated_pairs(opts: DemoOptions, scenes: list, model, processor, fold
 def clip_scorer(opts: DemoOptions):
     """A :class:`~mmpo.scoring.clip.CLIPScorer` on the world's tiny CLIP (trained once, cached)."""
     from ..scoring.clip import CLIPScorer
-    from ..toyworld.clip import TinyCLIPRecipe, ensure_tiny_clip
+    from .clip import TinyCLIPRecipe, ensure_tiny_clip
 
     recipe = TinyCLIPRecipe() if opts.clip_steps is None else TinyCLIPRecipe(steps=opts.clip_steps)
     clip_dir, ready = ensure_tiny_clip(opts.cache_dir, recipe, shipped=opts.shipped)
@@ -552,7 +552,7 @@ def clip_scorer(opts: DemoOptions):
 
 def provenance(path: Path, ready: bool) -> str:
     """How a checkpoint came to be: shipped with mmpo, reused from the cache, or built now."""
-    from ..toyworld.shipped import SHIPPED_DIR
+    from .shipped import SHIPPED_DIR
 
     if not ready:
         return "built"
@@ -579,8 +579,8 @@ def add_vision_rejected(records: list, scorer, folder: Path, opts: DemoOptions) 
     from ..methods.adavip.inpainting import TeleaInpainter
     from ..methods.adavip.vision_rejected import VisionRejectedPipeline, build_vision_rejected
     from ..methods.adavip.vision_steps import NounTagger
-    from ..toyworld.annotations import AnnotationDetector, AnnotationSegmenter, SceneIndex
-    from ..toyworld.scenes import SHAPES
+    from .annotations import AnnotationDetector, AnnotationSegmenter, SceneIndex
+    from .scenes import SHAPES
 
     scenes = SceneIndex.from_records(records)
     pipeline = VisionRejectedPipeline(tagger=NounTagger(SHAPES), detector=AnnotationDetector(scenes),
@@ -596,7 +596,7 @@ def evaluator(opts: DemoOptions, world, keep_items: bool = True):
     """``evaluate(model, processor)`` on the held-out scenes every model of the demo is evaluated
     on (:func:`mmpo.toyworld.rounds.world_evaluator`), with the per-scene answers, spans and verdicts
     when ``keep_items``."""
-    from ..toyworld.rounds import world_evaluator
+    from .rounds import world_evaluator
 
     return world_evaluator(world, opts.n_eval_scenes, seed=opts.seed, n_stats_scenes=opts.base_scenes, keep_items=keep_items)
 
