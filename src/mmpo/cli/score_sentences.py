@@ -16,7 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="mmpo score-sentences", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", required=True, help="preference records (JSONL or saved dataset)")
+    p.add_argument("--input", required=True, help="preference records: a .jsonl, .json, .parquet or .arrow "
+                   "file, a directory of them or a saved dataset, or a glob pattern")
     p.add_argument("--output", required=True, help="JSONL to write, with scores and data_alpha")
     p.add_argument("--clip", required=True, help="local CLIP checkpoint directory, or 'toyworld'")
     p.add_argument("--cache-dir", default=str(default_cache_dir()),

@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="mmpo vision-rejected", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", required=True, help="preference records (JSONL or saved dataset)")
+    p.add_argument("--input", required=True, help="preference records: a .jsonl, .json, .parquet or .arrow "
+                   "file, a directory of them or a saved dataset, or a glob pattern")
     p.add_argument("--output", required=True, help="JSONL of records with rejected_image (appended to on resume)")
     p.add_argument("--image-dir", help="where the rejected PNGs go (default: vision_rejected/ next to --output)")
     p.add_argument("--clip", required=True,

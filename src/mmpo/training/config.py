@@ -37,11 +37,15 @@ from ..models import ModelArguments
 class DataArguments:
     """Where the preference records come from and what to do with bad ones."""
 
-    train_file: str = field(default=None, metadata={"help": "Preference records: a JSONL file (mmpo, TRL vision "
-                                                     "or RLAIF-V fields) or a saved datasets directory."})
-    eval_file: str | None = field(default=None, metadata={"help": "Optional held-out preference records."})
+    train_file: str = field(default=None, metadata={
+        "help": "Preference records (mmpo, TRL vision or RLAIF-V fields): a .jsonl, .json, .parquet or .arrow file; "
+                "a directory of such shards or one written by save_to_disk; or a glob pattern such as "
+                "'data/train-*.parquet' (quote it on the command line)."})
+    eval_file: str | None = field(default=None, metadata={"help": "Optional held-out preference records, in any "
+                                                          "form train_file takes."})
     image_root: str | None = field(default=None, metadata={"help": "Directory relative image paths are resolved "
-                                                           "against (default: the records file's directory)."})
+                                                           "against (default: the directory of the records file "
+                                                           "that holds them)."})
     on_bad_record: str = field(default="raise", metadata={
         "help": "'raise': stop at the first invalid record, naming its index and field (default: never "
                 "train silently on less data); 'skip': skip invalid records, report each and the count."})
