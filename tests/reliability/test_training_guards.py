@@ -185,8 +185,8 @@ def test_a_filtered_record_with_an_inf_loss_does_not_make_the_loss_nan(tmp_path,
     monkeypatch.setattr(trainer.dama, "beta", lambda *args, **kwargs: (torch.full((4,), 0.1), keep, {}))
     real, seen = trainer_module.preference_loss, {}
 
-    def preference_loss(*args):
-        losses, diag = real(*args)
+    def preference_loss(*args, **kwargs):
+        losses, diag = real(*args, **kwargs)
         seen["kept_mean"] = losses[1:].mean()
         return torch.cat([torch.tensor([math.inf]), losses[1:]]), diag
 

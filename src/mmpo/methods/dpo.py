@@ -8,7 +8,9 @@ DAMA rescales ``beta`` per record (:class:`mmpo.methods.dama.DamaController`), A
 chosen log-ratio by a sentence-weighted one (:func:`mmpo.methods.aspo.aspo_step`), AdaViP adds a
 third (vision-rejected) sample and changes the loss (:mod:`mmpo.methods.adavip.loss`).
 :func:`preference_loss` turns those pieces into per-record losses plus detached diagnostics under
-TRL's metric names (and ``adavip/...`` when the vision sample is present).
+TRL's metric names (and ``adavip/...`` when the vision sample is present). A record may also scale
+its own beta and weigh its own loss (``beta_scale``, ``weight``; docs/methods.md, "Per-record weight
+and beta scale").
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ def preference_loss(
     vision_logratios: torch.Tensor | None = None,
     vision_mask: torch.Tensor | None = None,
     adavip_loss: AdavipLoss = "plackett_luce",
+    beta_scale: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-record preference losses and diagnostics.
 
@@ -66,13 +70,38 @@ def preference_loss(
         vision_mask: ``(B,)`` bool, True where a record has a vision-rejected sample.
         adavip_loss: with a vision sample, ``"plackett_luce"`` (AdaViP Eq. 11) or ``"plus_vision"``
             (the ablation: two DPO losses); the config key of the same name.
+        beta_scale: ``(B,)`` the records' ``beta_scale`` (> 0) or None (all 1): record ``i``'s beta is
+            ``beta_scale_i * beta_i``, used by every loss and reward below.
+        weight: ``(B,)`` the records' ``weight`` (>= 0) or None (all 1): multiplies each record's loss.
+            A weight-0 record's loss is an exact 0, even where its loss is inf.
 
     Returns:
-        ``(losses (B,), diagnostics)``; diagnostics hold detached ``(B,)`` tensors keyed
-        ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies`` and,
-        with a vision sample, ``rewards/vision_rejected``, ``rewards/vision_margins``,
-        ``adavip/weight_vision`` and ``adavip/weight_language`` over the records that have one.
+        ``(losses (B,), diagnostics)``: the losses times ``weight``, not reduced (the trainer's mean
+        over ``B`` makes weight 1 everywhere today's loss). Diagnostics hold detached ``(B,)`` tensors
+        keyed ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies``
+        (rewards with the scaled beta) and, with a vision sample, ``rewards/vision_rejected``,
+        ``rewards/vision_margins``, ``adavip/weight_vision`` and ``adavip/weight_language`` over the
+        records that have one.
     """
+    if beta_scale is not None:
+        beta = beta_scale.to(chosen_logratios) * beta  # (B,)
+    losses, diag = _preference_loss(chosen_logratios, rejected_logratios, beta, vision_logratios, vision_mask,
+                                    adavip_loss)
+    if weight is not None:
+        weight = weight.to(losses)  # (B,); a weight-0 record's loss replaced, not multiplied: inf * 0 is NaN
+        losses = torch.where(weight > 0, weight * losses, torch.zeros_like(losses))  # (B,)
+    return losses, diag
+
+
+def _preference_loss(
+    chosen_logratios: torch.Tensor,
+    rejected_logratios: torch.Tensor,
+    beta: float | torch.Tensor,
+    vision_logratios: torch.Tensor | None,
+    vision_mask: torch.Tensor | None,
+    adavip_loss: AdavipLoss,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`preference_loss` for each record's final beta, unweighted."""
     chosen_rewards = beta * chosen_logratios  # (B,)
     rejected_rewards = beta * rejected_logratios  # (B,)
     diag = {
