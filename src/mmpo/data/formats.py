@@ -1,15 +1,18 @@
 """The record layouts ``load_records`` reads, each mapped onto the fields of ``PreferenceRecord``.
 
 * ``mmpo``: ``PreferenceRecord``'s own fields, as ``save_records`` and ``records_to_dataset`` write them.
-* ``trl``: TRL's vision preference layout: ``images`` (a list holding one image), ``prompt``,
+* ``trl``: TRL's vision preference layout: ``images`` (a list of one or more images, in the order of
+  the prompt's image parts), ``prompt``,
   ``chosen``, ``rejected`` (and ``id`` if present); plain strings, or conversational (the prompt a list of messages whose
   content parts are ``{"type": "image"}`` / ``{"type": "text", "text": ...}``, each response a list
   holding one assistant message).
 * ``rlaif-v``: the RLAIF-V dataset's columns: ``image``, ``question``, ``chosen``, ``rejected``, and
   ``idx`` (the id); ``ds_name``, ``origin_dataset``, ``origin_split``, ``image_path`` go to ``meta``.
 
+The optional per-record ``weight`` and ``beta_scale`` have the same name in every layout.
+
 The mapping only renames and unwraps; ``records.py`` judges the values. Problems that stop the
-mapping itself (two images, a response that is not one assistant message) raise ``FieldProblem``.
+mapping itself (no images, a response that is not one assistant message) raise ``FieldProblem``.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ FORMATS: tuple[str, ...] = ("mmpo", "trl", "rlaif-v")
 
 RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(PreferenceRecord))
 
-_TRL_FIELDS = ("images", "prompt", "chosen", "rejected", "id")
-_RLAIF_V_FIELDS = ("image", "question", "chosen", "rejected", "idx")
+#: Optional columns every format takes as record fields, not as ``meta``.
+_SCALE_FIELDS = ("weight", "beta_scale")
+_TRL_FIELDS = ("images", "prompt", "chosen", "rejected", "id", *_SCALE_FIELDS)
+_RLAIF_V_FIELDS = ("image", "question", "chosen", "rejected", "idx", *_SCALE_FIELDS)
 
 #: Where a format's column name differs from the record field, so errors name the column the user wrote.
 _SOURCE_NAMES: dict[str, dict[str, str]] = {
@@ -75,11 +80,12 @@ def native_fields(row: dict[str, Any], fmt: str) -> dict[str, Any]:
         return dict(row)
     if fmt == "trl":
         return {
-            "image": _single_image(row.get("images")),
+            "image": _trl_images(row.get("images")),
             "prompt": row.get("prompt"),
             "chosen": _response_text(row.get("chosen"), "chosen"),
             "rejected": _response_text(row.get("rejected"), "rejected"),
             "id": row.get("id"),
+            **{key: row.get(key) for key in _SCALE_FIELDS},
             "meta": {key: value for key, value in row.items() if key not in _TRL_FIELDS},
         }
     if fmt == "rlaif-v":
@@ -89,23 +95,21 @@ def native_fields(row: dict[str, Any], fmt: str) -> dict[str, Any]:
             "chosen": row.get("chosen"),
             "rejected": row.get("rejected"),
             "id": row.get("idx"),
+            **{key: row.get(key) for key in _SCALE_FIELDS},
             "meta": {key: value for key, value in row.items() if key not in _RLAIF_V_FIELDS},
         }
     raise ValueError(f"unknown record format {fmt!r}; expected one of {FORMATS}")
 
 
-def _single_image(images: Any) -> Any:
-    """The one image of a TRL ``images`` list."""
+def _trl_images(images: Any) -> Any:
+    """The image of a TRL ``images`` list holding one, or the list of several."""
     if images is None:
         raise FieldProblem("image", "missing required field")
     if not isinstance(images, (list, tuple)):
-        raise FieldProblem("image", f"expected a list holding one image, got {type(images).__name__}")
-    if len(images) != 1:
-        raise FieldProblem(
-            "image",
-            f"{len(images)} images in one record are not supported: each prompt takes exactly one image",
-        )
-    return images[0]
+        raise FieldProblem("image", f"expected a list of images, got {type(images).__name__}")
+    if not images:
+        raise FieldProblem("image", "an empty list of images: mmpo trains on records with at least one image")
+    return images[0] if len(images) == 1 else list(images)
 
 
 def _response_text(response: Any, field: str) -> Any:

@@ -1,10 +1,27 @@
 """Reading, validating and writing preference records.
 
-``load_records`` reads a JSONL file, a ``datasets.Dataset`` (in memory, or a directory written by
-``save_to_disk``) or a list of dicts, in any layout of ``formats.py``, and checks every record before
-training sees it. ``save_records`` writes JSONL atomically; ``records_to_dataset`` builds a
-``datasets.Dataset`` that ``load_records`` reads back. The files themselves are read and written
-with :mod:`mmpo.io`.
+``load_records`` reads records in any layout of ``formats.py`` and checks every record before
+training sees it. It reads them from
+
+* a file: ``.jsonl`` (JSON lines); ``.json`` (a JSON array of records when its first character is
+  ``[``, else JSON lines, which is what ``datasets.Dataset.to_json`` writes); ``.parquet`` (as data
+  sets are published on the Hub, e.g. RLAIF-V's shards); ``.arrow`` (Arrow IPC, the stream format
+  ``datasets`` writes or the file format). Any other suffix is an error naming the file;
+* a directory: one written by ``datasets.Dataset.save_to_disk`` (it holds ``state.json`` or
+  ``dataset_info.json``), else its records files (the suffixes above, hidden files left out, no
+  subdirectories) read as shards in name order;
+* a glob pattern (``data/train-*.parquet``; ``**`` spans directories): the files it matches, in
+  name order;
+* a ``datasets.Dataset`` or ``datasets.IterableDataset``, or a list of dicts.
+
+Parquet and Arrow rows are read a batch at a time as stored: an image column stays the
+``{"bytes", "path"}`` struct ``datasets`` writes, decoded when the record is validated; a struct
+with a path and no bytes, like any relative image path, is resolved against the directory of the
+file that holds it. A bad record's error names its index in the whole source and, for a file, the
+file and the row in it (the line for JSON lines) and the column as the file spells it.
+
+``save_records`` writes JSONL atomically; ``records_to_dataset`` builds a ``datasets.Dataset`` that
+``load_records`` reads back. JSONL files are read and written with :mod:`mmpo.io`.
 
 Image placeholders: mmpo puts the record's image into the prompt itself, so a *leading* ``<image>``
 (as LLaVA-style data writes ``"<image>\nWhat is ...?"``) is removed from the prompt, counted in
@@ -22,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import glob
 import io
 import json
 import logging
@@ -35,11 +53,13 @@ from typing import Any, Literal
 
 import datasets
 import PIL.Image
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mmpo.data.formats import FORMATS, FieldProblem, detect_format, native_fields, source_field
 from mmpo.io import BadLine, atomic_writer, image_reference, json_line, read_jsonl_lines
 from mmpo.methods.dama.factors import DATA_ALPHA_RANGE
-from mmpo.types import PreferenceRecord, prompt_messages
+from mmpo.types import PreferenceRecord, image_list, prompt_messages
 
 logger = logging.getLogger(__name__)
 
@@ -56,17 +76,32 @@ _ONLY_PLACEHOLDER = f"empty prompt: it holds only the image placeholder {IMAGE_P
 
 @dataclasses.dataclass(frozen=True)
 class RecordError:
-    """What is wrong with one record: its position in the source, its id if known, the field, the problem."""
+    """What is wrong with one record: its position in the source, its id if known, the field, the problem.
+
+    ``index`` counts records across the whole source, from 0. A record read from a file also has
+    ``file`` (its path) and ``row``, its position in that file from 0 (as ``datasets`` and pandas
+    count rows); for a JSON-lines file ``line`` is its line number, from 1, as an editor shows it.
+    """
 
     index: int
     id: str | None
     field: str | None
     message: str
+    file: str | None = None
+    row: int | None = None
+    line: int | None = None
 
     def __str__(self) -> str:
-        where = f"#{self.index}" if self.id is None else f"#{self.index} (id {self.id!r})"
+        """``#3 (id 'r3') field 'chosen': ...``; from a file ``#1503 (/data/b.parquet row 3, id '7') ...``."""
+        details = [] if self.file is None else [_location(self.file, self.row, self.line)]
+        details += [] if self.id is None else [f"id {self.id!r}"]
+        where = f"#{self.index}" + (f" ({', '.join(details)})" if details else "")
         what = "" if self.field is None else f" field {self.field!r}"
         return f"{where}{what}: {self.message}"
+
+
+def _location(file: str, row: int | None, line: int | None) -> str:
+    return f"{file} line {line}" if line is not None else f"{file} row {row}"
 
 
 class RecordValidationError(ValueError):
@@ -86,6 +121,8 @@ class LoadResult:
     errors: list[RecordError] = dataclasses.field(default_factory=list)
     #: how many prompts had a leading ``<image>`` placeholder removed (see the module docstring)
     stripped_placeholders: int = 0
+    #: the layout the records were read in (``mmpo``, ``trl`` or ``rlaif-v``; None: not from :func:`load_records`)
+    format: str | None = None
 
     def summary(self, max_errors: int = 10) -> str:
         """``"loaded 98 of 100 records; skipped 2: #3 field 'chosen': empty response; ..."``"""
@@ -98,7 +135,11 @@ class LoadResult:
 
 
 def load_records(
-    source: str | os.PathLike | datasets.Dataset | Sequence[dict[str, Any] | PreferenceRecord],
+    source: str
+    | os.PathLike
+    | datasets.Dataset
+    | datasets.IterableDataset
+    | Sequence[dict[str, Any] | PreferenceRecord],
     *,
     format: Literal["auto", "mmpo", "trl", "rlaif-v"] = "auto",
     on_error: Literal["raise", "skip"] = "raise",
@@ -108,54 +149,71 @@ def load_records(
     """Read and validate preference records.
 
     Args:
-        source: a JSONL file; a directory written by ``datasets.Dataset.save_to_disk``; a
-            ``datasets.Dataset``; or a list of dicts (``PreferenceRecord`` objects are accepted too).
-        format: ``"auto"`` tells the layout from the first row's keys (see ``formats.detect_format``);
-            or force ``"mmpo"``, ``"trl"`` or ``"rlaif-v"``.
+        source: a records file (``.jsonl``; ``.json``; ``.parquet``; ``.arrow``, see the module
+            docstring); a directory of such files (its shards, read in name order) or one written by
+            ``datasets.Dataset.save_to_disk``; a glob pattern (``data/train-*.parquet``, matches read
+            in name order); a ``datasets.Dataset`` or ``datasets.IterableDataset``; or a list of
+            dicts (``PreferenceRecord`` objects are accepted too).
+        format: ``"auto"`` tells the layout from the columns, or the first row's keys (see
+            ``formats.detect_format``); every file of the source must hold the same one. Or force
+            ``"mmpo"``, ``"trl"`` or ``"rlaif-v"``.
         on_error: ``"raise"`` raises ``RecordValidationError`` at the first bad record;
             ``"skip"`` leaves bad records out, lists them in ``errors`` and logs the summary.
-        image_root: the directory relative image paths start from; by default the JSONL file's
-            directory (the dataset directory for ``save_to_disk`` output, else the working directory).
+        image_root: the directory relative image paths start from; by default the directory of the
+            file each record comes from (the dataset directory for ``save_to_disk`` output, else the
+            working directory).
         check_images: check that every image file exists and every image decodes; turn off to read
             the text alone (image paths are still resolved).
 
     Returns:
-        the valid records, in source order, and the errors. Records without an id get their index
-        in the source as id; ids must be unique. Image paths become absolute; in-memory images
-        (PIL, bytes, ``datasets`` image dicts) become PIL images opened lazily.
+        the valid records, in source order, and the errors (each naming the record's index in the
+        source and, for a file, the file and its row there). Records without an id get their index
+        in the source as id; ids must be unique across the source. Image paths become absolute;
+        in-memory images (PIL, bytes, ``datasets`` image dicts) become PIL images opened lazily.
+
+    Raises:
+        FileNotFoundError: no such file or directory, a pattern that matches no file, a directory
+            with no records file.
+        ValueError: an unsupported file type (``.csv``, ...), a file that does not parse as a whole
+            (a JSON array, Parquet, Arrow), files that hold different formats, or with
+            ``on_error="raise"`` a bad record (``RecordValidationError``).
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if format != "auto" and format not in FORMATS:
         raise ValueError(f"format must be 'auto' or one of {FORMATS}, got {format!r}")
-    rows, keys, base_dir = _open_source(source)
-    if image_root is not None:
-        base_dir = Path(os.path.abspath(image_root))
-    fmt = format
-    if fmt == "auto":
-        # With no readable row to tell the format from, every row reports its own problem.
-        fmt = detect_format(keys) if keys is not None else "mmpo"
+    parts = _open_source(source)
+    fmt = _detect_format(parts) if format == "auto" else format
 
     records: list[PreferenceRecord] = []
     errors: list[RecordError] = []
-    index_of_id: dict[str, int] = {}
+    first_use: dict[str, str] = {}  # id -> the record that used it first, as "#3" or "#3 (file row 3)"
     stripped = 0
-    for index, row in enumerate(rows):
-        try:
-            record, had_placeholder = _record(row, index, fmt, base_dir, check_images)
-            if record.id in index_of_id:
-                raise FieldProblem("id", f"duplicate id, first used by record #{index_of_id[record.id]}")
-        except FieldProblem as problem:
-            error = RecordError(index, _row_id(row, fmt), source_field(fmt, problem.field), problem.message)
-            if on_error == "raise":
-                raise RecordValidationError(error) from problem
-            errors.append(error)
-            continue
-        index_of_id[record.id] = index
-        records.append(record)
-        stripped += had_placeholder
+    index = 0  # across the whole source
+    for part in parts:
+        base_dir = part.base_dir if image_root is None else Path(os.path.abspath(image_root))
+        for row_number, row in enumerate(part.rows):
+            place: dict[str, Any] = {}
+            if part.file is not None:
+                line = None if part.lines is None else part.lines[row_number]
+                place = {"file": part.file, "row": row_number, "line": line}
+            try:
+                record, had_placeholder = _record(row, index, fmt, base_dir, check_images)
+                if record.id in first_use:
+                    raise FieldProblem("id", f"duplicate id, first used by record {first_use[record.id]}")
+            except FieldProblem as problem:
+                error = RecordError(index, _row_id(row, fmt), source_field(fmt, problem.field), problem.message,
+                                    **place)
+                if on_error == "raise":
+                    raise RecordValidationError(error) from problem
+                errors.append(error)
+            else:
+                first_use[record.id] = f"#{index}" + (f" ({_location(**place)})" if place else "")
+                records.append(record)
+                stripped += had_placeholder
+            index += 1
 
-    result = LoadResult(records, errors, stripped)
+    result = LoadResult(records, errors, stripped, fmt)
     if stripped:
         logger.info("removed the leading %s placeholder from %d prompts (mmpo places the image itself)",
                     IMAGE_PLACEHOLDER, stripped)
@@ -164,36 +222,186 @@ def load_records(
     return result
 
 
-def _open_source(source: Any) -> tuple[Iterable[Any], list[str] | None, Path]:
-    """The rows of ``source``, the keys that tell its format (None: no readable row), and the
-    directory relative image paths start from."""
-    base_dir = Path.cwd()
+# ---------------------------------------------------------------------------------------------
+# Reading: a source becomes one _Part per file (or one for an in-memory source).
+
+#: The records files ``load_records`` reads, by suffix (see the module docstring).
+RECORD_FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow")
+#: A directory holding one of these was written by ``save_to_disk`` and is read with ``load_from_disk``.
+_SAVED_DATASET_FILES = ("state.json", "dataset_info.json", "dataset_dict.json")
+_GLOB_CHARACTERS = "*?["
+#: Rows converted from Arrow to Python at a time (their images stay encoded bytes).
+_BATCH_ROWS = 256
+
+
+@dataclasses.dataclass
+class _Part:
+    """The rows of one file, or of a whole in-memory source."""
+
+    rows: Iterable[Any]
+    #: the column names or first row's keys, which tell the format (None: no readable row)
+    keys: list[str] | None
+    #: where the part's relative image paths start
+    base_dir: Path
+    #: the file's absolute path (None for an in-memory source or a ``save_to_disk`` directory)
+    file: str | None = None
+    #: a JSON-lines file: each row's line number
+    lines: list[int] | None = None
+
+
+def _open_source(source: Any) -> list[_Part]:
+    """The parts of ``source``, each opened (so that a missing or unreadable file fails before any
+    record is validated) but with its rows not yet read where the file format allows."""
     if isinstance(source, (str, os.PathLike)):
-        path = Path(os.path.abspath(source))
-        if path.is_file():
-            # one row per non-blank line; a line that is not UTF-8 JSON is a BadLine, one bad record
-            rows = [row for _, row in read_jsonl_lines(path)]
-            return rows, _first_keys(rows), path.parent
-        if not path.is_dir():
-            raise FileNotFoundError(f"no such records file or dataset directory: {path}")
-        source, base_dir = datasets.load_from_disk(str(path)), path
-    if isinstance(source, datasets.DatasetDict):
-        raise ValueError(f"the dataset has splits {list(source)}; pass one of them, e.g. dataset['train']")
-    if isinstance(source, datasets.Dataset):
-        return _dataset_rows(source), source.column_names, base_dir
+        return _open_path(os.path.expanduser(os.fspath(source)))
+    if isinstance(source, (datasets.Dataset, datasets.IterableDataset, datasets.DatasetDict,
+                           datasets.IterableDatasetDict)):
+        return [_dataset_part(source, Path.cwd())]
     if isinstance(source, (list, tuple)):
         rows = [_as_row(item) for item in source]
-        return rows, _first_keys(rows), base_dir
+        return [_Part(rows, _first_keys(rows), Path.cwd())]
     raise TypeError(
-        f"cannot read records from a {type(source).__name__}: expected a JSONL path, a dataset directory, "
-        "a datasets.Dataset or a list of dicts"
+        f"cannot read records from a {type(source).__name__}: expected a path (a records file, a directory "
+        "of them or a saved dataset, a glob pattern), a datasets.Dataset or a list of dicts"
     )
 
 
-def _dataset_rows(dataset: datasets.Dataset) -> Iterable[dict[str, Any]]:
+def _open_path(text: str) -> list[_Part]:
+    """A file, a directory of files or a ``save_to_disk`` directory, else a glob pattern."""
+    path = Path(os.path.abspath(text))
+    if path.is_file():
+        return [_open_file(path)]
+    if path.is_dir():
+        if any((path / name).is_file() for name in _SAVED_DATASET_FILES):
+            return [_dataset_part(datasets.load_from_disk(str(path)), path)]
+        files = sorted(child for child in path.iterdir() if _is_records_file(child))
+        if not files:
+            raise FileNotFoundError(
+                f"no records files in the directory {path}: expected files ending in "
+                f"{', '.join(RECORD_FILE_SUFFIXES)} (or a directory written by save_to_disk); for files in "
+                "subdirectories pass a glob pattern such as 'DIR/*/*.parquet'"
+            )
+        return [_open_file(file) for file in files]
+    if any(character in text for character in _GLOB_CHARACTERS):
+        matches = sorted(Path(match) for match in glob.glob(str(path), recursive=True))
+        files = [match for match in matches if match.is_file()]
+        if not files:
+            found = f" (only the directories {[str(m) for m in matches[:3]]})" if matches else ""
+            raise FileNotFoundError(f"no records files match the pattern {text!r}{found}")
+        return [_open_file(file) for file in files]
+    raise FileNotFoundError(f"no such records file or directory: {path}")
+
+
+def _is_records_file(path: Path) -> bool:
+    """A shard of a directory: a records suffix, and not hidden (editors' and downloads' temporaries)."""
+    return path.is_file() and path.suffix.lower() in RECORD_FILE_SUFFIXES and not path.name.startswith(".")
+
+
+def _open_file(path: Path) -> _Part:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _json_lines_part(path)
+    if suffix == ".json":
+        return _json_part(path)
+    if suffix in (".parquet", ".arrow"):
+        return _arrow_part(path)
+    kind = f"a {suffix!r} file" if suffix else "a file without a suffix"
+    raise ValueError(
+        f"cannot read records from {path}: {kind} is not a records file; mmpo reads "
+        f"{', '.join(RECORD_FILE_SUFFIXES)} files, a directory of them, a glob pattern, or a directory "
+        "written by datasets' save_to_disk"
+    )
+
+
+def _json_lines_part(path: Path) -> _Part:
+    """One row per non-blank line; a line that is not UTF-8 JSON is a ``BadLine``, one bad record."""
+    numbered = read_jsonl_lines(path)
+    rows = [row for _, row in numbered]
+    return _Part(rows, _first_keys(rows), path.parent, str(path), [number for number, _ in numbered])
+
+
+def _json_part(path: Path) -> _Part:
+    """A ``.json`` file: a JSON array of records if its first character is ``[``, else JSON lines
+    (what ``datasets.Dataset.to_json`` writes)."""
+    with path.open("rb") as file:
+        head = b""
+        while not head and (chunk := file.read(1 << 16)):
+            head = chunk.lstrip()
+    if not head.startswith(b"["):
+        return _json_lines_part(path)
+    try:
+        rows = json.loads(path.read_bytes())
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"cannot read records from {path}: it starts as a JSON array but does not parse "
+                         f"as one: {exc}") from exc
+    return _Part(rows, _first_keys(rows), path.parent, str(path))
+
+
+def _arrow_part(path: Path) -> _Part:
+    """A Parquet file, or an Arrow IPC file in the file or the stream format (``save_to_disk``
+    writes streams): rows read a batch at a time, image columns left as ``{"bytes", "path"}``."""
+    kind = "Parquet" if path.suffix.lower() == ".parquet" else "Arrow"
+    try:
+        if kind == "Parquet":
+            parquet = pq.ParquetFile(path)
+            schema, batches = parquet.schema_arrow, parquet.iter_batches(batch_size=_BATCH_ROWS)
+        else:
+            stream = pa.memory_map(str(path))
+            try:
+                reader = pa.ipc.open_file(stream)
+                batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+            except pa.ArrowInvalid:
+                stream.seek(0)
+                reader = batches = pa.ipc.open_stream(stream)
+            schema = reader.schema
+    except (OSError, pa.ArrowException) as exc:
+        raise ValueError(f"cannot read {path} as {kind}: {exc}") from exc
+    return _Part(_batch_rows(batches, path, kind), list(schema.names), path.parent, str(path))
+
+
+def _batch_rows(batches: Iterable[Any], path: Path, kind: str) -> Iterable[dict[str, Any]]:
+    try:
+        for batch in batches:
+            yield from batch.to_pylist()
+    except (OSError, pa.ArrowException) as exc:  # a damaged row group or batch
+        raise ValueError(f"cannot read {path} as {kind}: {exc}") from exc
+
+
+def _dataset_part(dataset: Any, base_dir: Path) -> _Part:
+    """A dataset's rows as stored, from ``base_dir`` (a ``DatasetDict`` is an error naming its splits)."""
+    if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        raise ValueError(f"the dataset has splits {list(dataset)}; pass one of them, e.g. dataset['train']")
+    if dataset.column_names is not None:
+        return _Part(_dataset_rows(dataset), dataset.column_names, base_dir)
+    rows = list(_dataset_rows(dataset))  # an IterableDataset whose columns are known once read
+    return _Part(rows, _first_keys(rows), base_dir)
+
+
+def _dataset_rows(dataset: datasets.Dataset | datasets.IterableDataset) -> Iterable[dict[str, Any]]:
     """The rows as stored: image columns stay ``{"bytes", "path"}`` dicts, decoded only when validated."""
-    for batch in dataset.with_format("arrow").iter(batch_size=256):
+    for batch in dataset.with_format("arrow").iter(batch_size=_BATCH_ROWS):
         yield from batch.to_pylist()
+
+
+def _detect_format(parts: list[_Part]) -> str:
+    """The format the parts' keys tell (``formats.detect_format``); files that tell different ones
+    are an error. With no readable row to tell it from, every row reports its own problem."""
+    found: tuple[str, _Part] | None = None
+    for part in parts:
+        if part.keys is None:
+            continue
+        try:
+            fmt = detect_format(part.keys)
+        except ValueError as exc:
+            if part.file is None:
+                raise
+            raise ValueError(f"{part.file}: {exc}") from exc
+        if found is None:
+            found = (fmt, part)
+        elif fmt != found[0]:
+            raise ValueError(f"{part.file} holds {fmt} records but {found[1].file} holds {found[0]} records; "
+                             "the files of one source must share one format")
+    return "mmpo" if found is None else found[0]
 
 
 def _as_row(item: Any) -> Any:
@@ -224,7 +432,9 @@ def _record(row: Any, index: int, fmt: str, base_dir: Path, check_images: bool) 
     if not isinstance(row, dict):
         raise FieldProblem(None, f"expected a mapping of field names to values, got {type(row).__name__}")
     fields = native_fields(row, fmt)
-    prompt, had_placeholder = _strip_leading_placeholder(_prompt(fields.get("prompt")))
+    given = fields.get("image")
+    n_given = len(given) if isinstance(given, (list, tuple)) and given else 1
+    prompt, had_placeholder = _strip_leading_placeholder(_prompt(fields.get("prompt")), n_given)
     chosen = _response(fields.get("chosen"), "chosen")
     rejected = _response(fields.get("rejected"), "rejected")
     if chosen.strip() == rejected.strip():
@@ -233,11 +443,22 @@ def _record(row: Any, index: int, fmt: str, base_dir: Path, check_images: bool) 
     chosen_scores = _scores(fields.get("chosen_sentence_scores"), "chosen_sentence_scores")
     rejected_scores = _scores(fields.get("rejected_sentence_scores"), "rejected_sentence_scores")
     data_alpha = _data_alpha(fields.get("data_alpha"))
+    weight = _weight(fields.get("weight"))
+    beta_scale = _beta_scale(fields.get("beta_scale"))
     meta = _meta(fields.get("meta"))
-    image = _image(_required(fields.get("image"), "image"), "image", base_dir, check_images)
+    image = _images(_required(fields.get("image"), "image"), "image", base_dir, check_images)
+    n_images = len(image_list(image))
+    if not isinstance(prompt, str):
+        parts = _image_parts(prompt)
+        if parts != n_images:
+            raise FieldProblem("prompt", f"the conversation has {parts} image parts but the record has {n_images} "
+                                         f"image{'s' if n_images > 1 else ''}; each image part takes one image, in order")
     rejected_image = fields.get("rejected_image")
     if rejected_image is not None:
-        rejected_image = _image(rejected_image, "rejected_image", base_dir, check_images)
+        rejected_image = _images(rejected_image, "rejected_image", base_dir, check_images)
+        if len(image_list(rejected_image)) != n_images:
+            raise FieldProblem("rejected_image", f"{len(image_list(rejected_image))} images for a record with "
+                                                 f"{n_images}: the rejected image set has one image per image")
     record = PreferenceRecord(
         image=image,
         prompt=prompt,
@@ -248,6 +469,8 @@ def _record(row: Any, index: int, fmt: str, base_dir: Path, check_images: bool) 
         chosen_sentence_scores=chosen_scores,
         rejected_sentence_scores=rejected_scores,
         data_alpha=data_alpha,
+        weight=weight,
+        beta_scale=beta_scale,
         meta=meta,
     )
     return record, had_placeholder
@@ -278,14 +501,24 @@ def _no_placeholder(text: str, field: str) -> None:
                                       "image tokens")
 
 
-def _strip_leading_placeholder(prompt: str | list[dict[str, Any]]) -> tuple[str | list[dict[str, Any]], bool]:
-    """The prompt without a leading ``<image>`` (LLaVA-style data), whether one was removed; any other
-    placeholder in its text is a ``FieldProblem``."""
+def _strip_leading(text: str, n_images: int) -> tuple[str, bool]:
+    """``text`` without up to ``n_images`` leading ``<image>`` placeholders, and whether any was removed."""
+    stripped = False
+    for _ in range(n_images):
+        match = _LEADING_PLACEHOLDER.match(text)
+        if not match:
+            break
+        text, stripped = text[match.end():], True
+    return text, stripped
+
+
+def _strip_leading_placeholder(prompt: str | list[dict[str, Any]],
+                               n_images: int = 1) -> tuple[str | list[dict[str, Any]], bool]:
+    """The prompt without its leading ``<image>`` placeholders (LLaVA-style data; one per image),
+    whether any was removed; any other placeholder in its text is a ``FieldProblem``."""
     stripped = False
     if isinstance(prompt, str):
-        match = _LEADING_PLACEHOLDER.match(prompt)
-        if match:
-            prompt, stripped = prompt[match.end():], True
+        prompt, stripped = _strip_leading(prompt, n_images)
         _no_placeholder(prompt, "prompt")
         if not prompt.strip():
             raise FieldProblem("prompt", _ONLY_PLACEHOLDER)
@@ -300,14 +533,17 @@ def _strip_leading_placeholder(prompt: str | list[dict[str, Any]]) -> tuple[str 
             slots += [(part, "text") for part in message["content"] if part.get("type") == "text"]
     if slots:
         container, key = slots[0]
-        match = _LEADING_PLACEHOLDER.match(container[key])
-        if match:
-            container[key], stripped = container[key][match.end():], True
+        container[key], stripped = _strip_leading(container[key], n_images)
     for container, key in slots:
         _no_placeholder(container[key], "prompt")
     if stripped and not any(container[key].strip() for container, key in slots):
         raise FieldProblem("prompt", _ONLY_PLACEHOLDER)
     return messages, stripped
+
+
+def _image_parts(messages: list[dict[str, Any]]) -> int:
+    return sum(isinstance(m["content"], list) and sum(part.get("type") == "image" for part in m["content"])
+               for m in messages)
 
 
 def _prompt(value: Any) -> str | list[dict[str, Any]]:
@@ -354,10 +590,8 @@ def _messages(messages: list[Any]) -> list[dict[str, Any]]:
         clean.append({**_without_nulls(message), "content": content})
     if not text.strip():
         raise FieldProblem("prompt", "empty prompt")
-    if n_images != 1:
-        raise FieldProblem(
-            "prompt", f"a conversational prompt needs exactly one {{'type': 'image'}} part, found {n_images}"
-        )
+    if n_images < 1:
+        raise FieldProblem("prompt", "a conversational prompt needs an {'type': 'image'} part where each image goes")
     return clean
 
 
@@ -401,6 +635,36 @@ def _data_alpha(value: Any) -> float | None:
     return float(value)
 
 
+#: The largest ``weight`` and ``beta_scale`` a record may hold (docs/methods.md, "Per-record weight and
+#: beta scale"): ``data_alpha``'s upper bound, so a record's beta and loss stay far inside float32's range.
+WEIGHT_MAX = 1e3
+BETA_SCALE_MAX = 1e3
+
+
+def _weight(value: Any) -> float | None:
+    """A record's loss weight: a finite number in ``[0, WEIGHT_MAX]`` (0: the record adds nothing)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise FieldProblem("weight", f"must be a finite number in [0, {WEIGHT_MAX:g}], got {value!r} "
+                           f"({type(value).__name__})")
+    if not (math.isfinite(value) and 0 <= value <= WEIGHT_MAX):
+        raise FieldProblem("weight", f"must be a finite number in [0, {WEIGHT_MAX:g}], got {value}")
+    return float(value)
+
+
+def _beta_scale(value: Any) -> float | None:
+    """A record's beta factor: a finite number in ``(0, BETA_SCALE_MAX]``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise FieldProblem("beta_scale", f"must be a finite number in (0, {BETA_SCALE_MAX:g}], got {value!r} "
+                           f"({type(value).__name__})")
+    if not (math.isfinite(value) and 0 < value <= BETA_SCALE_MAX):
+        raise FieldProblem("beta_scale", f"must be a finite number in (0, {BETA_SCALE_MAX:g}], got {value}")
+    return float(value)
+
+
 def _meta(value: Any) -> dict[str, Any]:
     """A dict; ``records_to_dataset`` stores it as JSON text (an Arrow column has one schema)."""
     if value is None:
@@ -413,6 +677,21 @@ def _meta(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise FieldProblem("meta", f"expected a dict, got {type(value).__name__}")
     return dict(value)
+
+
+def _images(value: Any, field: str, base_dir: Path, check_images: bool) -> Any:
+    """One image (:func:`_image`), or a list of several; a list of one is that image."""
+    if not isinstance(value, (list, tuple)):
+        return _image(value, field, base_dir, check_images)
+    if not value:
+        raise FieldProblem(field, "an empty list of images")
+    images = []
+    for i, item in enumerate(value):
+        try:
+            images.append(_image(item, field, base_dir, check_images))
+        except FieldProblem as problem:
+            raise FieldProblem(field, f"image {i + 1} of {len(value)}: {problem.message}") from problem
+    return images[0] if len(images) == 1 else images
 
 
 def _image(value: Any, field: str, base_dir: Path, check_images: bool) -> str | PIL.Image.Image:
@@ -479,7 +758,8 @@ def save_records(records: Iterable[PreferenceRecord], path: str | os.PathLike) -
             for index, record in enumerate(records):
                 try:
                     references = {
-                        key: image_reference(getattr(record, key), out_dir, out_dir / IMAGES_DIR, new_images)
+                        key: _each_image(getattr(record, key), lambda image: image_reference(
+                            image, out_dir, out_dir / IMAGES_DIR, new_images))
                         for key in ("image", "rejected_image")
                         if getattr(record, key) is not None
                     }
@@ -499,47 +779,62 @@ def records_to_dataset(records: Iterable[PreferenceRecord]) -> datasets.Dataset:
     Columns: ``image`` (an ``Image`` feature: files are referenced, and embedded by
     ``save_to_disk``), ``prompt`` (strings, or message lists if any prompt is conversational, plain
     ones then converted with ``prompt_messages``), ``chosen``, ``rejected``, ``id``; and, where any
-    record has them, ``rejected_image``, the sentence scores, ``data_alpha`` and ``meta`` (as JSON
-    text, since an Arrow column holds one schema and ``meta`` dicts differ).
+    record has them, ``rejected_image``, the sentence scores, ``data_alpha``, ``weight``, ``beta_scale``
+    and ``meta`` (as JSON text, since an Arrow column holds one schema and ``meta`` dicts differ).
     """
     records = list(records)
     prompts: list[Any] = [record.prompt for record in records]
     prompt_feature: Any = datasets.Value("string")
     if not all(isinstance(prompt, str) for prompt in prompts):
-        prompts = [prompt_messages(prompt) for prompt in prompts]
+        prompts = [prompt_messages(r.prompt, len(image_list(r.image))) for r in records]
         prompt_feature = datasets.Dataset.from_dict({"prompt": prompts}).features["prompt"]
+    # One Arrow schema per column: with any record of several images, every record's images are a list.
+    several = any(isinstance(record.image, (list, tuple)) for record in records)
+    image_feature: Any = datasets.List(datasets.Image()) if several else datasets.Image()
+
+    def column_value(image: Any) -> Any:
+        if image is None:
+            return None
+        return [_dataset_image(i) for i in image_list(image)] if several else _dataset_image(image)
 
     columns: dict[str, list[Any]] = {
-        "image": [_dataset_image(record.image) for record in records],
+        "image": [column_value(record.image) for record in records],
         "prompt": prompts,
         "chosen": [record.chosen for record in records],
         "rejected": [record.rejected for record in records],
         "id": [record.id for record in records],
     }
     features: dict[str, Any] = {
-        "image": datasets.Image(),
+        "image": image_feature,
         "prompt": prompt_feature,
         "chosen": datasets.Value("string"),
         "rejected": datasets.Value("string"),
         "id": datasets.Value("string"),
     }
     optional_features = {
-        "rejected_image": datasets.Image(),
+        "rejected_image": image_feature,
         "chosen_sentence_scores": datasets.List(datasets.Value("float64")),
         "rejected_sentence_scores": datasets.List(datasets.Value("float64")),
         "data_alpha": datasets.Value("float64"),
+        "weight": datasets.Value("float64"),
+        "beta_scale": datasets.Value("float64"),
     }
     for name, feature in optional_features.items():
         values = [getattr(record, name) for record in records]
         if any(value is not None for value in values):
             columns[name] = (
-                [_dataset_image(value) for value in values] if name == "rejected_image" else values
+                [column_value(value) for value in values] if name == "rejected_image" else values
             )
             features[name] = feature
     if any(record.meta for record in records):
         columns["meta"] = [json.dumps(record.meta, ensure_ascii=False) for record in records]
         features["meta"] = datasets.Value("string")
     return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+
+
+def _each_image(images: Any, change: Any) -> Any:
+    """``change`` applied to one image, or to each of several (a list stays a list)."""
+    return [change(i) for i in images] if isinstance(images, (list, tuple)) else change(images)
 
 
 def _dataset_image(image: Any) -> Any:

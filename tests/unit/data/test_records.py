@@ -140,10 +140,9 @@ def test_trl_dataset_with_a_list_of_images_column():
     assert pixels(record.image) == pixels(tiny_image())
 
 
-def test_trl_more_than_one_image_is_a_clear_error(image_file: Path):
+def test_trl_two_images_with_a_plain_prompt_load_as_a_list(image_file: Path):
     row = {"images": [str(image_file)] * 2, "prompt": "p", "chosen": "a", "rejected": "b"}
-    with pytest.raises(RecordValidationError, match=r"#0 field 'images': 2 images .* not supported"):
-        load_records([row])
+    assert load_records([row]).records[0].image == [str(image_file)] * 2
 
 
 def rlaif_v_dataset() -> datasets.Dataset:
@@ -261,7 +260,7 @@ BAD_ROWS = {
             good, prompt=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
         ),
         "prompt",
-        "exactly one {'type': 'image'} part, found 0",
+        "a conversational prompt needs an {'type': 'image'} part where each image goes",
     ),
     "misspelt field": (
         lambda good, tmp: native_row(good, rejected_imgae=good),
