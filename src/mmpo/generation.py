@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from mmpo.prompting import encode_inputs, render_prompt
-from mmpo.types import ImageRef, Prompt
+from mmpo.prompting import assistant_turn, encode_inputs, render_prompt
+from mmpo.types import Images, Prompt, image_list
 
 from . import progress
 
@@ -16,7 +16,7 @@ from . import progress
 def generate_responses(
     model: Any,
     processor: Any,
-    images: Sequence[ImageRef],
+    images: Sequence[Images],
     prompts: Sequence[Prompt] | str,
     *,
     batch_size: int = 32,
@@ -32,6 +32,8 @@ def generate_responses(
     :func:`mmpo.prompting.encode_inputs`: chat template or plain prefix, one BOS, one image list per
     row) under *left* padding (so every row's last prompt token sits at the end, where generation
     continues), decoded without special tokens from the first generated position on, and stripped.
+    Generation stops at the model's EOS and at the token that ends the chat template's assistant
+    turn (:func:`stop_token_ids`), the token training ends each response with.
 
     The tokenizer's ``padding_side`` and the model's train/eval mode are restored afterwards, also on
     error.
@@ -39,7 +41,7 @@ def generate_responses(
     Args:
         model: a ``generate``-capable VLM (e.g. ``LlavaForConditionalGeneration``).
         processor: its processor (e.g. ``LlavaProcessor``).
-        images: one image (PIL image or path) per request.
+        images: one image (PIL image or path) per request, or a list of several.
         prompts: one prompt per image, or one string used for every image.
         batch_size: requests per ``generate`` call.
         max_new_tokens: generation length limit.
@@ -59,7 +61,8 @@ def generate_responses(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
     tokenizer = processor.tokenizer
-    texts = [render_prompt(processor, p, prompt_format) for p in prompts]
+    texts = [render_prompt(processor, p, prompt_format, len(image_list(i))) for p, i in zip(prompts, images, strict=True)]
+    stop = stop_token_ids(model, processor, prompt_format)
     was_training = model.training
     responses: list[str] = []
     model.eval()
@@ -71,6 +74,8 @@ def generate_responses(
                 # floating tensors (pixel_values) take the model's dtype; ids and masks keep theirs
                 inputs = inputs.to(model.device, dtype=model.dtype)
                 extra = {} if tokenizer.pad_token_id is None else {"pad_token_id": tokenizer.pad_token_id}
+                if stop:
+                    extra["eos_token_id"] = stop
                 if do_sample:
                     extra.update(temperature=temperature, top_p=top_p, top_k=0)
                 output = model.generate(**inputs, do_sample=do_sample, max_new_tokens=max_new_tokens, **extra)
@@ -80,3 +85,20 @@ def generate_responses(
     finally:
         model.train(was_training)
     return responses
+
+
+def stop_token_ids(model: Any, processor: Any, prompt_format: str = "auto") -> list[int]:
+    """The model's EOS ids (its generation config's, else the tokenizer's) and the id of the token that
+    ends the chat template's assistant turn (:class:`mmpo.prompting.AssistantTurn`), e.g. Gemma 3's
+    ``<end_of_turn>``; ``[]`` where that adds nothing to the model's own setting."""
+    tokenizer = processor.tokenizer
+    config = getattr(model, "generation_config", None)
+    own = getattr(config, "eos_token_id", None)
+    if own is None:
+        own = tokenizer.eos_token_id
+    ids = [] if own is None else ([own] if isinstance(own, int) else list(own))
+    turn = assistant_turn(processor, prompt_format)
+    if turn.end_source != "template":
+        return []
+    end = tokenizer(turn.end, add_special_tokens=False)["input_ids"][-1]
+    return [] if end in ids else ids + [end]

@@ -20,10 +20,11 @@ data, training, evaluation and generation can all depend on it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .io import load_image
-from .types import ImageRef, Prompt, prompt_messages
+from .types import Images, Prompt, image_list, prompt_messages
 
 PROMPT_FORMATS = ("auto", "chat", "plain")
 
@@ -66,15 +67,17 @@ def image_placeholder(processor: Any) -> str:
     return token
 
 
-def render_prompt(processor: Any, prompt: Prompt, prompt_format: str = "auto") -> str:
+def render_prompt(processor: Any, prompt: Prompt, prompt_format: str = "auto", n_images: int = 1) -> str:
     """The prompt as text for ``processor``, ready for the response to follow.
 
-    ``"chat"``: the processor's chat template with the generation prompt. ``"plain"``: the prompt
-    text after the image placeholder (kept where the text already holds one); a conversation
-    (list of turns) needs a chat template and is an error here.
+    ``"chat"``: the processor's chat template with the generation prompt (a plain-text prompt is one
+    user turn with its ``n_images`` images first). ``"plain"``: the prompt text after one image
+    placeholder per image (kept where the text already holds them); a conversation (list of turns)
+    needs a chat template and is an error here.
     """
     if resolve_prompt_format(processor, prompt_format) == "chat":
-        return processor.apply_chat_template(prompt_messages(prompt), add_generation_prompt=True, tokenize=False)
+        return processor.apply_chat_template(prompt_messages(prompt, n_images), add_generation_prompt=True,
+                                             tokenize=False)
     if not isinstance(prompt, str):
         raise ValueError(f"{type(processor).__name__} has no chat template, so a conversational prompt (a list of "
                          "turns) cannot be rendered; give plain-text prompts or set a chat template")
@@ -82,7 +85,7 @@ def render_prompt(processor: Any, prompt: Prompt, prompt_format: str = "auto") -
     if placeholder in prompt:
         return prompt
     separator = "" if uses_suffix_convention(processor) else "\n"
-    return placeholder + separator + prompt
+    return placeholder * n_images + separator + prompt
 
 
 #: Stands in for a response while the chat template renders an assistant turn; plain lower-case
@@ -90,33 +93,141 @@ def render_prompt(processor: Any, prompt: Prompt, prompt_format: str = "auto") -
 _PROBE = "mmpoprobe"
 
 
-def response_lead(processor: Any, prompt_format: str = "auto") -> str:
-    """The text a chat template puts between the generation prompt and an assistant turn's content.
+@dataclass(frozen=True)
+class AssistantTurn:
+    """How a processor's chat template writes an assistant turn, read off the template itself.
 
-    Idefics3 and SmolVLM render ``"Assistant:"`` as the generation prompt but ``"Assistant: text"``
-    in a conversation, so a response tokenised straight after the prompt would start with ``A``
-    where the model saw `` A`` in training. The lead is found by rendering a probe conversation
-    both ways; it is ``""`` for the plain path, for suffix-convention processors and for templates
-    that do not extend their own generation prompt.
+    A template is rendered twice on a probe conversation (one user turn, then one assistant turn
+    with a known text), and the pieces around the known text are kept:
+
+    * ``header``: what the template writes before an assistant message's content
+      (``"<|im_start|>assistant\\n"``; Qwen3 "Thinking": ``"<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n"``).
+    * ``generation_prompt``: what ``add_generation_prompt=True`` appends to the conversation, which is
+      where generation, and so every response, starts.
+    * ``lead``: ``header`` less ``generation_prompt``, the text the template puts between the generation
+      prompt and the content: ``" "`` for Idefics3 and SmolVLM (``"Assistant:"`` then ``"Assistant: text"``),
+      ``"\\n</think>\\n\\n"`` for Qwen3 Thinking (an empty think block closed after the prompt's
+      ``<think>``), ``""`` for most. It belongs to the input, never to the scored response.
+    * ``end``: how the response ends: the template's text after the content up to and including its
+      first special token (``"<|im_end|>"``, ``"<end_of_turn>"``, ``"<end_of_utterance>"``,
+      ``"<|eot_id|>"``), the token generation stops at; where the template writes no special token
+      after the content, the tokenizer's EOS (``end_source`` says which).
+    * ``mismatch``: ``None``, or a sentence naming how the generation prompt differs from the
+      template's own assistant header (LLaVA-OneVision: ``"assistant\\n"`` against ``"assistant \\n"``).
+      mmpo then follows the generation prompt, which is what the model sees when it generates.
+
+    Without a chat template (the plain path) and under PaliGemma's suffix convention, the header,
+    prompt and lead are empty and the response ends with EOS.
     """
+
+    header: str = ""
+    generation_prompt: str = ""
+    lead: str = ""
+    after: str = ""
+    end: str = ""
+    end_source: str = "eos"
+    mismatch: str | None = None
+    #: how the template takes an assistant message's content: ``"parts"`` (a list of text parts),
+    #: ``"string"``, or ``None`` where it could not render the probe (the response is then used as is)
+    content_form: str | None = None
+
+    def describe(self) -> str:
+        """One line for the log: how responses end and what comes before them."""
+        if self.end_source == "template":
+            how = f"responses end with {self.end!r}, as the chat template ends an assistant turn"
+        elif self.end:
+            how = f"responses end with the tokenizer's EOS {self.end!r} (the chat template writes no end-of-turn token)"
+        else:
+            how = "responses end without an end token (the tokenizer has no EOS)"
+        return how + (f"; the template's lead {self.lead!r} is part of the prompt" if self.lead.strip() else "")
+
+
+def _assistant_message(text: str, form: str) -> dict[str, Any]:
+    content = [{"type": "text", "text": text}] if form == "parts" else text
+    return {"role": "assistant", "content": content}
+
+
+def assistant_turn(processor: Any, prompt_format: str = "auto") -> AssistantTurn:
+    """The :class:`AssistantTurn` of ``processor``'s chat template (see there)."""
+    tokenizer = tokenizer_of(processor)
+    eos = getattr(tokenizer, "eos_token", None) or ""
     if uses_suffix_convention(processor) or resolve_prompt_format(processor, prompt_format) != "chat":
-        return ""
+        return AssistantTurn(end=eos)
     messages = prompt_messages("x")
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    for content in ([{"type": "text", "text": _PROBE}], _PROBE):
+    generation = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    conversation = processor.apply_chat_template(messages, add_generation_prompt=False, tokenize=False)
+    for form in ("parts", "string"):
         try:
-            full = processor.apply_chat_template(messages + [{"role": "assistant", "content": content}],
+            full = processor.apply_chat_template(messages + [_assistant_message(_PROBE, form)],
                                                  add_generation_prompt=False, tokenize=False)
         except Exception:  # a template that rejects this content form; try the other one
             continue
-        if full.startswith(prompt) and _PROBE in full[len(prompt):]:
-            return full[len(prompt):].split(_PROBE, 1)[0]
-    return ""
+        if full.startswith(conversation) and full.count(_PROBE) == 1:
+            break
+    else:
+        return AssistantTurn(end=eos, mismatch="the chat template does not render an assistant message after its "
+                                               "own conversation, so responses follow the generation prompt as given")
+    header, after = full[len(conversation):].split(_PROBE)
+    prompt = generation[len(conversation):] if generation.startswith(conversation) else generation
+    if generation.startswith(conversation) and header.startswith(prompt):
+        lead, mismatch = header[len(prompt):], None
+    else:
+        lead, mismatch = "", (f"the chat template's generation prompt ends {prompt[-40:]!r} but it writes an assistant "
+                              f"turn as {header[-40:]!r}; mmpo follows the generation prompt (what the model sees "
+                              "when it generates)")
+    end, source = _turn_end(tokenizer, after)
+    return AssistantTurn(header=header, generation_prompt=prompt, lead=lead, after=after,
+                         end=end if source == "template" else eos, end_source=source, mismatch=mismatch,
+                         content_form=form)
 
 
-def encode_inputs(processor: Any, images: Sequence[ImageRef], texts: Sequence[str], padding_side: str = "right",
+def _turn_end(tokenizer: Any, after: str) -> tuple[str, str]:
+    """``after`` up to and including its first special token, and ``"template"``; or ``("", "eos")``."""
+    specials = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    specials |= {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
+    hits = [(after.find(token), -len(token), token) for token in specials if token and token in after]
+    if not hits:
+        return "", "eos"
+    position, _, token = min(hits)
+    return after[: position + len(token)], "template"
+
+
+def rendered_response(processor: Any, turn: AssistantTurn, prompt: Prompt, prompt_text: str,
+                      response: str, n_images: int = 1) -> tuple[str, str]:
+    """``(lead, content)``: how the chat template writes ``response`` after ``prompt_text`` (the prompt
+    rendered with its generation prompt).
+
+    The conversation with ``response`` as the assistant's message is rendered, and the text between
+    the generation prompt and the end of the turn is split into the lead and the content. So the
+    response is trained as the template would show it: trimmed where the template trims (Gemma 3),
+    and a response that already holds a reasoning block (``"...</think>\\n\\nanswer"``, generated after a
+    Thinking template's ``<think>``) gets no second ``</think>``: its lead is then ``""``. Where the
+    template cannot render it so, the response is used as is after ``turn.lead``.
+    """
+    if turn.content_form is None:
+        return turn.lead, response
+    conversation = prompt_text[: len(prompt_text) - len(turn.generation_prompt)]
+    if not prompt_text.endswith(turn.generation_prompt):
+        return turn.lead, response
+    try:
+        messages = prompt_messages(prompt, n_images) + [_assistant_message(response, turn.content_form)]
+        full = processor.apply_chat_template(messages, add_generation_prompt=False, tokenize=False)
+    except Exception:
+        return turn.lead, response
+    if not (full.startswith(conversation) and full.endswith(turn.after)):
+        return turn.lead, response
+    text = full[len(conversation): len(full) - len(turn.after)]
+    if text.startswith(turn.header):
+        return turn.lead, text[len(turn.header):]
+    if turn.mismatch is None and text.startswith(turn.generation_prompt):
+        return "", text[len(turn.generation_prompt):]
+    return turn.lead, response
+
+
+def encode_inputs(processor: Any, images: Sequence[Images], texts: Sequence[str], padding_side: str = "right",
                   **kwargs: Any) -> Any:
-    """``processor(images=[[image] per row], text=texts, padding=True, return_tensors="pt")``.
+    """``processor(images=[[images of the row] per row], text=texts, padding=True, return_tensors="pt")``;
+    a row's images are one image or a list of several (:func:`mmpo.types.image_list`).
 
     Texts that already begin with BOS (rendered by the template) are encoded without special
     tokens, so no row starts with two. The tokenizer's padding side is restored afterwards, and a
@@ -129,7 +240,8 @@ def encode_inputs(processor: Any, images: Sequence[ImageRef], texts: Sequence[st
     side = tokenizer.padding_side
     tokenizer.padding_side = padding_side
     try:
-        encoded = processor(images=[[load_image(i)] for i in images], text=list(texts), return_tensors="pt",
+        encoded = processor(images=[[load_image(i) for i in image_list(row)] for row in images], text=list(texts),
+                            return_tensors="pt",
                             padding=True, **kwargs)
     finally:
         tokenizer.padding_side = side

@@ -16,6 +16,7 @@ weights. Qwen2-VL, the family most people fine-tune, also runs each method on it
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import warnings
 
@@ -27,7 +28,7 @@ from PIL import Image
 from helpers import training_args
 from mmpo.data.collator import MODEL_INPUTS, PreferenceCollator, PreferenceDataset, RowEncoder
 from mmpo.forward import policy_response_logps
-from mmpo.testing.families import FAMILIES, build_family
+from mmpo.testing.families import FAMILIES, VARIANTS, build_family
 from mmpo.training.config import (
     AdavipConfig,
     AspoConfig,
@@ -40,8 +41,9 @@ from mmpo.training.policy import prepare_policy
 from mmpo.training.trainer import PreferenceTrainer
 from mmpo.types import prompt_messages
 
-#: Plain PaliGemma (no chat template) and PaliGemma with one; every other family has a template.
-ALL = (*FAMILIES, "paligemma_chat")
+#: Every family and template variant: plain PaliGemma (no chat template) and PaliGemma with one,
+#: Qwen3-VL's Instruct and Thinking templates; every other family has one template.
+ALL = (*FAMILIES, *VARIANTS)
 
 PROMPT = "describe the image ."
 LONG_PROMPT = "is there a red circle in the image ? answer yes or no , then describe every object ."
@@ -53,32 +55,71 @@ def image(width: int, height: int, seed: int) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def hand_logprobs(model, processor, picture, prompt: str, response: str) -> torch.Tensor:
-    """Per-token log-probs of ``response`` + EOS, computed without mmpo's encoder: the processor
-    encodes the whole conversation itself, and the response tokens are the ones after the prompt's."""
+#: The token each stand-in's chat template ends an assistant turn with: the family's own convention,
+#: written down here, not read from mmpo. PaliGemma's processor ends its suffix with EOS.
+END_OF_TURN = {"llava": "</s>", "llava_next": "</s>", "llava_onevision": "<|im_end|>", "qwen2_vl": "<|im_end|>",
+               "qwen2_5_vl": "<|im_end|>", "qwen3_vl": "<|im_end|>", "qwen3_vl_thinking": "<|im_end|>",
+               "gemma3": "<end_of_turn>", "idefics3": "<end_of_utterance>", "smolvlm": "<end_of_utterance>",
+               "mllama": "<|eot_id|>"}
+
+
+def template_row(processor, name: str, prompt, response: str) -> tuple[str, int]:
+    """The text of the row the chat template itself writes for ``response``, and how many of its
+    tokens belong to the response.
+
+    The whole conversation is rendered by ``apply_chat_template`` and cut after the token that
+    ends the assistant turn (:data:`END_OF_TURN`). The response's tokens are those holding a
+    character of its content (the template's lead before it, e.g. an empty think block, is input)
+    through the end of the turn. Where the generation prompt is not a prefix of the template's own
+    assistant turn (LLaVA-OneVision), the content follows the generation prompt, as in generation.
+    """
+    messages = prompt_messages(prompt) if isinstance(prompt, str) else prompt
+    head = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    turn = [{"role": "assistant", "content": [{"type": "text", "text": response}]}]
+    full = processor.apply_chat_template(messages + turn, tokenize=False)
+    content = response if response in full else response.strip()  # templates that trim (Gemma 3)
+    start = full.rindex(content)
+    end_token = END_OF_TURN[name]
+    end = full.index(end_token, start + len(content)) + len(end_token)
+    if full.startswith(head):
+        text = full[:end]
+    else:
+        text, start = head + full[start:end], len(head)
+    offsets = processor.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return text, sum(e > start for _, e in offsets)
+
+
+def hand_encoding(processor, name: str, picture, prompt, response: str) -> tuple[dict, int]:
+    """The processor's own encoding of the row (see :func:`template_row`) and the response's token count."""
     tokenizer = processor.tokenizer
+    pictures = picture if isinstance(picture, list) else [picture]  # one image, or several
     if type(processor).__name__ == "PaliGemmaProcessor":
         # PaliGemma's own convention: the prompt is a prefix, the response a suffix (+ EOS).
         text = (processor.apply_chat_template(prompt_messages(prompt), add_generation_prompt=True, tokenize=False)
                 if processor.chat_template else prompt)
-        enc = processor(images=[[picture]], text=[text], suffix=[response], return_tensors="pt")
+        enc = processor(images=[pictures], text=[text], suffix=[response], return_tensors="pt")
         enc.pop("labels")
-        n_prompt = int((enc["token_type_ids"][0] == 0).sum())
-    else:
-        messages = prompt_messages(prompt)
-        head = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        turn = [{"role": "assistant", "content": [{"type": "text", "text": response}]}]
-        full = processor.apply_chat_template(messages + turn, tokenize=False)
-        assert full.startswith(head)
-        text = full[: full.index(response, len(head)) + len(response)] + tokenizer.eos_token
-        kwargs = {"add_special_tokens": False} if head.startswith(tokenizer.bos_token) else {}
-        n_prompt = processor(images=[[picture]], text=[head], return_tensors="pt", **kwargs)["input_ids"].shape[1]
-        enc = processor(images=[[picture]], text=[text], return_tensors="pt", **kwargs)
+        return enc, int((enc["token_type_ids"][0] == 1).sum())
+    text, n_response = template_row(processor, name, prompt, response)
+    kwargs = {"add_special_tokens": False} if text.startswith(tokenizer.bos_token) else {}
+    return processor(images=[pictures], text=[text], return_tensors="pt", **kwargs), n_response
+
+
+def hand_logprobs(model, processor, name: str, picture, prompt, response: str) -> torch.Tensor:
+    """Per-token log-probs of the response as the template writes it, computed without mmpo's encoder."""
+    enc, n_response = hand_encoding(processor, name, picture, prompt, response)
     with torch.no_grad():
         logits = model(**enc).logits[0].float()  # (T, V)
     ids = enc["input_ids"][0]
     per_token = torch.log_softmax(logits[:-1], dim=-1).gather(1, ids[1:, None])[:, 0]  # (T-1,)
-    return per_token[n_prompt - 1 :]
+    return per_token[-n_response:]
+
+
+def mmpo_row(processor, picture, prompt, response: str) -> tuple[torch.Tensor, int]:
+    """mmpo's row of ids for one response (padding dropped) and its response length."""
+    batch = RowEncoder(processor)([picture], [prompt], [response])
+    n = int(batch[MODEL_INPUTS]["attention_mask"][0].sum())
+    return batch[MODEL_INPUTS]["input_ids"][0, :n], int(batch["response_length"][0])
 
 
 _BUILT: dict[str, tuple] = {}
@@ -100,10 +141,22 @@ def mmpo_logprobs(processor, model, images, prompts, responses) -> list[torch.Te
 
 # --------------------------------------------------------------------------------------------- (a), (b)
 @pytest.mark.parametrize("name", ALL)
+def test_rows_equal_the_templates_own(name):
+    """mmpo's row is the processor's encoding of the conversation the chat template writes, with the
+    response ending as the template ends an assistant turn, not with the tokenizer's EOS."""
+    _, processor = family(name)
+    picture = image(64, 64, 0)
+    enc, n_response = hand_encoding(processor, name, picture, PROMPT, RESPONSE)
+    ids, length = mmpo_row(processor, picture, PROMPT, RESPONSE)
+    assert ids.tolist() == enc["input_ids"][0].tolist()
+    assert length == n_response
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_logprobs_equal_a_hand_computation(name):
     model, processor = family(name)
     picture = image(64, 64, 0)
-    expected = hand_logprobs(model, processor, picture, PROMPT, RESPONSE)
+    expected = hand_logprobs(model, processor, name, picture, PROMPT, RESPONSE)
     (got,) = mmpo_logprobs(processor, model, [picture], [PROMPT], [RESPONSE])
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
@@ -139,6 +192,94 @@ def test_the_template_lead_joins_the_first_response_token():
     assert processor.tokenizer.convert_ids_to_tokens(int(first)) == "Ġa"
 
 
+@pytest.mark.parametrize(("name", "end"), [("gemma3", "<end_of_turn>"), ("idefics3", "<end_of_utterance>"),
+                                         ("qwen2_vl", "<|im_end|>"), ("mllama", "<|eot_id|>")])
+def test_responses_end_as_the_template_ends_a_turn(name, end, caplog):
+    """Not with the tokenizer's EOS (``</s>`` in every stand-in), and the log says which end is used."""
+    _, processor = family(name)
+    with caplog.at_level(logging.INFO, logger="mmpo.data.collator"):
+        ids, length = mmpo_row(processor, image(64, 64, 0), PROMPT, RESPONSE)
+    assert processor.tokenizer.convert_ids_to_tokens(int(ids[-1])) == end
+    assert processor.tokenizer.eos_token_id not in ids[-length:].tolist()
+    assert f"responses end with {end!r}, as the chat template ends an assistant turn" in caplog.text
+
+
+def test_without_an_end_token_in_the_template_responses_end_with_eos(caplog):
+    _, processor = family("paligemma_chat")
+    with caplog.at_level(logging.INFO, logger="mmpo.data.collator"):
+        ids, _ = mmpo_row(processor, image(64, 64, 0), PROMPT, RESPONSE)
+    assert int(ids[-1]) == processor.tokenizer.eos_token_id
+    assert "responses end with the tokenizer's EOS '</s>'" in caplog.text
+
+
+def test_gemma_trims_the_response_as_its_template_does():
+    _, processor = family("gemma3")
+    picture = image(64, 64, 0)
+    padded = "  " + RESPONSE + " \n"
+    ids, length = mmpo_row(processor, picture, PROMPT, padded)
+    enc, n_response = hand_encoding(processor, "gemma3", picture, PROMPT, padded)
+    assert ids.tolist() == enc["input_ids"][0].tolist() and length == n_response
+    assert ids.tolist() == mmpo_row(processor, picture, PROMPT, RESPONSE)[0].tolist()
+
+
+def test_the_thinking_lead_is_input_and_never_scored():
+    """Qwen3 Thinking: ``<think>\\n`` ends the generation prompt, an answer follows ``\\n</think>\\n\\n``.
+    The prompt's last newline and the lead's first are one token, as in the template's encoding, and
+    the response is the answer's tokens and ``<|im_end|>`` alone."""
+    _, processor = family("qwen3_vl_thinking")
+    tokenizer = processor.tokenizer
+    encoder = RowEncoder(processor)
+    assert encoder.lead == "\n</think>\n\n"
+    batch = encoder([image(64, 64, 0)], [PROMPT], [RESPONSE])
+    start, length = int(batch["response_start"][0]), int(batch["response_length"][0])
+    tokens = tokenizer.convert_ids_to_tokens(batch[MODEL_INPUTS]["input_ids"][0, : start + length].tolist())
+    assert tokens[start - 4 : start] == ["<think>", "ĊĊ", "</think>", "ĊĊ"]
+    assert length == len(tokenizer(RESPONSE, add_special_tokens=False)["input_ids"]) + 1
+    assert tokens[start + length - 1] == "<|im_end|>"
+
+
+def test_a_response_with_its_own_reasoning_is_written_as_the_template_writes_it():
+    """A response generated after the prompt's ``<think>`` holds its reasoning and ``</think>``: it gets
+    no second ``</think>``, its row is the template's, and prefix sharing gives it a row of its own
+    (its prompt part has no lead) with the same log-probs as without sharing."""
+    model, processor = family("qwen3_vl_thinking")
+    picture = image(64, 64, 0)
+    reasoning = "the image has two shapes .\n</think>\n\n" + RESPONSE
+    ids, length = mmpo_row(processor, picture, PROMPT, reasoning)
+    enc, n_response = hand_encoding(processor, "qwen3_vl_thinking", picture, PROMPT, reasoning)
+    assert ids.tolist() == enc["input_ids"][0].tolist() and length == n_response
+    assert ids.tolist().count(processor.tokenizer.convert_tokens_to_ids("</think>")) == 1
+    (got,) = mmpo_logprobs(processor, model, [picture], [PROMPT], [reasoning])
+    torch.testing.assert_close(got, hand_logprobs(model, processor, "qwen3_vl_thinking", picture, PROMPT, reasoning),
+                               atol=1e-5, rtol=0)
+
+    from mmpo.types import PreferenceRecord
+
+    items = [{"record": PreferenceRecord(image=picture, prompt=PROMPT, chosen=reasoning, rejected="no ."),
+              "index": 0}]
+    logps = {}
+    for shared in (False, True):
+        batch = PreferenceCollator(RowEncoder(processor), prefix_sharing=shared)(items)
+        with torch.no_grad():
+            values, mask = policy_response_logps(model, batch)
+        logps[shared] = [row[m] for row, m in zip(values, mask, strict=True)]
+        if shared:
+            assert batch[MODEL_INPUTS]["input_ids"].shape[0] == 2  # the two prompt parts differ
+    for a, b in zip(logps[False], logps[True], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_a_generation_prompt_that_is_not_a_prefix_of_the_turn_is_named_once(caplog):
+    """LLaVA-OneVision writes ``assistant\\n`` as its generation prompt but ``assistant \\n`` in a
+    conversation: one warning names both, and the row follows the generation prompt."""
+    _, processor = family("llava_onevision")
+    with caplog.at_level(logging.WARNING, logger="mmpo.data.collator"):
+        RowEncoder(processor)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "'<|im_start|>assistant\\n'" in warning and "'<|im_start|>assistant \\n'" in warning
+    assert "\n" not in warning
+
+
 def test_paligemma_marks_the_response_causal():
     _, processor = family("paligemma")
     batch = RowEncoder(processor)([image(64, 64, 0), image(64, 64, 1)], [LONG_PROMPT, PROMPT], [RESPONSE, "no ."])
@@ -150,18 +291,26 @@ def test_paligemma_marks_the_response_causal():
 
 
 # ------------------------------------------------------------------------------------------ training
-def records(tmp_path, n: int = 4):
+def records(tmp_path, n: int = 4, several: bool = False):
     """``n`` records with everything every method needs: a vision-rejected image, one CLIP score per
-    chosen sentence, a DAMA ``data_alpha``; images of two sizes."""
+    chosen sentence, a DAMA ``data_alpha``; images of two sizes. ``several``: records 1 and 3 have
+    two images (and a rejected image set of two), record 2 three, record 0 one."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     out = []
     for i in range(n):
-        img, other = tmp_path / f"{i}.png", tmp_path / f"{i}-v.png"
-        image(64 if i % 2 else 56, 64, i).save(img)
-        image(64 if i % 2 else 56, 64, 100 + i).save(other)
+        count = (1, 2, 3, 2)[i % 4] if several else 1
+        imgs, others = [], []
+        for j in range(count):
+            img, other = tmp_path / f"{i}-{j}.png", tmp_path / f"{i}-{j}-v.png"
+            image(64 if (i + j) % 2 else 56, 64, 10 * i + j).save(img)
+            image(64 if (i + j) % 2 else 56, 64, 100 + 10 * i + j).save(other)
+            imgs.append(str(img))
+            others.append(str(other))
         chosen = RESPONSE if i % 2 else "a green square is at the top right ."
         out.append(dataclasses.replace(
-            _record(img, PROMPT if i % 2 else LONG_PROMPT, chosen, "a yellow star is at the bottom left ."),
-            id=f"r{i}", rejected_image=str(other), data_alpha=0.5 + 0.25 * i,
+            _record(imgs if count > 1 else imgs[0], PROMPT if i % 2 else LONG_PROMPT, chosen,
+                    "a yellow star is at the bottom left ."),
+            id=f"r{i}", rejected_image=others if count > 1 else others[0], data_alpha=0.5 + 0.25 * i,
             chosen_sentence_scores=[0.2 + 0.1 * k for k in range(chosen.count(" ."))]))
     return out
 
@@ -169,14 +318,16 @@ def records(tmp_path, n: int = 4):
 def _record(img, prompt, chosen, rejected):
     from mmpo.types import PreferenceRecord
 
-    return PreferenceRecord(image=str(img), prompt=prompt, chosen=chosen, rejected=rejected)
+    return PreferenceRecord(image=img if isinstance(img, list) else str(img), prompt=prompt, chosen=chosen,
+                            rejected=rejected)
 
 
 def make_args(tmp_path, **kw) -> PreferenceConfig:
     return training_args(tmp_path / "out", **{"per_device_eval_batch_size": 2, "learning_rate": 1e-2, **kw})
 
 
-def trainer_for(name, tmp_path, methods: Methods | None = None, lora=False, **args) -> PreferenceTrainer:
+def trainer_for(name, tmp_path, methods: Methods | None = None, lora=False, several=False,
+                **args) -> PreferenceTrainer:
     model, processor = build_family(name)
     model.train()
     if lora:
@@ -185,7 +336,7 @@ def trainer_for(name, tmp_path, methods: Methods | None = None, lora=False, **ar
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return PreferenceTrainer(model, make_args(tmp_path, **args), processor,
-                                 PreferenceDataset(records(tmp_path)), methods=methods)
+                                 PreferenceDataset(records(tmp_path, several=several)), methods=methods)
 
 
 def step_zero_diagnostics(trainer) -> dict[str, torch.Tensor]:
@@ -264,6 +415,55 @@ def test_qwen2_vl_each_method_trains(method, tmp_path):
 
 def test_qwen2_vl_precomputed_reference_trains(tmp_path):
     assert_trains(trainer_for("qwen2_vl", tmp_path, reference="precomputed"))
+
+
+# ----------------------------------------------------------------------------------- several images
+@pytest.mark.parametrize("name", ALL)
+def test_two_images_logprobs_equal_a_hand_computation(name):
+    """TRL's ``images`` list: the prompt takes the images in order; the processor encodes them itself."""
+    model, processor = family(name)
+    pictures = [image(64, 64, 0), image(48, 64, 3)]
+    if type(processor).__name__ == "PaliGemmaProcessor" and not processor.chat_template:
+        text = processor.tokenizer.convert_ids_to_tokens(processor.image_token_id) * 2 + PROMPT
+        enc = processor(images=[pictures], text=[text], suffix=[RESPONSE], return_tensors="pt")
+        enc.pop("labels")
+        n_response = int((enc["token_type_ids"][0] == 1).sum())
+        with torch.no_grad():
+            logits = model(**enc).logits[0].float()
+        ids = enc["input_ids"][0]
+        expected = torch.log_softmax(logits[:-1], -1).gather(1, ids[1:, None])[:, 0][-n_response:]
+    else:
+        expected = hand_logprobs(model, processor, name, pictures, prompt_messages(PROMPT, 2), RESPONSE)
+    (got,) = mmpo_logprobs(processor, model, [pictures], [PROMPT], [RESPONSE])
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_two_images_do_not_depend_on_the_batch(name):
+    """Beside rows of one and of three images, of other sizes and prompt lengths."""
+    model, processor = family(name)
+    pictures = [image(64, 64, 0), image(48, 64, 3)]
+    (alone,) = mmpo_logprobs(processor, model, [pictures], [PROMPT], [RESPONSE])
+    rows = mmpo_logprobs(processor, model, [image(48, 64, 1), pictures, [image(96, 80, 2), image(64, 64, 5),
+                                                                        image(32, 32, 6)]],
+                         [LONG_PROMPT, PROMPT, LONG_PROMPT], ["no .", RESPONSE, RESPONSE + " " + RESPONSE])
+    torch.testing.assert_close(rows[1], alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["qwen2_vl", "idefics3", "gemma3", "mllama", "llava_onevision"])
+def test_records_with_several_images_train_with_every_method(name, tmp_path):
+    """Records of one, two and three images (a rejected image set each for AdaViP), the precomputed
+    reference, prefix sharing where the family allows it, LoRA with ASPO + DAMA + AdaViP composed;
+    with policy == reference every reward is 0 at step 0."""
+    zero = trainer_for(name, tmp_path / "zero", methods=Methods(adavip=AdavipConfig(enabled=True)), several=True,
+                       reference="precomputed", learning_rate=0.0)
+    diag = step_zero_diagnostics(zero)
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/vision_rejected"):
+        assert diag[key].abs().max().item() <= 1e-5, (key, diag[key])
+    trainer = trainer_for(name, tmp_path / "train", methods=ALL_METHODS, lora=True, several=True,
+                          reference="precomputed")
+    assert_trains(trainer, ["aspo/weight_mean", "dama/alpha_model", "adavip/weight_vision"])
 
 
 # ------------------------------------------------------------------------------------ batch contract

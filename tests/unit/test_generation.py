@@ -60,3 +60,16 @@ def test_sampling_is_seeded_and_differs_from_greedy(tiny, images):
     assert runs[0] == runs[1]
     assert runs[0] != greedy
     assert len(set(runs[0][0::3])) > 1  # the same image, different samples
+
+
+def test_generation_stops_where_training_ends_a_response(tiny):
+    """Gemma 3 ends an assistant turn with <end_of_turn>, which training ends every response with:
+    generation stops there too. The synthetic world's template writes no end token: nothing added."""
+    from mmpo.generation import stop_token_ids
+    from mmpo.testing.families import build_family
+
+    gemma, processor = build_family("gemma3")
+    tokenizer = processor.tokenizer
+    assert stop_token_ids(gemma, processor) == [tokenizer.eos_token_id,
+                                                tokenizer.convert_tokens_to_ids("<end_of_turn>")]
+    assert stop_token_ids(*tiny) == []

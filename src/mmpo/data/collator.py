@@ -29,6 +29,8 @@ order, ``(2B, L)`` or ``(3B, L)``. The rows that carry them come in two layouts:
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -38,15 +40,16 @@ import torch
 
 from ..methods.aspo.units import chosen_units, unit_batch
 from ..prompting import (
+    assistant_turn,
     chat_template_of,
     encode_inputs,
     render_prompt,
+    rendered_response,
     resolve_prompt_format,
-    response_lead,
     tokenizer_of,
     uses_suffix_convention,
 )
-from ..types import PreferenceRecord, Prompt
+from ..types import PreferenceRecord, Prompt, image_list
 
 #: Key of the model's own inputs in a collated batch.
 MODEL_INPUTS = "model_inputs"
@@ -61,6 +64,9 @@ LOGITS_FROM, RESPONSE_WIDTH = "logits_from", "response_width"
 #: later text token keeps). ``token_type_ids`` is 0 for text (Gemma 3: 1 marks image tokens) except
 #: under PaliGemma's suffix convention, where 1 marks the causal suffix after the bidirectional prefix.
 RESPONSE_FILL: dict[str, int | str] = {"token_type_ids": 0, "mm_token_type_ids": 0, "cross_attention_mask": "repeat"}
+
+logger = logging.getLogger(__name__)
+
 
 class SequenceTooLongError(ValueError):
     """A prompt (with its image tokens) does not fit ``max_length``."""
@@ -104,56 +110,80 @@ class RowEncoder:
     Args:
         processor: a transformers processor (``LlavaProcessor``, ``Qwen2VLProcessor``, ...).
         max_length: total token budget per row; responses are truncated to fit, prompts never.
-        append_eos: end every response with the tokenizer's EOS token.
+        end_turn: end every response as the chat template ends an assistant turn (its end-of-turn
+            token, e.g. ``<|im_end|>`` or ``<end_of_turn>``), or with the tokenizer's EOS where the
+            template writes none or there is no template (:class:`mmpo.prompting.AssistantTurn`).
         prompt_format: ``"auto"`` (chat template when the processor has one, else plain),
             ``"chat"`` or ``"plain"``; see :mod:`mmpo.prompting`.
     """
 
     processor: Any
     max_length: int | None = None
-    append_eos: bool = True
+    end_turn: bool = True
     prompt_format: str = "auto"
     truncated: int = field(default=0, init=False)
     boundary_merges: int = field(default=0, init=False)
 
     def __post_init__(self):
         self.prompt_format = resolve_prompt_format(self.processor, self.prompt_format)
-        self.lead = response_lead(self.processor, self.prompt_format)
+        self.turn = assistant_turn(self.processor, self.prompt_format)
         self._suffix = uses_suffix_convention(self.processor)
         self._prompt_ids: dict[str, list[int]] = {}
+        if self.turn.mismatch:
+            logger.warning(self.turn.mismatch)
+        if self.end_turn:
+            logger.info(self.turn.describe())
 
     @property
     def tokenizer(self):
         return tokenizer_of(self.processor)
 
+    @property
+    def lead(self) -> str:
+        return self.turn.lead
+
     def settings(self) -> dict[str, Any]:
         """What the encoding depends on besides the processor (for cache fingerprints)."""
-        return {"max_length": self.max_length, "append_eos": self.append_eos, "prompt_format": self.prompt_format,
-                "lead": self.lead, "chat_template": chat_template_of(self.processor)}
+        return {"max_length": self.max_length, "end_turn": self.end_turn, "prompt_format": self.prompt_format,
+                "turn": dataclasses.asdict(self.turn), "chat_template": chat_template_of(self.processor)}
 
-    def response_ids(self, prompt_text: str, response: str) -> tuple[list[int], list[tuple[int, int]]]:
-        """The response's token ids as the model sees them after ``prompt_text``, and their character
-        offsets into ``response`` (EOS, when appended, has ``(0, 0)``).
+    def response_ids(self, prompt: Prompt, prompt_text: str, response: str,
+                     n_images: int = 1) -> tuple[str, list[int], list[tuple[int, int]]]:
+        """How ``response`` is encoded after ``prompt`` (``prompt_text`` is the prompt rendered):
+        the text of the row's prompt part, then the response's token ids and their character
+        offsets into ``response``.
 
-        The template's lead (:func:`mmpo.prompting.response_lead`) is put before the response and the
-        text is tokenised in context, so a leading space merges into the first token exactly as in
-        the full conversation. Where the prompt's last token would merge with the response's first
-        (the tokens of ``prompt_text`` are not a prefix of those of the whole), or under PaliGemma's
-        suffix convention, the response is tokenised on its own.
+        The response is written as the chat template writes it (:func:`mmpo.prompting.rendered_response`:
+        the template's lead before it, trimmed where the template trims) and ended as the template
+        ends an assistant turn. The whole text, prompt + lead + response + end, is tokenised at once,
+        and the response's tokens are those from the first one holding a character of the response:
+        a lead that merges into the first word (Idefics3's ``" "``) is scored with it, one that merges
+        with the prompt's end or stands alone (Qwen3 Thinking's ``"\\n</think>\\n\\n"``) goes with the
+        prompt, so the row holds exactly the tokens of the template's own conversation and the lead
+        is never scored. Where that split does not reproduce the prompt's own tokens (the tokenizer
+        merges the end of the prompt with the start of the response), the response is tokenised on
+        its own after the prompt and lead, as in generation; so is every response under PaliGemma's
+        suffix convention.
+
+        Offsets of tokens outside the response (lead, end of turn) are clamped to its ends, EOS has
+        ``(0, 0)``; where the template rewrites the response beyond trimming (a reasoning block),
+        every offset is ``(-1, -1)``, which sentence-level methods refuse.
         """
-        tok = self.tokenizer
-        text = self.lead + response
-        ids = offsets = None
+        lead, content = rendered_response(self.processor, self.turn, prompt, prompt_text, response, n_images)
+        shift = _position_in(response, content)
+        end = self.turn.end if self.end_turn and self.turn.end_source == "template" else ""
+        head, ids, offsets = None, None, None
         if not self._suffix:
-            head = self._prompt_ids.get(prompt_text)
-            if head is None:
-                head = self._prompt_ids[prompt_text] = tok(prompt_text, add_special_tokens=False)["input_ids"]
-                if len(self._prompt_ids) > 4096:
-                    self._prompt_ids.clear()
-            full_ids, full_offsets = self._tokenize(prompt_text + text)
-            if full_ids[: len(head)] == head:
-                ids, offsets = full_ids[len(head):], full_offsets[len(head):]
-                shift = len(prompt_text) + len(self.lead)
+            whole = prompt_text + lead + content + end
+            full_ids, full_offsets = self._tokenize(whole)
+            start = len(prompt_text) + len(lead)  # the content's first character
+            first = next((k for k, (s, e) in enumerate(full_offsets) if e > start), len(full_ids))
+            cuts = (full_offsets[first][0] if first < len(full_ids) else len(whole),  # the first token's start
+                    full_offsets[first - 1][1] if first > 0 else 0)  # the end of the token before it
+            for cut in dict.fromkeys(cuts):
+                if len(prompt_text) <= cut <= start and self._prompt_tokens(whole[:cut]) == full_ids[:first]:
+                    head, ids, offsets = whole[:cut], full_ids[first:], full_offsets[first:]
+                    break
             else:
                 self.boundary_merges += 1
                 if self.boundary_merges == 1:
@@ -161,14 +191,26 @@ class RowEncoder:
                                   "responses are tokenised on their own after the prompt's tokens, as in "
                                   "generation", stacklevel=3)
         if ids is None:
-            (ids, offsets), shift = self._tokenize(text), len(self.lead)
+            head, start = prompt_text + lead, 0
+            ids, offsets = self._tokenize(content + end)
         n = len(response)
-        offsets = [(s, e) if (s, e) == (-1, -1) else (min(max(s - shift, 0), n), min(max(e - shift, 0), n))
-                   for s, e in offsets]
-        eos = tok.eos_token_id
-        if self.append_eos and eos is not None:
+        if shift is None:
+            offsets = [(-1, -1)] * len(ids)
+        else:
+            offsets = [(s, e) if (s, e) == (-1, -1) else
+                       (min(max(s - start + shift, 0), n), min(max(e - start + shift, 0), n)) for s, e in offsets]
+        eos = self.tokenizer.eos_token_id
+        if self.end_turn and not end and eos is not None:
             ids, offsets = ids + [eos], offsets + [(0, 0)]
-        return ids, offsets
+        return head, ids, offsets
+
+    def _prompt_tokens(self, text: str) -> list[int]:
+        ids = self._prompt_ids.get(text)
+        if ids is None:
+            ids = self._prompt_ids[text] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(self._prompt_ids) > 4096:
+                self._prompt_ids.clear()
+        return ids
 
     def _tokenize(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Ids and character offsets without special tokens. A tokenizer without offsets (a slow
@@ -210,6 +252,8 @@ class RowEncoder:
         row of its own; :func:`mmpo.forward.policy_response_logps` then runs the row with a block
         attention mask (each response sees the prompt and its own earlier tokens, never another
         response) and restarted position ids, which gives the same log-probs as separate rows.
+        Responses of one group whose prompt parts differ (:meth:`response_ids`: a response with its
+        own reasoning block takes no lead) get a row each, so there may be more rows than groups.
 
         Returns a dict with ``model_inputs`` (``input_ids`` ``(N, T)`` and the processor's image
         and per-token tensors; no ``attention_mask``: the forward builds the 4-D one),
@@ -220,29 +264,37 @@ class RowEncoder:
         of the logits that predict them; the first token of every response is predicted by the
         prompt's last position), ``response_length`` ``(R,)`` and ``response_offsets``.
         """
-        texts = [render_prompt(self.processor, p, self.prompt_format) for p in prompts]
-        enc = encode_inputs(self.processor, images, texts)
+        counts = [len(image_list(i)) for i in images]
+        texts = [render_prompt(self.processor, p, self.prompt_format, k) for p, k in zip(prompts, counts, strict=True)]
+        row_of: dict[tuple[int, str], int] = {}
+        row_images, row_texts, row_group, entries = [], [], [], []
+        for n, (prompt, text, group) in enumerate(zip(prompts, texts, groups, strict=True)):
+            for response in group:
+                head, resp, offsets = self.response_ids(prompt, text, response, counts[n])
+                if (n, head) not in row_of:
+                    row_of[n, head] = len(row_texts)
+                    row_images.append(images[n])
+                    row_texts.append(head)
+                    row_group.append(n)
+                entries.append((row_of[n, head], resp, offsets))
+        enc = encode_inputs(self.processor, row_images, row_texts)
         prompt_lengths = enc["attention_mask"].sum(dim=1).tolist()
-        rows, segments, positions = [], [], []
+        rows = [ids[:n_prompt].tolist() for ids, n_prompt in zip(enc["input_ids"], prompt_lengths, strict=True)]
+        segments = [[0] * n_prompt for n_prompt in prompt_lengths]
+        positions = [list(range(n_prompt)) for n_prompt in prompt_lengths]
         owner, tokens, predictors, lengths, kept_offsets = [], [], [], [], []
-        for n, (ids, n_prompt, text, group) in enumerate(
-                zip(enc["input_ids"], prompt_lengths, texts, groups, strict=True)):
-            row, segment, position = ids[:n_prompt].tolist(), [0] * n_prompt, list(range(n_prompt))
-            for k, response in enumerate(group, start=1):
-                resp, offsets = self._fit(*self.response_ids(text, response), n_prompt,
-                                          row_names[n] if row_names else f"row {n}")
-                start = len(row)
-                owner.append(n)
-                tokens.append(list(range(start, start + len(resp))))
-                predictors.append(([n_prompt - 1] + list(range(start, start + len(resp) - 1)))[: len(resp)])
-                lengths.append(len(resp))
-                kept_offsets.append(offsets)
-                row += resp
-                segment += [k] * len(resp)
-                position += range(n_prompt, n_prompt + len(resp))
-            rows.append(row)
-            segments.append(segment)
-            positions.append(position)
+        for r, resp, offsets in entries:
+            n_prompt, n = prompt_lengths[r], row_group[r]
+            resp, offsets = self._fit(resp, offsets, n_prompt, row_names[n] if row_names else f"row {n}")
+            start, k = len(rows[r]), (segments[r][-1] + 1 if len(segments[r]) > n_prompt else 1)
+            owner.append(r)
+            tokens.append(list(range(start, start + len(resp))))
+            predictors.append(([n_prompt - 1] + list(range(start, start + len(resp) - 1)))[: len(resp)])
+            lengths.append(len(resp))
+            kept_offsets.append(offsets)
+            rows[r] += resp
+            segments[r] += [k] * len(resp)
+            positions[r] += range(n_prompt, n_prompt + len(resp))
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)  # (N, T)
@@ -337,7 +389,8 @@ class PreferenceCollator:
     ``labels``, ``response_start``, ``response_length``, and mmpo's own side tensors beside them:
     ``record_index`` ``(B,)`` (and ``record_indices``, the same as a list); ``vision_mask`` ``(B,)`` bool; ``unit_spans`` ``(B, S, 2)``
     end-exclusive token spans into the response-aligned layout, ``unit_mask`` ``(B, S)``,
-    ``unit_scores`` ``(B, S)``; ``data_alpha`` ``(B,)``.
+    ``unit_scores`` ``(B, S)``; ``data_alpha`` ``(B,)``; ``record_weight`` and ``beta_scale`` ``(B,)``
+    when some record of the batch has that field.
     """
 
     encoder: RowEncoder
@@ -363,6 +416,11 @@ class PreferenceCollator:
                 raise ValueError(f"{missing[0]}: field 'data_alpha' is missing; DAMA's data-aware beta needs "
                                  "it (run `mmpo score-sentences --dama` on the records first)")
             batch["data_alpha"] = torch.tensor([float(r.data_alpha) for r in records])
+        # Per-record weight and beta scale, only when some record of the batch has one (1 for the others).
+        for key, values in (("record_weight", [r.weight for r in records]),
+                            ("beta_scale", [r.beta_scale for r in records])):
+            if any(v is not None for v in values):
+                batch[key] = torch.tensor([1.0 if v is None else float(v) for v in values])  # (B,)
         if self.sentence_splitter is not None:
             chosen_offsets = offsets[: len(records)]  # the chosen rows come first
             tokenizer_name = type(self.encoder.tokenizer).__name__
@@ -427,8 +485,22 @@ class PreferenceCollator:
         return batch
 
 
+def _position_in(response: str, content: str) -> int | None:
+    """Where the template's ``content`` starts in ``response``: 0 when unchanged, the trimmed
+    whitespace's length when the template trims, None when it rewrote the text."""
+    if content == response:
+        return 0
+    at = response.find(content) if content else -1
+    if at >= 0 and not response[:at].strip() and not response[at + len(content):].strip():
+        return at
+    return None
+
+
 def _identity(image: Any) -> Any:
-    """What makes two records' images the same for prefix sharing: the same path, or the same object."""
+    """What makes two records' images the same for prefix sharing: the same path, or the same object
+    (for several images, each of them in order)."""
+    if isinstance(image, (list, tuple)):
+        return tuple(_identity(i) for i in image)
     return str(image) if isinstance(image, (str, os.PathLike)) else id(image)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from .. import progress
 from ..io import load_image
 from ..prompting import tokenizer_of
-from ..types import PreferenceRecord
+from ..types import PreferenceRecord, image_list
 from .collator import PreferenceCollator, PreferenceDataset, SequenceTooLongError
 from .records import LoadResult, RecordError, RecordValidationError
 
@@ -131,7 +131,8 @@ def preflight(records: list[PreferenceRecord], collator: PreferenceCollator, *, 
 def _unreadable_image(record: PreferenceRecord) -> str:
     """Which of the record's image fields does not decode (``"image"`` when both do, or neither)."""
     try:
-        load_image(record.image)
+        for image in image_list(record.image):
+            load_image(image)
     except Exception:
         return "image"
     return "rejected_image" if record.rejected_image is not None else "image"

@@ -9,12 +9,15 @@ anything.
 
 What is faithful to each family is its *plumbing*: the model and processor classes, the special
 tokens and the attributes the processor reads from its tokenizer, a chat template in the family's
-style (written here, not copied from any hub file), and whether the tokenizer itself adds a BOS
+style (written here, not copied from any hub file) with the quirks that matter to training (an
+end-of-turn token other than EOS, Gemma's trimming, a Thinking template's lead, a generation prompt
+that is not a prefix of the template's own assistant turn), and whether the tokenizer itself adds a BOS
 token (Gemma 3 and Llama-3.2-Vision tokenizers do, and their chat templates render one too — the
 classic "double BOS"). What is not faithful: sizes, vocabularies and, of course, the weights.
 
-``build_family(name)`` returns ``(model, processor)`` for ``name`` in :data:`FAMILIES` (plus
-``"paligemma_chat"``, a PaliGemma with a chat template attached). Models are float32 and built
+``build_family(name)`` returns ``(model, processor)`` for ``name`` in :data:`FAMILIES` or
+:data:`VARIANTS` (``"paligemma_chat"``, a PaliGemma with a chat template attached, and
+``"qwen3_vl_thinking"``, Qwen3-VL with a "Thinking" template). Models are float32 and built
 after ``torch.manual_seed(seed)``, so the same seed gives the same weights.
 """
 
@@ -38,6 +41,8 @@ from ..toyworld.model import world_corpus
 
 FAMILIES: tuple[str, ...] = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl",
                              "gemma3", "paligemma", "idefics3", "smolvlm", "mllama")
+#: Other templates of a family: PaliGemma with a chat template, Qwen3-VL's "Thinking" one.
+VARIANTS: tuple[str, ...] = ("paligemma_chat", "qwen3_vl_thinking")
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 
@@ -53,6 +58,7 @@ GEMMA3_NAMED = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", 
 GEMMA3_TURNS = ["<start_of_turn>", "<end_of_turn>"]
 IDEFICS_TOKENS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"] + [
     f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+THINK_TAGS = ["<think>", "</think>"]
 MLLAMA_TOKENS = ["<|image|>", "<|python_tag|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 
 
@@ -125,12 +131,39 @@ VICUNA_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 QWEN_TEMPLATE = _chatml("<|vision_start|><|image_pad|><|vision_end|>")
-ONEVISION_TEMPLATE = _chatml("<image>\n")
+
+#: Qwen3-VL "Thinking" style: the generation prompt opens a think block (``<|im_start|>assistant\n<think>\n``),
+#: and the last assistant turn is written with its reasoning in one (an empty one when the message has
+#: none), so a plain answer follows ``\n</think>\n\n``. A message that holds ``</think>`` (text
+#: generated after the prompt's ``<think>``) is split there into the reasoning and the answer.
+QWEN_THINKING_TEMPLATE = (
+    _render_macro("<|vision_start|><|image_pad|><|vision_end|>")
+    + "{% for message in messages %}{% set text = render(message['content']) %}"
+    "{% if message['role'] == 'assistant' %}{% set thought = '' %}"
+    "{% if '</think>' in text %}{% set thought = text.split('</think>')[0].rstrip('\n').split('<think>')[-1]"
+    ".lstrip('\n') %}{% set text = text.split('</think>')[-1].lstrip('\n') %}{% endif %}"
+    "<|im_start|>assistant\n{% if loop.last %}<think>\n{{ thought }}\n</think>\n\n{% endif %}{{ text }}<|im_end|>\n"
+    "{% else %}<|im_start|>{{ message['role'] }}\n{{ text }}<|im_end|>\n{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
+)
+
+#: LLaVA-OneVision style: ChatML turns whose role is followed by a space, every image of a message
+#: first, then each text part after a newline; the generation prompt has no space after the role,
+#: so it is not a prefix of the template's own assistant turn (``assistant\n`` against ``assistant \n``).
+ONEVISION_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }} "
+    "{% if message['content'] is string %}{{ '\\n' + message['content'] }}{% else %}"
+    "{% for part in message['content'] if part['type'] == 'image' %}<image>{% endfor %}"
+    "{% for part in message['content'] if part['type'] == 'text' %}{{ '\\n' + part['text'] }}{% endfor %}"
+    "{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 #: Gemma 3 style: the template renders BOS itself, has no system role (a system message is folded
-#: into the first user turn), calls the assistant "model", and writes an image as its BOI token.
+#: into the first user turn), calls the assistant "model", writes an image as its BOI token, trims
+#: every text, and ends each turn with ``<end_of_turn>`` (not the tokenizer's EOS).
 GEMMA3_TEMPLATE = (
-    _render_macro("<start_of_image>")
+    _render_macro("<start_of_image>").replace("{{ content }}", "{{ content | trim }}")
+    .replace("{{ part['text'] }}", "{{ part['text'] | trim }}")
     + "{{ bos_token }}{% set ns = namespace(system='') %}"
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}{% set ns.system = render(message['content']) + '\n\n' %}"
@@ -330,10 +363,12 @@ def _llava_onevision():
     return LlavaOnevisionForConditionalGeneration, config, processor
 
 
-def _qwen(version: str):
+def _qwen(version: str, thinking: bool = False):
     from transformers import Qwen2VLImageProcessorPil
 
     tokenizer = family_tokenizer([IM_START, IM_END], named_tokens=QWEN_NAMED)
+    if thinking:  # as in Qwen3's tokenizers, the think tags are added tokens but not special ones
+        tokenizer.add_tokens(THINK_TAGS)
     patch = 16 if version == "3" else 14
     factor = patch * 2  # patch size times the 2x2 spatial merge
     # Dynamic resolution: images are resized to multiples of `factor` with between 4 and 16 merged
@@ -384,7 +419,8 @@ def _qwen(version: str):
         text["rope_parameters"]["mrope_interleaved"] = True
         config = Qwen3VLConfig(vision_config=vision, text_config=Qwen3VLTextConfig(**text, head_dim=16), **ids)
         cls, processor_cls = Qwen3VLForConditionalGeneration, Qwen3VLProcessorWithoutVideo
-    processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN_TEMPLATE)
+    processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer,
+                              chat_template=QWEN_THINKING_TEMPLATE if thinking else QWEN_TEMPLATE)
     return cls, config, processor
 
 
@@ -512,6 +548,7 @@ BUILDERS: dict[str, Callable[[], tuple]] = {
     "qwen2_vl": lambda: _qwen("2"),
     "qwen2_5_vl": lambda: _qwen("2.5"),
     "qwen3_vl": lambda: _qwen("3"),
+    "qwen3_vl_thinking": lambda: _qwen("3", thinking=True),
     "gemma3": _gemma3,
     "paligemma": lambda: _paligemma(chat=False),
     "paligemma_chat": lambda: _paligemma(chat=True),
@@ -524,7 +561,7 @@ BUILDERS: dict[str, Callable[[], tuple]] = {
 def build_family(name: str, seed: int = 0) -> tuple[torch.nn.Module, ProcessorMixin]:
     """A tiny random model of family ``name`` and its processor, consistent with each other.
 
-    ``name`` is one of :data:`FAMILIES` or ``"paligemma_chat"``. The model is float32, in eval mode,
+    ``name`` is one of :data:`FAMILIES` or :data:`VARIANTS`. The model is float32, in eval mode,
     with its generation config's pad/bos/eos ids set to the tokenizer's.
     """
     if name not in BUILDERS:

@@ -182,6 +182,8 @@ def image_digest(image: Any) -> str:
     image (so replacing the files behind the same paths invalidates the cache)."""
     if image is None:
         return "none"
+    if isinstance(image, (list, tuple)):  # several images: each one's digest, in order
+        return hashlib.sha256(" ".join(image_digest(i) for i in image).encode()).hexdigest()
     h = hashlib.sha256()
     if isinstance(image, (str, Path)):
         with open(image, "rb") as f:

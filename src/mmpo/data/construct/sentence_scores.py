@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from mmpo import progress
 
 from ...methods.dama import dama_alpha_from_delta, dama_delta
-from ...types import PreferenceRecord
+from ...types import PreferenceRecord, refuse_several_images
 
 
 @dataclass
@@ -85,6 +85,7 @@ def score_sentences(records: Sequence[PreferenceRecord], scorer, splitter, *, da
             raise ValueError(f"logit_scale must be a finite number > 0, got {scale}")
     if delta_bar is not None and not math.isfinite(delta_bar):
         raise ValueError(f"delta_bar must be a finite number, got {delta_bar}")
+    refuse_several_images(records, "scoring sentences against the image")
     report = ScoreReport()
     scored: list[tuple[PreferenceRecord, list[float], list[float]]] = []
     bar = progress.bar(total=len(records), desc="sentence scores", unit="record")

@@ -45,7 +45,7 @@ from mmpo.methods.adavip.inpainting import Inpainter
 from mmpo.methods.adavip.vision_steps import Detection, Detector, Segmenter, Tagger
 from mmpo.scoring.clip import ImageTextScorer
 from mmpo.scoring.sentences import RuleSplitter, SentenceSplitter
-from mmpo.types import PreferenceRecord
+from mmpo.types import PreferenceRecord, refuse_several_images
 
 logger = logging.getLogger(__name__)
 
@@ -297,6 +297,7 @@ def build_vision_rejected(
     image_dir = Path(os.path.abspath(image_dir))
     image_dir.mkdir(parents=True, exist_ok=True)
 
+    refuse_several_images(records, "building vision-rejected images")
     report = VisionRejectedReport(out_path=out_path, total=len(records))
     journal = ResumeJournal.open(out_path, pipeline.settings(), writer="build_vision_rejected",
                                  outcome_of=_outcome_of, what="records")

@@ -29,7 +29,8 @@ def chosen_units(record: PreferenceRecord, offsets: Sequence[tuple[int, int]], n
     Args:
         record: the record (its ``chosen`` text and ``chosen_sentence_scores``).
         offsets: ``(char_start, char_end)`` per kept response token; ``(-1, -1)`` where the tokenizer
-            cannot say (slow tokenizers), which sentence units refuse.
+            cannot say (slow tokenizers) or the chat template rewrote the response, which sentence
+            and token units refuse.
         name: how errors name the record.
         splitter: the sentence splitter (:mod:`mmpo.scoring.sentences`).
         granularity: ``"sentence"``, ``"token"`` or ``"response"``.
@@ -41,10 +42,15 @@ def chosen_units(record: PreferenceRecord, offsets: Sequence[tuple[int, int]], n
         ValueError: naming the record and the field.
     """
     n_tokens = len(offsets)
-    if any(o == (-1, -1) for o in offsets):
-        raise ValueError(f"{name}: sentence units need token offsets, which {tokenizer_name} "
-                         "cannot give; load the fast tokenizer (use_fast=True)")
-    sentences = token_spans(splitter.split(record.chosen), list(offsets))
+    known = not any(o == (-1, -1) for o in offsets)
+    if not known and granularity != "response":
+        raise ValueError(f"{name}: sentence units need the chosen response's token offsets, which {tokenizer_name} "
+                         "cannot give (load the fast tokenizer, use_fast=True), or which are lost where the chat "
+                         "template rewrites the response (a reasoning block it reformats); use "
+                         "aspo_granularity: response for such data")
+    sentences = splitter.split(record.chosen)
+    if known:
+        sentences = token_spans(sentences, list(offsets))
     scores = record.chosen_sentence_scores
     if need_scores:
         if scores is None:
@@ -55,6 +61,8 @@ def chosen_units(record: PreferenceRecord, offsets: Sequence[tuple[int, int]], n
                              f"response splits into {len(sentences)} sentences; re-score with the same splitter")
     else:
         scores = [0.0] * len(sentences)
+    if not known:  # one unit; every sentence's score counts, as no token span can be empty
+        return [(0, n_tokens, sum(scores) / max(len(scores), 1))]
     pieces = [(s.token_start, s.token_end, float(c)) for s, c in zip(sentences, scores, strict=True)]
     pieces = [p for p in pieces if p[1] > p[0]]
     if granularity == "response":
