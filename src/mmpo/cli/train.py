@@ -2,6 +2,9 @@
 
 ``--resume_from_checkpoint true`` resumes from the newest complete checkpoint in ``output_dir``
 (newer, half-written ones are skipped and named); ``--resume_from_checkpoint PATH`` from that one.
+
+Writes the model, its processor, ``log_history.json`` and a model card, ``README.md``
+(:mod:`mmpo.training.model_card`), to ``output_dir``.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import logging
 
 def main(argv: list[str]) -> int:
     from ..training.config import parse_command_line
+    from ..training.model_card import command_line
     from ..training.run import run_training
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -18,5 +22,6 @@ def main(argv: list[str]) -> int:
     if config is None:
         return 0
     run_training(config.model, config.data, config.training, config.methods,
-                 resume_from_checkpoint=config.training.resume_from_checkpoint)
+                 resume_from_checkpoint=config.training.resume_from_checkpoint,
+                 command=command_line(["mmpo", "train", *argv]))
     return 0

@@ -11,14 +11,17 @@ of :mod:`mmpo.methods`, torch only and unit-tested without a Trainer:
 4. with DAMA, ``beta`` becomes a per-record ``beta_C`` and outlier records are filtered out
    (:class:`mmpo.methods.dama.DamaController`, which also keeps the running mean ``R_bar``);
 5. :func:`mmpo.methods.dpo.preference_loss` gives per-record losses (DPO, or AdaViP's
-   Plackett-Luce loss when there is a vision-rejected sample);
-6. the mean over kept records, plus an optional NLL term on the chosen response.
+   Plackett-Luce loss when there is a vision-rejected sample), with each record's ``beta_scale``
+   times its beta and its loss times its ``weight`` (records without them: 1);
+6. the mean over kept records (``sum(weight * loss) / B``), plus an optional NLL term on the chosen
+   response (each record's share times its weight).
 
 A step whose loss or gradients are NaN/inf stops the run with :class:`NonFiniteLossError`
 (``on_nonfinite='raise'``) or is skipped without an update (``'skip'``).
 
 The public ``Trainer`` hooks overridden: ``train`` (resume from the newest *complete* checkpoint
-and restore mmpo's state), ``compute_loss``, ``training_step``, ``prediction_step`` and ``log``;
+and restore mmpo's state), ``compute_loss``, ``training_step``, ``prediction_step``, ``log`` and
+``create_model_card`` (mmpo's card, which ``push_to_hub`` then uploads);
 one private one, ``_save_checkpoint``, to write mmpo's state before ``trainer_state.json`` (see
 :mod:`mmpo.training.checkpoints`). DAMA's running mean is updated by a callback, the gradients
 are checked by another.
@@ -55,6 +58,7 @@ from .checkpoints import (
     read_json,
 )
 from .config import Methods, PreferenceConfig, resume_value
+from .model_card import RunFacts, write_model_card
 from .reference import (
     AdapterReference,
     FrozenCopyReference,
@@ -140,6 +144,10 @@ class PreferenceTrainer(Trainer):
         #: Per mode and key, the logging window's (sum on the device, count): read once per log.
         self._metrics: dict[str, dict[str, tuple[torch.Tensor, int]]] = {"train": {}, "eval": {}}
         self.reference = self._build_reference(args, collator, train_dataset)
+        #: Some training or eval record has a ``weight`` or ``beta_scale``: log ``records/...`` for every batch.
+        self._log_record_scales = any(r.weight is not None or r.beta_scale is not None
+                                      for ds in (train_dataset, self.eval_dataset)
+                                      if isinstance(ds, PreferenceDataset) for r in ds.records)
 
     @staticmethod
     def _can_share(model, args: PreferenceConfig) -> bool:
@@ -272,9 +280,14 @@ class PreferenceTrainer(Trainer):
             chosen, diag = aspo_step(token_ratios[:B], policy[:B], inputs["unit_spans"], inputs["unit_mask"],
                                      inputs["unit_scores"], aspo.alpha, aspo.normalizer)
         beta, keep, dama_diag = self.dama.beta(chosen, rejected, inputs.get("data_alpha"), training=training)
+        weight, beta_scale = inputs.get("record_weight"), inputs.get("beta_scale")  # (B,) or None (all 1)
         losses, loss_diag = preference_loss(chosen, rejected, beta, vision, inputs.get("vision_mask"),
-                                            self.methods.adavip.loss)
-        loss, nll = self._with_sft_term(self.dama.mean_loss(losses, keep), policy, mask, B, diag)
+                                            self.methods.adavip.loss, beta_scale=beta_scale, weight=weight)
+        loss, nll = self._with_sft_term(self.dama.mean_loss(losses, keep), policy, mask, B, diag, weight)
+        if self._log_record_scales:
+            ones = torch.ones_like(chosen.detach())  # (B,)
+            diag["records/weight"] = ones if weight is None else weight
+            diag["records/beta_scale"] = ones if beta_scale is None else beta_scale
         if training and self._skip_nonfinite(model, inputs, loss, losses, keep, nll, dama_mark):
             loss = _zero_loss(model)
         else:
@@ -301,10 +314,12 @@ class PreferenceTrainer(Trainer):
         return self.reference if training or self._eval_reference is None else self._eval_reference
 
     def _with_sft_term(self, loss: torch.Tensor, policy: torch.Tensor, mask: torch.Tensor, B: int,
-                       diag: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       diag: dict[str, torch.Tensor], weight: torch.Tensor | None = None,
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``preference_weight * loss + sft_weight * NLL`` and the NLL (None when ``sft_weight`` is 0);
         logs ``loss/sft`` and the responses' summed log-probs. The NLL of the chosen responses is
-        reduced by :func:`sft_nll` with ``sft_reduction``."""
+        reduced by :func:`sft_nll` with ``sft_reduction``, each record's share times its ``weight``
+        ``(B,)`` (None: 1)."""
         if self.args.preference_weight != 1:
             loss = self.args.preference_weight * loss
         policy_sums = (policy * mask).sum(dim=1)  # (R,)
@@ -312,7 +327,7 @@ class PreferenceTrainer(Trainer):
         diag["logps/rejected"] = policy_sums[B : 2 * B].detach()
         if self.args.sft_weight == 0:
             return loss, None
-        nll = sft_nll(policy_sums[:B], mask[:B].sum(dim=1), self.args.sft_reduction)
+        nll = sft_nll(policy_sums[:B], mask[:B].sum(dim=1), self.args.sft_reduction, weight)
         diag["loss/sft"] = nll.detach()
         return loss + self.args.sft_weight * nll, nll
 
@@ -420,6 +435,21 @@ class PreferenceTrainer(Trainer):
     def load_mmpo_state(self, state: dict[str, Any]) -> None:
         self.dama.load_state_dict(state)
         self.nonfinite_skipped = int(state.get("nonfinite_skipped_batches", 0))
+
+    #: What this run's model card says (:func:`mmpo.training.model_card.run_facts`), set by
+    #: :func:`mmpo.training.run.run_training`; None: ``create_model_card`` writes ``Trainer``'s own card.
+    card_facts: RunFacts | None = None
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """Write mmpo's model card to ``output_dir/README.md`` (:mod:`mmpo.training.model_card`), on the
+        main process. ``Trainer.push_to_hub`` calls this hook right before it uploads ``output_dir``, so
+        the card published is mmpo's; its ``tags`` are added to the card's, other arguments are ignored."""
+        if self.card_facts is None:
+            return super().create_model_card(*args, **kwargs)
+        if self.is_world_process_zero():
+            tags = kwargs.get("tags") or ()
+            write_model_card(self.args.output_dir, self.card_facts, self.state.log_history,
+                             [tags] if isinstance(tags, str) else tags)
 
     def _save_checkpoint(self, model, trial) -> None:
         """Write ``mmpo_state.json`` atomically into the checkpoint folder, then ``Trainer``'s files.
@@ -567,7 +597,8 @@ def _zero_loss(model: torch.nn.Module) -> torch.Tensor:
     return torch.stack(terms).sum() if terms else torch.zeros((), requires_grad=True)
 
 
-def sft_nll(sums: torch.Tensor, counts: torch.Tensor, reduction: str = "token") -> torch.Tensor:
+def sft_nll(sums: torch.Tensor, counts: torch.Tensor, reduction: str = "token",
+            weight: torch.Tensor | None = None) -> torch.Tensor:
     """The SFT term's negative log-likelihood of the chosen responses, 0-dim.
 
     Args:
@@ -578,7 +609,11 @@ def sft_nll(sums: torch.Tensor, counts: torch.Tensor, reduction: str = "token") 
             ``-sums / counts`` (every record weighs the same); ``"sum"``: the mean over records of
             ``-sums`` (RLAIF-V's trainer, which subtracts the summed chosen log-prob; its scale grows
             with the response length).
+        weight: ``(B,)`` the records' ``weight``, or None (all 1): each record's share of the term is
+            multiplied by its weight; the divisor (tokens or records) stays unweighted.
     """
+    if weight is not None:
+        sums = weight.to(sums) * sums  # (B,)
     if reduction == "token":
         return -sums.sum() / counts.sum().clamp(min=1)
     if reduction == "record":
