@@ -451,6 +451,24 @@ def test_two_images_do_not_depend_on_the_batch(name):
     torch.testing.assert_close(rows[1], alone, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["qwen2_vl", "idefics3", "mllama", "llava_onevision"])
+def test_several_images_prefix_shared_equal_one_row_per_response(name, tmp_path):
+    """Records of one, two and three images with their rejected image sets (AdaViP's vision rows):
+    the shared layout gives every response the log-probs of a row of its own."""
+    model, processor = family(name)
+    dataset = PreferenceDataset(records(tmp_path, several=True))
+    items = [dataset[i] for i in range(len(dataset))]
+    logps = {}
+    for shared in (False, True):
+        batch = PreferenceCollator(RowEncoder(processor), vision_rows=True, prefix_sharing=shared)(items)
+        with torch.no_grad():
+            values, mask = policy_response_logps(model, batch)
+        logps[shared] = [row[m] for row, m in zip(values, mask, strict=True)]
+    assert len(logps[True]) == 3 * len(items)
+    for alone, shared in zip(logps[False], logps[True], strict=True):
+        torch.testing.assert_close(shared, alone, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("name", ["qwen2_vl", "idefics3", "gemma3", "mllama", "llava_onevision"])
 def test_records_with_several_images_train_with_every_method(name, tmp_path):
     """Records of one, two and three images (a rejected image set each for AdaViP), the precomputed

@@ -22,14 +22,14 @@ from PIL import Image
 from helpers import training_args
 from mmpo.data.collator import PreferenceCollator, PreferenceDataset, RowEncoder
 from mmpo.forward import block_attention_mask, policy_response_logps, prefix_sharing_problem
-from mmpo.testing.families import FAMILIES, build_family
+from mmpo.testing.families import FAMILIES, VARIANTS, build_family
 from mmpo.training.config import AdavipConfig, Methods, ModelArguments
 from mmpo.training.policy import prepare_policy
 from mmpo.training.reference import compute_reference_table
 from mmpo.training.trainer import PreferenceTrainer
 from mmpo.types import PreferenceRecord
 
-ALL = (*FAMILIES, "paligemma_chat")
+ALL = (*FAMILIES, *VARIANTS)
 SHARED = tuple(n for n in ALL if n != "gemma3")
 
 

@@ -56,3 +56,26 @@ def test_mmpo_train_reads_a_parquet_shard_and_a_directory_of_shards(tmp_path, ti
     evaluations = [entry for entry in log if "eval_loss" in entry]
     assert len(steps) == 1 and math.isfinite(steps[0]["loss"])
     assert len(evaluations) == 1 and math.isfinite(evaluations[0]["eval_loss"])
+
+
+def test_mmpo_train_reads_trl_records_with_two_images(tmp_path, tiny_checkpoint, tiny_records):
+    """TRL's vision layout with two images per record (the prompt's two image parts take them in
+    order), one record with one image beside them; the model card counts the records and the layout."""
+    rows = []
+    for i, (a, b) in enumerate(zip(tiny_records[:6:2], tiny_records[1:6:2], strict=True)):
+        images = [a.image, b.image] if i else [a.image]
+        content = [{"type": "image"}] * len(images) + [{"type": "text", "text": a.prompt}]
+        rows.append({"images": images, "prompt": [{"role": "user", "content": content}],
+                     "chosen": [{"role": "assistant", "content": a.chosen}],
+                     "rejected": [{"role": "assistant", "content": a.rejected}]})
+    train_file = tmp_path / "two-images.jsonl"
+    train_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "out"
+    code = train([str(REPO / "configs" / "toyworld" / "dpo.yaml"), "--model_name_or_path", str(tiny_checkpoint),
+                  "--train_file", str(train_file), "--output_dir", str(out), "--max_steps", "1",
+                  "--per_device_train_batch_size", "3", "--logging_steps", "1", "--disable_tqdm", "true"])
+    assert code == 0
+    steps = [e for e in json.loads((out / "log_history.json").read_text()) if "loss" in e]
+    assert len(steps) == 1 and math.isfinite(steps[0]["loss"])
+    card = (out / "README.md").read_text()
+    assert "two-images.jsonl" in card and "trl" in card
