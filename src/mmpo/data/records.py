@@ -643,25 +643,22 @@ BETA_SCALE_MAX = 1e3
 
 def _weight(value: Any) -> float | None:
     """A record's loss weight: a finite number in ``[0, WEIGHT_MAX]`` (0: the record adds nothing)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise FieldProblem("weight", f"must be a finite number in [0, {WEIGHT_MAX:g}], got {value!r} "
-                           f"({type(value).__name__})")
-    if not (math.isfinite(value) and 0 <= value <= WEIGHT_MAX):
-        raise FieldProblem("weight", f"must be a finite number in [0, {WEIGHT_MAX:g}], got {value}")
-    return float(value)
+    return _scale(value, "weight", WEIGHT_MAX, zero_allowed=True)
 
 
 def _beta_scale(value: Any) -> float | None:
     """A record's beta factor: a finite number in ``(0, BETA_SCALE_MAX]``."""
+    return _scale(value, "beta_scale", BETA_SCALE_MAX, zero_allowed=False)
+
+
+def _scale(value: Any, field: str, high: float, zero_allowed: bool) -> float | None:
     if value is None:
         return None
+    interval = f"{'[' if zero_allowed else '('}0, {high:g}]"
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise FieldProblem("beta_scale", f"must be a finite number in (0, {BETA_SCALE_MAX:g}], got {value!r} "
-                           f"({type(value).__name__})")
-    if not (math.isfinite(value) and 0 < value <= BETA_SCALE_MAX):
-        raise FieldProblem("beta_scale", f"must be a finite number in (0, {BETA_SCALE_MAX:g}], got {value}")
+        raise FieldProblem(field, f"must be a finite number in {interval}, got {value!r} ({type(value).__name__})")
+    if not (math.isfinite(value) and (0 <= value if zero_allowed else 0 < value) and value <= high):
+        raise FieldProblem(field, f"must be a finite number in {interval}, got {value}")
     return float(value)
 
 
