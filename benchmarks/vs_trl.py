@@ -49,9 +49,10 @@ Parity, before any update: every policy is the same seeded perturbation of the i
 On the first batch (the first B records), each mmpo DPO row's per-record policy and reference
 log-probs, rewards and loss are compared with TRL's (its ``compute_ref_log_probs`` code path for
 the log-probs, ``compute_loss`` and its logged metrics for the loss and rewards). EOS convention:
-both sides score responses that end with EOS, mmpo's default (``RowEncoder.append_eos=True``);
-TRL gets the EOS from the LLaVA-1.5 chat template (which ends an assistant turn with ``</s>``),
-and on the toy shape, whose template renders none, from an EOS appended to TRL's response text.
+both sides score responses that end with EOS: mmpo ends a response as the chat template ends an
+assistant turn (``RowEncoder.end_turn=True``), with ``</s>`` on the LLaVA-1.5 shape and with the
+tokenizer's EOS on the toy shape, whose template writes no end token; TRL gets the EOS from the
+LLaVA-1.5 chat template, and on the toy shape from an EOS appended to TRL's response text.
 
 Reading the numbers: on the CPU, TRL's step is dominated by its chunked fused LM head (TRL 1.16
 scores completions through ``ChunkedLogProbFunction``, which also computes entropy, mean logits and

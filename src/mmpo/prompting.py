@@ -1,6 +1,6 @@
 """How an (image, prompt) pair reaches a transformers processor, the same way for training and generation.
 
-Three things differ between VLM families and are easy to get silently wrong:
+Four things differ between VLM families and are easy to get silently wrong:
 
 * **The prompt text.** Most processors carry a chat template; some (PaliGemma as shipped) have none
   and take a plain prefix. ``prompt_format="auto"`` uses the chat template when there is one and the
@@ -11,7 +11,11 @@ Three things differ between VLM families and are easy to get silently wrong:
   second one. A text that already starts with the tokenizer's BOS is encoded without adding special
   tokens (the rule transformers' own ``apply_chat_template(tokenize=True)`` follows).
 * **Images.** Processors that tile or count images per sample (Idefics3, SmolVLM, Gemma 3, Mllama)
-  need one list of images per row; every processor accepts that nesting, so it is always used.
+  need one list of images per row; every processor accepts that nesting, so it is always used. A
+  row may hold several images (a plain-text prompt then takes them all before its text).
+* **The assistant turn.** What a template writes around a response (the end-of-turn token, a lead
+  such as a Thinking template's empty think block, trimming) is read off the template itself:
+  :class:`AssistantTurn`, :func:`assistant_turn`, :func:`rendered_response`.
 
 Images are read with :func:`mmpo.io.load_image`. Only :mod:`mmpo.io` and :mod:`mmpo.types` are imported, so
 data, training, evaluation and generation can all depend on it.

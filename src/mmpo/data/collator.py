@@ -3,7 +3,8 @@
 Each row of a batch is one (image, prompt, response) sequence. The prompt is rendered for the
 processor (:mod:`mmpo.prompting`: chat template or plain prefix, no double BOS, images one list per
 row) and encoded by the processor itself, so image tokens are expanded exactly as the model expects;
-the response is tokenised as the model would see it after the prompt and appended, followed by EOS.
+the response is tokenised as the model would see it after the prompt and appended, written and
+ended as the chat template writes an assistant turn (its end-of-turn token, or EOS where it has none).
 Building the two halves separately gives exact response token spans — no guessing where the prompt
 ends — and lets the response be truncated without ever cutting an image token. Every per-token
 tensor the processor returns at prompt width (``token_type_ids``, ``mm_token_type_ids``,
