@@ -102,3 +102,35 @@ def test_truncated_responses_are_counted_and_reported(processor, tiny_records, c
     with pytest.warns(UserWarning, match="truncated"):
         preflight(records, collator)
     assert "1 of 2 records have a response longer than the token budget of 120" in caplog.text
+
+
+def test_a_record_found_bad_at_preflight_is_named_by_its_file_and_row(processor, tiny_records, tmp_path):
+    """Records read from shards keep where they came from: a prompt too long for the token budget,
+    found only when encoded, is named by its index in the whole source, its shard and its row there,
+    also after a record skipped on load."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mmpo.data.records import load_records
+
+    def shard(records, name):
+        pq.write_table(pa.table({"image": [r.image for r in records], "prompt": [r.prompt for r in records],
+                                 "chosen": [r.chosen for r in records], "rejected": [r.rejected for r in records],
+                                 "id": [r.id for r in records]}), tmp_path / name)
+
+    first, second = list(tiny_records[:3]), list(tiny_records[3:6])
+    first[0] = dataclasses.replace(first[0], chosen="")  # bad on load: skipped
+    second[1] = dataclasses.replace(second[1], prompt="describe the image . " * 40)  # bad at preflight
+    shard(first, "part-0.parquet")
+    shard(second, "part-1.parquet")
+    loaded = load_records(tmp_path, on_error="skip")
+    assert len(loaded.records) == 5 and len(loaded.origins) == 5
+    dataset = PreferenceDataset(loaded.records, loaded.origins)
+    collator = PreferenceCollator(RowEncoder(processor, max_length=120))
+    with pytest.raises(RecordValidationError) as caught:
+        preflight(dataset.records, collator, origins=dataset.origins)
+    error = caught.value.error
+    assert (error.index, error.row, error.field) == (4, 1, "prompt") and error.file.endswith("part-1.parquet")
+    assert f"#4 ({error.file} row 1, id '{second[1].id}') field 'prompt'" in str(caught.value)
+    kept = preflight(dataset.records, collator, origins=dataset.origins, on_error="skip")
+    assert [o["index"] for o in kept.origins] == [1, 2, 3, 5]

@@ -357,10 +357,18 @@ class RowEncoder:
 
 
 class PreferenceDataset(torch.utils.data.Dataset):
-    """Records as a map-style dataset; each item carries its index for reference-log-prob lookup."""
+    """Records as a map-style dataset; each item carries its index for reference-log-prob lookup.
 
-    def __init__(self, records: list[PreferenceRecord]):
+    ``origins`` (optional, aligned with ``records``): where each record was read from, as
+    :attr:`mmpo.data.records.LoadResult.origins` gives it, so the preflight's errors name the file
+    and row; without it they name the record's position here.
+    """
+
+    def __init__(self, records: list[PreferenceRecord], origins: list[dict[str, Any]] | None = None):
+        if origins is not None and len(origins) != len(records):
+            raise ValueError(f"{len(records)} records but {len(origins)} origins")
         self.records = records
+        self.origins = origins
 
     def __len__(self) -> int:
         return len(self.records)

@@ -73,7 +73,8 @@ def bound_max_length(collator: PreferenceCollator, max_positions: int | None) ->
 
 
 def preflight(records: list[PreferenceRecord], collator: PreferenceCollator, *, max_positions: int | None = None,
-              on_error: str = "raise", what: str = "training records") -> LoadResult:
+              on_error: str = "raise", what: str = "training records",
+              origins: list[dict[str, Any]] | None = None) -> LoadResult:
     """Encode every record as training will, and report the ones that cannot be trained.
 
     Args:
@@ -82,16 +83,19 @@ def preflight(records: list[PreferenceRecord], collator: PreferenceCollator, *, 
         max_positions: the model's maximum positions; the encoder's budget is capped at it.
         on_error: ``"raise"`` (``RecordValidationError`` at the first bad record) or ``"skip"``.
         what: how the progress bar names the records.
+        origins: where each record was read from (:attr:`mmpo.data.records.LoadResult.origins`), so an
+            error names its index in the source, its file and row; None: its position in ``records``.
 
     Returns:
-        a ``LoadResult`` of the records that encode (source order) and one error per record that does not.
+        a ``LoadResult`` of the records that encode (source order; with their ``origins`` when given)
+        and one error per record that does not.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     bound_max_length(collator, max_positions)
     placeholders = placeholder_tokens(collator.encoder.processor)
     dataset = PreferenceDataset(records)
-    kept, errors = [], []
+    kept, kept_origins, errors = [], [], []
     truncated = 0  # records with a response cut to the token budget
     for index in progress.bar(range(len(records)), desc=f"preflight: {what}", leave=False):
         record = records[index]
@@ -109,14 +113,16 @@ def preflight(records: list[PreferenceRecord], collator: PreferenceCollator, *, 
                 message = _without_name(str(error))
                 field = _FIELD_IN_MESSAGE.match(message)
                 problem = (field.group(1), message[field.end():]) if field else (None, message)
+        origin = origins[index] if origins is not None else {"index": index}
         if problem is None:
             kept.append(record)
+            kept_origins.append(origin)
             continue
-        error = RecordError(index, record.id, *problem)
+        error = RecordError(origin["index"], record.id, *problem, **{k: v for k, v in origin.items() if k != "index"})
         if on_error == "raise":
             raise RecordValidationError(error)
         errors.append(error)
-    result = LoadResult(kept, errors)
+    result = LoadResult(kept, errors, origins=kept_origins if origins is not None else [])
     if errors:
         logger.warning("preflight of %s: %s", what, result.summary())
     if records and not kept:

@@ -123,6 +123,10 @@ class LoadResult:
     stripped_placeholders: int = 0
     #: the layout the records were read in (``mmpo``, ``trl`` or ``rlaif-v``; None: not from :func:`load_records`)
     format: str | None = None
+    #: where each record came from, aligned with ``records``: ``{"index": ...}`` (its index in the
+    #: whole source) plus ``file``, ``row`` and ``line`` for a file, as :class:`RecordError` takes them;
+    #: so errors found later (:func:`mmpo.data.preflight.preflight`) name the same place
+    origins: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def summary(self, max_errors: int = 10) -> str:
         """``"loaded 98 of 100 records; skipped 2: #3 field 'chosen': empty response; ..."``"""
@@ -187,6 +191,7 @@ def load_records(
 
     records: list[PreferenceRecord] = []
     errors: list[RecordError] = []
+    origins: list[dict[str, Any]] = []
     first_use: dict[str, str] = {}  # id -> the record that used it first, as "#3" or "#3 (file row 3)"
     stripped = 0
     index = 0  # across the whole source
@@ -210,10 +215,11 @@ def load_records(
             else:
                 first_use[record.id] = f"#{index}" + (f" ({_location(**place)})" if place else "")
                 records.append(record)
+                origins.append({"index": index, **place})
                 stripped += had_placeholder
             index += 1
 
-    result = LoadResult(records, errors, stripped, fmt)
+    result = LoadResult(records, errors, stripped, fmt, origins)
     if stripped:
         logger.info("removed the leading %s placeholder from %d prompts (mmpo places the image itself)",
                     IMAGE_PLACEHOLDER, stripped)

@@ -21,7 +21,7 @@ def load_dataset(path: str, data_args: DataArguments) -> tuple[PreferenceDataset
     result = load_records(path, on_error=data_args.on_bad_record, image_root=data_args.image_root)
     if result.errors:
         logger.warning(result.summary())
-    return PreferenceDataset(result.records), result
+    return PreferenceDataset(result.records, result.origins), result
 
 
 def data_facts(path: str, result: LoadResult, used: PreferenceDataset) -> DataFacts:

@@ -163,8 +163,8 @@ class PreferenceTrainer(Trainer):
     def _preflight(dataset: PreferenceDataset, collator: PreferenceCollator, on_bad_record: str, what: str,
                    args: PreferenceConfig) -> PreferenceDataset:
         with progress.bars(progress.enabled() and not args.disable_tqdm):  # the run's own bar switch
-            result = preflight(dataset.records, collator, on_error=on_bad_record, what=what)
-        return dataset if not result.errors else PreferenceDataset(result.records)
+            result = preflight(dataset.records, collator, on_error=on_bad_record, what=what, origins=dataset.origins)
+        return dataset if not result.errors else PreferenceDataset(result.records, result.origins or None)
 
     def _build_reference(self, args: PreferenceConfig, collator, train_dataset):
         is_peft = hasattr(self.model, "disable_adapter") and hasattr(self.model, "peft_config")
