@@ -337,10 +337,12 @@ def _fsync_directory(directory: Path) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class BadLine:
-    """A JSONL line that is not UTF-8 text or not JSON; ``message`` names the file and the line."""
+    """A JSONL line that is not UTF-8 text or not JSON; ``message`` names the file and the line,
+    ``problem`` is the message without them (for errors that name the place themselves)."""
 
     number: int
     message: str
+    problem: str = ""
 
 
 def read_jsonl_lines(path: str | os.PathLike) -> list[tuple[int, Any]]:
@@ -356,14 +358,16 @@ def read_jsonl_lines(path: str | os.PathLike) -> list[tuple[int, Any]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                rows.append((number, BadLine(number, f"{path} line {number} is not UTF-8 text: {exc}")))
+                problem = f"not UTF-8 text: {exc}"
+                rows.append((number, BadLine(number, f"{path} line {number} is {problem}", problem)))
                 continue
             if not line.strip():
                 continue
             try:
                 rows.append((number, json.loads(line)))
             except json.JSONDecodeError as exc:
-                rows.append((number, BadLine(number, f"{path} line {number} is not JSON: {exc}")))
+                problem = f"not JSON: {exc}"
+                rows.append((number, BadLine(number, f"{path} line {number} is {problem}", problem)))
     return rows
 
 

@@ -34,7 +34,7 @@ def test_a_line_that_is_not_utf8_is_one_bad_record_with_its_line_number(tmp_path
                                                 json.dumps(row(image, 2)).encode()])
     with pytest.raises(RecordValidationError) as caught:
         load_records(source)
-    assert caught.value.error.index == 1 and "line 2 is not UTF-8" in str(caught.value)
+    assert caught.value.error.index == 1 and "r.jsonl line 2): the line is not UTF-8" in str(caught.value)
     result = load_records(source, on_error="skip")
     assert [r.id for r in result.records] == ["r0", "r2"] and len(result.errors) == 1
 

@@ -433,8 +433,8 @@ def _row_id(row: Any, fmt: str) -> str | None:
 def _record(row: Any, index: int, fmt: str, base_dir: Path, check_images: bool) -> tuple[PreferenceRecord, bool]:
     """The validated record of one row, and whether a leading placeholder was removed from its
     prompt. Cheap text checks run before images are opened."""
-    if isinstance(row, BadLine):
-        raise FieldProblem(None, row.message)
+    if isinstance(row, BadLine):  # the error names the file and line itself
+        raise FieldProblem(None, f"the line is {row.problem}" if row.problem else row.message)
     if not isinstance(row, dict):
         raise FieldProblem(None, f"expected a mapping of field names to values, got {type(row).__name__}")
     fields = native_fields(row, fmt)

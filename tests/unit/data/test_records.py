@@ -323,7 +323,8 @@ def test_invalid_json_line_is_a_record_error_with_its_line(tmp_path: Path, image
     result = load_records(path, on_error="skip")
     assert len(result.records) == 1
     (error,) = result.errors
-    assert error.index == 1 and "r.jsonl line 3 is not JSON" in error.message
+    assert error.index == 1 and error.line == 3 and error.message.startswith("the line is not JSON")
+    assert str(error).startswith(f"#1 ({error.file} line 3): the line is not JSON") and error.file.endswith("r.jsonl")
 
 
 def test_check_images_off_skips_the_file_checks(tmp_path: Path):
