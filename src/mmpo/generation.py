@@ -61,7 +61,8 @@ def generate_responses(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
     tokenizer = processor.tokenizer
-    texts = [render_prompt(processor, p, prompt_format, len(image_list(i))) for p, i in zip(prompts, images, strict=True)]
+    texts = [render_prompt(processor, prompt, prompt_format, len(image_list(image)))
+             for prompt, image in zip(prompts, images, strict=True)]
     stop = stop_token_ids(model, processor, prompt_format)
     was_training = model.training
     responses: list[str] = []
@@ -91,14 +92,13 @@ def stop_token_ids(model: Any, processor: Any, prompt_format: str = "auto") -> l
     """The model's EOS ids (its generation config's, else the tokenizer's) and the id of the token that
     ends the chat template's assistant turn (:class:`mmpo.prompting.AssistantTurn`), e.g. Gemma 3's
     ``<end_of_turn>``; ``[]`` where that adds nothing to the model's own setting."""
-    tokenizer = processor.tokenizer
-    config = getattr(model, "generation_config", None)
-    own = getattr(config, "eos_token_id", None)
-    if own is None:
-        own = tokenizer.eos_token_id
-    ids = [] if own is None else ([own] if isinstance(own, int) else list(own))
     turn = assistant_turn(processor, prompt_format)
     if turn.end_source != "template":
         return []
+    tokenizer = processor.tokenizer
+    own = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if own is None:
+        own = tokenizer.eos_token_id
+    ids = [] if own is None else ([own] if isinstance(own, int) else list(own))
     end = tokenizer(turn.end, add_special_tokens=False)["input_ids"][-1]
     return [] if end in ids else ids + [end]

@@ -208,11 +208,9 @@ def rendered_response(processor: Any, turn: AssistantTurn, prompt: Prompt, promp
     Thinking template's ``<think>``) gets no second ``</think>``: its lead is then ``""``. Where the
     template cannot render it so, the response is used as is after ``turn.lead``.
     """
-    if turn.content_form is None:
+    if turn.content_form is None or not prompt_text.endswith(turn.generation_prompt):
         return turn.lead, response
     conversation = prompt_text[: len(prompt_text) - len(turn.generation_prompt)]
-    if not prompt_text.endswith(turn.generation_prompt):
-        return turn.lead, response
     try:
         messages = prompt_messages(prompt, n_images) + [_assistant_message(response, turn.content_form)]
         full = processor.apply_chat_template(messages, add_generation_prompt=False, tokenize=False)
@@ -245,8 +243,7 @@ def encode_inputs(processor: Any, images: Sequence[Images], texts: Sequence[str]
     tokenizer.padding_side = padding_side
     try:
         encoded = processor(images=[[load_image(i) for i in image_list(row)] for row in images], text=list(texts),
-                            return_tensors="pt",
-                            padding=True, **kwargs)
+                            return_tensors="pt", padding=True, **kwargs)
     finally:
         tokenizer.padding_side = side
     # PaliGemma's processor also returns prompt-only ``labels`` (all -100): not a model input here.

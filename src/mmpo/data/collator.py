@@ -284,10 +284,12 @@ class RowEncoder:
         segments = [[0] * n_prompt for n_prompt in prompt_lengths]
         positions = [list(range(n_prompt)) for n_prompt in prompt_lengths]
         owner, tokens, predictors, lengths, kept_offsets = [], [], [], [], []
+        in_row = [0] * len(rows)  # responses placed in each row so far: the next one's segment id is one more
         for r, resp, offsets in entries:
             n_prompt, n = prompt_lengths[r], row_group[r]
             resp, offsets = self._fit(resp, offsets, n_prompt, row_names[n] if row_names else f"row {n}")
-            start, k = len(rows[r]), (segments[r][-1] + 1 if len(segments[r]) > n_prompt else 1)
+            in_row[r] += 1
+            start, k = len(rows[r]), in_row[r]
             owner.append(r)
             tokens.append(list(range(start, start + len(resp))))
             predictors.append(([n_prompt - 1] + list(range(start, start + len(resp) - 1)))[: len(resp)])

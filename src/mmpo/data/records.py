@@ -438,8 +438,7 @@ def _record(row: Any, index: int, fmt: str, base_dir: Path, check_images: bool) 
     if not isinstance(row, dict):
         raise FieldProblem(None, f"expected a mapping of field names to values, got {type(row).__name__}")
     fields = native_fields(row, fmt)
-    given = fields.get("image")
-    n_given = len(given) if isinstance(given, (list, tuple)) and given else 1
+    n_given = len(image_list(fields.get("image"))) or 1  # the images are checked below, after the cheap checks
     prompt, had_placeholder = _strip_leading_placeholder(_prompt(fields.get("prompt")), n_given)
     chosen = _response(fields.get("chosen"), "chosen")
     rejected = _response(fields.get("rejected"), "rejected")
