@@ -28,13 +28,28 @@ from typing import Any
 
 import torch
 
+from .lm_head import (
+    DEFAULT_CHUNK,
+    head_logprobs,
+    head_problem,
+    output_head,
+)
+
+#: Batch keys of :mod:`mmpo.data.collator` read here (the collator imports them from this module).
+SEGMENT_IDS, DOCUMENT_IDS, LOGITS_FROM, RESPONSE_WIDTH = "segment_ids", "document_ids", "logits_from", "response_width"
+
 #: Families whose attention masks are built inside the model in ways a single 4-D mask cannot carry.
 UNSHAREABLE: dict[str, str] = {
     "gemma3": "Gemma 3 builds its own masks per layer type (sliding-window layers; image tokens attend "
               "bidirectionally)",
 }
-#: Attention implementations that take a custom 4-D mask as it is.
-MASKABLE_ATTENTION = ("eager", "sdpa")
+#: Attention implementations that take a custom mask: a 4-D tensor (eager, SDPA) or a flex ``BlockMask``.
+MASKABLE_ATTENTION = ("eager", "sdpa", "flex_attention")
+#: Families that can share a record's prompt but cannot pack several records into one row.
+UNPACKABLE: dict[str, str] = {
+    "mllama": "Mllama cross-attends every token of a row to that row's own images, so records with different "
+              "images cannot share a row",
+}
 #: Families whose prompt (prefix) attends bidirectionally, responses causally.
 BIDIRECTIONAL_PREFIX = ("paligemma",)
 
@@ -69,38 +84,46 @@ def prefix_sharing_problem(model: torch.nn.Module) -> str | None:
         return UNSHAREABLE[kind]
     attention = attention_implementation(model)
     if attention not in MASKABLE_ATTENTION:
-        return (f"attn_implementation={attention!r} takes no custom 4-D attention mask "
-                f"(use one of {', '.join(MASKABLE_ATTENTION)})")
+        return (f"attn_implementation={attention!r} takes no custom attention mask "
+                f"(use one of {', '.join(MASKABLE_ATTENTION)}; flex_attention keeps the flash-style kernel)")
     if "position_ids" not in inspect.signature(unwrap(model).forward).parameters:
         return f"{type(unwrap(model)).__name__}.forward takes no position_ids"
     return None
+
+
+def packing_problem(model: torch.nn.Module) -> str | None:
+    """Why ``model`` cannot run packed rows (several records in one row) exactly, or None when it can.
+    Packing needs what prefix sharing needs (a custom mask and position ids) and a model that
+    matches each image to its placeholder tokens wherever they sit in the batch."""
+    return prefix_sharing_problem(model) or UNPACKABLE.get(model_type(model))
 
 
 def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
     return "logits_to_keep" in inspect.signature(unwrap(model).forward).parameters
 
 
-def policy_response_logps(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+def policy_response_logps(model: torch.nn.Module, batch: dict[str, Any],
+                          head_chunk: int | None = DEFAULT_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward pass over a collated batch; response-aligned log-probs and their mask ``(R, L)``.
 
-    Only ``batch["model_inputs"]`` (plus, for prefix-shared rows, the mask and position ids built
-    here) reaches the model.
+    Only ``batch["model_inputs"]`` (plus, for prefix-shared or packed rows, the mask and position
+    ids built here) reaches the model. With ``head_chunk`` (positions; the default), the LM head
+    runs only at the positions that predict a response token, ``head_chunk`` of them at a time,
+    inside the model's forward, its logits recomputed in the backward (:func:`mmpo.lm_head.head_logprobs`):
+    the head's memory is O(chunk x vocabulary), not O(positions x vocabulary). ``None`` or 0 (or a
+    model :func:`mmpo.lm_head.head_problem` names) takes the model's own logits.
     """
     inputs = dict(batch["model_inputs"])
     input_ids = inputs["input_ids"]  # (N, T)
     T = input_ids.shape[1]
-    shared = "segment_ids" in batch
+    shared = SEGMENT_IDS in batch
     if shared:
-        segments = batch["segment_ids"]  # (N, T)
-        inputs["attention_mask"] = block_attention_mask(
-            segments, dtype=_float_dtype(model), attention=attention_implementation(model),
-            bidirectional_prefix=model_type(model) in BIDIRECTIONAL_PREFIX)
-        inputs["position_ids"] = packed_position_ids(model, inputs, segments, batch["position_ids"])
-    logits_from = int(batch.get("logits_from", 0))
+        segments, documents = batch[SEGMENT_IDS], batch.get(DOCUMENT_IDS)  # (N, T) each
+        inputs["attention_mask"] = attention_mask_for(model, segments, documents)
+        inputs["position_ids"] = packed_position_ids(model, inputs, segments, batch["position_ids"], documents)
+    logits_from = int(batch.get(LOGITS_FROM, 0))
     keep = {"logits_to_keep": T - logits_from} if logits_from > 0 and accepts_logits_to_keep(model) else {}
-    logits = model(**inputs, use_cache=False, **keep).logits  # (N, K, V)
-    offset = T - logits.shape[1]
-    width = batch.get("response_width")
+    width = batch.get(RESPONSE_WIDTH)
     lengths = batch["response_length"]  # (R,)
     L = int(lengths.max()) if width is None else int(width)
     steps = torch.arange(L, device=input_ids.device)  # (L,)
@@ -112,7 +135,19 @@ def policy_response_logps(model: torch.nn.Module, batch: dict[str, Any]) -> tupl
         tokens = (batch["response_start"].unsqueeze(1) + steps).clamp(max=T - 1)  # (R, L)
         predictors = tokens - 1
     targets = torch.gather(input_ids[rows], 1, tokens)  # (R, L)
-    return gathered_logprobs(logits, rows, (predictors - offset).clamp(0, logits.shape[1] - 1), targets, mask), mask
+    head = output_head(model) if head_chunk and head_problem(model) is None else None
+    if head is None:
+        logits = model(**inputs, use_cache=False, **keep).logits  # (N, K, V)
+        positions = (predictors - (T - logits.shape[1])).clamp(0, logits.shape[1] - 1)
+        return gathered_logprobs(logits, rows, positions, targets, mask), mask
+
+    def pick(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (N, K, H): the head's input
+        positions = (predictors - (T - hidden.shape[1])).clamp(0, hidden.shape[1] - 1)
+        return hidden[rows.unsqueeze(1), positions][mask], targets[mask]  # (M, H), (M,): response tokens only
+
+    with head_logprobs(model, pick, head_chunk):
+        values = model(**inputs, use_cache=False, **keep).logits  # (M,): what the head returned
+    return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values), mask
 
 
 def gathered_logprobs(logits: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor,
@@ -135,47 +170,102 @@ def gathered_logprobs(logits: torch.Tensor, rows: torch.Tensor, positions: torch
     return (picked - normaliser[index]).masked_fill(~mask, 0.0)
 
 
-def block_attention_mask(segments: torch.Tensor, *, dtype: torch.dtype, attention: str,
-                         bidirectional_prefix: bool = False) -> torch.Tensor:
-    """The 4-D attention mask of prefix-shared rows.
+def allowed_attention(segments: torch.Tensor, documents: torch.Tensor | None = None, *,
+                      bidirectional_prefix: bool = False) -> torch.Tensor:
+    """Which token attends to which in prefix-shared or packed rows, ``(N, T, T)`` bool.
 
-    Token ``q`` attends to token ``k <= q`` of the prompt (segment 0) or of its own segment. With
-    ``bidirectional_prefix`` the prompt's tokens also attend to the whole prompt (PaliGemma).
-    Padding (segment -1) attends only to itself, so no softmax row is empty.
+    Token ``q`` attends to token ``k <= q`` of its own document (one record's rows: ``documents``,
+    all one document when None) that is either the document's prompt (segment 0) or in ``q``'s own
+    segment. With ``bidirectional_prefix`` a prompt's tokens also attend to the whole prompt of
+    their document (PaliGemma). Padding (segment -1) attends only to itself, so no softmax row is
+    empty. :func:`mask_mod` is the same rule one element at a time, for flex attention.
+    """
+    T = segments.shape[1]
+    if documents is None:
+        documents = torch.where(segments >= 0, 0, -1)
+    q, k = segments.unsqueeze(2), segments.unsqueeze(1)  # (N, T, 1), (N, 1, T)
+    same_document = documents.unsqueeze(2) == documents.unsqueeze(1)  # (N, T, T)
+    index = torch.arange(T, device=segments.device)
+    causal = index.view(T, 1) >= index.view(1, T)  # (T, T)
+    allowed = causal & (k >= 0) & (q >= 0) & ((k == 0) | (k == q))
+    if bidirectional_prefix:
+        allowed = allowed | ((q == 0) & (k == 0))
+    allowed = allowed & same_document
+    return allowed | (torch.eye(T, dtype=torch.bool, device=segments.device) & (q < 0))
+
+
+def block_attention_mask(segments: torch.Tensor, *, dtype: torch.dtype, attention: str,
+                         bidirectional_prefix: bool = False, documents: torch.Tensor | None = None) -> torch.Tensor:
+    """The 4-D attention mask of prefix-shared or packed rows (:func:`allowed_attention`).
 
     Args:
-        segments: ``(N, T)`` segment ids.
+        segments: ``(N, T)`` segment ids (0 a prompt, ``k`` its ``k``-th response, -1 padding).
         dtype: the model's float dtype (eager attention adds the mask to its scores).
         attention: the attention implementation: ``"sdpa"`` takes a boolean mask, ``"eager"`` an
             additive one (0 or the dtype's minimum).
+        documents: ``(N, T)`` document ids of packed rows, or None (one document per row).
 
     Returns:
         ``(N, 1, T, T)``.
     """
-    T = segments.shape[1]
-    q, k = segments.unsqueeze(2), segments.unsqueeze(1)  # (N, T, 1), (N, 1, T)
-    index = torch.arange(T, device=segments.device)
-    causal = index.view(T, 1) >= index.view(1, T)  # (T, T)
-    allowed = causal & (k >= 0) & (q >= 0) & ((k == 0) | (k == q))  # (N, T, T)
-    if bidirectional_prefix:
-        allowed = allowed | ((q == 0) & (k == 0))
-    allowed = allowed | (torch.eye(T, dtype=torch.bool, device=segments.device) & (q < 0))
-    allowed = allowed.unsqueeze(1)  # (N, 1, T, T)
+    allowed = allowed_attention(segments, documents, bidirectional_prefix=bidirectional_prefix).unsqueeze(1)
     if attention == "sdpa":
         return allowed
     return torch.zeros(allowed.shape, dtype=dtype, device=segments.device).masked_fill(~allowed,
                                                                                       torch.finfo(dtype).min)
 
 
+def mask_mod(segments: torch.Tensor, documents: torch.Tensor | None = None, *, bidirectional_prefix: bool = False):
+    """The rule of :func:`allowed_attention` as a flex attention ``mask_mod(b, h, q, k)``: a function of
+    one query and key index that reads the segment and document ids."""
+    if documents is None:
+        documents = torch.where(segments >= 0, 0, -1)
+
+    def allowed(b, h, q_index, k_index):
+        q, k = segments[b, q_index], segments[b, k_index]
+        attend = (k_index <= q_index) & (k >= 0) & (q >= 0) & ((k == 0) | (k == q))
+        if bidirectional_prefix:
+            attend = attend | ((q == 0) & (k == 0))
+        attend = attend & (documents[b, q_index] == documents[b, k_index])
+        return attend | ((q_index == k_index) & (q < 0))
+
+    return allowed
+
+
+def flex_block_mask(segments: torch.Tensor, documents: torch.Tensor | None = None, *,
+                    bidirectional_prefix: bool = False):
+    """The mask of :func:`allowed_attention` as a flex attention ``BlockMask``: blocks no token of which
+    attends (another record's, another response's) are skipped by the kernel, not computed and masked."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    N, T = segments.shape
+    return create_block_mask(mask_mod(segments, documents, bidirectional_prefix=bidirectional_prefix),
+                             N, None, T, T, device=segments.device)
+
+
+def attention_mask_for(model: torch.nn.Module, segments: torch.Tensor, documents: torch.Tensor | None) -> Any:
+    """The mask ``model`` takes for prefix-shared or packed rows: a ``BlockMask`` under flex attention,
+    else the 4-D tensor of :func:`block_attention_mask`."""
+    attention = attention_implementation(model)
+    bidirectional = model_type(model) in BIDIRECTIONAL_PREFIX
+    if attention == "flex_attention":
+        return flex_block_mask(segments, documents, bidirectional_prefix=bidirectional)
+    return block_attention_mask(segments, dtype=_float_dtype(model), attention=attention,
+                                bidirectional_prefix=bidirectional, documents=documents)
+
+
 def packed_position_ids(model: torch.nn.Module, inputs: dict[str, Any], segments: torch.Tensor,
-                        positions: torch.Tensor) -> torch.Tensor:
-    """Position ids of prefix-shared rows: ``positions`` (each response continuing the prompt), or
-    for M-RoPE models (Qwen-VL) the model's own 3-D positions of the whole row shifted back by the
-    tokens of the earlier responses of the row."""
+                        positions: torch.Tensor, documents: torch.Tensor | None = None) -> torch.Tensor:
+    """Position ids of prefix-shared or packed rows: ``positions`` (restarting with each document,
+    each response continuing its prompt), or for M-RoPE models (Qwen-VL) the model's own 3-D
+    positions of the whole row, made each document's own: the model numbers a row's documents on
+    from the last, so each document's first position is subtracted (a document starts with a text
+    or image token, both at 0 in every axis on its own), and so are the tokens of the earlier
+    responses of its document (text positions advance by one in every axis, so the shift is exact)."""
     rope = next((m for m in unwrap(model).modules() if hasattr(m, "compute_3d_position_ids")), None)
     if rope is None:
         return positions
-    index = torch.arange(segments.shape[1], device=segments.device)
+    index = torch.arange(segments.shape[1], device=segments.device).expand_as(segments)  # (N, T)
     valid = (segments >= 0).long()  # (N, T)
     accepted = inspect.signature(rope.compute_3d_position_ids).parameters
     kwargs = {key: inputs.get(key) for key in ("image_grid_thw", "video_grid_thw", "mm_token_type_ids",
@@ -189,8 +279,20 @@ def packed_position_ids(model: torch.nn.Module, inputs: dict[str, Any], segments
         rope.rope_deltas = saved
     if whole is None:  # no image in the batch: the model would use 1-D positions
         return positions
-    shift = (index.unsqueeze(0) - positions) * valid  # (N, T): tokens of earlier responses in the row
-    return whole - shift.unsqueeze(0)
+    starts = document_starts(segments, documents)  # (N, T) the index of each token's document's first token
+    base = torch.gather(whole, 2, starts.unsqueeze(0).expand(whole.shape[0], -1, -1))  # (3, N, T)
+    shift = (index - starts - positions) * valid  # (N, T): tokens of earlier responses of the document
+    return (whole - base - shift.unsqueeze(0)) * valid.unsqueeze(0)
+
+
+def document_starts(segments: torch.Tensor, documents: torch.Tensor | None) -> torch.Tensor:
+    """``(N, T)``: for every token, the index in its row of its document's first token (padding: its own)."""
+    index = torch.arange(segments.shape[1], device=segments.device).expand_as(segments)  # (N, T)
+    if documents is None:
+        return torch.where(segments >= 0, 0, index)
+    previous = torch.nn.functional.pad(documents[:, :-1], (1, 0), value=-2)  # (N, T)
+    first = (documents != previous) | (documents < 0)
+    return torch.where(first, index, 0).cummax(dim=1).values
 
 
 def _float_dtype(model: torch.nn.Module) -> torch.dtype:

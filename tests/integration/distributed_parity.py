@@ -11,7 +11,7 @@ final weights, gathered whole under FSDP).
 
 Cases: dpo, aspo, adavip, dama (frozen-copy reference); dpo-precomputed, adavip-precomputed
 (the precomputed reference, its table computed by the processes together); lora (DPO on a LoRA
-policy, the adapter-off reference).
+policy, the adapter-off reference); adavip-packed (several records in a row, ``max_tokens_per_row``).
 """
 
 import contextlib
@@ -50,6 +50,8 @@ def local_fraction(module: torch.nn.Module) -> float:
 
 def run_case(case: str, records, tokenizer, checkpoint: Path, out_dir: Path, per_device: int, engine: str) -> None:
     method, _, reference = case.partition("-")
+    packed = {"max_tokens_per_row": 1024} if reference == "packed" else {}  # several records a row
+    reference = "" if packed else reference
     sharded = {"fsdp": True, "fsdp_config": {"version": 2, "reshard_after_forward": True}} if engine == "fsdp" else {}
     if engine.startswith("zero"):
         sharded = {"deepspeed": {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
@@ -63,7 +65,7 @@ def run_case(case: str, records, tokenizer, checkpoint: Path, out_dir: Path, per
                             learning_rate=5e-3, logging_steps=1, save_strategy="no", use_cpu=True,
                             disable_tqdm=True,
                             seed=0, report_to="none", reference=reference or ("adapter" if method == "lora" else "copy"),
-                            **sharded)
+                            **packed, **sharded)
     # Loaded after the config exists, as ``mmpo train`` does: under ZeRO-3 transformers then
     # partitions the weights at load (zero.Init), and the frozen reference is loaded again from here.
     # (mmpo's load_policy first imports the modeling modules, so that no class is created inside
@@ -88,7 +90,8 @@ def run_case(case: str, records, tokenizer, checkpoint: Path, out_dir: Path, per
     info = {"log": trainer.state.log_history, "processes": trainer.accelerator.num_processes, "engine": used,
             "partitioned_at_load": partitioned_at_load, "r_bar": trainer.dama.r_bar,
             "reference_fraction": None if ref_model is None else local_fraction(ref_model),
-            "policy_fraction": local_fraction(trainer.model)}
+            "policy_fraction": local_fraction(trainer.model),
+            "max_tokens_per_row": trainer.data_collator.max_tokens_per_row}
     fractions = trainer.accelerator.gather(torch.tensor([info["reference_fraction"] or 1.0]))
     if trainer.is_world_process_zero():
         info["reference_fractions"] = fractions.tolist()

@@ -35,7 +35,7 @@ from mmpo.toyworld.scenes import WorldConfig, sample_scenes
 
 SCRIPT = Path(__file__).with_name("distributed_parity.py")
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
-CASES = ("dpo", "aspo", "adavip", "dama", "dpo-precomputed", "adavip-precomputed", "lora")
+CASES = ("dpo", "aspo", "adavip", "dama", "dpo-precomputed", "adavip-precomputed", "lora", "adavip-packed")
 ENGINES = ("ddp", "fsdp", "zero2", "zero3")
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 
@@ -112,6 +112,8 @@ def check(runs: Path, engine: str, case: str) -> float:
         assert per_step(two["log"], "dama/alpha_model") == pytest.approx(alpha, rel=1e-4)
         assert per_step(two["log"], "dama/kept_fraction") == pytest.approx(per_step(one["log"], "dama/kept_fraction"))
         assert two["r_bar"] == pytest.approx(one["r_bar"], rel=1e-4)
+    if case.endswith("packed"):  # really packed, on one process and on two
+        assert one["max_tokens_per_row"] == two["max_tokens_per_row"] == 1024
     if case.startswith("adavip"):
         assert per_step(two["log"], "adavip/weight_vision") == pytest.approx(
             per_step(one["log"], "adavip/weight_vision"), rel=1e-3)

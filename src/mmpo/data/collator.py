@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from ..forward import DOCUMENT_IDS, LOGITS_FROM, RESPONSE_WIDTH, SEGMENT_IDS
 from ..methods.aspo.units import chosen_units, unit_batch
 from ..prompting import (
     assistant_turn,
@@ -54,11 +55,10 @@ from ..types import PreferenceRecord, Prompt, image_list
 
 #: Key of the model's own inputs in a collated batch.
 MODEL_INPUTS = "model_inputs"
-#: Key of a prefix-shared batch's segment ids (:meth:`RowEncoder.encode_shared`); its presence marks the layout.
-SEGMENT_IDS = "segment_ids"
-#: Keys of two Python ints every batch carries, so the forward pass needs no host-device sync: the
-#: first position whose logits any response needs, and the longest response.
-LOGITS_FROM, RESPONSE_WIDTH = "logits_from", "response_width"
+# SEGMENT_IDS: a prefix-shared batch's segment ids (:meth:`RowEncoder.encode_shared`), whose presence
+# marks the layout; DOCUMENT_IDS: a packed batch's document ids (several records' rows in one row);
+# LOGITS_FROM, RESPONSE_WIDTH: two Python ints every batch carries, so the forward pass needs no
+# host-device sync (the first position whose logits any response needs, and the longest response).
 
 #: Per-token processor outputs and how each continues over the response tokens: a constant, or
 #: ``"repeat"`` (the prompt's last position, e.g. Mllama's cross-attention to the image, which every
@@ -205,6 +205,13 @@ class RowEncoder:
             ids, offsets = ids + [eos], offsets + [(0, 0)]
         return head, ids, offsets
 
+    def text_lengths(self, records: list[PreferenceRecord]) -> list[int]:
+        """Each record's prompt (rendered as its rows are), chosen and rejected response in tokens, without
+        the image tokens: what length-grouped sampling orders records by."""
+        texts = [render_prompt(self.processor, r.prompt, self.prompt_format, len(image_list(r.image)))
+                 + f"{r.chosen}\n{r.rejected}" for r in records]
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
     def _prompt_tokens(self, text: str) -> list[int]:
         ids = self._prompt_ids.get(text)
         if ids is None:
@@ -245,7 +252,7 @@ class RowEncoder:
                 RESPONSE_WIDTH: rows[RESPONSE_WIDTH]}
 
     def encode_shared(self, images: list[Any], prompts: list[Prompt], groups: list[list[str]],
-                      row_names: list[str] | None = None) -> dict[str, Any]:
+                      row_names: list[str] | None = None, max_tokens_per_row: int | None = None) -> dict[str, Any]:
         """Encode rows that share their prompt: row ``n`` is ``[prompt_n, groups[n][0], groups[n][1], ...]``,
         the image and prompt tokens once, each response after them as if it were alone.
 
@@ -264,6 +271,12 @@ class RowEncoder:
         ``response_tokens`` / ``response_logit_index`` ``(R, L)`` (the positions of its tokens and
         of the logits that predict them; the first token of every response is predicted by the
         prompt's last position), ``response_length`` ``(R,)`` and ``response_offsets``.
+
+        With ``max_tokens_per_row``, the rows above ("documents") are **packed**: consecutive
+        documents share a row up to that many tokens (a longer document has a row of its own), and
+        ``document_ids`` ``(N, T)`` numbers the documents of each row (-1 padding). A token attends
+        only within its document, positions restart with each document, and the order of the
+        documents, and so of their images, is kept (:func:`pack_documents`).
         """
         counts = [len(image_list(i)) for i in images]
         texts = [render_prompt(self.processor, p, self.prompt_format, k) for p, k in zip(prompts, counts, strict=True)]
@@ -298,27 +311,43 @@ class RowEncoder:
             rows[r] += resp
             segments[r] += [k] * len(resp)
             positions[r] += range(n_prompt, n_prompt + len(resp))
-        width = max(len(r) for r in rows)
+        doc_lengths = [len(r) for r in rows]
+        packs = pack_documents(doc_lengths, max_tokens_per_row) if max_tokens_per_row else [[d] for d in
+                                                                                             range(len(rows))]
+        place = {d: (p, sum(doc_lengths[e] for e in pack[:j]), j)  # document -> (row, its first token, its number)
+                 for p, pack in enumerate(packs) for j, d in enumerate(pack)}
+        width = max(sum(doc_lengths[d] for d in pack) for pack in packs)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)  # (N, T)
-        segment_ids = torch.full((len(rows), width), -1, dtype=torch.long)  # (N, T)
-        position_ids = torch.zeros((len(rows), width), dtype=torch.long)  # (N, T)
-        for n, (row, segment, position) in enumerate(zip(rows, segments, positions, strict=True)):
-            input_ids[n, : len(row)] = torch.tensor(row)
-            segment_ids[n, : len(row)] = torch.tensor(segment)
-            position_ids[n, : len(row)] = torch.tensor(position)
+        input_ids = torch.full((len(packs), width), pad, dtype=torch.long)  # (N, T)
+        segment_ids = torch.full((len(packs), width), -1, dtype=torch.long)  # (N, T)
+        document_ids = torch.full((len(packs), width), -1, dtype=torch.long)  # (N, T)
+        position_ids = torch.zeros((len(packs), width), dtype=torch.long)  # (N, T)
+        for d, (row, segment, position) in enumerate(zip(rows, segments, positions, strict=True)):
+            p, at, j = place[d]
+            input_ids[p, at: at + len(row)] = torch.tensor(row)
+            segment_ids[p, at: at + len(row)] = torch.tensor(segment)
+            document_ids[p, at: at + len(row)] = j
+            position_ids[p, at: at + len(row)] = torch.tensor(position)
         L = max(lengths, default=0)
         response_tokens = torch.zeros((len(lengths), L), dtype=torch.long)  # (R, L)
         logit_index = torch.zeros((len(lengths), L), dtype=torch.long)  # (R, L)
-        for r, (tok, pred) in enumerate(zip(tokens, predictors, strict=True)):
-            response_tokens[r, : len(tok)] = torch.tensor(tok, dtype=torch.long)
-            logit_index[r, : len(pred)] = torch.tensor(pred, dtype=torch.long)
-        model_inputs = {"input_ids": input_ids,
-                        **self._image_inputs(enc, prompt_lengths, [len(r) for r in rows], width)}
-        return {MODEL_INPUTS: model_inputs, SEGMENT_IDS: segment_ids, "position_ids": position_ids,
-                "response_row": torch.tensor(owner, dtype=torch.long), "response_tokens": response_tokens,
-                "response_logit_index": logit_index, "response_length": torch.tensor(lengths, dtype=torch.long),
-                "response_offsets": kept_offsets, LOGITS_FROM: max(min(prompt_lengths) - 1, 0), RESPONSE_WIDTH: L}
+        for r, (d, tok, pred) in enumerate(zip(owner, tokens, predictors, strict=True)):
+            at = place[d][1]
+            response_tokens[r, : len(tok)] = torch.tensor(tok, dtype=torch.long) + at
+            logit_index[r, : len(pred)] = torch.tensor(pred, dtype=torch.long) + at
+        per_doc = self._image_inputs(enc, prompt_lengths, doc_lengths, max(doc_lengths))
+        model_inputs = {"input_ids": input_ids, **{key: _pack_per_token(value, place, doc_lengths, len(packs), width)
+                                                   if key in RESPONSE_FILL else value
+                                                   for key, value in per_doc.items()}}
+        batch = {MODEL_INPUTS: model_inputs, SEGMENT_IDS: segment_ids, "position_ids": position_ids,
+                 "response_row": torch.tensor([place[d][0] for d in owner], dtype=torch.long),
+                 "response_tokens": response_tokens, "response_logit_index": logit_index,
+                 "response_length": torch.tensor(lengths, dtype=torch.long), "response_offsets": kept_offsets,
+                 # every row starts with a document's prompt: no logits are needed before the shortest
+                 LOGITS_FROM: max(min(prompt_lengths[pack[0]] for pack in packs) - 1, 0), RESPONSE_WIDTH: L}
+        if max_tokens_per_row:
+            batch[DOCUMENT_IDS] = document_ids
+        return batch
 
     def _fit(self, resp: list[int], offsets: list[tuple[int, int]], n_prompt: int,
              name: str) -> tuple[list[int], list[tuple[int, int]]]:
@@ -395,6 +424,10 @@ class PreferenceCollator:
         prefix_sharing: encode each record's image and prompt once, with its chosen and rejected
             responses after it in one row (:meth:`RowEncoder.encode_shared`); the log-probs are the
             same as with one row per response.
+        max_tokens_per_row: pack several records' rows (each still its own image, prompt and
+            responses, or one response each without prefix sharing) into one row of up to this many
+            tokens, so that rows are not padded to the batch's longest record (:func:`pack_documents`).
+            The batch is still the same ``B`` records; only how they are laid out in rows changes.
 
     The batch holds the encoder's ``model_inputs`` (the only thing passed to ``model.forward``),
     ``labels``, ``response_start``, ``response_length``, and mmpo's own side tensors beside them:
@@ -411,11 +444,23 @@ class PreferenceCollator:
     need_sentence_scores: bool = False
     need_data_alpha: bool = False
     prefix_sharing: bool = False
+    max_tokens_per_row: int | None = None
+
+    def __post_init__(self):
+        if self.max_tokens_per_row is not None and (isinstance(self.max_tokens_per_row, bool)
+                                                    or not isinstance(self.max_tokens_per_row, int)
+                                                    or self.max_tokens_per_row < 1):
+            raise ValueError(f"max_tokens_per_row must be a positive integer or None, got {self.max_tokens_per_row!r}")
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         records: list[PreferenceRecord] = [it["record"] for it in items]
         names = [record_name(it["index"], r) for it, r in zip(items, records, strict=True)]
-        batch = self._shared_rows(records, names) if self.prefix_sharing else self._rows(records, names)
+        if self.prefix_sharing:
+            batch = self._shared_rows(records, names)
+        elif self.max_tokens_per_row:
+            batch = self._packed_rows(records, names)
+        else:
+            batch = self._rows(records, names)
         offsets = batch.pop("response_offsets")
         batch["record_index"] = torch.tensor([it["index"] for it in items])
         batch["record_indices"] = [it["index"] for it in items]  # the same on the host: read without a sync
@@ -451,6 +496,18 @@ class PreferenceCollator:
             responses += [r.chosen for r in records]
         return self.encoder(images, prompts, responses, row_names=names * (len(responses) // len(records)))
 
+    def _packed_rows(self, records: list[PreferenceRecord], names: list[str]) -> dict[str, Any]:
+        """The rows of :meth:`_rows`, each a document of one response, packed (no prefix sharing)."""
+        images = [r.image for r in records] * 2
+        prompts = [r.prompt for r in records] * 2
+        groups = [[r.chosen] for r in records] + [[r.rejected] for r in records]
+        if self.vision_rows:
+            images += [r.rejected_image if r.rejected_image is not None else r.image for r in records]
+            prompts += [r.prompt for r in records]
+            groups += [[r.chosen] for r in records]
+        return self.encoder.encode_shared(images, prompts, groups, row_names=names * (len(groups) // len(records)),
+                                          max_tokens_per_row=self.max_tokens_per_row)
+
     def _shared_rows(self, records: list[PreferenceRecord], names: list[str]) -> dict[str, Any]:
         """One row per distinct (image, prompt) of the batch holding the prompt once and every
         response of the records that have it after it, plus one row per vision-rejected image (its
@@ -484,7 +541,8 @@ class PreferenceCollator:
                 prompts.append(record.prompt)
                 groups.append([record.chosen])
                 row_names.append(name)
-        batch = self.encoder.encode_shared(images, prompts, groups, row_names=row_names)
+        batch = self.encoder.encode_shared(images, prompts, groups, row_names=row_names,
+                                           max_tokens_per_row=self.max_tokens_per_row)
         first = [0]  # the entry index of each row's first response (entries come in group order)
         for group in groups:
             first.append(first[-1] + len(group))
@@ -494,6 +552,46 @@ class PreferenceCollator:
             batch[key] = batch[key][index]
         batch["response_offsets"] = [batch["response_offsets"][i] for i in order]
         return batch
+
+
+def pack_documents(lengths: list[int], budget: int) -> list[list[int]]:
+    """Consecutive documents of ``lengths`` tokens grouped into rows of at most ``budget`` tokens.
+
+    Order is kept (the model matches images to their placeholder tokens in order). A document
+    longer than ``budget`` gets a row of its own. Of the fewest rows that hold every document,
+    the grouping with the narrowest widest row is taken, since every row is padded to that width:
+    greedy filling gives the fewest rows for a capacity, and the smallest capacity in
+    ``[1, budget]`` that still needs no more rows is found by bisection.
+    """
+    def fill(capacity: int) -> list[list[int]]:
+        rows: list[list[int]] = []
+        used = capacity + 1  # start a new row on the first document
+        for d, n in enumerate(lengths):
+            if used + n > capacity or n > capacity:
+                rows.append([])
+                used = 0
+            rows[-1].append(d)
+            used += n
+        return rows
+
+    if budget < 1:
+        raise ValueError(f"max_tokens_per_row must be a positive number of tokens, got {budget}")
+    fewest = len(fill(budget))
+    low, high = 1, budget
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (low, mid) if len(fill(mid)) <= fewest else (mid + 1, high)
+    return fill(low)
+
+
+def _pack_per_token(value: torch.Tensor, place: dict[int, tuple[int, int, int]], lengths: list[int], n_rows: int,
+                    width: int) -> torch.Tensor:
+    """A per-token tensor of documents ``(D, T_doc, ...)`` laid out as the packed rows ``(N, T, ...)``."""
+    out = value.new_zeros((n_rows, width, *value.shape[2:]))
+    for d, n in enumerate(lengths):
+        p, at, _ = place[d]
+        out[p, at: at + n] = value[d, :n]
+    return out
 
 
 def _position_in(response: str, content: str) -> int | None:

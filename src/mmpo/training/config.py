@@ -109,8 +109,18 @@ class PreferenceConfig(TrainingArguments):
     prefix_sharing: bool = field(default=True, metadata={
         "help": "Run each record's image and prompt once, its chosen and rejected responses after them in one row "
                 "(a block attention mask and restarted positions give the same log-probs as one row per "
-                "response). Models that cannot (Gemma 3; flash or flex attention) use one row per response "
-                "and the run logs why."})
+                "response). Models that cannot (Gemma 3; flash attention) use one row per response and the run "
+                "logs why."})
+    max_tokens_per_row: int | None = field(default=None, metadata={
+        "help": "Pack several records into one row of up to this many tokens (each record still attends only to "
+                "itself, its positions restarting), so that rows are not padded to the batch's longest record. The "
+                "batch is still per_device_train_batch_size records; only their layout in rows changes. None: one "
+                "row per record (or per response without prefix sharing). Models that cannot (Mllama; flash "
+                "attention) keep one row per record and the run logs why."})
+    lm_head_chunk_size: int = field(default=256, metadata={
+        "help": "Compute the LM head and its log-softmax only at the positions that predict a response token, "
+                "this many at a time, recomputing each chunk's logits in the backward: the head's memory is "
+                "O(chunk x vocabulary) instead of O(positions x vocabulary). 0: the model's own full logits."})
 
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: the collator needs the records."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
@@ -125,6 +135,8 @@ class PreferenceConfig(TrainingArguments):
             raise ValueError("preference_weight and sft_weight are both 0: the loss would be 0 (nothing to train); "
                              "set sft_weight > 0 for the SFT-on-chosen control")
         check_number("max_length", self.max_length, integer=True, low=0, low_open=True, optional=True)
+        check_number("max_tokens_per_row", self.max_tokens_per_row, integer=True, low=0, low_open=True, optional=True)
+        check_number("lm_head_chunk_size", self.lm_head_chunk_size, integer=True, low=0)
         check_choice("reference", self.reference, ("auto", "copy", "adapter", "precomputed"))
         if self.reference_model is not None and (not isinstance(self.reference_model, str)
                                                  or not self.reference_model.strip()):

@@ -228,6 +228,8 @@ def encoder_fingerprint_settings(collator) -> dict[str, Any]:
     return {**collator.encoder.settings(), "vision_rows": getattr(collator, "vision_rows", None),
             # The two row layouts agree to 1e-5, not bit for bit: a table serves its own layout.
             "prefix_sharing": getattr(collator, "prefix_sharing", False),
+            **({"max_tokens_per_row": collator.max_tokens_per_row} if getattr(collator, "max_tokens_per_row", None)
+               else {}),
             "processor": processor_settings(getattr(collator.encoder, "processor", None))}
 
 

@@ -42,7 +42,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .. import progress
 from ..data.collator import PreferenceCollator, PreferenceDataset, RowEncoder
 from ..data.preflight import bound_max_length, model_max_positions, preflight
-from ..forward import policy_response_logps, prefix_sharing_problem, unwrap
+from ..forward import packing_problem, policy_response_logps, prefix_sharing_problem, unwrap
 from ..hub import loading, pretrained_kwargs
 from ..io import atomic_write_json
 from ..methods.aspo import aspo_step
@@ -121,6 +121,7 @@ class PreferenceTrainer(Trainer):
             sentence_splitter=splitter, granularity=aspo.granularity,
             need_sentence_scores=aspo.enabled and aspo.alpha > 0, need_data_alpha=dama.data,
             prefix_sharing=self._can_share(model, args),
+            max_tokens_per_row=self._packing_budget(model, args),
         )
         bound_max_length(collator, model_max_positions(model))
         if args.preflight:  # every record through this collator now, so that no bad record ends a run mid-way
@@ -160,11 +161,32 @@ class PreferenceTrainer(Trainer):
         return problem is None
 
     @staticmethod
+    def _packing_budget(model, args: PreferenceConfig) -> int | None:
+        """``args.max_tokens_per_row`` unless the model cannot run packed rows exactly (logged once, with why)."""
+        if not args.max_tokens_per_row:
+            return None
+        problem = packing_problem(model)
+        if problem:
+            logger.info("packing is off for this model (one row per record instead): %s", problem)
+            return None
+        return args.max_tokens_per_row
+
+    @staticmethod
     def _preflight(dataset: PreferenceDataset, collator: PreferenceCollator, on_bad_record: str, what: str,
                    args: PreferenceConfig) -> PreferenceDataset:
         with progress.bars(progress.enabled() and not args.disable_tqdm):  # the run's own bar switch
             result = preflight(dataset.records, collator, on_error=on_bad_record, what=what, origins=dataset.origins)
         return dataset if not result.errors else PreferenceDataset(result.records, result.origins or None)
+
+    def _get_train_sampler(self, train_dataset=None):
+        """Trainer's sampler; ``train_sampling_strategy: group_by_length`` (or ``batch_rebalance``) groups
+        records by their token counts (:meth:`mmpo.data.collator.RowEncoder.text_lengths`), so that a
+        batch holds records of similar length and pads little, still ``per_device_train_batch_size`` of them."""
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.train_sampling_strategy in ("group_by_length", "batch_rebalance") and isinstance(
+                dataset, PreferenceDataset):
+            return super()._get_train_sampler(_Lengths(self.data_collator.encoder.text_lengths(dataset.records)))
+        return super()._get_train_sampler(train_dataset)
 
     def _build_reference(self, args: PreferenceConfig, collator, train_dataset):
         is_peft = hasattr(self.model, "disable_adapter") and hasattr(self.model, "peft_config")
@@ -268,7 +290,7 @@ class PreferenceTrainer(Trainer):
         :meth:`_skip_nonfinite` (a skipped batch's loss is an exact zero)."""
         training, B = model.training, inputs["record_index"].shape[0]
         aspo, dama_mark = self.methods.aspo, self.dama.mark()
-        policy, mask = policy_response_logps(model, inputs)  # (R, L), R = 2B or 3B
+        policy, mask = policy_response_logps(model, inputs, head_chunk=self.args.lm_head_chunk_size)  # (R, L): 2B/3B
         with torch.no_grad():
             reference = self._reference(training, model)(inputs)  # (R, L)
         token_ratios = (policy - reference) * mask  # (R, L)
@@ -631,6 +653,19 @@ class _DamaCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.trainer.dama.step_end()
+
+
+class _Lengths(torch.utils.data.Dataset):
+    """What Trainer's length-grouping samplers read of a dataset: ``item["input_ids"]``'s length."""
+
+    def __init__(self, lengths: list[int]):
+        self.lengths = lengths
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, index: int) -> dict[str, range]:
+        return {"input_ids": range(self.lengths[index])}
 
 
 class _NonFiniteGuard(TrainerCallback):
