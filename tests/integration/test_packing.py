@@ -226,3 +226,26 @@ def test_a_packed_training_step_is_the_same_as_an_unpacked_one(tmp_path):
         weights.append({n: p.detach().clone() for n, p in trainer.model.named_parameters()})
     worst = max((weights[0][n] - weights[1][n]).abs().max().item() for n in weights[0])
     assert worst < 1e-4, worst
+
+
+def test_length_grouping_orders_records_by_their_token_counts(tmp_path):
+    """``train_sampling_strategy: group_by_length`` groups records of similar length into a batch (so a
+    batch pads little, packed or not), by the token counts of their prompts and responses."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    trainer = trainer_for("llava", tmp_path, train_sampling_strategy="group_by_length", max_steps=1)
+    records = trainer.train_dataset.records
+    lengths = trainer.data_collator.encoder.text_lengths(records)
+    tokenizer = trainer.data_collator.encoder.tokenizer
+    assert lengths[0] > len(tokenizer(records[0].chosen + records[0].rejected)["input_ids"])  # the prompt counts
+    assert len(set(lengths)) > 1
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, LengthGroupedSampler)
+    order = list(sampler)
+    assert sorted(order) == list(range(len(records)))
+    assert [lengths[i] for i in order] == sorted(lengths, reverse=True)  # one mega-batch here: longest first
+    trainer.train()
+    rebalanced = trainer_for("llava", tmp_path / "rebalance", train_sampling_strategy="batch_rebalance", max_steps=1)
+    from transformers.trainer_pt_utils import BatchRebalanceSampler
+    assert isinstance(rebalanced._get_train_sampler(), BatchRebalanceSampler)
+    rebalanced.train()

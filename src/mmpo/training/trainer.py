@@ -179,14 +179,25 @@ class PreferenceTrainer(Trainer):
         return dataset if not result.errors else PreferenceDataset(result.records, result.origins or None)
 
     def _get_train_sampler(self, train_dataset=None):
-        """Trainer's sampler; ``train_sampling_strategy: group_by_length`` (or ``batch_rebalance``) groups
-        records by their token counts (:meth:`mmpo.data.collator.RowEncoder.text_lengths`), so that a
-        batch holds records of similar length and pads little, still ``per_device_train_batch_size`` of them."""
+        """Trainer's sampler; with ``train_sampling_strategy: group_by_length`` (or ``batch_rebalance``)
+        records are grouped by their token counts (:meth:`mmpo.data.collator.RowEncoder.text_lengths`),
+        so that a batch holds records of similar length and pads little: still
+        ``per_device_train_batch_size`` of them (Trainer would look for an ``input_ids`` column)."""
         dataset = self.train_dataset if train_dataset is None else train_dataset
-        if self.args.train_sampling_strategy in ("group_by_length", "batch_rebalance") and isinstance(
-                dataset, PreferenceDataset):
-            return super()._get_train_sampler(_Lengths(self.data_collator.encoder.text_lengths(dataset.records)))
-        return super()._get_train_sampler(train_dataset)
+        strategy = getattr(self.args, "train_sampling_strategy", None)
+        if strategy not in ("group_by_length", "batch_rebalance") or not isinstance(dataset, PreferenceDataset):
+            return super()._get_train_sampler(train_dataset)
+        # Here, not at the top: the strategy and its samplers are newer than the oldest transformers 5 admitted.
+        from transformers.trainer_pt_utils import BatchRebalanceSampler, LengthGroupedSampler
+
+        lengths = self.data_collator.encoder.text_lengths(dataset.records)
+        accumulation = self.args.gradient_accumulation_steps
+        if strategy == "group_by_length":
+            return LengthGroupedSampler(self.args.train_batch_size * accumulation, lengths=lengths)
+        world = max(1, self.args.world_size)
+        return BatchRebalanceSampler(lengths=lengths, effective_batch_size=self.args.train_batch_size * accumulation * world,
+                                     dp_size=world, grad_accum=accumulation, rank=self.args.process_index if world > 1
+                                     else 0, drop_last=self.args.dataloader_drop_last)
 
     def _build_reference(self, args: PreferenceConfig, collator, train_dataset):
         is_peft = hasattr(self.model, "disable_adapter") and hasattr(self.model, "peft_config")
@@ -653,19 +664,6 @@ class _DamaCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.trainer.dama.step_end()
-
-
-class _Lengths(torch.utils.data.Dataset):
-    """What Trainer's length-grouping samplers read of a dataset: ``item["input_ids"]``'s length."""
-
-    def __init__(self, lengths: list[int]):
-        self.lengths = lengths
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __getitem__(self, index: int) -> dict[str, range]:
-        return {"input_ids": range(self.lengths[index])}
 
 
 class _NonFiniteGuard(TrainerCallback):
