@@ -32,7 +32,6 @@ from .lm_head import (
     DEFAULT_CHUNK,
     head_logprobs,
     head_problem,
-    output_head,
 )
 
 #: Batch keys of :mod:`mmpo.data.collator` read here (the collator imports them from this module).
@@ -135,15 +134,14 @@ def policy_response_logps(model: torch.nn.Module, batch: dict[str, Any],
         tokens = (batch["response_start"].unsqueeze(1) + steps).clamp(max=T - 1)  # (R, L)
         predictors = tokens - 1
     targets = torch.gather(input_ids[rows], 1, tokens)  # (R, L)
-    head = output_head(model) if head_chunk and head_problem(model) is None else None
-    if head is None:
+    if not head_chunk or head_problem(model) is not None:
         logits = model(**inputs, use_cache=False, **keep).logits  # (N, K, V)
         positions = (predictors - (T - logits.shape[1])).clamp(0, logits.shape[1] - 1)
         return gathered_logprobs(logits, rows, positions, targets, mask), mask
 
     def pick(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (N, K, H): the head's input
         positions = (predictors - (T - hidden.shape[1])).clamp(0, hidden.shape[1] - 1)
-        return hidden[rows.unsqueeze(1), positions][mask], targets[mask]  # (M, H), (M,): response tokens only
+        return hidden[rows.unsqueeze(1).expand_as(positions)[mask], positions[mask]], targets[mask]  # (M, H), (M,)
 
     with head_logprobs(model, pick, head_chunk):
         values = model(**inputs, use_cache=False, **keep).logits  # (M,): what the head returned
