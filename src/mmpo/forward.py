@@ -36,6 +36,7 @@ from .lm_head import (
 
 #: Batch keys of :mod:`mmpo.data.collator` read here (the collator imports them from this module).
 SEGMENT_IDS, DOCUMENT_IDS, LOGITS_FROM, RESPONSE_WIDTH = "segment_ids", "document_ids", "logits_from", "response_width"
+BLOCKS = "blocks"
 
 #: Families whose attention masks are built inside the model in ways a single 4-D mask cannot carry.
 UNSHAREABLE: dict[str, str] = {
@@ -118,7 +119,7 @@ def policy_response_logps(model: torch.nn.Module, batch: dict[str, Any],
     shared = SEGMENT_IDS in batch
     if shared:
         segments, documents = batch[SEGMENT_IDS], batch.get(DOCUMENT_IDS)  # (N, T) each
-        inputs["attention_mask"] = attention_mask_for(model, segments, documents)
+        inputs["attention_mask"] = attention_mask_for(model, segments, documents, batch.get(BLOCKS))
         inputs["position_ids"] = packed_position_ids(model, inputs, segments, batch["position_ids"], documents)
     logits_from = int(batch.get(LOGITS_FROM, 0))
     keep = {"logits_to_keep": T - logits_from} if logits_from > 0 and accepts_logits_to_keep(model) else {}
@@ -241,15 +242,98 @@ def flex_block_mask(segments: torch.Tensor, documents: torch.Tensor | None = Non
                              N, None, T, T, device=segments.device)
 
 
-def attention_mask_for(model: torch.nn.Module, segments: torch.Tensor, documents: torch.Tensor | None) -> Any:
+def attention_mask_for(model: torch.nn.Module, segments: torch.Tensor, documents: torch.Tensor | None,
+                       blocks: list[tuple[int, int, int, list[tuple[int, int]]]] | None = None) -> Any:
     """The mask ``model`` takes for prefix-shared or packed rows: a ``BlockMask`` under flex attention,
-    else the 4-D tensor of :func:`block_attention_mask`."""
+    else the 4-D tensor of :func:`block_attention_mask`; under SDPA with the batch's ``blocks``, that
+    tensor carries them (:class:`Blocks`), so that attention runs block by block."""
     attention = attention_implementation(model)
     bidirectional = model_type(model) in BIDIRECTIONAL_PREFIX
     if attention == "flex_attention":
         return flex_block_mask(segments, documents, bidirectional_prefix=bidirectional)
-    return block_attention_mask(segments, dtype=_float_dtype(model), attention=attention,
+    mask = block_attention_mask(segments, dtype=_float_dtype(model), attention=attention,
                                 bidirectional_prefix=bidirectional, documents=documents)
+    if attention == "sdpa" and blocks is not None:
+        _install_block_attention()
+        mask.mmpo_blocks = Blocks(segments.shape[1], blocks, bidirectional)
+    return mask
+
+
+class Blocks:
+    """Attention of prefix-shared or packed rows computed block by block instead of over whole rows.
+
+    Under SDPA a dense 4-D mask makes the kernel compute every pair of a row's tokens and mask most
+    of them out: another record's, another response's. Here each document's prompt attends to
+    itself (causally, or both ways for PaliGemma's prefix) and each response to its prompt and
+    causally to itself, one ``scaled_dot_product_attention`` call per block, which computes only
+    the pairs that attend (what a flex ``BlockMask`` skips on its own). The softmax of every query is
+    over the same keys as under the dense mask, so the values are the same up to float rounding.
+    Padding gets 0 (no token attends to it, and it is never read).
+
+    The blocks ride on the mask tensor (``mask.mmpo_blocks``), so they reach every attention call
+    of the decoder, also the recompute of gradient checkpointing; transformers' ``sdpa`` entry is
+    wrapped once (:func:`_install_block_attention`) and passes through any call whose mask does
+    not carry blocks of its query's length, or that needs what the blocks do not do (a sliding
+    window, a softcap, sinks, a position bias, attention weights).
+    """
+
+    def __init__(self, width: int, blocks: list[tuple[int, int, int, list[tuple[int, int]]]], bidirectional: bool):
+        self.width, self.blocks, self.bidirectional = width, blocks, bidirectional
+        self._masks: dict[tuple[int, int, Any], torch.Tensor] = {}
+
+    def applies(self, query: torch.Tensor, key: torch.Tensor, kwargs: dict[str, Any]) -> bool:
+        return (query.shape[2] == key.shape[2] == self.width
+                and not any(kwargs.get(k) is not None for k in ("sliding_window", "softcap", "s_aux", "position_bias"))
+                and not kwargs.get("output_attentions"))
+
+    def attend(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               dropout: float = 0.0, scaling: float | None = None) -> tuple[torch.Tensor, None]:
+        """``query`` ``(N, H, T, D)``, ``key``/``value`` ``(N, H_kv, T, D)``; returns ``(N, T, H, D)`` as
+        transformers' SDPA function does."""
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        gqa = {"enable_gqa": True} if key.shape[1] != query.shape[1] else {}
+        out = torch.zeros_like(query)
+        for row, start, prompt_end, responses in self.blocks:
+            keys, values = key[row, :, start:prompt_end], value[row, :, start:prompt_end]  # (H_kv, P, D)
+            out[row, :, start:prompt_end] = sdpa(query[row, :, start:prompt_end], keys, values, dropout_p=dropout,
+                                                 is_causal=not self.bidirectional, scale=scaling, **gqa)
+            for first, end in responses:
+                mask = self._response_mask(prompt_end - start, end - first, query.device)  # (L, P + L)
+                out[row, :, first:end] = sdpa(query[row, :, first:end],
+                                              torch.cat([keys, key[row, :, first:end]], dim=1),
+                                              torch.cat([values, value[row, :, first:end]], dim=1),
+                                              attn_mask=mask, dropout_p=dropout, scale=scaling, **gqa)
+        return out.transpose(1, 2).contiguous(), None
+
+    def _response_mask(self, prompt: int, length: int, device: Any) -> torch.Tensor:
+        """A response of ``length`` tokens attends to all ``prompt`` tokens and causally to itself."""
+        key = (prompt, length, device)
+        if key not in self._masks:
+            causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+            self._masks[key] = torch.cat([torch.ones(length, prompt, dtype=torch.bool, device=device), causal], 1)
+        return self._masks[key]
+
+
+_SDPA: dict[str, Any] = {}
+
+
+def _install_block_attention() -> None:
+    """Wrap transformers' ``sdpa`` attention function (once, for the process) so that a call whose mask
+    carries :class:`Blocks` runs block by block; every other call goes to the original unchanged."""
+    if _SDPA:
+        return
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+    original = ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+    def sdpa_or_blocks(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+        blocks = getattr(attention_mask, "mmpo_blocks", None)
+        if blocks is not None and blocks.applies(query, key, kwargs):
+            return blocks.attend(module, query, key, value, dropout=dropout, scaling=scaling)
+        return original(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+    _SDPA["original"] = original
+    AttentionInterface.register("sdpa", sdpa_or_blocks)
 
 
 def packed_position_ids(model: torch.nn.Module, inputs: dict[str, Any], segments: torch.Tensor,

@@ -500,7 +500,7 @@ def test_only_model_inputs_reach_the_model(shared, tmp_path):
     batch = collate([ds[i] for i in range(4)])
     inputs = batch[MODEL_INPUTS]
     side = set(batch) - {MODEL_INPUTS}
-    layout = ({"segment_ids", "position_ids", "response_row", "response_tokens", "response_logit_index"} if shared
+    layout = ({"segment_ids", "position_ids", "response_row", "response_tokens", "response_logit_index", "blocks"} if shared
               else {"labels", "response_start"})
     assert {"response_length", "record_index", "record_indices", "vision_mask", "unit_spans", "unit_mask", "unit_scores",
             "data_alpha", "logits_from", "response_width"} | layout == side

@@ -249,3 +249,29 @@ def test_length_grouping_orders_records_by_their_token_counts(tmp_path):
     from transformers.trainer_pt_utils import BatchRebalanceSampler
     assert isinstance(rebalanced._get_train_sampler(), BatchRebalanceSampler)
     rebalanced.train()
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen2_vl", "paligemma", "idefics3"])
+def test_attention_block_by_block_equals_the_dense_mask(name, built, monkeypatch):
+    """Under SDPA the shared and packed rows' attention runs one block at a time (each prompt, each
+    response with its prompt) instead of over the whole row under a dense mask: the same log-probs and
+    gradients, and every decoder attention call took the blocks."""
+    import mmpo.forward as forward
+
+    model, processor = built(name)
+    model.train()
+    recs = records(4)
+    packed = collate(processor, recs, shared=True, budget=budget_for(processor, recs, True))
+    dense = {k: v for k, v in packed.items() if k != "blocks"}
+    calls = []
+    attend = forward.Blocks.attend
+    monkeypatch.setattr(forward.Blocks, "attend", lambda self, *a, **k: calls.append(1) or attend(self, *a, **k))
+    want = logps_and_grads(model, dense)
+    assert not calls
+    got = logps_and_grads(model, packed)
+    layers = model.config.get_text_config().num_hidden_layers
+    assert len(calls) == layers
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=0)
+    scale = max(g.abs().max() for g in want[2].values())
+    for key, grad in want[2].items():
+        torch.testing.assert_close(got[2][key] / scale, grad / scale, atol=1e-5, rtol=0, msg=key)

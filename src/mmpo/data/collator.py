@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from ..forward import DOCUMENT_IDS, LOGITS_FROM, RESPONSE_WIDTH, SEGMENT_IDS
+from ..forward import BLOCKS, DOCUMENT_IDS, LOGITS_FROM, RESPONSE_WIDTH, SEGMENT_IDS
 from ..methods.aspo.units import chosen_units, unit_batch
 from ..prompting import (
     assistant_turn,
@@ -347,6 +347,14 @@ class RowEncoder:
                  LOGITS_FROM: max(min(prompt_lengths[pack[0]] for pack in packs) - 1, 0), RESPONSE_WIDTH: L}
         if max_tokens_per_row:
             batch[DOCUMENT_IDS] = document_ids
+        # The same layout as Python ints, for attention run block by block (mmpo.forward.Blocks): per
+        # document, its row, first token, the end of its prompt, and each of its responses' (start, end).
+        spans: dict[int, list[tuple[int, int]]] = {d: [] for d in range(len(rows))}
+        for d, tok in zip(owner, tokens, strict=True):
+            at = place[d][1]
+            spans[d].append((at + tok[0], at + tok[-1] + 1) if tok else (at + prompt_lengths[d],) * 2)
+        batch[BLOCKS] = [(place[d][0], place[d][1], place[d][1] + prompt_lengths[d],
+                          [span for span in spans[d] if span[1] > span[0]]) for d in range(len(rows))]
         return batch
 
     def _fit(self, resp: list[int], offsets: list[tuple[int, int]], n_prompt: int,
