@@ -17,7 +17,11 @@ Used by ``benchmarks/vs_trl.py`` and ``benchmarks/gpu_throughput.py``; importabl
   32064-row embedding), with a Vicuna / LLaVA-1.5 chat template ("USER: <image>\\n... ASSISTANT: ...</s>").
 * :func:`records` makes :class:`mmpo.types.PreferenceRecord` s with random 336x336 images, a prompt
   of about 50 tokens and responses of 100-200 tokens: words of the toy world's vocabulary, which
-  the tokenizer encodes as about one token per word (:func:`token_counts` measures it).
+  the tokenizer encodes as about one token per word (:func:`token_counts` measures it). With
+  ``response_lengths`` each record's chosen and rejected word counts are given instead (e.g. drawn
+  from a long-tailed distribution by ``benchmarks/packing.py``; :func:`words_for_tokens` converts).
+* ``vocab_size`` (:func:`llava15_config`, :func:`build_llava15`) widens or narrows the vocabulary
+  (e.g. Qwen2-VL's 151,936 for ``benchmarks/lm_head.py``); the tokenizer's ids stay valid.
 """
 
 from __future__ import annotations
@@ -75,18 +79,19 @@ def build_processor():
     )
 
 
-def llava15_config(size: str, tokenizer=None):
-    """The ``LlavaConfig`` of ``size`` ("cpu" or "7b") for ``tokenizer``'s special ids."""
+def llava15_config(size: str, tokenizer=None, vocab_size: int = VOCAB_SIZE):
+    """The ``LlavaConfig`` of ``size`` ("cpu" or "7b") for ``tokenizer``'s special ids, with a
+    vocabulary of ``vocab_size`` (LLaVA-1.5's 32064 by default; at least the tokenizer's size)."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     if size not in SIZES:
         raise ValueError(f"size must be one of {', '.join(SIZES)}, not {size!r}")
     tokenizer = tokenizer or _tokenizer()
-    if len(tokenizer) > VOCAB_SIZE:
-        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, more than the vocabulary of {VOCAB_SIZE}")
+    if len(tokenizer) > vocab_size:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, more than the vocabulary of {vocab_size}")
     sizes = SIZES[size]
     vision = CLIPVisionConfig(**sizes["vision"], image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, num_channels=3)
-    text = LlamaConfig(**sizes["text"], vocab_size=VOCAB_SIZE, pad_token_id=tokenizer.pad_token_id,
+    text = LlamaConfig(**sizes["text"], vocab_size=vocab_size, pad_token_id=tokenizer.pad_token_id,
                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     return LlavaConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.image_token_id,
                        projector_hidden_act="gelu", vision_feature_layer=-2,
@@ -94,7 +99,8 @@ def llava15_config(size: str, tokenizer=None):
                        tie_word_embeddings=False)
 
 
-def build_llava15(size: str, dtype: torch.dtype = torch.float32, seed: int = 0, device: str | torch.device | None = None):
+def build_llava15(size: str, dtype: torch.dtype = torch.float32, seed: int = 0, device: str | torch.device | None = None,
+                  vocab_size: int = VOCAB_SIZE):
     """``(model, processor)``: a random-init LLaVA-1.5-shaped ``LlavaForConditionalGeneration``.
 
     Args:
@@ -103,12 +109,13 @@ def build_llava15(size: str, dtype: torch.dtype = torch.float32, seed: int = 0, 
         dtype: the weights' dtype.
         seed: ``torch.manual_seed`` before the weights are drawn (same seed, same weights).
         device: where the weights are created (e.g. "cuda" for "7b": no 28 GB float32 copy on the host).
+        vocab_size: rows of the embedding and the LM head (default LLaVA-1.5's 32064).
     """
     from transformers import LlavaForConditionalGeneration
 
     processor = build_processor()
     tokenizer = processor.tokenizer
-    config = llava15_config(size, tokenizer)
+    config = llava15_config(size, tokenizer, vocab_size)
     torch.manual_seed(seed)
     with torch.device(device or "cpu"):
         model = LlavaForConditionalGeneration._from_config(config, dtype=dtype)
@@ -140,22 +147,43 @@ def _text(rng: random.Random, words: tuple[str, ...], n: int) -> str:
     return " ".join(out) + " ."
 
 
+def words_for_tokens(tokens: int) -> int:
+    """The word count whose text (as :func:`records` writes it: a "." after every 12th word and at the
+    end) is ``tokens`` tokens long, or the nearest above (at least 1 word): ``n`` words are
+    ``n + (n - 1) // 12 + 1`` tokens."""
+    n = max(1, (tokens - 1) * 12 // 13)
+    while n + (n - 1) // 12 + 1 < tokens:
+        n += 1
+    return n
+
+
 def records(n: int, seed: int = 0, prompt_words: int = 40, response_words: tuple[int, int] = (100, 200),
-            vision: bool = False) -> list[PreferenceRecord]:
+            vision: bool = False, response_lengths: list[tuple[int, int]] | None = None) -> list[PreferenceRecord]:
     """``n`` preference records of LLaVA-1.5 preference-data lengths (about 50 prompt tokens with the
     chat template, 100-200 response tokens), each with its own random 336x336 image.
 
     Args:
         vision: also set ``rejected_image`` (another random image), AdaViP's vision-rejected sample.
+        response_words: the range of response lengths in tokens (word counts are drawn to land in it).
+        response_lengths: ``(chosen, rejected)`` word counts per record (at least ``n`` pairs),
+            exactly, instead of ``response_words`` (:func:`words_for_tokens` converts from tokens).
+            The texts, prompts and images are drawn from the same streams either way.
     """
+    if response_lengths is not None and len(response_lengths) < n:
+        raise ValueError(f"response_lengths has {len(response_lengths)} pairs for {n} records")
     rng, pixels = random.Random(seed), np.random.default_rng(seed)
     words = vocabulary()
     lo, hi = response_words
     out = []
     for i in range(n):
-        # Response word counts chosen so that the responses, with their "." tokens, land in 100-200 tokens.
-        chosen = _text(rng, words, rng.randint(lo * 12 // 13, hi * 12 // 13 - 1))
-        rejected = _text(rng, words, rng.randint(lo * 12 // 13, hi * 12 // 13 - 1))
+        if response_lengths is None:
+            # Word counts chosen so that the responses, with their "." tokens, land in 100-200 tokens.
+            n_chosen = rng.randint(lo * 12 // 13, hi * 12 // 13 - 1)
+            chosen = _text(rng, words, n_chosen)
+            rejected = _text(rng, words, rng.randint(lo * 12 // 13, hi * 12 // 13 - 1))
+        else:
+            chosen = _text(rng, words, response_lengths[i][0])
+            rejected = _text(rng, words, response_lengths[i][1])
         out.append(PreferenceRecord(
             image=random_image(pixels), prompt=_text(rng, words, prompt_words), chosen=chosen, rejected=rejected,
             id=f"llava15-{seed}-{i}", rejected_image=random_image(pixels) if vision else None))

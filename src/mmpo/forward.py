@@ -34,9 +34,16 @@ from .lm_head import (
     head_problem,
 )
 
-#: Batch keys of :mod:`mmpo.data.collator` read here (the collator imports them from this module).
-SEGMENT_IDS, DOCUMENT_IDS, LOGITS_FROM, RESPONSE_WIDTH = "segment_ids", "document_ids", "logits_from", "response_width"
+# Keys of the batch :mod:`mmpo.data.collator` builds and this module reads:
+#: a prefix-shared or packed batch's segment ids ``(N, T)``, whose presence marks the layout;
+SEGMENT_IDS = "segment_ids"
+#: a packed batch's document ids ``(N, T)`` (several records' rows in one row);
+DOCUMENT_IDS = "document_ids"
+#: the same layout as Python ints, per document ``(row, first token, end of prompt, [(start, end) per response])``;
 BLOCKS = "blocks"
+#: two Python ints every batch carries, so the forward pass needs no host-device sync: the first
+#: position whose logits any response needs, and the longest response.
+LOGITS_FROM, RESPONSE_WIDTH = "logits_from", "response_width"
 
 #: Families whose attention masks are built inside the model in ways a single 4-D mask cannot carry.
 UNSHAREABLE: dict[str, str] = {

@@ -55,10 +55,8 @@ from ..types import PreferenceRecord, Prompt, image_list
 
 #: Key of the model's own inputs in a collated batch.
 MODEL_INPUTS = "model_inputs"
-# SEGMENT_IDS: a prefix-shared batch's segment ids (:meth:`RowEncoder.encode_shared`), whose presence
-# marks the layout; DOCUMENT_IDS: a packed batch's document ids (several records' rows in one row);
-# LOGITS_FROM, RESPONSE_WIDTH: two Python ints every batch carries, so the forward pass needs no
-# host-device sync (the first position whose logits any response needs, and the longest response).
+# The layout's keys (SEGMENT_IDS, DOCUMENT_IDS, BLOCKS, LOGITS_FROM, RESPONSE_WIDTH) are mmpo.forward's,
+# which reads them.
 
 #: Per-token processor outputs and how each continues over the response tokens: a constant, or
 #: ``"repeat"`` (the prompt's last position, e.g. Mllama's cross-attention to the image, which every

@@ -24,7 +24,7 @@ import torch
 
 from .. import progress
 from ..data.collator import move_batch
-from ..forward import policy_response_logps
+from ..forward import DEFAULT_CHUNK, policy_response_logps
 from ..io import atomic_writer
 from ..logprobs import pad_response_logprobs
 from .distributed import frozen_copy, prepare_reference_model, tensor_summary
@@ -43,7 +43,9 @@ class FrozenCopyReference:
     model loaded to be the reference (``reference_model``), which needs no second copy.
     """
 
-    def __init__(self, model: torch.nn.Module, accelerator=None, shard: bool = True, copy: bool = True):
+    def __init__(self, model: torch.nn.Module, accelerator=None, shard: bool = True, copy: bool = True,
+                 head_chunk: int | None = DEFAULT_CHUNK):
+        self.head_chunk = head_chunk  # the LM head's chunk (mmpo.forward.policy_response_logps), as the policy's
         if accelerator is None:
             self.model = frozen_copy(model) if copy else model.eval().requires_grad_(False)
         else:
@@ -51,20 +53,21 @@ class FrozenCopyReference:
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
-        return policy_response_logps(self.model, batch)[0]
+        return policy_response_logps(self.model, batch, head_chunk=self.head_chunk)[0]
 
 
 class AdapterReference:
     """The LoRA policy with its adapters switched off (no extra copy of the weights)."""
 
-    def __init__(self, get_model: Callable[[], torch.nn.Module]):
+    def __init__(self, get_model: Callable[[], torch.nn.Module], head_chunk: int | None = DEFAULT_CHUNK):
         self.get_model = get_model
+        self.head_chunk = head_chunk
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
         model = self.get_model()
         with model.disable_adapter():
-            return policy_response_logps(model, batch)[0]
+            return policy_response_logps(model, batch, head_chunk=self.head_chunk)[0]
 
 
 class PrecomputedReference:
@@ -124,7 +127,8 @@ def record_shares(n_records: int, batch_size: int, rank: int, world: int) -> lis
 @torch.no_grad()
 def compute_reference_table(model: torch.nn.Module, dataset, collator, batch_size: int,
                             device: torch.device | str = "cpu", *, rank: int = 0, world: int = 1,
-                            gather: Callable[[list], list[list]] | None = None) -> list[dict[str, torch.Tensor]]:
+                            gather: Callable[[list], list[list]] | None = None,
+                            head_chunk: int | None = DEFAULT_CHUNK) -> list[dict[str, torch.Tensor]]:
     """Run the reference model once over every record (no gradient), in dataset order.
 
     With ``world`` processes each computes its share (:func:`record_shares`) and ``gather``
@@ -139,7 +143,7 @@ def compute_reference_table(model: torch.nn.Module, dataset, collator, batch_siz
                                       unit="batch", disable=rank != 0):
             items = [dataset[i] for i in ids]
             batch = move_batch(collator(items), device)
-            logps, mask = policy_response_logps(model, batch)
+            logps, mask = policy_response_logps(model, batch, head_chunk=head_chunk)
             lengths = batch["response_length"].tolist()
             B = len(items)
             vision = batch.get("vision_mask")

@@ -210,11 +210,11 @@ class PreferenceTrainer(Trainer):
             if args.reference_model:
                 raise ValueError(f"reference_model ({args.reference_model}) needs reference: copy or precomputed; "
                                  "the adapter-off reference is the policy's own base weights")
-            return AdapterReference(lambda: self.accelerator.unwrap_model(self.model))
+            return AdapterReference(lambda: self.accelerator.unwrap_model(self.model), args.lm_head_chunk_size)
         source = self.model if not args.reference_model else self._load_reference_model(args.reference_model)
         if kind == "copy":
             return FrozenCopyReference(source, self.accelerator, shard=args.shard_reference,
-                                       copy=source is self.model)
+                                       copy=source is self.model, head_chunk=args.lm_head_chunk_size)
         if args.reference_model and distributed.engine(self.accelerator) in ("fsdp", "deepspeed"):
             raise ValueError("reference_model with reference: precomputed is not supported under FSDP or DeepSpeed "
                              "(the table is computed by the prepared policy); use reference: copy")
@@ -272,7 +272,8 @@ class PreferenceTrainer(Trainer):
         def compute(model: torch.nn.Module) -> list[dict[str, torch.Tensor]]:
             table = compute_reference_table(model, dataset, collator, self.args.per_device_eval_batch_size,
                                             acc.device, rank=acc.process_index, world=acc.num_processes,
-                                            gather=lambda share: gather_object([share]))
+                                            gather=lambda share: gather_object([share]),
+                                            head_chunk=self.args.lm_head_chunk_size)
             if acc.is_main_process:
                 write_table(path, table)
             acc.wait_for_everyone()
