@@ -1,6 +1,6 @@
 """The policy's forward pass over a collated batch, giving response-aligned log-probs ``(R, L)``.
 
-Two row layouts reach it (:mod:`mmpo.data.collator`):
+Three row layouts reach it (:mod:`mmpo.data.collator`):
 
 * **one row per response**: ``[image + prompt, response]``, right-padded;
 * **prefix-shared**: ``[image + prompt, chosen, rejected]`` in one row per record
@@ -8,17 +8,24 @@ Two row layouts reach it (:mod:`mmpo.data.collator`):
   through the model once instead of once per response. The row runs with a block attention mask
   (a response attends to the prompt and to its own earlier tokens, never to another response) and
   position ids that restart each response where the prompt ends, so every response token sees
-  exactly what it would see in a row of its own: the log-probs are the same up to float rounding.
+  exactly what it would see in a row of its own: the log-probs are the same up to float rounding;
+* **packed**: several such rows ("documents", or one response each without sharing) in one row
+  up to a token budget, each attending only within itself (``document_ids``), positions restarting.
 
-Either way the LM head runs only from the first position whose logits a response needs
-(``logits_to_keep``), never over the image tokens, and the log-softmax only at response positions.
-The batch carries the Python ints this needs, so the pass makes no host-device sync.
+The mask of the last two is a dense 4-D tensor under eager attention, the same tensor carrying the
+layout's blocks under SDPA (:class:`Blocks`: attention runs one block at a time, so the pairs the
+mask would throw away are never computed), and a flex ``BlockMask`` under flex attention.
 
-Prefix sharing needs a model that takes a custom 4-D mask and explicit position ids:
-:func:`prefix_sharing_problem` says why a model cannot (the trainer then uses one row per response
-and logs that line). Qwen-VL's M-RoPE positions are the model's own, computed on the whole row and
-shifted back for the tokens after the first response (text positions advance by one in every
-axis, so the shift is exact); PaliGemma's bidirectional prefix is part of the mask.
+The LM head runs only at the positions that predict a response token, a chunk at a time, inside
+the model's forward (:func:`mmpo.lm_head.head_logprobs`), or, with ``head_chunk=0``, from the first
+position whose logits a response needs (``logits_to_keep``), the log-softmax at response positions
+only. The batch carries the Python ints this needs, so the pass makes no host-device sync.
+
+Prefix sharing and packing need a model that takes a custom mask and explicit position ids:
+:func:`prefix_sharing_problem` and :func:`packing_problem` say why a model cannot (the trainer then
+uses one row per response or per record and logs that line). Qwen-VL's M-RoPE positions are the
+model's own, computed on the whole row and made each document's own (:func:`packed_position_ids`);
+PaliGemma's bidirectional prefix is part of the mask.
 """
 
 from __future__ import annotations
@@ -28,11 +35,7 @@ from typing import Any
 
 import torch
 
-from .lm_head import (
-    DEFAULT_CHUNK,
-    head_logprobs,
-    head_problem,
-)
+from .lm_head import DEFAULT_CHUNK, head_logprobs, head_problem
 
 # Keys of the batch :mod:`mmpo.data.collator` builds and this module reads:
 #: a prefix-shared or packed batch's segment ids ``(N, T)``, whose presence marks the layout;
