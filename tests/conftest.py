@@ -45,3 +45,19 @@ def varied_tiny_vlm():
             if weight.dim() == 2:
                 weight.copy_(torch.randn(weight.shape, generator=generator) * 0.3)
     return model, build_processor(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def built():
+    """``built(name)``: the tiny model and processor of family ``name`` (:mod:`mmpo.testing.families`),
+    built once per test module."""
+    from mmpo.testing.families import build_family
+
+    cache: dict[str, tuple] = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = build_family(name)
+        return cache[name]
+
+    return get

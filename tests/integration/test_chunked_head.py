@@ -8,8 +8,7 @@ with LoRA on the head, with tied embeddings, and under gradient checkpointing. T
 from __future__ import annotations
 
 import pytest
-import torch
-from test_prefix_sharing import logps_and_grads, records
+from test_prefix_sharing import assert_same_logps_and_grads, logps_and_grads, records
 
 from helpers import training_args
 from mmpo.data.collator import PreferenceCollator, RowEncoder
@@ -37,17 +36,6 @@ def chunked_and_full(model, batch, chunk: int = 3):
     return results
 
 
-def assert_same(full, chunked):
-    (want, want_mask, want_grads), (got, got_mask, got_grads) = full, chunked
-    assert torch.equal(got_mask, want_mask)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
-    assert want.abs().max() > 1.0
-    assert got_grads.keys() == want_grads.keys()
-    scale = max(g.abs().max() for g in want_grads.values())
-    for key, grad in want_grads.items():
-        torch.testing.assert_close(got_grads[key] / scale, grad / scale, atol=1e-5, rtol=0, msg=key)
-
-
 @pytest.mark.parametrize("name", ALL)
 def test_the_chunked_head_equals_the_full_logits(name):
     model, processor = build_family(name)
@@ -57,13 +45,13 @@ def test_the_chunked_head_equals_the_full_logits(name):
     layout = ({"max_tokens_per_row": 10**6} if packing_problem(model) is None
               else {"prefix_sharing": prefix_sharing_problem(model) is None})
     full, chunked = chunked_and_full(model, collate(processor, recs, **layout))
-    assert_same(full, chunked)
+    assert_same_logps_and_grads(full, chunked)
 
 
 def test_one_row_per_response_too():
     model, processor = build_family("qwen2_vl")
     model.train()
-    assert_same(*chunked_and_full(model, collate(processor, records(3))))
+    assert_same_logps_and_grads(*chunked_and_full(model, collate(processor, records(3))))
 
 
 def test_lora_on_the_head_and_gradient_checkpointing(tmp_path):
@@ -76,7 +64,7 @@ def test_lora_on_the_head_and_gradient_checkpointing(tmp_path):
     lora.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     full, chunked = chunked_and_full(lora, collate(processor, records(3), prefix_sharing=True))
     assert any("lm_head" in key for key in chunked[2])
-    assert_same(full, chunked)
+    assert_same_logps_and_grads(full, chunked)
 
 
 def test_tied_embeddings():
@@ -88,7 +76,7 @@ def test_tied_embeddings():
     assert head.weight is embedding.weight
     model.train()
     full, chunked = chunked_and_full(model, collate(processor, records(3), prefix_sharing=True))
-    assert_same(full, chunked)
+    assert_same_logps_and_grads(full, chunked)
 
 
 def test_the_trainer_passes_its_chunk_and_zero_keeps_the_full_logits(tmp_path, monkeypatch):

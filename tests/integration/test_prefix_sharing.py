@@ -71,16 +71,19 @@ def logps_and_grads(model, batch, forward=policy_response_logps) -> tuple[torch.
     return logps.detach(), mask, grads
 
 
-@pytest.fixture(scope="module")
-def built():
-    cache: dict[str, tuple] = {}
-
-    def get(name):
-        if name not in cache:
-            cache[name] = build_family(name)
-        return cache[name]
-
-    return get
+def assert_same_logps_and_grads(want, got) -> None:
+    """Two ``logps_and_grads`` results agree: masks exactly, log-probs to 1e-5 (and are not trivially
+    small: random models give real log-probs), every gradient to 1e-5 of the largest one (some are
+    exactly 0 in exact arithmetic: a key projection's bias shifts every score of a query by the
+    same amount, so only float noise is left of them)."""
+    (want_logps, want_mask, want_grads), (got_logps, got_mask, got_grads) = want, got
+    assert torch.equal(got_mask, want_mask)
+    torch.testing.assert_close(got_logps, want_logps, atol=1e-5, rtol=0)
+    assert want_logps.abs().max() > 1.0
+    assert got_grads.keys() == want_grads.keys()
+    scale = max(g.abs().max() for g in want_grads.values())
+    for key, grad in want_grads.items():
+        torch.testing.assert_close(got_grads[key] / scale, grad / scale, atol=1e-5, rtol=0, msg=key)
 
 
 @pytest.mark.parametrize("name", SHARED)
@@ -93,17 +96,7 @@ def test_shared_rows_give_the_same_logprobs_and_gradients(name, built):
     shared = collate(processor, recs, shared=True)
     assert shared["model_inputs"]["input_ids"].shape[0] == len(recs) + 2  # 3 pair rows + 2 vision rows
     assert separate["model_inputs"]["input_ids"].shape[0] == 3 * len(recs)
-    want, want_mask, want_grads = logps_and_grads(model, separate)
-    got, got_mask, got_grads = logps_and_grads(model, shared)
-    assert torch.equal(got_mask, want_mask)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
-    assert want.abs().max() > 1.0  # the rows are not trivially equal: random models give real log-probs
-    assert got_grads.keys() == want_grads.keys()
-    # Relative to the largest gradient: some are exactly 0 in exact arithmetic (a key projection's
-    # bias shifts every score of a query by the same amount), so only float noise is left of them.
-    scale = max(g.abs().max() for g in want_grads.values())
-    for key, grad in want_grads.items():
-        torch.testing.assert_close(got_grads[key] / scale, grad / scale, atol=1e-5, rtol=0, msg=key)
+    assert_same_logps_and_grads(logps_and_grads(model, separate), logps_and_grads(model, shared))
 
 
 def test_gemma3_cannot_share_and_says_why(built):
