@@ -30,6 +30,7 @@ PaliGemma's bidirectional prefix is part of the mask.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -181,26 +182,12 @@ def gathered_logprobs(logits: torch.Tensor, rows: torch.Tensor, positions: torch
 
 def allowed_attention(segments: torch.Tensor, documents: torch.Tensor | None = None, *,
                       bidirectional_prefix: bool = False) -> torch.Tensor:
-    """Which token attends to which in prefix-shared or packed rows, ``(N, T, T)`` bool.
-
-    Token ``q`` attends to token ``k <= q`` of its own document (one record's rows: ``documents``,
-    all one document when None) that is either the document's prompt (segment 0) or in ``q``'s own
-    segment. With ``bidirectional_prefix`` a prompt's tokens also attend to the whole prompt of
-    their document (PaliGemma). Padding (segment -1) attends only to itself, so no softmax row is
-    empty. :func:`mask_mod` is the same rule one element at a time, for flex attention.
-    """
-    T = segments.shape[1]
-    if documents is None:
-        documents = torch.where(segments >= 0, 0, -1)
-    q, k = segments.unsqueeze(2), segments.unsqueeze(1)  # (N, T, 1), (N, 1, T)
-    same_document = documents.unsqueeze(2) == documents.unsqueeze(1)  # (N, T, T)
+    """Which token attends to which in prefix-shared or packed rows, ``(N, T, T)`` bool: the rule of
+    :func:`mask_mod` evaluated at every (row, query, key) at once."""
+    N, T = segments.shape
     index = torch.arange(T, device=segments.device)
-    causal = index.view(T, 1) >= index.view(1, T)  # (T, T)
-    allowed = causal & (k >= 0) & (q >= 0) & ((k == 0) | (k == q))
-    if bidirectional_prefix:
-        allowed = allowed | ((q == 0) & (k == 0))
-    allowed = allowed & same_document
-    return allowed | (torch.eye(T, dtype=torch.bool, device=segments.device) & (q < 0))
+    rule = mask_mod(segments, documents, bidirectional_prefix=bidirectional_prefix)
+    return rule(torch.arange(N, device=segments.device).view(N, 1, 1), None, index.view(1, T, 1), index.view(1, 1, T))
 
 
 def block_attention_mask(segments: torch.Tensor, *, dtype: torch.dtype, attention: str,
@@ -225,8 +212,15 @@ def block_attention_mask(segments: torch.Tensor, *, dtype: torch.dtype, attentio
 
 
 def mask_mod(segments: torch.Tensor, documents: torch.Tensor | None = None, *, bidirectional_prefix: bool = False):
-    """The rule of :func:`allowed_attention` as a flex attention ``mask_mod(b, h, q, k)``: a function of
-    one query and key index that reads the segment and document ids."""
+    """Which token attends to which in prefix-shared or packed rows, as a flex attention
+    ``mask_mod(b, h, q, k)`` (indices, or index tensors that broadcast: :func:`allowed_attention`).
+
+    Token ``q`` attends to token ``k <= q`` of its own document (one record's rows: ``documents``,
+    all one document when None) that is either the document's prompt (segment 0) or in ``q``'s own
+    segment. With ``bidirectional_prefix`` a prompt's tokens also attend to the whole prompt of
+    their document (PaliGemma). Padding (segment -1) attends only to itself, so no softmax row is
+    empty.
+    """
     if documents is None:
         documents = torch.where(segments >= 0, 0, -1)
 
@@ -324,14 +318,10 @@ class Blocks:
         return self._masks[key]
 
 
-_SDPA: dict[str, Any] = {}
-
-
+@functools.cache
 def _install_block_attention() -> None:
     """Wrap transformers' ``sdpa`` attention function (once, for the process) so that a call whose mask
     carries :class:`Blocks` runs block by block; every other call goes to the original unchanged."""
-    if _SDPA:
-        return
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
     original = ALL_ATTENTION_FUNCTIONS["sdpa"]
@@ -342,7 +332,6 @@ def _install_block_attention() -> None:
             return blocks.attend(module, query, key, value, dropout=dropout, scaling=scaling)
         return original(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
 
-    _SDPA["original"] = original
     AttentionInterface.register("sdpa", sdpa_or_blocks)
 
 

@@ -5,7 +5,7 @@ For every family the suite builds that can pack (all but Gemma 3, which cannot s
 and Mllama, whose cross-attention reads each row's own images): prefix-shared and packed, and
 packed without sharing (one response per document), against one row per response, to 1e-5 in
 float32. Also: how documents are grouped (:func:`pack_documents`), the mask with documents by hand,
-the flex attention ``mask_mod`` against the dense mask element by element and flex attention's own
+the mask and flex attention's ``mask_mod`` against the rule element by element, flex attention's own
 forward on this CPU, and a training step that is the same packed or not.
 """
 
@@ -149,10 +149,24 @@ def test_the_mask_with_documents_by_hand():
     assert prefix[0, 1] and not prefix[2, 3] and not prefix[3, 1]
 
 
+def naive_allowed(segments: list[int], documents: list[int], q: int, k: int, bidirectional: bool) -> bool:
+    """The rule in words: padding sees only itself; otherwise a token sees a token of its own document
+    that is not padding and is either earlier or itself, in the prompt or in its own response, or,
+    for a bidirectional prefix, any prompt token when it is a prompt token itself."""
+    if segments[q] < 0:
+        return q == k
+    if segments[k] < 0 or documents[q] != documents[k]:
+        return False
+    if bidirectional and segments[q] == 0 and segments[k] == 0:
+        return True
+    return k <= q and segments[k] in (0, segments[q])
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.data())
-def test_mask_mod_equals_the_dense_mask_element_by_element(data):
-    """Random packed layouts: documents of a prompt and responses, padding at the end."""
+def test_the_mask_equals_the_rule_element_by_element(data):
+    """Random packed layouts (documents of a prompt and responses, padding at the end): the dense
+    mask and flex's ``mask_mod``, called one element at a time as flex calls it, give the rule."""
     rows, width = data.draw(st.integers(1, 3)), data.draw(st.integers(2, 24))
     segments = torch.full((rows, width), -1)
     documents = torch.full((rows, width), -1)
@@ -171,10 +185,13 @@ def test_mask_mod_equals_the_dense_mask_element_by_element(data):
     for bidirectional in (False, True):
         dense = allowed_attention(segments, documents, bidirectional_prefix=bidirectional)  # (N, T, T)
         rule = mask_mod(segments, documents, bidirectional_prefix=bidirectional)
-        b = torch.arange(rows).view(rows, 1, 1)
-        q = torch.arange(width).view(1, width, 1)
-        k = torch.arange(width).view(1, 1, width)
-        assert torch.equal(rule(b, None, q, k).expand(rows, width, width), dense)
+        for n in range(rows):
+            seg, doc = segments[n].tolist(), documents[n].tolist()
+            for q in range(width):
+                for k in range(width):
+                    want = naive_allowed(seg, doc, q, k, bidirectional)
+                    assert bool(dense[n, q, k]) == want, (n, q, k, bidirectional)
+                    assert bool(rule(torch.tensor(n), None, torch.tensor(q), torch.tensor(k))) == want
 
 
 def test_flex_attention_runs_packed_rows_exactly_on_this_cpu(built):
