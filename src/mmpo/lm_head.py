@@ -132,12 +132,11 @@ def head_logprobs(model: torch.nn.Module, pick: Callable[[torch.Tensor], tuple[t
     Raises:
         ValueError: with :func:`head_problem`'s reason when the model cannot be used so.
     """
-    problem = head_problem(model)
+    problem, softcap = _head_use(model)
     if problem is not None:
         raise ValueError(problem)
     head = output_head(model)
-    assert head is not None  # head_problem said so
-    softcap = logit_softcap(model)
+    assert head is not None  # _head_use said so
     own = vars(head).get("forward") or type(head).forward.__get__(head)
 
     def forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
