@@ -59,9 +59,9 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from packing import release_freed_memory  # noqa: E402
+from packing import failed, finish, ratio, release_freed_memory  # noqa: E402
 from step_time import StepTimer  # noqa: E402
-from vs_trl import machine, proc_status_mb  # noqa: E402
+from vs_trl import proc_status_mb  # noqa: E402
 
 MARK = "LM_HEAD_JSON "
 CHUNK = 256
@@ -201,14 +201,6 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def ratio(a: float | None, b: float | None) -> str:
-    return f"{a / b:.2f}x" if a is not None and b else "-"
-
-
-def failed(r: dict[str, Any]) -> str:
-    return r["error"].strip().splitlines()[-1][:100] if r["error"].strip() else r["error"]
-
-
 def step_table(results: list[dict[str, Any]]) -> None:
     print("\n## the whole DPO step (PreferenceTrainer, live frozen-copy reference, AdamW)\n")
     print(f"| {'vocabulary':>10} | {'LM head':<19} | {'rows x width':>12} | {'head positions':>14} | {'s/step':>6} | "
@@ -291,14 +283,7 @@ def main(argv: list[str]) -> int:
         step_table(out["step"])
     if "head" in out:
         head_table(out["head"])
-    out["machine"] = machine()
-    out["elapsed_s"] = time.perf_counter() - started
-    print(f"\nNot a test: machines are noisy; compare the ratios. {out['elapsed_s']:.0f} s in all.")
-    if ns.json:
-        Path(ns.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(ns.json).write_text(json.dumps(out, indent=2, default=str) + "\n")
-        print(f"wrote {ns.json}")
-    return 0
+    return finish(out, started, ns.json)
 
 
 if __name__ == "__main__":

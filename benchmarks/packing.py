@@ -274,6 +274,18 @@ def describe(spec: dict[str, Any]) -> str:
     return f"{spec['method']}, {layout_name(spec['shared'], spec['budget'], spec['chunk'], spec.get('blocks', True))}"
 
 
+def finish(out: dict[str, Any], started: float, json_path: str | None) -> int:
+    """The run's closing line, with the machine and the time taken added to ``out``, written to ``json_path``."""
+    out["machine"] = machine()
+    out["elapsed_s"] = time.perf_counter() - started
+    print(f"\nNot a test: machines are noisy; compare the ratios. {out['elapsed_s']:.0f} s in all.")
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(out, indent=2, default=str) + "\n")
+        print(f"wrote {json_path}")
+    return 0
+
+
 def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a is not None and b else "-"
 
@@ -409,14 +421,7 @@ def main(argv: list[str]) -> int:
         out["part_a"] = part_a(ns, results)
     if "c" in ns.parts:
         out["part_c"] = part_c(ns, results)
-    out["machine"] = machine()
-    out["elapsed_s"] = time.perf_counter() - started
-    print(f"\nNot a test: machines are noisy; compare the ratios. {out['elapsed_s']:.0f} s in all.")
-    if ns.json:
-        Path(ns.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(ns.json).write_text(json.dumps(out, indent=2, default=str) + "\n")
-        print(f"wrote {ns.json}")
-    return 0
+    return finish(out, started, ns.json)
 
 
 if __name__ == "__main__":
