@@ -141,7 +141,7 @@ def test_every_import_names_something_that_exists():
 
 #: The layers, bottom up: a module may import modules of its own layer and the layers below.
 LAYERS = (
-    ("mmpo.types", "mmpo.checks", "mmpo.progress", "mmpo.io", "mmpo.hub", "mmpo.chat_http", "mmpo.plots"),
+    ("mmpo.types", "mmpo.checks", "mmpo.progress", "mmpo.io", "mmpo.yamlfile", "mmpo.hub", "mmpo.chat_http", "mmpo.plots"),
     ("mmpo.prompting", "mmpo.logprobs", "mmpo.lm_head", "mmpo.forward", "mmpo.models"),
     ("mmpo.generation", "mmpo.scoring"),
     ("mmpo.methods",),

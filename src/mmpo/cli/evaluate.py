@@ -207,9 +207,9 @@ def _judge(ns: argparse.Namespace):
 
     config = None
     if ns.judge_config:
-        import yaml
+        from ..yamlfile import read_yaml
 
-        config = yaml.safe_load(Path(ns.judge_config).read_text()) or {}
+        config = read_yaml(ns.judge_config, "judge config") or {}
     return judge_from_config(config, url=ns.judge_url, model=ns.judge_model)
 
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from ..checks import check_choice, check_number
@@ -31,6 +30,7 @@ from ..methods.adavip.config import AdavipConfig
 from ..methods.aspo.config import AspoConfig
 from ..methods.dama.config import DamaConfig
 from ..models import ModelArguments
+from ..yamlfile import read_yaml
 
 
 @dataclass
@@ -344,7 +344,7 @@ def parse_config(yaml_path: str | Path | None = None, overrides: list[str] | Non
     parser = HfArgumentParser(flat)
     values = {}
     if yaml_path is not None:
-        values = yaml.safe_load(Path(yaml_path).read_text()) or {}
+        values = read_yaml(yaml_path, "config") or {}
         if not isinstance(values, dict):
             raise ValueError(f"{yaml_path}: a config is a mapping of field: value, not a {type(values).__name__}")
         known = {a.dest for a in parser._actions}
