@@ -131,3 +131,42 @@ def test_the_installed_command_in_a_subprocess(tmp_path):
     lines = plain.stderr.splitlines()
     assert lines[0].startswith("mmpo evaluate: error: model path ") and str(tmp_path / "nope") in lines[0]
     assert lines[1:] == [DEBUG_HINT] and "Traceback" not in plain.stderr
+
+
+def _safetensor_error(message: str) -> BaseException:
+    """The error safetensors itself raises for ``message`` (its class is not importable by name alone)."""
+    from safetensors import SafetensorError
+
+    return SafetensorError(message)
+
+
+@pytest.mark.parametrize("error, cause", [
+    (lambda: RecursionError("maximum recursion depth exceeded"), "nested too deeply"),
+    (lambda: _safetensor_error("Error while deserializing header: incomplete metadata, file not fully covered"),
+     "truncated or damaged"),
+    (lambda: _safetensor_error("Error while serializing: IoError(No space left on device (os error 28))"),
+     "the disk is full"),
+    (lambda: __import__("pickle").UnpicklingError("invalid load key, 'x'."), "pickled file"),
+    (lambda: __import__("yaml").YAMLError("found character that cannot start any token"), None),
+    (lambda: EOFError("Ran out of input"), "truncated"),
+    (lambda: OSError(28, "No space left on device", "/out/model.safetensors"), "the disk is full"),
+    (lambda: MemoryError(), "out of memory"),
+], ids=["recursion", "safetensors-truncated", "safetensors-enospc", "pickle", "yaml", "eof", "enospc", "memory"])
+def test_damaged_files_and_resources_are_one_line_with_a_cause(monkeypatch, capsys, error, cause):
+    """Errors libraries raise outside ValueError/OSError/RuntimeError for damaged files, deep nesting,
+    a full disk or exhausted memory: one line with the error's type and its likely cause, exit 2."""
+    raised = error()
+    code, _ = run(monkeypatch, raised)
+    lines = capsys.readouterr().err.splitlines()
+    assert code == 2 and lines[1:] == [DEBUG_HINT] and len(lines) == 2
+    assert lines[0].startswith("mmpo base-model: error: ")
+    if not isinstance(raised, OSError):
+        assert type(raised).__name__ in lines[0]
+    if cause:
+        assert cause in lines[0]
+
+
+def test_damaged_files_still_reraise_under_debug(monkeypatch):
+    monkeypatch.setenv(DEBUG_ENV, "1")
+    with pytest.raises(RecursionError):
+        run(monkeypatch, RecursionError("deep"))
