@@ -138,7 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mmhal-images", help="folder of the images (file names of image_src)")
     g.add_argument("--judge-url", help="OpenAI-compatible endpoint (default: judge config, then $MMPO_JUDGE_URL)")
     g.add_argument("--judge-model", help="judge model name (default: judge config, $MMPO_JUDGE_MODEL, gpt-4)")
-    g.add_argument("--judge-config", help="YAML/JSON file: url, api_key, model, timeout, max_retries, ...")
+    g.add_argument("--judge-config", help="YAML/JSON file: url, api_key, model, timeout (seconds per request, in all), "
+                                          "max_retries, max_reply_bytes, ... (a URL holding a key is refused)")
+    g.add_argument("--judge-max-unparsed", type=float, default=0.2, metavar="FRACTION",
+                   help="stop when more than this fraction of the judge's replies hold no single 0-6 rating "
+                        "(checked from 20 replies on; each such reply scores 0, as in the reference); 1 never stops")
 
     g = p.add_argument_group("synthetic world")
     g.add_argument("--synthetic-scenes", type=int, default=200, help="held-out scenes to evaluate")
@@ -200,6 +204,8 @@ def _check(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
             parser.error(f"--benchmark {bench} needs --coco-annotations DIR or --coco-instances FILE...")
     if "pope" in ns.benchmark and not (ns.pope_dir or ns.pope_file):
         parser.error("--benchmark pope needs --pope-dir or --pope-file SPLIT=PATH")
+    if not 0 <= ns.judge_max_unparsed <= 1:
+        parser.error(f"--judge-max-unparsed must be a fraction in [0, 1], got {ns.judge_max_unparsed}")
 
 
 def _judge(ns: argparse.Namespace):
@@ -266,7 +272,8 @@ def score_predictions(bench: str, ns: argparse.Namespace, judge: Any = None) -> 
                                  parsing=parsing, **data, **_amber_similarity(ns))
     if bench == "mmhal":
         if _is_mmhal_answers(path):            # answered template: the judge rates it now
-            return mmhal.score_mmhal(mmhal.load_mmhal_template(path), judge, parsing)
+            return mmhal.score_mmhal(mmhal.load_mmhal_template(path), judge, parsing,
+                                     max_unparsed=ns.judge_max_unparsed)
         return mmhal.score_mmhal_replies(mmhal.load_mmhal_reviews(path), parsing)
     raise ValueError(f"--predictions does not apply to benchmark {bench!r}")
 
@@ -309,7 +316,7 @@ def _run_benchmark(bench: str, ns: argparse.Namespace, model: Any, processor: An
                                yes_no_max_new_tokens=ns.yes_no_max_new_tokens, **common)
     if bench == "mmhal":
         return mmhal.run_mmhal(model, processor, ns.mmhal_template, ns.mmhal_images, judge,
-                               max_new_tokens=ns.max_new_tokens, **common)
+                               max_new_tokens=ns.max_new_tokens, max_unparsed=ns.judge_max_unparsed, **common)
     if bench == "synthetic":
         from ..io import ensure_png
         from ..toyworld.evaluate import evaluate_world

@@ -107,7 +107,8 @@ def make_judge(it: Any, args: Any, synthetic: bool):
             question = claim_question
         return VLMClaimJudge.from_pretrained(it.judge_model, question=question)
     return endpoint_judge_from_env(url=it.judge_url, model=it.judge_model_name,
-                                   question=it.judge_question or DEFAULT_QUESTION, max_workers=it.judge_workers)
+                                   question=it.judge_question or DEFAULT_QUESTION, max_workers=it.judge_workers,
+                                   timeout=it.judge_timeout)
 
 
 def clip_scorer(it: Any, methods: Any, synthetic: bool):

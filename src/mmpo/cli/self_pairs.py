@@ -10,7 +10,10 @@ Judges (``--judge``):
   model     a local VLM checkpoint (``--judge-model PATH``) asked each claim as a yes/no question;
             the verdict is p(yes) >= 0.5, as RLAIF-V's labeler reads it
   endpoint  an OpenAI-compatible chat server (vLLM, SGLang, ...): ``--judge-url``, ``--judge-model-name``,
-            the API key from $MMPO_JUDGE_API_KEY; images are sent inline
+            the API key from $MMPO_JUDGE_API_KEY (a URL holding a key is refused); images are sent inline
+
+A claim the judge cannot tell (a reply that says neither yes nor no) is unknown: it counts neither
+wrong nor right, and the run stops when more than ``--judge-max-unknown`` of the claims are unknown.
 
 The expensive part (sampling and judging) is journaled per item in ``OUTPUT.samples.jsonl`` (next to
 ``--output``): run the same command again to resume a killed run. The records are rebuilt from the
@@ -35,6 +38,7 @@ from typing import Any
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..chat_http import MAX_UNREADABLE, MIN_REPLIES_CHECKED
     from ..hub import ALLOW_DOWNLOAD_HELP
 
     p = argparse.ArgumentParser(prog="mmpo self-pairs", description=__doc__,
@@ -52,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-url", help="endpoint judge: base URL (default $MMPO_JUDGE_URL)")
     p.add_argument("--judge-model-name", help="endpoint judge: the served model's name (default $MMPO_JUDGE_MODEL)")
     p.add_argument("--judge-workers", type=int, default=8, help="endpoint judge: concurrent requests")
+    p.add_argument("--judge-timeout", type=float, default=60.0,
+                   help="endpoint judge: seconds per request in all, the whole reply read (default 60)")
+    p.add_argument("--judge-max-unknown", type=float, default=MAX_UNREADABLE, metavar="FRACTION",
+                   help="stop when more than this fraction of the claims get an unknown verdict (a judge reply "
+                        f"that says neither yes nor no), checked from {MIN_REPLIES_CHECKED} claims on; 1 never stops "
+                        f"(default {MAX_UNREADABLE})")
     p.add_argument("--samples", type=int, default=6, help="responses sampled per item (>= 2)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
@@ -107,7 +117,7 @@ def make_judge(ns: argparse.Namespace, parser: argparse.ArgumentParser):
     from ..data.construct.claim_judges import DEFAULT_QUESTION, endpoint_judge_from_env
 
     return endpoint_judge_from_env(url=ns.judge_url, model=ns.judge_model_name, question=ns.question or DEFAULT_QUESTION,
-                                   max_workers=ns.judge_workers)
+                                   max_workers=ns.judge_workers, timeout=ns.judge_timeout)
 
 
 def main(argv: list[str]) -> int:
@@ -124,6 +134,10 @@ def main(argv: list[str]) -> int:
         parser.error("--batch-size must be >= 1")
     if ns.synthetic is not None and ns.synthetic < 1:
         parser.error("--synthetic needs N >= 1")
+    if not 0 <= ns.judge_max_unknown <= 1:
+        parser.error(f"--judge-max-unknown must be a fraction in [0, 1], got {ns.judge_max_unknown}")
+    if not ns.judge_timeout > 0:
+        parser.error(f"--judge-timeout must be > 0 seconds, got {ns.judge_timeout}")
     try:
         sampling = SamplingSettings(n=ns.samples, temperature=ns.temperature, top_p=ns.top_p,
                                     max_new_tokens=ns.max_new_tokens, seed=ns.seed)
@@ -145,7 +159,8 @@ def main(argv: list[str]) -> int:
         items = synthetic_items(ns.synthetic, ns.seed, output.parent / "images")
     with progress.bars(not ns.no_progress):
         sampled, paired = build_self_pairs(model, processor, items, judge, output, sampling=sampling, rule=rule,
-                                           batch_size=ns.batch_size, meta={"model": str(ns.model)})
+                                           batch_size=ns.batch_size, meta={"model": str(ns.model)},
+                                           max_unknown=ns.judge_max_unknown, max_unknown_setting="--judge-max-unknown")
     print(sampled.summary())
     print(paired.summary())
     return 0

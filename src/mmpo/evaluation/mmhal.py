@@ -17,7 +17,12 @@ question type, the type of reply *i* being ``MMHAL_QUESTION_TYPES[i % 8]`` as in
 * any number of replies is accepted (the reference asserts exactly 96), and a zero denominator
   gives ``0.0`` (:func:`mmpo.evaluation.common.ratio`) where the reference raises;
 * ``parsing="lenient"`` reads ratings with mmpo's older regular expression (see
-  :func:`parse_mmhal_rating`).
+  :func:`parse_mmhal_rating`);
+* when mmpo asks the judge (:func:`score_mmhal`), a reply without exactly one rating still scores 0
+  and counts in ``n_warnings`` as in the reference, but a run where more than ``max_unparsed`` of
+  the replies have none (20% by default, checked from 20 replies on, or every reply at the end)
+  stops with an error naming the judge, the counts and an example: a judge answering in another
+  format would otherwise score every answer 0.
 
 The judge prompt (:func:`mmhal_judge_prompt`) is the project's own wording of the benchmark's
 rubric, not the reference's prompt with worked examples; the HTTP judge is in
@@ -26,13 +31,17 @@ rubric, not the reference's prompt with worked examples; the HTTP judge is in
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mmpo.chat_http import MAX_UNREADABLE, check_unreadable
 from mmpo.evaluation.common import Parsing, check_parsing, ratio, read_records, require_fields
-from mmpo.evaluation.judge import Judge
+from mmpo.evaluation.judge import Judge, OpenAIChatJudge
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "MMHAL_QUESTION_TYPES", "load_mmhal_template", "load_mmhal_reviews", "mmhal_judge_prompt",
@@ -243,15 +252,39 @@ def score_mmhal_replies(replies: Sequence[str], parsing: Parsing = "reference", 
     return {**metrics, "parsing": parsing, "reviews": reviews}
 
 
-def score_mmhal(responses: Sequence[Mapping[str, Any]], judge: Judge,
-                parsing: Parsing = "reference") -> dict[str, Any]:
+def score_mmhal(responses: Sequence[Mapping[str, Any]], judge: Judge, parsing: Parsing = "reference", *,
+                max_unparsed: float = MAX_UNREADABLE) -> dict[str, Any]:
     """Have ``judge`` rate each answered record (the template with ``model_answer`` filled in, in
     benchmark order) and score the replies with :func:`score_mmhal_replies`.
 
     The question type of record ``i`` is ``MMHAL_QUESTION_TYPES[i % 8]`` as in the reference; each
     review also keeps the record's own ``question_type`` as ``record_question_type``.
+
+    Args:
+        max_unparsed: the largest fraction of replies without exactly one rating (the reference's
+            warnings, each scoring 0); past it, from 20 replies on or when no reply has one at the
+            end, the run stops (1 never stops).
+
+    Raises:
+        RuntimeError: too many replies without a rating (:class:`~mmpo.chat_http.TooManyUnreadable`,
+            naming the judge, the counts and an example reply), or the judge's own errors.
     """
-    replies = [judge(mmhal_judge_prompt(record)) for record in responses]
+    check_unreadable("judge", 0, 0, max_unparsed, setting="max_unparsed")  # a bad value fails before any request
+    source = judge.source if isinstance(judge, OpenAIChatJudge) else f"judge {type(judge).__name__}"
+    replies: list[str] = []
+    unparsed, example = 0, None
+    for i, record in enumerate(responses):
+        reply = judge(mmhal_judge_prompt(record))
+        replies.append(reply)
+        if _rating_warning(reply, parsing)[1]:
+            unparsed += 1
+            example = reply if example is None else example
+        check_unreadable(source, unparsed, len(replies), max_unparsed, example, final=i == len(responses) - 1,
+                         what="MMHal-Bench judge replies held no single 0-6 rating (scored 0)",
+                         setting="--judge-max-unparsed (max_unparsed)")
+    if unparsed:
+        logger.warning("%s: %d of %d MMHal-Bench replies held no single rating (scored 0, counted in n_warnings), "
+                       "e.g. %r", source, unparsed, len(replies), example[:120])
     out = score_mmhal_replies(replies, parsing)
     for review, record in zip(out["reviews"], responses, strict=True):
         review["record_question_type"] = record.get("question_type")
@@ -266,12 +299,13 @@ def _mmhal_image(record: Mapping[str, Any], image_dir: str | Path) -> Path:
 
 def run_mmhal(model: Any, processor: Any, template: str | Path, image_dir: str | Path, judge: Judge, *,
               parsing: Parsing = "reference", limit: int | None = None, batch_size: int = 8,
-              max_new_tokens: int = 256) -> dict[str, Any]:
+              max_new_tokens: int = 256, max_unparsed: float = MAX_UNREADABLE) -> dict[str, Any]:
     """Answer MMHal-Bench's questions, have ``judge`` rate them, and summarise (:func:`score_mmhal`).
 
     Images are looked up in ``image_dir`` by the file name at the end of each ``image_src`` URL
     (or by an ``image_path`` field). Returns the scores plus ``predictions``: the template records
-    with ``model_answer`` filled in (MMHal-Bench's response format).
+    with ``model_answer`` filled in (MMHal-Bench's response format). ``max_unparsed``: see
+    :func:`score_mmhal`.
     """
     from mmpo.generation import generate_responses
 
@@ -280,4 +314,4 @@ def run_mmhal(model: Any, processor: Any, template: str | Path, image_dir: str |
                                  [r["question"] for r in records], batch_size=batch_size,
                                  max_new_tokens=max_new_tokens)
     answered = [{**r, "model_answer": a} for r, a in zip(records, answers, strict=True)]
-    return {**score_mmhal(answered, judge, parsing), "predictions": answered}
+    return {**score_mmhal(answered, judge, parsing, max_unparsed=max_unparsed), "predictions": answered}

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import progress
+from ..chat_http import MAX_UNREADABLE, check_endpoint_url
 from ..checks import check_choice, check_number
 from ..data.construct.self_pairs import (
     ClaimJudge,
@@ -97,6 +98,8 @@ class RoundsPlan:
             round's model is saved and marked finished).
         steps: optimizer steps of each round (``None``: the training config's ``max_steps`` for
             every round), e.g. to spread an offline pass's steps over the rounds.
+        max_unknown: the largest fraction of a round's claims the judge may leave unknown before
+            the run stops (:func:`~mmpo.data.construct.self_pairs.sample_and_judge`).
     """
 
     rounds: int
@@ -108,9 +111,11 @@ class RoundsPlan:
     sample_batch_size: int = 16
     keep_checkpoints: bool = False
     steps: tuple[int, ...] | None = None
+    max_unknown: float = MAX_UNREADABLE
 
     def __post_init__(self):
         check_number("rounds", self.rounds, integer=True, low=1)
+        check_number("judge_max_unknown", self.max_unknown, low=0, high=1)
         if self.steps is not None:
             if len(self.steps) != self.rounds:
                 raise ValueError(f"steps gives {len(self.steps)} rounds' steps for {self.rounds} rounds")
@@ -130,6 +135,7 @@ class RoundsPlan:
         out = dataclasses.asdict(self)
         out.pop("rounds")
         out.pop("keep_checkpoints")
+        out.pop("max_unknown")  # a limit on the judge, not on what a round makes
         out["steps"] = list(self.steps) if self.steps is not None else None
         return out
 
@@ -176,8 +182,9 @@ class RoundResult:
             return f"round 0 (the starting model {self.model}): {_metrics_text(self.metrics)}"
         p = self.pairs
         margin = self.train.get("reward_margin")
+        unknown = f", {p['unknown_claims']} claims of unknown verdict dropped" if p.get("unknown_claims") else ""
         return (f"round {self.round}: {p.get('written', 0)} pairs from {self.items} prompts "
-                f"(chosen with a judged-wrong claim {p.get('chosen_with_wrong', 0):.1%}); "
+                f"(chosen with a judged-wrong claim {p.get('chosen_with_wrong', 0):.1%}{unknown}); "
                 f"{self.train.get('steps', 0)} steps, reward margin "
                 f"{'-' if not isinstance(margin, (int, float)) else format(margin, '.3f')}; "
                 f"{_metrics_text(self.metrics)}; "
@@ -427,7 +434,8 @@ def _sample_round(model_args: ModelArguments, policy: str, share: list[Item], ju
     with progress.bars(bars):
         return sample_and_judge(model, processor, [(i.id, i.image, i.prompt, i.meta) for i in share], judge,
                                 journal, sampling=plan.round_sampling(k), batch_size=plan.sample_batch_size,
-                                image_dir=journal.parent.parent / "images")
+                                image_dir=journal.parent.parent / "images", max_unknown=plan.max_unknown,
+                                max_unknown_setting="judge_max_unknown")
 
 
 def _pair_round(folder: Path, pool: list[Item], plan: RoundsPlan, k: int, judge: ClaimJudge, policy: str,
@@ -646,6 +654,11 @@ class IterateArguments:
     judge_model_name: str | None = dataclasses.field(default=None, metadata=_help(
         "Endpoint judge: the served model's name (default $MMPO_JUDGE_MODEL)."))
     judge_workers: int = dataclasses.field(default=8, metadata=_help("Endpoint judge: concurrent requests."))
+    judge_timeout: float = dataclasses.field(default=60.0, metadata=_help(
+        "Endpoint judge: seconds per request in all (connecting and reading the whole reply)."))
+    judge_max_unknown: float = dataclasses.field(default=MAX_UNREADABLE, metadata=_help(
+        "Stop when more than this fraction of a round's claims get an unknown verdict (a judge reply that says "
+        "neither yes nor no; checked from 20 claims on); 1 never stops."))
     pairs: str = dataclasses.field(default="best_worst", metadata=_help(
         "One pair per prompt (best vs worst) or every pair of different scores.", ("best_worst", "all")))
     pair_score: str = dataclasses.field(default="wrong_count", metadata=_help(
@@ -693,6 +706,10 @@ class IterateArguments:
         check_number("sample_batch_size", self.sample_batch_size, integer=True, low=1)
         check_number("judge_flip", self.judge_flip, low=0, high=1)
         check_number("judge_workers", self.judge_workers, integer=True, low=1)
+        check_number("judge_timeout", self.judge_timeout, low=0, low_open=True)
+        check_number("judge_max_unknown", self.judge_max_unknown, low=0, high=1)
+        if self.judge_url:
+            check_endpoint_url(self.judge_url, "judge_url")  # a key in it would land in logs and progress files
         check_number("max_length_ratio", self.max_length_ratio, low=1, optional=True)
         check_number("eval_scenes", self.eval_scenes, integer=True, low=0)
         for f in dataclasses.fields(self):
@@ -720,4 +737,5 @@ class IterateArguments:
             rule=PairingRule(pairs=self.pairs, score=self.pair_score, tie_break=self.tie_break,
                              max_length_ratio=self.max_length_ratio, max_pairs_per_item=self.max_pairs_per_item),
             round_reference=self.round_reference, pairs_per_round=self.pairs_per_round,
-            sample_batch_size=self.sample_batch_size, keep_checkpoints=self.keep_checkpoints)
+            sample_batch_size=self.sample_batch_size, keep_checkpoints=self.keep_checkpoints,
+            max_unknown=self.judge_max_unknown)

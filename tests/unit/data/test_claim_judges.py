@@ -220,8 +220,8 @@ def test_endpoint_text_replies_and_unparsed_ones(server):
     judge = endpoint_judge(server, question="{claim}", logprobs=False)
     verdicts = judge.judge(queries(list(replies)))
     assert [(v.correct, v.p_correct, v.reason) for v in verdicts] == [
-        (True, 1.0, None), (False, 0.0, None), (False, None, UNPARSED), (False, None, UNPARSED),
-        (False, None, UNPARSED), (False, 0.0, None)]
+        (True, 1.0, None), (False, 0.0, None), (None, None, UNPARSED), (None, None, UNPARSED),
+        (None, None, UNPARSED), (False, 0.0, None)]
     assert all("logprobs" not in r["body"] for r in server.requests)
     assert endpoint_judge(server, question="{claim}").judge(queries(["other"]))[0].p_correct == 0.0
 

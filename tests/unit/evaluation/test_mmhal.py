@@ -228,10 +228,11 @@ def test_golden_aggregates_through_the_loader():
 
 
 def test_golden_aggregates_through_a_judge():
-    """The golden replies, handed out in order by a stand-in judge for the golden answered records."""
+    """The golden replies, handed out in order by a stand-in judge for the golden answered records
+    (corner cases on purpose: 9 of 20 hold no single rating, so the unparsed-reply limit is lifted)."""
     replies = iter(load_mmhal_reviews(GOLDEN / "evaluation.json"))
     responses = load_mmhal_template(GOLDEN / "responses.json")
-    out = score_mmhal(responses, lambda prompt: next(replies))
+    out = score_mmhal(responses, lambda prompt: next(replies), max_unparsed=1.0)
     assert_golden(out)
     assert [r["record_question_type"] for r in out["reviews"]] == [r["question_type"] for r in out["reviews"]]
 

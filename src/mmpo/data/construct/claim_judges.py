@@ -16,9 +16,13 @@ callable ``claim -> question``):
 * :class:`EndpointClaimJudge`: a chat model behind ``/chat/completions`` (vLLM, SGLang, OpenAI), with
   the image sent inline. With ``logprobs`` the server's top log-probabilities of the first answer
   token give ``p_correct`` the same way; otherwise (or when a server sends none) the reply's first
-  word decides. Requests run concurrently; redirects are refused (:mod:`mmpo.chat_http`).
+  word decides. Requests run concurrently; redirects are refused, each request has a total time
+  limit and a reply size cap, and a URL holding a key is refused (:mod:`mmpo.chat_http`).
 
-A claim is judged correct when ``p_correct >= threshold``. Both judges' :meth:`describe` return
+A claim is judged correct when ``p_correct >= threshold``. Where a judge cannot tell (the VLM puts
+no probability on yes or no, the endpoint's reply says neither), the verdict is *unknown*
+(``correct=None``): the claim is dropped when responses are scored, never counted wrong or right,
+and :func:`~mmpo.data.construct.self_pairs.sample_and_judge` stops a run with too many of them. Both judges' :meth:`describe` return
 settings only (never an API key), deterministic, so a resumed run can check it uses the same judge.
 """
 
@@ -37,21 +41,31 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from mmpo.chat_http import chat_endpoint, first_choice, post_chat
+from mmpo.chat_http import (
+    MAX_REPLY_BYTES,
+    chat_endpoint,
+    check_endpoint_url,
+    excerpt,
+    first_choice,
+    post_chat,
+    redact_url,
+)
 from mmpo.data.construct.self_pairs import ClaimQuery, Verdict
 from mmpo.prompting import encode_inputs, render_prompt, resolve_prompt_format, tokenizer_of
 from mmpo.types import Prompt
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_QUESTION", "EndpointClaimJudge", "UNPARSED", "VLMClaimJudge", "endpoint_judge_from_env",
+__all__ = ["DEFAULT_QUESTION", "EndpointClaimJudge", "NO_PROBABILITY", "UNPARSED", "VLMClaimJudge", "endpoint_judge_from_env",
            "question_for", "single_token_ids"]
 
 #: The question each claim is asked as (RLAIF-V's labeler answers such yes/no questions).
 DEFAULT_QUESTION = "Is the following statement about the image correct? {claim} Please answer yes or no."
 
-#: ``Verdict.reason`` of a claim whose reply said neither yes nor no.
+#: ``Verdict.reason`` of a claim whose reply said neither yes nor no (an unknown verdict).
 UNPARSED = "unparsed reply"
+#: ``Verdict.reason`` of a claim the local VLM put no finite yes/no probability on (an unknown verdict).
+NO_PROBABILITY = "no yes/no probability"
 
 #: A question: a template with ``{claim}`` (and optionally ``{prompt}``), or ``claim -> question``.
 Question = str | Callable[[str], str]
@@ -229,7 +243,7 @@ class VLMClaimJudge:
         verdicts = []
         for p in probabilities:
             if p is None:
-                verdicts.append(Verdict(correct=False, p_correct=None, reason="no yes/no probability"))
+                verdicts.append(Verdict(correct=None, p_correct=None, reason=NO_PROBABILITY))
             else:
                 verdicts.append(Verdict(correct=p >= self.threshold, p_correct=p))
         return verdicts
@@ -341,11 +355,14 @@ class EndpointClaimJudge:
     ``temperature: 0``. With ``logprobs`` the request asks for the first answer token's
     ``top_logprobs``, and ``p_correct`` is yes renormalised against no among them; without (or
     when the reply carries none, or neither word is among them) the reply's first word decides:
-    yes 1.0, no 0.0. A reply that says neither is ``Verdict(correct=False, reason="unparsed
-    reply")``. Requests run on ``max_workers`` threads; verdicts come back in input order.
+    yes 1.0, no 0.0. A reply that says neither (or is no chat completion) is an unknown verdict,
+    ``Verdict(correct=None, reason="unparsed reply", detail=<the reply's start>)``. Requests run on
+    ``max_workers`` threads; verdicts come back in input order.
 
     Works with vLLM and SGLang servers (``vllm serve MODEL``: ``url="http://host:8000/v1"``) and
-    with OpenAI's API. Redirects are refused, so the key reaches the configured endpoint only.
+    with OpenAI's API. Redirects are refused, so the key reaches the configured endpoint only; a
+    URL holding a key (``https://user:KEY@host``, ``?api-key=KEY``) is refused when the judge is
+    made, and every message and :meth:`describe` show the URL redacted.
 
     Attributes:
         url: the endpoint, or its base (``.../v1``); ``/chat/completions`` is appended when missing.
@@ -356,14 +373,16 @@ class EndpointClaimJudge:
         logprobs: ask for log-probabilities (``logprobs: true, top_logprobs: N``).
         top_logprobs: ``N``.
         max_tokens: the answer's length limit (1: the yes/no token).
-        timeout: seconds per HTTP request.
-        max_retries, retry_wait: retries after a network error, a 429 or a 5xx (see
+        timeout: seconds per HTTP request, in all (connecting and reading the whole reply).
+        max_retries, retry_wait: retries after a network error, a timeout, a 429 or a 5xx (see
             :func:`mmpo.chat_http.post_chat`).
         max_workers: concurrent requests.
+        max_reply_bytes: the largest reply read (16 MiB).
 
     Raises:
-        RuntimeError (from :meth:`judge`): an HTTP error, a redirect, or network failures after the
-            retries, naming the endpoint.
+        ValueError: a URL with credentials in it or not http(s), or a bad setting.
+        RuntimeError (from :meth:`judge`): an HTTP error, a redirect, a reply over the size cap, or
+            network failures or timeouts after the retries, naming the endpoint (redacted).
     """
 
     url: str
@@ -378,13 +397,18 @@ class EndpointClaimJudge:
     max_retries: int = 3
     retry_wait: float = 1.0
     max_workers: int = 8
+    max_reply_bytes: int = MAX_REPLY_BYTES
 
     def __post_init__(self):
         if not isinstance(self.url, str) or not self.url.strip():
-            raise ValueError(f"url must be a non-empty string, got {self.url!r}")
+            raise ValueError(f"url must be a non-empty string, got {redact_url(str(self.url))!r}")
+        check_endpoint_url(self.url)
         check_question(self.question)
         _check_threshold(self.threshold)
-        for name, low in (("top_logprobs", 0), ("max_tokens", 1), ("max_workers", 1), ("max_retries", 0)):
+        if not (isinstance(self.timeout, (int, float)) and not isinstance(self.timeout, bool) and self.timeout > 0):
+            raise ValueError(f"timeout must be a number of seconds > 0, got {self.timeout!r}")
+        for name, low in (("top_logprobs", 0), ("max_tokens", 1), ("max_workers", 1), ("max_retries", 0),
+                          ("max_reply_bytes", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -423,33 +447,38 @@ class EndpointClaimJudge:
                 for future in futures:
                     future.cancel()
                 raise
-        unparsed = sum(v.reason == UNPARSED for v in verdicts)
+        unparsed = [v for v in verdicts if v.correct is None]
         if unparsed:
-            logger.warning("%s: %d of %d replies said neither yes nor no (judged wrong)", self.endpoint, unparsed,
-                           len(verdicts))
+            logger.warning("%s: %d of %d replies said neither yes nor no (unknown verdicts: those claims are "
+                           "dropped), e.g. %r", redact_url(self.endpoint), len(unparsed), len(verdicts),
+                           unparsed[0].detail)
         return verdicts
 
     def _ask(self, payload: dict[str, Any]) -> Verdict:
         raw = post_chat(self.endpoint, payload, api_key=self.api_key, timeout=self.timeout,
-                        max_retries=self.max_retries, retry_wait=self.retry_wait)
+                        max_retries=self.max_retries, retry_wait=self.retry_wait,
+                        max_reply_bytes=self.max_reply_bytes)
         return self.verdict_of(raw)
 
     def verdict_of(self, raw: bytes) -> Verdict:
-        """The verdict a reply body gives (never raises: an unreadable reply is :data:`UNPARSED`)."""
+        """The verdict a reply body gives (never raises: an unreadable reply is an unknown verdict,
+        reason :data:`UNPARSED`, ``detail`` the reply's start)."""
         try:
             choice = first_choice(raw, self.endpoint)
         except RuntimeError:
-            return Verdict(correct=False, p_correct=None, reason=UNPARSED)
+            return Verdict(correct=None, p_correct=None, reason=UNPARSED, detail=excerpt(raw))
         p = _logprob_p(choice) if self.logprobs else None
+        content = None
         if p is None:
             message = choice.get("message")
-            p = _first_word_p(message.get("content") if isinstance(message, dict) else None)
+            content = message.get("content") if isinstance(message, dict) else None
+            p = _first_word_p(content)
         if p is None:
-            return Verdict(correct=False, p_correct=None, reason=UNPARSED)
+            return Verdict(correct=None, p_correct=None, reason=UNPARSED, detail=excerpt(content))
         return Verdict(correct=p >= self.threshold, p_correct=p)
 
     def describe(self) -> dict[str, Any]:
-        return {"judge": "EndpointClaimJudge", "endpoint": self.endpoint, "model": self.model,
+        return {"judge": "EndpointClaimJudge", "endpoint": redact_url(self.endpoint), "model": self.model,
                 "question": describe_question(self.question), "threshold": float(self.threshold),
                 "logprobs": self.logprobs, "top_logprobs": self.top_logprobs, "max_tokens": self.max_tokens}
 
@@ -461,7 +490,8 @@ def endpoint_judge_from_env(url: str | None = None, api_key: str | None = None, 
     ``"gpt-4o"``); ``kwargs`` are the other fields.
 
     Raises:
-        ValueError: no URL given or set.
+        ValueError: no URL given or set, or a URL holding a key (pass it as ``api_key`` or
+            ``$MMPO_JUDGE_API_KEY``).
     """
     url = url or os.environ.get("MMPO_JUDGE_URL")
     api_key = api_key or os.environ.get("MMPO_JUDGE_API_KEY")

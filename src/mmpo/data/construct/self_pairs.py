@@ -9,9 +9,16 @@ apart they are, and labels are as noisy as the labeler. For each ``(image, promp
    (the rule splitter by default: claims are exact sentence spans, so they line up with the
    sentences ASPO weights);
 3. **judge** every claim with a :class:`ClaimJudge` (``correct`` or not, and the judge's
-   probability that it is correct when it has one);
+   probability that it is correct when it has one; or *unknown* when the judge could not tell,
+   e.g. an unreadable reply);
 4. **score** each response by its judged-wrong claims and **pair** responses whose scores differ
    (:class:`PairingRule`: best vs worst by default, or every distinct-score pair).
+
+An unknown verdict is no evidence either way: the claim is dropped when its response is scored
+(neither wrong nor right), a response with no known claim is not paired, and the counts are
+reported. A run whose judge leaves more than ``max_unknown`` of the claims unknown (20% by default,
+checked from :data:`~mmpo.chat_http.MIN_REPLIES_CHECKED` claims on) stops with an error naming the
+judge, the counts and an example reply, before that batch is journaled.
 
 Steps 1-3 are the expensive part; :func:`sample_and_judge` journals them per item in a
 ``*.samples.jsonl`` file (one line per item: every sample, every claim and its verdict) through
@@ -40,6 +47,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from PIL import Image
 
 from mmpo import progress
+from mmpo.chat_http import MAX_UNREADABLE, check_unreadable
 from mmpo.data.items import check_items
 from mmpo.io import ResumeJournal, image_reference, read_jsonl
 from mmpo.types import PreferenceRecord, Prompt
@@ -83,18 +91,26 @@ class Verdict:
     """A judge's verdict on one claim.
 
     Attributes:
-        correct: whether the claim is judged true of the image.
+        correct: whether the claim is judged true of the image; ``None``: unknown (the judge could
+            not tell, e.g. its reply said neither yes nor no): the claim counts neither way.
         p_correct: the judge's probability that it is (``None`` for a judge without one).
         reason: why it was judged wrong, or how (e.g. ``"absent object"``, ``"flipped"``,
             ``"unparsed reply"``); ``None`` when there is nothing to say.
+        detail: for an unknown verdict, what the judge said (the start of its reply), for error
+            messages; not journaled.
     """
 
-    correct: bool
+    correct: bool | None
     p_correct: float | None = None
     reason: str | None = None
+    detail: str | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.correct is not None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"correct": bool(self.correct)}
+        out: dict[str, Any] = {"correct": None if self.correct is None else bool(self.correct)}
         if self.p_correct is not None:
             out["p"] = round(float(self.p_correct), 6)
         if self.reason:
@@ -107,7 +123,8 @@ class ClaimJudge(Protocol):
     """Judges claims about images.
 
     ``judge(queries)`` returns one :class:`Verdict` per query, in order (a judge batches however it
-    likes). ``describe()`` returns the judge's settings as JSON-ready values: they are part of the
+    likes); a judge that cannot tell returns an unknown verdict (``correct=None``) rather than a
+    guess. ``describe()`` returns the judge's settings as JSON-ready values: they are part of the
     samples journal's settings (a resume with another judge is refused) and of every record's meta.
     """
 
@@ -237,6 +254,7 @@ class SampleReport:
         samples_path: the samples journal.
         items: items given; ``skipped_done`` of them were finished by an earlier run.
         sampled_items, responses, claims, wrong_claims: this call's counts.
+        unknown_claims: claims the judge could not tell (unknown verdicts: dropped, not wrong).
         sample_seconds, judge_seconds: wall time spent generating and judging.
         verdict_reasons: how many claims each judge reason was given for.
     """
@@ -249,6 +267,7 @@ class SampleReport:
     responses: int = 0
     claims: int = 0
     wrong_claims: int = 0
+    unknown_claims: int = 0
     sample_seconds: float = 0.0
     judge_seconds: float = 0.0
     verdict_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -262,10 +281,12 @@ class SampleReport:
         return self.claims / self.judge_seconds if self.judge_seconds else 0.0
 
     def summary(self) -> str:
-        wrong = self.wrong_claims / self.claims if self.claims else 0.0
+        known = self.claims - self.unknown_claims
+        wrong = self.wrong_claims / known if known else 0.0
         text = (f"sampled {self.responses} responses for {self.sampled_items} of {self.items} items "
                 f"({self.samples_per_second:.1f} responses/s); judged {self.claims} claims "
-                f"({self.claims_per_second:.1f}/s), {wrong:.1%} wrong; "
+                f"({self.claims_per_second:.1f}/s), {wrong:.1%} of the {known} known wrong, "
+                f"{self.unknown_claims} unknown (the judge could not tell; dropped); "
                 f"skipped {self.skipped_done} items done by an earlier run")
         if self.verdict_reasons:
             text += "; reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(self.verdict_reasons.items()))
@@ -291,6 +312,8 @@ def sample_and_judge(
     splitter: Any = None,
     batch_size: int = 16,
     image_dir: str | os.PathLike | None = None,
+    max_unknown: float = MAX_UNREADABLE,
+    max_unknown_setting: str = "max_unknown",
 ) -> SampleReport:
     """Sample ``sampling.n`` responses per item from ``model``, split them into claims, judge every
     claim with ``judge``, and append one line per item to ``samples_path``.
@@ -312,6 +335,14 @@ def sample_and_judge(
         splitter: a sentence splitter (default :class:`~mmpo.scoring.sentences.RuleSplitter`).
         batch_size: items per batch (one generate call of ``batch_size * n`` rows).
         image_dir: where in-memory images are saved as PNG (default ``images/`` next to the journal).
+        max_unknown: the largest fraction of this call's claims the judge may leave unknown; past
+            it (from :data:`~mmpo.chat_http.MIN_REPLIES_CHECKED` claims on, or when every claim is
+            unknown) the run stops before journaling the batch (1 never stops).
+        max_unknown_setting: what error messages call ``max_unknown`` (the CLI's option name).
+
+    Raises:
+        RuntimeError: too many unknown verdicts (:class:`~mmpo.chat_http.TooManyUnreadable`,
+            naming the judge, the counts and an example), or whatever the judge raises.
     """
     import torch
 
@@ -320,6 +351,7 @@ def sample_and_judge(
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_unreadable("judge", 0, 0, max_unknown, setting=max_unknown_setting)  # a bad value fails before any work
     sampling = SamplingSettings() if sampling is None else sampling
     splitter = RuleSplitter() if splitter is None else splitter
     samples_path = Path(os.path.abspath(samples_path))
@@ -332,6 +364,8 @@ def sample_and_judge(
     report = SampleReport(samples_path=samples_path, items=len(checked), repaired_lines=journal.repaired_lines)
     pending = [item for item in checked if item.id not in journal.done]
     report.skipped_done = len(checked) - len(pending)
+    source = judge_name(judge)
+    unknown_example: str | None = None
     if report.skipped_done:
         logger.info("resuming %s: %d of %d items done before", samples_path, report.skipped_done, len(checked))
 
@@ -385,17 +419,36 @@ def sample_and_judge(
                         claims.append({"text": span.text, "start": span.char_start, "end": span.char_end,
                                        **verdict.to_dict()})
                         report.claims += 1
-                        report.wrong_claims += not verdict.correct
+                        report.wrong_claims += verdict.correct is not None and not verdict.correct
+                        if verdict.correct is None:
+                            report.unknown_claims += 1
+                            if unknown_example is None:
+                                unknown_example = verdict.detail or verdict.reason or "(no reply text)"
                         if verdict.reason:
                             report.verdict_reasons[verdict.reason] = report.verdict_reasons.get(verdict.reason, 0) + 1
                     responses.append({"text": text, "claims": claims})
                 report.responses += len(responses)
                 rows.append({"id": item.id, "image": image_reference(image, samples_path.parent, image_dir),
                              "prompt": item.prompt, "meta": item.meta, "responses": responses})
+            check_unreadable(source, report.unknown_claims, report.claims, max_unknown, unknown_example,
+                             final=start + batch_size >= len(pending), setting=max_unknown_setting,
+                             what="claims got an unknown verdict (a judge reply that said neither yes nor no, or none)")
             journal.append(rows, [(item.id, SAMPLED) for item in batch])
             report.sampled_items += len(batch)
             bar.update(len(batch))
+    if report.unknown_claims:
+        logger.warning("%s: %d of %d claims got an unknown verdict (the judge could not tell); they are dropped, "
+                       "e.g. %r", source, report.unknown_claims, report.claims, unknown_example)
     return report
+
+
+def judge_name(judge: ClaimJudge) -> str:
+    """How messages name ``judge``: ``"judge endpoint URL"`` (as its ``describe()`` shows it,
+    redacted) for a judge behind an endpoint, else its ``describe()["judge"]`` or class name."""
+    described = judge.describe()
+    if described.get("endpoint"):
+        return f"judge endpoint {described['endpoint']}"
+    return f"judge {described.get('judge') or type(judge).__name__}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,10 +464,12 @@ class PairReport:
         dropped: items (or, for the length rule, pairs) that gave no pair, by reason: ``"tie"``
             (every usable response scored the same), ``"too_few"`` (fewer than two distinct
             responses with a claim), ``"length"`` (``max_length_ratio``).
-        chosen_wrong_rate, rejected_wrong_rate: judged-wrong fraction of the claims of the chosen
-            and of the rejected responses.
+        chosen_wrong_rate, rejected_wrong_rate: judged-wrong fraction of the known claims of the
+            chosen and of the rejected responses.
         chosen_with_wrong: fraction of chosen responses with at least one judged-wrong claim.
-        all_wrong_rate: judged-wrong fraction over every claim of every sample.
+        all_wrong_rate: judged-wrong fraction over every known claim of every sample.
+        unknown_claims: claims of every sample with an unknown verdict (dropped from the scores).
+        unknown_responses: responses left out because none of their claims has a known verdict.
     """
 
     out_path: Path | None = None
@@ -425,12 +480,18 @@ class PairReport:
     rejected_wrong_rate: float = 0.0
     chosen_with_wrong: float = 0.0
     all_wrong_rate: float = 0.0
+    unknown_claims: int = 0
+    unknown_responses: int = 0
 
     def summary(self) -> str:
         reasons = ", ".join(f"{k} {v}" for k, v in self.dropped.items())
-        return (f"self-pairs -> {self.out_path}: {self.written} pairs from {self.items} items; dropped ({reasons}); "
+        text = (f"self-pairs -> {self.out_path}: {self.written} pairs from {self.items} items; dropped ({reasons}); "
                 f"judged-wrong claims: chosen {self.chosen_wrong_rate:.1%}, rejected {self.rejected_wrong_rate:.1%}, "
                 f"all samples {self.all_wrong_rate:.1%}; chosen with a wrong claim: {self.chosen_with_wrong:.1%}")
+        if self.unknown_claims:
+            text += (f"; {self.unknown_claims} claims with an unknown verdict left out of the scores "
+                     f"({self.unknown_responses} responses had no known claim and were not paired)")
+        return text
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -445,20 +506,23 @@ def _normalised(text: str) -> str:
 def rank_responses(responses: Sequence[dict[str, Any]], rule: PairingRule) -> list[tuple[int, float]]:
     """``(sample index, score)`` of the usable responses, best first.
 
-    Usable: at least one claim, and not a repeat of an earlier sample (whitespace-normalised).
-    Order: score descending, then ``rule.tie_break``, then sampling order (stable).
+    Usable: at least one claim with a known verdict, and not a repeat of an earlier sample
+    (whitespace-normalised). Claims with an unknown verdict (``"correct": null``) are left out of
+    the score and of the correct-claim count: no evidence either way. Order: score descending,
+    then ``rule.tie_break``, then sampling order (stable).
     """
     seen: set[str] = set()
     ranked = []
     for index, response in enumerate(responses):
         text, claims = _normalised(response["text"]), response["claims"]
-        if not claims or text in seen:
+        known = [c for c in claims if c["correct"] is not None]
+        if not known or text in seen:
             continue
         seen.add(text)
-        n_wrong = sum(not c["correct"] for c in claims)
-        score = rule.response_score(n_wrong, len(claims))
+        n_wrong = sum(c["correct"] is False for c in known)
+        score = rule.response_score(n_wrong, len(known))
         if rule.tie_break == "more_correct":
-            tie = -(len(claims) - n_wrong)
+            tie = -(len(known) - n_wrong)
         elif rule.tie_break == "fewer_claims":
             tie = len(claims)
         else:
@@ -479,7 +543,8 @@ def pair_samples(samples_path: str | os.PathLike, rule: PairingRule | None = Non
     Record ids: the item id (``best_worst``) or ``ITEM#k`` (``all``). ``meta`` holds the item's meta,
     ``"source": "self-generated"``, ``meta`` given here, and ``"self_pairs"``: ``{"chosen_sample",
     "rejected_sample", "chosen_score", "rejected_score", "chosen_claims", "rejected_claims",
-    "n_samples", "rule"}`` (claims as ``{"text", "correct", "p"?, "reason"?}``).
+    "n_samples", "rule"}`` (claims as ``{"text", "correct", "p"?, "reason"?}``; ``correct`` is
+    ``None`` for an unknown verdict).
 
     Raises:
         FileNotFoundError: no journal at ``samples_path``.
@@ -491,7 +556,7 @@ def pair_samples(samples_path: str | os.PathLike, rule: PairingRule | None = Non
         raise FileNotFoundError(f"no samples journal at {samples_path} (run sample_and_judge first)")
     report = PairReport(out_path=None)
     records: list[PreferenceRecord] = []
-    claims_total = wrong_total = 0
+    claims_total = wrong_total = 0  # known claims
     chosen_claims = chosen_wrong = rejected_claims = rejected_wrong = chosen_any_wrong = 0
     for row in read_jsonl(samples_path):
         if not isinstance(row, dict) or not isinstance(row.get("responses"), list) or "id" not in row:
@@ -499,8 +564,11 @@ def pair_samples(samples_path: str | os.PathLike, rule: PairingRule | None = Non
         report.items += 1
         responses = row["responses"]
         for response in responses:
-            claims_total += len(response["claims"])
-            wrong_total += sum(not c["correct"] for c in response["claims"])
+            unknown = sum(c["correct"] is None for c in response["claims"])
+            report.unknown_claims += unknown
+            report.unknown_responses += bool(response["claims"]) and unknown == len(response["claims"])
+            claims_total += len(response["claims"]) - unknown
+            wrong_total += sum(c["correct"] is False for c in response["claims"])
         ranked = rank_responses(responses, rule)
         if len(ranked) < 2:
             report.dropped["too_few"] += 1
@@ -530,12 +598,12 @@ def pair_samples(samples_path: str | os.PathLike, rule: PairingRule | None = Non
                 image=_absolute(row["image"], samples_path.parent), prompt=row["prompt"], chosen=chosen["text"], rejected=rejected["text"],
                 id=record_id, meta={**(row.get("meta") or {}), "source": SOURCE, **(meta or {}), "self_pairs": info},
             ))
-            cw = sum(not c["correct"] for c in chosen["claims"])
-            chosen_claims += len(chosen["claims"])
+            cw = sum(c["correct"] is False for c in chosen["claims"])
+            chosen_claims += sum(c["correct"] is not None for c in chosen["claims"])
             chosen_wrong += cw
             chosen_any_wrong += cw > 0
-            rejected_claims += len(rejected["claims"])
-            rejected_wrong += sum(not c["correct"] for c in rejected["claims"])
+            rejected_claims += sum(c["correct"] is not None for c in rejected["claims"])
+            rejected_wrong += sum(c["correct"] is False for c in rejected["claims"])
     report.written = len(records)
     report.chosen_wrong_rate = chosen_wrong / chosen_claims if chosen_claims else 0.0
     report.rejected_wrong_rate = rejected_wrong / rejected_claims if rejected_claims else 0.0
@@ -557,6 +625,8 @@ def build_self_pairs(
     batch_size: int = 16,
     image_dir: str | os.PathLike | None = None,
     meta: dict[str, Any] | None = None,
+    max_unknown: float = MAX_UNREADABLE,
+    max_unknown_setting: str = "max_unknown",
 ) -> tuple[SampleReport, PairReport]:
     """:func:`sample_and_judge` into ``out_path``'s samples journal (:func:`samples_path_for`), then
     :func:`pair_samples`, saving the records to ``out_path`` (atomically, replacing an older file:
@@ -567,7 +637,8 @@ def build_self_pairs(
     samples = samples_path_for(out_path)
     image_dir = out_path.parent / "images" if image_dir is None else image_dir
     sample_report = sample_and_judge(model, processor, items, judge, samples, sampling=sampling, splitter=splitter,
-                                     batch_size=batch_size, image_dir=image_dir)
+                                     batch_size=batch_size, image_dir=image_dir, max_unknown=max_unknown,
+                                     max_unknown_setting=max_unknown_setting)
     records, pair_report = pair_samples(samples, rule, meta={"judge": judge.describe(), **(meta or {})})
     save_records(records, out_path)
     pair_report.out_path = out_path
