@@ -2,9 +2,11 @@
 
 * **Images in.** :func:`load_image` is the one reader of every image mmpo gives a model, a CLIP
   scorer or a construction pipeline: a path, a PIL image, encoded bytes or an array becomes 8-bit
-  RGB as a viewer shows it (EXIF orientation, 16-bit and float scaled, transparency on white).
-  :func:`image_key` hashes an image's pixels; :func:`image_problem` tells whether an image file is
-  whole.
+  RGB as a viewer shows it (EXIF orientation, 16-bit and float scaled, transparency on white),
+  downscaled when over the pixel budget (:func:`max_image_pixels`, 40 Mpx), the first frame of
+  several (each said once per file). :func:`check_image` checks a file before that without decoding
+  it; :func:`image_key` hashes an image's pixels; :func:`image_problem` tells whether an image file
+  is whole.
 * **Whole files out.** Every file is written through :func:`atomic_writer`: a temporary file in the
   same directory, fsynced, then ``os.replace``-d onto the target (and the directory fsynced), so the
   target is absent, the old content or the complete new content, whatever moment a kill comes at.
@@ -13,7 +15,9 @@
   :func:`save_png_by_hash` stores an in-memory image under its content hash, and
   :func:`image_reference` is how a written record refers to its image.
 * **JSONL.** :func:`read_jsonl_lines` reads one line at a time (a bad line is a :class:`BadLine`
-  naming the file and line, not a failed file), :func:`read_jsonl` stops at the first bad line;
+  naming the file and line, not a failed file: not UTF-8, not JSON, or over the limits of
+  :func:`parse_json` on nesting and number length), :func:`read_json_array` reads a JSON array
+  element by element the same way, :func:`read_jsonl` stops at the first bad line;
   :func:`append_lines` appends whole lines with fsync, :func:`repair_truncated` cuts the truncated
   last line a kill leaves.
 * **Resuming.** :class:`ResumeJournal` is an output JSONL file plus its progress file, which the
@@ -33,9 +37,13 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
+import re
 import shutil
 import tempfile
+import warnings
+import weakref
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -79,22 +87,40 @@ def load_image(image: ImageRef | bytes | np.ndarray, what: str | None = None) ->
     white); images with transparency (``RGBA``, ``LA``, ``La``, ``PA``, ``P`` with a transparent
     colour) are composited on white.
 
+    Two things are logged once per image (:func:`check_image` logs them when a record is validated):
+
+    * an image of several frames (an animated GIF, PNG or WebP, a multi-page TIFF) gives its
+      current frame, the first of a file;
+    * an image of more than :func:`max_image_pixels` pixels (40 Mpx, ``$MMPO_MAX_IMAGE_PIXELS``) is
+      downscaled to fit, keeping its aspect ratio: the size is read from the header before any pixel
+      is decoded, a JPEG is decoded at 1/2, 1/4 or 1/8 of its size (``Image.draft``) and other
+      formats reduced by box averaging before resampling. A 144 Mpx PNG otherwise took 2.4 GB.
+
     Args:
         image: the image or where it is.
         what: who the image belongs to, for the error message (e.g. ``"item #3 (id 'cat-7')"``).
 
     Raises:
+        ImageTooLargeError: the image has more pixels than PIL's decompression-bomb limit (about
+            179 Mpx); the message names the file.
         ValueError: with ``what``, when the image is missing or does not decode; the message starts
             with ``what`` and names the path, instead of PIL's bare error. Without ``what``, PIL's
             own error (``FileNotFoundError``, ``UnidentifiedImageError``, ...) propagates.
     """
     try:
-        if isinstance(image, Image.Image):
-            return _to_rgb(image)
         if isinstance(image, np.ndarray):
-            return _to_rgb(Image.fromarray(image))
-        with Image.open(io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else image) as opened:
-            return _to_rgb(opened)
+            image = Image.fromarray(image)
+        name = _name(image, what)
+        if isinstance(image, Image.Image):
+            return _to_rgb(_within_budget(image, name, image, own=False), _stored_bits(image))
+        with open_image(image, what) as opened:
+            bits = _stored_bits(opened)
+            fitted = _within_budget(opened, name, image, own=True)
+            if fitted is opened:
+                return _to_rgb(opened, bits)
+        return _to_rgb(fitted, bits)  # the full-size pixels went with the file
+    except ImageTooLargeError:
+        raise
     except _IMAGE_ERRORS as error:
         if what is None:
             raise
@@ -102,11 +128,201 @@ def load_image(image: ImageRef | bytes | np.ndarray, what: str | None = None) ->
         raise ValueError(f"{what}: cannot read its image {source} ({type(error).__name__}: {error})") from error
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """``image`` as 8-bit RGB; see :func:`load_image` for what is done to which mode."""
-    # The bit depth the pixels were stored with: 16 for ``I;16*`` and for a PNG that PIL opens as
-    # ``I`` (PNG holds at most 16 bits a sample); unknown (None) for an in-memory ``I`` image.
-    bits = 16 if image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG") else None
+class ImageTooLargeError(ValueError):
+    """An image with more pixels than PIL's decompression-bomb limit; the message names the file,
+    ``problem`` is the message without the name (for errors that name the place themselves)."""
+
+    def __init__(self, name: str, problem: str):
+        super().__init__(f"{name}: {problem}")
+        self.problem = problem
+
+
+#: Images with more pixels than this are downscaled as they are read (:func:`load_image`), with a
+#: warning. 40 Mpx is more than any vision encoder takes in (Qwen2-VL's processor stops at 12.8 Mpx,
+#: LLaVA-1.5 sees 336 x 336) and more than most cameras take (24-48 Mpx), while a 40 Mpx RGB image
+#: is 120 MB decoded and about 0.5 GB once a processor holds it as floats.
+MAX_IMAGE_PIXELS = 40_000_000
+#: The environment variable that overrides :data:`MAX_IMAGE_PIXELS` (a whole number of pixels).
+MAX_IMAGE_PIXELS_ENV = "MMPO_MAX_IMAGE_PIXELS"
+#: The EXIF orientation tag (``PIL.ExifTags.Base.Orientation``).
+_ORIENTATION = 0x0112
+#: Formats whose later frames belong to the first (an MPO photo's preview and depth map): not logged.
+_ONE_PICTURE_FORMATS = frozenset({"MPO"})
+#: What has been logged about which image (:func:`_log_once`): ``(kind, absolute path or hash of
+#: the bytes)``, and per in-memory image (weakly held, so a new image at an old address is new).
+_logged: set[tuple[str, str]] = set()
+_logged_images: dict[int, tuple[weakref.ref, set[str]]] = {}  # PIL images are unhashable: by id, while alive
+
+
+def max_image_pixels() -> int:
+    """The pixel budget: ``$MMPO_MAX_IMAGE_PIXELS`` when set (e.g. ``20000000``), else :data:`MAX_IMAGE_PIXELS`."""
+    text = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip().replace("_", "")
+    if not text:
+        return MAX_IMAGE_PIXELS
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not (math.isfinite(value) and value >= 1 and value == int(value)):
+        raise ValueError(f"{MAX_IMAGE_PIXELS_ENV} must be a whole number of pixels >= 1 (e.g. 40000000), "
+                         f"not {text!r}")
+    return int(value)
+
+
+def open_image(image: str | os.PathLike | bytes, what: str | None = None) -> Image.Image:
+    """``PIL.Image.open`` of a path or of encoded bytes (use it in a ``with`` block): only the header is read.
+
+    PIL's ``DecompressionBombWarning`` is silenced, since mmpo downscales such images itself and
+    says so (:func:`load_image`); its ``DecompressionBombError`` becomes an :class:`ImageTooLargeError`
+    naming the file.
+    """
+    source = io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else image
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(source)
+        except Image.DecompressionBombError as error:
+            limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+            raise ImageTooLargeError(_name(image, what), (
+                f"{error} This limit ({limit:,} pixels, twice PIL.Image.MAX_IMAGE_PIXELS) keeps a small file from "
+                f"taking gigabytes to decode: downscale the image (mmpo would read at most {max_image_pixels():,} "
+                f"pixels of it anyway, ${MAX_IMAGE_PIXELS_ENV})")) from error
+
+
+def check_image(image: str | os.PathLike | bytes | Image.Image, what: str | None = None) -> None:
+    """Check an image before :func:`load_image` reads it, without decoding its pixels.
+
+    A path or encoded bytes: the header parses and the data verifies (PIL ``verify``: structure and
+    checksums). What :func:`load_image` will do to the image (take one of several frames, downscale
+    it) is logged now, once per file (a PIL image: only that is done, nothing is read).
+
+    Raises:
+        ImageTooLargeError: over PIL's decompression-bomb limit.
+        OSError, SyntaxError, ValueError: PIL's errors for a file that is missing or does not parse.
+    """
+    name = _name(image, what)
+    if isinstance(image, Image.Image):
+        _note(image, name, image)
+        return
+    with open_image(image, what) as opened:
+        _note(opened, name, image)
+        opened.verify()
+
+
+def _name(image: Any, what: str | None) -> str:
+    """How messages name an image: its path (after ``what``), else ``what``, else what it is."""
+    if isinstance(image, (str, os.PathLike)):
+        return os.fspath(image) if what is None else f"{what}: {os.fspath(image)}"
+    if getattr(image, "filename", None):
+        return str(image.filename)
+    if what is not None:
+        return what
+    return f"image bytes ({len(image):,} bytes)" if isinstance(image, (bytes, bytearray)) else "an in-memory image"
+
+
+def _log_once(key: Any, kind: str, message: str, *args: Any) -> None:
+    """``logger.warning(message, *args)`` unless ``kind`` was logged for ``key`` before: a path, encoded
+    bytes (by hash) or an in-memory image (a PIL image opened from a file counts as the file)."""
+    if isinstance(key, Image.Image) and getattr(key, "filename", None):
+        key = key.filename
+    if isinstance(key, Image.Image):
+        at = id(key)
+        held = _logged_images.get(at)
+        if held is None or held[0]() is not key:
+            held = _logged_images[at] = (weakref.ref(key, lambda _: _logged_images.pop(at, None)), set())
+        seen = held[1]
+        if kind in seen:
+            return
+        seen.add(kind)
+    else:
+        name = ("sha256:" + hashlib.sha256(key).hexdigest() if isinstance(key, (bytes, bytearray))
+                else os.path.abspath(key))
+        if (kind, name) in _logged:
+            return
+        _logged.add((kind, name))
+    logger.warning(message, *args)
+
+
+def _note(image: Image.Image, name: str, key: Any) -> None:
+    """Log (once per ``key``) that the image has several frames, and that it is over the pixel budget."""
+    try:
+        frames = int(getattr(image, "n_frames", 1) or 1)  # counted from the header, or by reading the file
+    except Exception:  # a damaged file: found when it is decoded
+        frames = 1
+    if frames > 1 and image.format not in _ONE_PICTURE_FORMATS:
+        _log_once(key, "frames", "%s: a %s image of %d frames; mmpo uses frame %d (counting from 0) and ignores "
+                  "the others", name, image.format or "multi-frame", frames, image.tell())
+    width, height = image.size
+    budget = max_image_pixels()
+    if width * height > budget:
+        _log_once(key, "pixels", "%s: %dx%d image (%s pixels) is over the pixel budget of %s ($%s); it is "
+                  "downscaled to %dx%d as it is read", name, width, height, f"{width * height:,}", f"{budget:,}",
+                  MAX_IMAGE_PIXELS_ENV, *_fitted_size(width, height, budget))
+
+
+def _reduction(width: int, height: int, budget: int) -> int:
+    """The smallest whole factor that brings a ``width`` x ``height`` image within ``budget`` pixels
+    (``Image.reduce`` rounds the sides up)."""
+    factor = max(1, math.ceil(math.sqrt(width * height / budget)))
+    while math.ceil(width / factor) * math.ceil(height / factor) > budget:
+        factor += 1
+    return factor
+
+
+def _fitted_size(width: int, height: int, budget: int) -> tuple[int, int]:
+    """The size an image over ``budget`` pixels is read at: each side divided by :func:`_reduction`."""
+    factor = _reduction(width, height, budget)
+    return math.ceil(width / factor), math.ceil(height / factor)
+
+
+#: Modes ``Image.reduce`` cannot take, and what they are reduced as; alpha is averaged premultiplied
+#: (so the colour of transparent pixels does not bleed into their neighbours) and restored after.
+_REDUCED_AS = {"1": "L", "P": "RGB", "I;16": "I", "I;16L": "I", "I;16B": "I", "I;16N": "I",
+               "RGBA": "RGBa", "LA": "La", "PA": "RGBA"}
+_RESTORED_AS = {"RGBa": "RGBA", "La": "LA"}
+
+
+def _within_budget(image: Image.Image, name: str, key: Any, own: bool) -> Image.Image:
+    """``image``, or a copy downscaled to :func:`max_image_pixels` pixels by averaging whole blocks
+    (``Image.reduce``; a JPEG is first decoded at 1/2, 1/4 or 1/8 scale by ``Image.draft``); what is
+    done is logged once per ``key`` (:func:`_note`). ``own``: the image was opened here, so its loader
+    may be told to decode a JPEG at a smaller scale."""
+    _note(image, name, key)
+    width, height = image.size
+    budget = max_image_pixels()
+    if width * height <= budget:
+        return image
+    factor, size = _reduction(width, height, budget), _fitted_size(width, height, budget)
+    orientation = image.getexif().get(_ORIENTATION)
+    if own and image.format == "JPEG":
+        image.draft(image.mode, size)  # decoded at 1/2, 1/4 or 1/8 of its size, still at least `size`
+    scale = round(width / image.width)  # what the draft did (1: nothing)
+    source = image.convert("RGBA") if image.mode == "P" and "transparency" in image.info else image
+    while source.mode in _REDUCED_AS:
+        source = source.convert(_REDUCED_AS[source.mode])
+    step = factor // scale
+    fitted = source.reduce(step) if step > 1 else source
+    if fitted.size != size:  # a draft to a scale that does not divide the factor: a small remainder
+        fitted = fitted.resize(size, Image.Resampling.BICUBIC)
+    if fitted.mode in _RESTORED_AS:
+        fitted = fitted.convert(_RESTORED_AS[fitted.mode])
+    if fitted is image:  # a JPEG drafted to exactly the size: decode it now, in its own format
+        return image
+    if orientation:  # the copy keeps a JPEG's EXIF bytes, not a TIFF's own orientation tag
+        fitted.getexif()[_ORIENTATION] = orientation
+    return fitted
+
+
+def _stored_bits(image: Image.Image) -> int | None:
+    """The bit depth the pixels were stored with: 16 for ``I;16*`` and for a PNG that PIL opens as
+    ``I`` (PNG holds at most 16 bits a sample); unknown (None) for an in-memory ``I`` image."""
+    return 16 if image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG") else None
+
+
+def _to_rgb(image: Image.Image, bits: int | None = None) -> Image.Image:
+    """``image`` as 8-bit RGB; see :func:`load_image` for what is done to which mode. ``bits``: the
+    depth its greyscale values were stored with (:func:`_stored_bits` of the file), None: unknown."""
+    bits = bits or _stored_bits(image)
     image = ImageOps.exif_transpose(image) or image  # a decoded copy, which no longer knows its file format
     mode = image.mode
     if mode == "RGB":
@@ -297,28 +513,155 @@ def ensure_directory(target: str | os.PathLike, build: Callable[[Path], None], c
     """The directory ``target``, built by ``build(folder)`` unless it already holds the file
     ``complete`` (which ``build`` writes last); returns ``(target, was_there)``.
 
-    ``build`` fills a fresh temporary folder next to ``target``, which is then renamed into place,
-    so an interrupted build never leaves a half-written entry (the temporary folder is removed). A
-    stale ``target`` without ``complete`` is replaced; if another process finished the same entry
-    first, its copy is kept and this one discarded.
+    ``build`` fills a fresh temporary folder next to ``target``, which is then renamed into place
+    (:func:`building_directory`), so an interrupted build never leaves a half-written entry (the
+    temporary folder is removed). A stale ``target`` without ``complete`` is replaced. Two processes
+    building the same entry at once each build their own copy; the first to finish is kept, the
+    other discarded (logged), and both return the kept one.
     """
     target = Path(target)
     if (target / complete).exists():
         return target, True
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))
     try:
-        build(tmp)
-        if target.exists() and not (target / complete).exists():
-            shutil.rmtree(target, ignore_errors=True)  # a stale, incomplete entry
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not (target / complete).exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename, unless another copy won
+        with building_directory(target, replace=True, exclusive=False) as folder:
+            build(folder)
+    except FileExistsError:
+        if not (target / complete).exists():
+            raise
+        logger.info("%s was finished first by another process: keeping its copy, discarding this one", target)
     return target, False
+
+
+#: The temporary siblings of a directory being written (:func:`building_directory`):
+#: ``.NAME.building-TIME-PID@HOST-XXXX`` (the new content) and ``.NAME.old-TIME-PID@HOST-XXXX`` (the
+#: directory it replaces, between the two renames). The pid names a concurrent writer, and lets the
+#: next writer clean up after a killed one.
+_ASIDE = r"\.+{name}\.(?P<kind>building|old)-(?P<time>\d+)-(?P<pid>\d+)@(?P<host>\w*)-"
+
+
+@contextlib.contextmanager
+def building_directory(target: str | os.PathLike, *, replace: bool = False,
+                       exclusive: bool = True) -> Iterator[Path]:
+    """A fresh temporary folder next to ``target`` to write a whole directory into; when the block
+    ends without error its files are fsynced and it is renamed to ``target``.
+
+    So ``target`` is, whatever moment a kill comes at, absent, the old directory or the complete
+    new one — never half written. An exception in the block removes the folder and leaves
+    ``target`` as it was.
+
+    Args:
+        target: the directory to write. An empty directory there is replaced; a non-empty one only
+            with ``replace`` (it is renamed aside, the new one renamed in, then the old one
+            deleted), else :class:`FileExistsError` before the block runs. A file there is refused.
+        replace: replace a non-empty ``target``.
+        exclusive: refuse (:class:`FileExistsError` naming its pid, before the block runs) when
+            another live process is already writing ``target``; with ``exclusive=False`` both
+            write, and the one that finishes second gets the error below.
+
+    Raises:
+        FileExistsError: as above; or, when the block ends, ``target`` changed since the block
+            began (another process wrote it meanwhile): that copy is kept and this one discarded.
+    """
+    import re
+    import socket
+    import time
+
+    target = Path(target)
+    parent, name = target.parent, target.name
+    parent.mkdir(parents=True, exist_ok=True)
+    host = re.sub(r"\W", "", socket.gethostname())[:32]
+    pattern = re.compile(_ASIDE.format(name=re.escape(name)))
+
+    def stamp(kind: str) -> str:
+        return f".{name}.{kind}-{time.time_ns()}-{os.getpid()}@{host}-"
+
+    def identity() -> tuple[int, int] | None:
+        try:
+            info = target.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        return info.st_dev, info.st_ino
+
+    def alive(match: re.Match) -> bool:
+        if match["host"] != host or os.name == "nt":
+            return True  # not ours to judge
+        try:
+            os.kill(int(match["pid"]), 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            return True  # it exists, under another user
+        return True
+
+    with _locked(parent):
+        # a killed writer's leftovers: its old directory goes back if the new one never came in
+        for entry in sorted(parent.iterdir(), key=lambda p: p.name):
+            match = pattern.match(entry.name)
+            if match is None or alive(match):
+                continue
+            if match["kind"] == "old" and identity() is None:
+                entry.rename(target)
+                logger.warning("restored %s: a writer (pid %s) was killed while it replaced it", target, match["pid"])
+            else:
+                shutil.rmtree(entry, ignore_errors=True)
+        before = identity()
+        if before is not None:
+            if not target.is_dir() or target.is_symlink():
+                raise FileExistsError(f"{target} exists and is not a directory: not replaced")
+            if not replace and any(target.iterdir()):
+                raise FileExistsError(f"{target} already exists and holds files: not replaced")
+        folder = Path(tempfile.mkdtemp(prefix=stamp("building"), dir=parent))
+    try:
+        others = sorted((int(m["time"]), entry.name, m["pid"]) for entry in parent.iterdir()
+                        if entry != folder and (m := pattern.match(entry.name)) and m["kind"] == "building"
+                        and alive(m))
+        mine = (int(pattern.match(folder.name)["time"]), folder.name)
+        if exclusive and others and others[0][:2] < mine:
+            raise FileExistsError(f"{target} is being written by another process (pid {others[0][2]}, into "
+                                  f"{parent / others[0][1]}): wait for it to finish, or write somewhere else")
+        if others:
+            logger.info("%s is also being written by process %s; the first to finish is kept", target, others[0][2])
+        yield folder
+        for path in sorted(folder.rglob("*"), reverse=True):  # the files, then their folders
+            if path.is_file() and not path.is_symlink():
+                with open(path, "rb") as file:
+                    os.fsync(file.fileno())
+            elif path.is_dir():
+                _fsync_directory(path)
+        _fsync_directory(folder)
+        old = None
+        with _locked(parent):
+            if identity() != before:
+                raise FileExistsError(f"{target} was written by another process while this one was writing it: "
+                                      "kept that copy, discarded this one")
+            if before is not None:
+                old = parent / (stamp("old") + os.urandom(4).hex())
+                target.rename(old)
+            folder.rename(target)  # a kill between the two renames: the next writer puts the old one back
+            _fsync_directory(parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # gone after the rename, unless the write failed or lost
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``directory`` (released by the kernel if the process dies);
+    where directories cannot be locked, nothing."""
+    try:
+        import fcntl
+
+        fd = os.open(directory, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):  # a file system without locks: unlocked
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -335,40 +678,209 @@ def _fsync_directory(directory: Path) -> None:
 # JSONL
 
 
+#: JSON nested deeper than this (arrays and objects) is refused. A record nests 4 levels (a
+#: conversation, a message, its content parts, a part), ``meta`` a few more; Python's own parser
+#: stops near 1,000 with a ``RecursionError``, and so would every later deep copy or dump.
+MAX_JSON_DEPTH = 64
+#: The longest number (in characters) JSON values may hold. A float needs at most 25 characters and
+#: an id of 100 digits would be odd already; Python refuses to convert integers of more than 4,300 digits.
+MAX_JSON_NUMBER_CHARS = 100
+
+
+class JsonLimitError(ValueError):
+    """JSON that parses but is over :data:`MAX_JSON_DEPTH` or :data:`MAX_JSON_NUMBER_CHARS`.
+
+    ``field`` is the top-level key the problem is under (None: the whole value); the message says
+    where inside it."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+def parse_json(text: str | bytes) -> Any:
+    """``json.loads(text)`` within mmpo's limits: numbers of at most :data:`MAX_JSON_NUMBER_CHARS`
+    characters, nesting of at most :data:`MAX_JSON_DEPTH` levels.
+
+    Raises:
+        json.JSONDecodeError: not JSON.
+        JsonLimitError: over a limit (also for nesting so deep that Python's parser gives up).
+    """
+    try:
+        value = json.loads(text, parse_int=_parse_int, parse_float=_parse_float)
+    except RecursionError:
+        raise JsonLimitError(_TOO_DEEP) from None
+    _check_json_limits(value)
+    return value
+
+
+_TOO_DEEP = f"nested too deeply: more than {MAX_JSON_DEPTH} levels of arrays and objects"
+
+
+@dataclasses.dataclass(frozen=True)
+class _LongNumber:
+    """A number literal over :data:`MAX_JSON_NUMBER_CHARS`, kept unconverted until it is reported."""
+
+    length: int
+
+
+def _parse_int(literal: str) -> int | _LongNumber:
+    return _LongNumber(len(literal)) if len(literal) > MAX_JSON_NUMBER_CHARS else int(literal)
+
+
+def _parse_float(literal: str) -> float | _LongNumber:
+    return _LongNumber(len(literal)) if len(literal) > MAX_JSON_NUMBER_CHARS else float(literal)
+
+
+def _check_json_limits(value: Any) -> None:
+    """Raise :class:`JsonLimitError` at a number over the limit or a level over the depth, naming
+    where it is (``meta.scores[3]``); walked without recursion."""
+    if isinstance(value, _LongNumber):
+        raise _json_limit_error(value)
+    stack = [(value, 0)] if isinstance(value, (dict, list)) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth >= MAX_JSON_DEPTH:
+            raise _json_limit_error(value)
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+            elif isinstance(child, _LongNumber):
+                raise _json_limit_error(value)
+
+
+def _json_limit_error(value: Any) -> JsonLimitError:
+    """The error for the first problem :func:`_check_json_limits` finds in ``value``, with its place
+    (walked again, keeping the path this time: only for a value that has a problem)."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(value, ())]
+    while stack:
+        item, keys = stack.pop()
+        field = keys[0] if keys and isinstance(keys[0], str) else None
+        where = "".join(f"[{key}]" if isinstance(key, int) else f".{key}" for key in keys).lstrip(".")
+        if isinstance(item, _LongNumber):
+            return JsonLimitError(f"the number at {where or 'the top'!r} has {item.length:,} characters, more "
+                                  f"than the {MAX_JSON_NUMBER_CHARS} mmpo reads", field)
+        if isinstance(item, (dict, list)):
+            if len(keys) >= MAX_JSON_DEPTH:
+                return JsonLimitError(_TOO_DEEP + (f" (under {field!r})" if field else ""), field)
+            children = item.items() if isinstance(item, dict) else enumerate(item)
+            stack.extend((child, (*keys, key)) for key, child in reversed(list(children)))
+    return JsonLimitError(_TOO_DEEP)
+
+
 @dataclasses.dataclass(frozen=True)
 class BadLine:
-    """A JSONL line that is not UTF-8 text or not JSON; ``message`` names the file and the line,
-    ``problem`` is the message without them (for errors that name the place themselves)."""
+    """A JSONL line (or an element of a JSON array) that is not UTF-8 text, not JSON or over mmpo's
+    JSON limits (:func:`parse_json`); ``message`` names the file and the line, ``problem`` is the
+    message without them (for errors that name the place themselves), ``field`` the top-level key
+    the problem is under, when known."""
 
     number: int
     message: str
     problem: str = ""
+    field: str | None = None
 
 
 def read_jsonl_lines(path: str | os.PathLike) -> list[tuple[int, Any]]:
     """``(line number, value)`` per non-blank line of a JSONL file, numbers counting from 1; a line
-    that is not UTF-8 text or not JSON gives a :class:`BadLine` as its value.
+    that is not UTF-8 text, not JSON or over the limits of :func:`parse_json` (too deeply nested, a
+    number too long) gives a :class:`BadLine` as its value.
 
-    Lines are decoded one at a time, so one bad byte costs one line, not the file.
+    Lines are decoded one at a time, so one bad byte costs one line, not the file. A UTF-8 byte-order
+    mark before the first line (as Windows tools write) is ignored.
     """
     path = Path(path)
     rows: list[tuple[int, Any]] = []
     with path.open("rb") as lines:
         for number, raw in enumerate(lines, start=1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
-                problem = f"not UTF-8 text: {exc}"
-                rows.append((number, BadLine(number, f"{path} line {number} is {problem}", problem)))
+                rows.append((number, _bad_line(path, number, f"not UTF-8 text: {exc}")))
                 continue
             if not line.strip():
                 continue
             try:
-                rows.append((number, json.loads(line)))
+                rows.append((number, parse_json(line)))
             except json.JSONDecodeError as exc:
-                problem = f"not JSON: {exc}"
-                rows.append((number, BadLine(number, f"{path} line {number} is {problem}", problem)))
+                rows.append((number, _bad_line(path, number, f"not JSON: {exc}")))
+            except JsonLimitError as exc:
+                rows.append((number, _bad_line(path, number, f"over mmpo's JSON limits: {exc}", exc.field)))
     return rows
+
+
+def read_json_array(path: str | os.PathLike) -> list[tuple[int, Any]]:
+    """``(line number, value)`` per element of a file holding one JSON array (the line each element
+    starts on); an element over the limits of :func:`parse_json` gives a :class:`BadLine`, and the
+    rest of the array is still read.
+
+    Raises:
+        ValueError: the file is not UTF-8 text or not one JSON array (naming the file and line).
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"cannot read {path}: it is not UTF-8 text ({exc})") from exc
+    decoder = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float)
+    rows: list[tuple[int, Any]] = []
+    line, counted, newline = 1, 0, "\n"  # the line number at the offset `counted`
+
+    def fail(at: int, problem: str) -> ValueError:
+        return ValueError(f"cannot read {path}: it starts as a JSON array but does not parse as one: {problem} "
+                          f"(line {text.count(newline, 0, at) + 1})")
+
+    at = _JSON_SPACE.match(text).end()
+    if not text.startswith("[", at):
+        raise fail(at, "expected '['")
+    at = _JSON_SPACE.match(text, at + 1).end()
+    while not text.startswith("]", at):
+        line, counted = line + text.count(newline, counted, at), at
+        try:
+            value, end = decoder.raw_decode(text, at)
+            _check_json_limits(value)
+        except json.JSONDecodeError as exc:
+            raise fail(exc.pos, exc.msg) from exc
+        except RecursionError:
+            end, value = _json_value_end(text, at), _bad_line(path, line, f"over mmpo's JSON limits: {_TOO_DEEP}")
+            if end is None:
+                raise fail(at, "an unclosed array or object") from None
+        except JsonLimitError as exc:
+            value = _bad_line(path, line, f"over mmpo's JSON limits: {exc}", exc.field)
+        rows.append((line, value))
+        at = _JSON_SPACE.match(text, end).end()
+        if text.startswith(",", at):
+            at = _JSON_SPACE.match(text, at + 1).end()
+            if text.startswith("]", at):
+                raise fail(at, "a ',' before the closing ']'")
+        elif not text.startswith("]", at):
+            raise fail(at, "expected ',' or ']' after an element")
+    if text[at + 1:].strip():
+        raise fail(at + 1, "more after the array's closing ']'")
+    return rows
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+#: The tokens that matter for finding where a JSON value ends: whole strings, and brackets.
+_JSON_BRACKETS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _json_value_end(text: str, at: int) -> int | None:
+    """Where the array or object starting at ``at`` ends, by counting brackets outside strings (for a
+    value nested too deeply for Python's parser); None if it never closes."""
+    depth = 0
+    for token in _JSON_BRACKETS.finditer(text, at):
+        if token[0] in "[{":
+            depth += 1
+        elif token[0] in "]}":
+            depth -= 1
+            if depth == 0:
+                return token.end()
+    return None
+
+
+def _bad_line(path: Path, number: int, problem: str, field: str | None = None) -> BadLine:
+    return BadLine(number, f"{path} line {number} is {problem}", problem, field)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[Any]:

@@ -443,7 +443,9 @@ def main(argv: list[str]) -> int:
             # the compared runs first: the gallery judges the new run's answers against the first one's
             shown = [*ns.compare, ns.output_dir]
             try:
-                print(write_report(shown, Path(ns.output_dir) / "report.html").summary())
+                # the benchmark's own image folders are trusted: its answers name images there
+                image_dirs = [d for d in (ns.coco_images, ns.amber_images, ns.pope_images, ns.mmhal_images) if d]
+                print(write_report(shown, Path(ns.output_dir) / "report.html", image_dirs=image_dirs).summary())
             except (ValueError, OSError) as error:    # the results are written: say so, and how to retry
                 print(f"report.html not written: {error} (results.json and predictions/ are complete; "
                       f"`mmpo report {' '.join(map(str, shown))} --output {ns.output_dir}/report.html` retries)")

@@ -12,7 +12,9 @@ crash step 500 is found before step 1, named by index, id and field:
   ``<start_of_image>``, ``<fake_token_around_image>``, ...), which the processor would expand.
 
 A bad record raises ``RecordValidationError`` with ``on_error="raise"``; with ``"skip"`` it is
-left out and reported, as ``load_records`` does.
+left out and reported, as ``load_records`` does, and when no record is left the preflight raises
+``NoValidRecordsError`` naming the file, the count and the first errors (not an empty data set that
+fails later as ``num_samples=0``).
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ import re
 from typing import Any
 
 from .. import progress
-from ..io import load_image
+from ..io import ImageTooLargeError, load_image
 from ..prompting import tokenizer_of
 from ..types import PreferenceRecord, image_list
 from .collator import PreferenceCollator, PreferenceDataset, SequenceTooLongError
-from .records import LoadResult, RecordError, RecordValidationError
+from .records import LoadResult, RecordError, RecordValidationError, no_valid_records
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +109,8 @@ def preflight(records: list[PreferenceRecord], collator: PreferenceCollator, *, 
                 truncated += collator.encoder.truncated > rows_cut
             except OSError as error:  # a truncated JPEG passes load_records' verify(); a file deleted since
                 problem = (_unreadable_image(record), f"cannot decode image: {error}")
+            except ImageTooLargeError as error:  # a file replaced since load_records checked it
+                problem = (_unreadable_image(record), str(error))
             except SequenceTooLongError as error:
                 problem = ("prompt", _without_name(str(error)))
             except ValueError as error:
@@ -126,7 +130,9 @@ def preflight(records: list[PreferenceRecord], collator: PreferenceCollator, *, 
     if errors:
         logger.warning("preflight of %s: %s", what, result.summary())
     if records and not kept:
-        raise ValueError(f"preflight: none of the {len(records)} {what} can be trained; {result.summary()}")
+        files = sorted({origin["file"] for origin in origins or [] if origin.get("file")})
+        source = f" ({files[0] if len(files) == 1 else f'{len(files)} files: {files[0]}, ...'})" if files else ""
+        raise no_valid_records(f"preflight: none of the {len(records)} {what}{source} can be trained", errors)
     if truncated:
         logger.warning("preflight of %s: %d of %d records have a response longer than the token budget of %d "
                        "(max_length, capped at the model's positions); training sees it truncated",

@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
+import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -19,7 +21,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mmpo.report.runs import Answer, GalleryItem, Run, change, error_count, load_run, mean_interval
+from mmpo.report.runs import (
+    Answer,
+    GalleryItem,
+    Run,
+    change,
+    contained,
+    error_count,
+    load_run,
+    mean_interval,
+    plottable,
+)
+
+logger = logging.getLogger(__name__)
 
 #: Training-curve panels, one figure per group: ``{group: (title, logged keys)}``; a key no run
 #: logged is left out, a group with none is not drawn.
@@ -52,14 +66,17 @@ class ReportWritten:
     seconds: float
     n_runs: int
     n_items: int
+    #: what was left out (images outside a run directory, entries of the wrong shape), also logged
+    warnings: tuple[str, ...] = ()
 
     def summary(self) -> str:
+        warned = f", {len(self.warnings)} warning(s): see the page's Warnings" if self.warnings else ""
         return (f"report: {self.path} ({self.bytes / 1e6:.2f} MB, {self.n_runs} run(s), {self.n_items} gallery "
-                f"item(s), written in {self.seconds:.1f} s)")
+                f"item(s), written in {self.seconds:.1f} s{warned})")
 
 
 def write_report(run_dirs: Sequence[str | Path], output: str | Path, *, max_items: int = 200,
-                 title: str | None = None) -> ReportWritten:
+                 title: str | None = None, image_dirs: Sequence[str | Path] = ()) -> ReportWritten:
     """Read ``run_dirs`` (:func:`~mmpo.report.runs.load_run`) and write their page to ``output``.
 
     Args:
@@ -68,6 +85,13 @@ def write_report(run_dirs: Sequence[str | Path], output: str | Path, *, max_item
         output: the HTML file to write (its folder is created).
         max_items: the most gallery items per benchmark (the first ones, in id order).
         title: the page title (default: the run names).
+        image_dirs: folders besides the run directories that images may be inlined from (an
+            evaluation run names the benchmark's images where they are); every other image a run's
+            files name outside its directory is left out, with a warning.
+
+    Raises:
+        ValueError: a run file that is not what the run writes (naming it), a bad argument.
+        FileNotFoundError: a run directory that is missing or holds no run.
     """
     from mmpo.io import atomic_write_text
 
@@ -76,12 +100,13 @@ def write_report(run_dirs: Sequence[str | Path], output: str | Path, *, max_item
     if max_items < 0:
         raise ValueError(f"max_items must be >= 0, got {max_items}")
     started = time.perf_counter()
-    runs = [load_run(d) for d in run_dirs]
+    runs = [load_run(d, image_dirs) for d in run_dirs]
     page, n_items = render_report(runs, max_items=max_items, title=title)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, page)
-    return ReportWritten(output, output.stat().st_size, time.perf_counter() - started, len(runs), n_items)
+    return ReportWritten(output, output.stat().st_size, time.perf_counter() - started, len(runs), n_items,
+                         tuple(w for run in runs for w in run.warnings))
 
 
 def render_report(runs: Sequence[Run], *, max_items: int = 200, title: str | None = None) -> tuple[str, int]:
@@ -100,6 +125,7 @@ def render_report(runs: Sequence[Run], *, max_items: int = 200, title: str | Non
         rounds_section(runs),
         gallery,
         settings_section(runs),
+        warnings_section(runs),
     ])
     page = (f"<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'>\n<title>{_e(title)}</title>\n"
@@ -191,6 +217,8 @@ def _metric_order(keys: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def _number(value: float) -> str:
+    if not math.isfinite(value):
+        return str(value)
     return f"{value:.0f}" if abs(value) >= 100 or value == int(value) and abs(value) >= 10 else f"{value:.3f}"
 
 
@@ -209,7 +237,7 @@ def metrics_section(runs: Sequence[Run]) -> str:
                 cells.append("<td class='na'>–</td>")
                 continue
             mean, lo, hi, n = column.cells[(bench, metric)]
-            tally = _is_tally(metric) and mean == int(mean)
+            tally = _is_tally(metric) and math.isfinite(mean) and mean == int(mean)
             text = f"{mean:.0f}" if tally else _number(mean)
             if n > 1:
                 text += f"<span class='ci'>[{_number(lo)}, {_number(hi)}]</span>"
@@ -218,7 +246,8 @@ def metrics_section(runs: Sequence[Run]) -> str:
                 sign = _direction(metric) * (1 if delta > 0 else -1 if delta < 0 else 0)
                 css = {1: "up", -1: "down"}.get(sign, "flat")
                 if not _is_count(metric):
-                    text += f"<span class='delta {css}'>{delta:+.0f}</span>" if tally and delta == int(delta) \
+                    text += f"<span class='delta {css}'>{delta:+.0f}</span>" if tally and math.isfinite(delta) \
+                        and delta == int(delta) \
                         else f"<span class='delta {css}'>{delta:+.3f}</span>"
             cells.append(f"<td>{text}</td>")
         rows.append(f"<tr><td>{_e(bench)}</td><td>{_e(metric)}</td>{''.join(cells)}</tr>")
@@ -232,27 +261,66 @@ def metrics_section(runs: Sequence[Run]) -> str:
 
 # ----------------------------------------------------------------------------------------- curves
 def curves_section(runs: Sequence[Run]) -> str:
-    from mmpo.plots import curves_svg
-
     logs = {run.name: run.log for run in runs if run.log}
     if not logs:
         return ""
     figures = []
     for index, (group, (title, keys)) in enumerate(CURVE_GROUPS.items()):
-        svg = curves_svg(logs, keys, salt=f"{group}{index}")
+        svg = _curves(runs, logs, keys, salt=f"{group}{index}")
         if svg is not None:
             figures.append(f"<figure class='curves' id='curves-{group}'><figcaption>{_e(title)}</figcaption>"
                            f"{svg}</figure>")
     return f"<section id='curves'><h2>Training curves</h2>{''.join(figures)}</section>" if figures else ""
 
 
+def _curves(runs: Sequence[Run], logs: dict[str, list[dict]], keys, **kwargs) -> str | None:
+    """:func:`~mmpo.plots.curves_svg`, or None with a warning on every run when the logged numbers
+    cannot be drawn."""
+    from mmpo.plots import curves_svg
+
+    try:
+        return curves_svg(logs, keys, **kwargs)
+    except (ValueError, OverflowError, TypeError) as error:
+        for run in runs:
+            _warn(run, f"run {run.path}: its curves of {', '.join(keys)} cannot be drawn ({error}); left out")
+        return None
+
+
+def _warn(run: Run, message: str) -> None:
+    run.warnings.append(message)
+    logger.warning("%s", message)
+
+
+def _picture(run: Run, path: Path | None, answer: str, max_side: int = 0) -> str | None:
+    """``path`` as a ``data:`` URI if it is an image inside ``run``'s directory or its image folders
+    (symlinks resolved); None if there is no such file, and None with a warning naming the run, the
+    answer and the path if it lies outside. Raises ``OSError`` if it cannot be decoded."""
+    from PIL import Image
+
+    if path is None or not path.exists():
+        return None
+    if contained(path, [run.path, *run.image_dirs]) is None:
+        _warn(run, f"run {run.path}: answer {answer!r}: its image {path} is outside the run directory; not shown")
+        return None
+    try:
+        return image_uri(path, **({"max_side": max_side} if max_side else {}))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise OSError(str(error)) from None
+
+
 def method_section(runs: Sequence[Run]) -> str:
     parts = []
     for run in runs:
         for title, path in run.images:
-            parts.append(f"<figure class='plot'><figcaption>{_e(run.name)}: {_e(title)}</figcaption>"
-                         f"<img alt='{_e(title)}' src='{image_uri(path, max_side=1600)}'></figure>")
-        if pairs := run.info.get("self_pairs"):
+            try:
+                uri = _picture(run, path, title, max_side=1600)
+            except OSError as error:
+                _warn(run, f"run {run.path}: {path} is not a readable image ({error}); left out")
+                continue
+            if uri is not None:
+                parts.append(f"<figure class='plot'><figcaption>{_e(run.name)}: {_e(title)}</figcaption>"
+                             f"<img alt='{_e(title)}' src='{uri}'></figure>")
+        if isinstance(pairs := run.info.get("self_pairs"), Mapping):
             rows = "".join(f"<tr><td>{_e(k)}</td><td>{_e(_short(v))}</td></tr>" for k, v in pairs.items())
             parts.append(f"<details class='data'><summary>{_e(run.name)}: the self-generated pairs</summary>"
                          f"<table>{rows}</table></details>")
@@ -284,21 +352,20 @@ def rounds_section(runs: Sequence[Run]) -> str:
     """Per run with on-policy rounds: a table of every round (its pairs, how often a chosen response
     still holds a judged-wrong claim, reward margins, metrics, seconds per stage), the offline pass
     beside them when the demo trained one, and one panel per metric over the rounds."""
-    from mmpo.plots import curves_svg
-
     parts = []
     for index, run in enumerate(runs):
         info = run.info.get("rounds")
         if not isinstance(info, Mapping) or not isinstance(info.get("rounds"), list):
             continue
-        rounds = [r for r in info["rounds"] if isinstance(r, Mapping) and isinstance(r.get("round"), int)]
+        rounds = [r for r in info["rounds"] if isinstance(r, Mapping) and isinstance(r.get("round"), int)
+                  and not isinstance(r.get("round"), bool)]
         offline = info.get("offline") if isinstance(info.get("offline"), Mapping) else None
         head = "<tr><th>round</th>" + "".join(f"<th>{_e(title)}</th>" for title, _, _ in ROUND_COLUMNS) + "</tr>"
         rows = [_round_row("start" if r["round"] == 0 else str(r["round"]), r) for r in rounds]
         series = {"on-policy rounds": [_round_point(r["round"], r) for r in rounds]}
         if offline is not None and run.primary_label in run.columns:
             # the offline pass as a round's result: its pairs, steps and the trained model's metrics
-            pairs = run.info.get("self_pairs") or {}
+            pairs = run.info.get("self_pairs") if isinstance(run.info.get("self_pairs"), Mapping) else {}
             result = {"pairs": {"written": offline.get("pairs"), **{k: pairs.get(k) for k in (
                 "chosen_with_wrong", "chosen_wrong_rate", "rejected_wrong_rate")}},
                 "train": {"steps": offline.get("steps")},
@@ -306,7 +373,7 @@ def rounds_section(runs: Sequence[Run]) -> str:
             rows.insert(0, _round_row("offline pass", result))
             if rounds:
                 series["offline pass (all steps)"] = [_round_point(rounds[-1]["round"], result)]
-        svg = curves_svg(series, ROUND_PANELS, salt=f"rounds{index}", xlabel="round")
+        svg = _curves([run], series, ROUND_PANELS, salt=f"rounds{index}", xlabel="round")
         note = ("Each round samples the model it starts from on its own prompts, judges every claim and pairs the "
                 "best against the worst response; round 0 is the starting model. <i>chosen with a wrong claim</i>: "
                 "share of chosen responses with at least one claim the judge called wrong.")
@@ -321,17 +388,17 @@ def rounds_section(runs: Sequence[Run]) -> str:
 
 def _round_point(x: int, result: Mapping[str, Any]) -> dict[str, Any]:
     """A round's result as one point of the per-round panels (missing values left out)."""
-    point = {**(result.get("metrics") or {}), "chosen_with_wrong": _dig(result, ("pairs", "chosen_with_wrong")),
+    metrics = result.get("metrics") if isinstance(result.get("metrics"), Mapping) else {}
+    point = {**metrics, "chosen_with_wrong": _dig(result, ("pairs", "chosen_with_wrong")),
              "reward_margin": _dig(result, ("train", "reward_margin"))}
-    return {"step": x, **{k: v for k, v in point.items() if v is not None}}
+    return {"step": x, **{k: v for k, v in point.items() if plottable(v)}}
 
 
 def _round_row(label: str, result: Mapping[str, Any]) -> str:
     cells = []
     for _, keys, form in ROUND_COLUMNS:
         value = _dig(result, keys)
-        cells.append(f"<td>{_e(form.format(value))}</td>" if isinstance(value, (int, float))
-                     and not isinstance(value, bool) else "<td class='na'>–</td>")
+        cells.append(f"<td>{_e(form.format(float(value)))}</td>" if plottable(value) else "<td class='na'>–</td>")
     return f"<tr><td>{_e(label)}</td>{''.join(cells)}</tr>"
 
 
@@ -349,6 +416,13 @@ def settings_section(runs: Sequence[Run]) -> str:
                        for k, v in _flat(run.info) if k != "self_pairs" and not k.startswith("self_pairs/"))
         parts.append(f"<details><summary>{_e(run.name)} ({_e(run.kind)} run)</summary><table>{rows}</table></details>")
     return f"<section id='settings'><h2>Settings</h2>{''.join(parts)}</section>"
+
+
+def warnings_section(runs: Sequence[Run]) -> str:
+    """What reading the runs left out (images outside a run directory, log entries of the wrong
+    shape), as logged; nothing when nothing was."""
+    items = "".join(f"<li>{_e(message)}</li>" for run in runs for message in run.warnings)
+    return f"<section id='warnings'><h2>Warnings</h2><ul>{items}</ul></section>" if items else ""
 
 
 def _flat(info: Mapping[str, Any], prefix: str = ""):
@@ -413,14 +487,15 @@ def _gallery(runs: Sequence[Run], bench: str, max_items: int) -> tuple[str, int]
     counts = {"better": 0, "worse": 0, "same": 0, "n/a": 0}
     articles = []
     for key in shown:
-        item = next(run.galleries[bench][key] for _, run, _ in columns if key in run.galleries[bench])
+        owner = next(run for _, run, _ in columns if key in run.galleries[bench])
+        item = owner.galleries[bench][key]
         answers = [run.galleries[bench].get(key, GalleryItem(key, None, "")).answers.get(label)
                    for _, run, label in columns]
         status = "n/a"
         if reference is not None and compared is not None and answers[reference] and answers[compared]:
             status = change(answers[reference], answers[compared])
         counts[status] += 1
-        articles.append(_item_html(item, columns, answers, reference, status))
+        articles.append(_item_html(owner, item, columns, answers, reference, status))
     buttons = "".join(f"<button type='button' data-filter='{f}'{' class=on' if f == 'all' else ''}>{name} "
                       f"<span class='n'>{n}</span></button>" for f, name, n in (
                           ("all", "all", len(shown)), ("better", "got better", counts["better"]),
@@ -433,13 +508,14 @@ def _gallery(runs: Sequence[Run], bench: str, max_items: int) -> tuple[str, int]
             f"<div class='items' id='items-{_e(bench)}'>{''.join(articles)}</div></div>"), len(shown)
 
 
-def _item_html(item: GalleryItem, columns, answers: list[Answer | None], reference: int | None, status: str) -> str:
+def _item_html(run: Run, item: GalleryItem, columns, answers: list[Answer | None], reference: int | None,
+               status: str) -> str:
     picture = f"<div class='noimage'>no image{': ' + _e(item.image.name) if item.image else ''}</div>"
-    if item.image is not None and item.image.exists():
-        try:
-            picture = f"<img alt='{_e(item.key)}' src='{image_uri(item.image)}'>"
-        except OSError as error:         # a damaged picture costs its thumbnail, not the page
-            picture = f"<div class='noimage'>unreadable image {_e(item.image.name)}: {_e(error)}</div>"
+    try:
+        if (uri := _picture(run, item.image, item.key)) is not None:
+            picture = f"<img alt='{_e(item.key)}' src='{uri}'>"
+    except OSError as error:         # a damaged picture costs its thumbnail, not the page
+        picture = f"<div class='noimage'>unreadable image {_e(item.image.name)}: {_e(error)}</div>"
     blocks = []
     for index, ((title, _, _), answer) in enumerate(zip(columns, answers, strict=True)):
         if answer is None:
@@ -468,10 +544,10 @@ def answer_html(answer: Answer) -> str:
         if span.get("start") is None:
             unlocated.append(span)
             continue
-        tip = f"{span.get('category')}: {VERDICT_NAMES.get(verdict, verdict)}"
+        tip = f"{span.get('category')}: {VERDICT_NAMES.get(str(verdict), verdict)}"
         attribute = span.get("attribute") or {}
         if attribute:
-            tip += f" (said {attribute.get('said')}; it is {', '.join(attribute.get('true', [])) or '?'})"
+            tip += f" (said {attribute.get('said')}; it is {', '.join(map(str, attribute.get('true') or [])) or '?'})"
             if attribute.get("start") is not None:
                 marks.append((attribute["start"], attribute["end"], f"<span class='attr' title='{_e(tip)}'>", "</span>"))
         marks.append((span["start"], span["end"], f"<mark class='v-{_e(verdict)}' title='{_e(tip)}'>", "</mark>"))

@@ -19,7 +19,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..io import ensure_directory
+from ..io import building_directory, ensure_directory
 from .model import TinyVLMConfig
 from .scenes import WorldConfig, sample_scenes
 
@@ -59,8 +59,53 @@ class BaseModelRecipe:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def build_base_model(recipe: BaseModelRecipe, out_dir: str | Path) -> Path:
-    """Train the base model from scratch into ``out_dir``; returns ``out_dir``."""
+#: Files and folders that say a directory holds a checkpoint (or a half-written one from before
+#: writes were atomic): only such a directory is ever replaced, and only when asked to.
+CHECKPOINT_MARKERS = ("recipe.json", "config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json",
+                      "preprocessor_config.json", "sft_run")
+
+
+def check_output_dir(out_dir: str | Path, overwrite: bool) -> Path:
+    """``out_dir`` if a checkpoint may be written there: it is absent or empty, or it holds a
+    checkpoint and ``overwrite`` is set.
+
+    Raises:
+        FileExistsError: it holds a checkpoint and not ``overwrite`` (naming ``--overwrite``); or it
+            holds other files, or is a file: those are never replaced.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.is_symlink() or out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a directory: choose a new or empty output directory")
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        return out_dir
+    markers = [name for name in CHECKPOINT_MARKERS if (out_dir / name).exists()]
+    if not markers:
+        raise FileExistsError(f"{out_dir} holds files that are not a checkpoint ({', '.join(sorted(p.name for p in out_dir.iterdir())[:5])}"
+                              "...): not replaced, with or without --overwrite; choose a new or empty output directory")
+    if not overwrite:
+        raise FileExistsError(f"{out_dir} already holds a checkpoint ({', '.join(markers)}): pass --overwrite to "
+                              "replace it, or choose another output directory")
+    return out_dir
+
+
+def build_base_model(recipe: BaseModelRecipe, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Train the base model from scratch into ``out_dir``; returns ``out_dir``.
+
+    The model is written into a temporary folder next to ``out_dir`` and renamed into place when
+    complete (:func:`mmpo.io.building_directory`), so ``out_dir`` never holds half a model: a kill
+    leaves nothing, the old directory or the new one. An existing checkpoint in ``out_dir`` is
+    replaced only with ``overwrite`` (:func:`check_output_dir`); a second process writing the same
+    ``out_dir`` meanwhile is refused, naming the first one's pid.
+    """
+
+    out_dir = check_output_dir(out_dir, overwrite)
+    with building_directory(out_dir, replace=overwrite) as folder:
+        _train_base_model(recipe, folder)
+    return out_dir
+
+
+def _train_base_model(recipe: BaseModelRecipe, out_dir: Path) -> None:
+    """Train the base model into the fresh folder ``out_dir`` (``recipe.json`` written last)."""
     import torch
     from transformers import TrainingArguments
 
@@ -69,7 +114,6 @@ def build_base_model(recipe: BaseModelRecipe, out_dir: str | Path) -> Path:
     from .data import sft_rows
     from .model import build_processor, build_tiny_vlm, train_tokenizer
 
-    out_dir = Path(out_dir)
     torch.manual_seed(recipe.seed)
     scenes = sample_scenes(recipe.world, recipe.n_scenes, prefix="train")
     rows = sft_rows(scenes, recipe.world, seed=recipe.seed, question_kinds=recipe.question_kinds)
@@ -86,10 +130,9 @@ def build_base_model(recipe: BaseModelRecipe, out_dir: str | Path) -> Path:
     model.save_pretrained(out_dir)
     processor.tokenizer.padding_side = "right"
     processor.save_pretrained(out_dir)
-    (out_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
     (out_dir / "sft_log.json").write_text(json.dumps(trainer.state.log_history, indent=2))
     shutil.rmtree(out_dir / "sft_run", ignore_errors=True)
-    return out_dir
+    (out_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))  # written last: marks completion
 
 
 def ensure_base_model(recipe: BaseModelRecipe, cache_root: str | Path,

@@ -47,7 +47,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..io import ensure_directory
+from ..io import building_directory, ensure_directory
 from .scenes import COLOURS, QUADRANTS, SHAPES, SIZES, Scene, SceneObject, WorldConfig, sample_scenes
 
 __all__ = [
@@ -275,23 +275,35 @@ def _text_features(model, tokenizer, texts: list[str], buckets: int = 4):
 
 def train_tiny_clip(out_dir: str | Path, steps: int | None = None, batch_size: int | None = None,
                     seed: int | None = None,
-                    recipe: TinyCLIPRecipe | None = None) -> Path:
+                    recipe: TinyCLIPRecipe | None = None, *, overwrite: bool = False) -> Path:
     """Train a tiny CLIP on the world and save it as a CLIP checkpoint directory; returns ``out_dir``.
 
     ``steps``, ``batch_size`` and ``seed`` override the fields of ``recipe`` (default
     :class:`TinyCLIPRecipe`). Besides the checkpoint, ``out_dir`` gets ``recipe.json`` and
     ``train_log.json`` (loss every few steps, wall-clock seconds).
-    """
-    import torch
-    import torch.nn.functional as F
 
-    from .. import progress
+    As :func:`~mmpo.toyworld.base_model.build_base_model`, the checkpoint is written into a
+    temporary folder next to ``out_dir`` and renamed into place when complete, so ``out_dir`` never
+    holds half a model; an existing checkpoint there is replaced only with ``overwrite``, and a
+    second process writing the same ``out_dir`` meanwhile is refused, naming the first one's pid.
+    """
+    from .base_model import check_output_dir
 
     recipe = recipe if recipe is not None else TinyCLIPRecipe()
     overrides = {k: v for k, v in {"steps": steps, "batch_size": batch_size, "seed": seed}.items() if v is not None}
     recipe = replace(recipe, **overrides)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_output_dir(out_dir, overwrite)
+    with building_directory(out_dir, replace=overwrite) as folder:
+        _train_tiny_clip(recipe, folder)
+    return out_dir
+
+
+def _train_tiny_clip(recipe: TinyCLIPRecipe, out_dir: Path) -> None:
+    """Train the tiny CLIP of ``recipe`` into the fresh folder ``out_dir`` (``recipe.json`` written last)."""
+    import torch
+    import torch.nn.functional as F
+
+    from .. import progress
 
     tokenizer = build_clip_tokenizer(recipe.model)
     processor = build_clip_processor(tokenizer, recipe.model)
@@ -349,7 +361,6 @@ def train_tiny_clip(out_dir: str | Path, steps: int | None = None, batch_size: i
     processor.save_pretrained(out_dir)
     (out_dir / "train_log.json").write_text(json.dumps({"train_seconds": round(seconds, 2), "log": log}, indent=2))
     (out_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))  # written last: marks completion
-    return out_dir
 
 
 def ensure_tiny_clip(cache_root: str | Path, recipe: TinyCLIPRecipe | None = None, shipped: bool = True) -> tuple[Path, bool]:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..io import default_cache_dir
+from ..io import building_directory, default_cache_dir
 from ..report.html import CURVE_GROUPS
 
 if typing.TYPE_CHECKING:
@@ -223,8 +223,9 @@ def _run_demo(opts: DemoOptions) -> dict:
     trainer = train(model, processor, model_args, args, methods, records)
     say(f"[5/{steps}] evaluate the trained model")
     after = evaluate(opts, trainer.model, processor, world)
-    trainer.save_model(str(out / "model"))
-    processor.save_pretrained(str(out / "model"))
+    with building_directory(out / "model", replace=True) as folder:  # whole or not at all, the old one until then
+        trainer.save_model(str(folder))
+        processor.save_pretrained(str(folder))
 
     control = None
     if with_control:

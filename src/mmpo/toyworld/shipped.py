@@ -51,16 +51,14 @@ def rebuild_shipped(into: Path = SHIPPED_DIR) -> list[Path]:
     into = Path(into)
     into.mkdir(parents=True, exist_ok=True)
     base, clip = BaseModelRecipe(), TinyCLIPRecipe()
-    targets = {"base": (base.fingerprint(), lambda d: build_base_model(base, d)),
-               "clip": (clip.fingerprint(), lambda d: train_tiny_clip(d, recipe=clip))}
+    targets = {"base": (base.fingerprint(), lambda d: build_base_model(base, d, overwrite=True)),
+               "clip": (clip.fingerprint(), lambda d: train_tiny_clip(d, recipe=clip, overwrite=True))}
     written = []
     for kind, (fingerprint, build) in targets.items():
         target = into / f"{kind}-{fingerprint}"
-        partial = into / f".{kind}-{fingerprint}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        build(partial)
+        build(target)  # built aside and renamed into place (mmpo.io.building_directory)
         for old in into.glob(f"{kind}-*"):
-            shutil.rmtree(old)
-        partial.rename(target)
+            if old != target:
+                shutil.rmtree(old)
         written.append(target)
     return written
