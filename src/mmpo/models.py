@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .checks import check_choice, check_number
-from .hub import loading, pretrained_kwargs
+from .hub import check_pad_token, load_model, loading, pretrained_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,15 @@ class ModelArguments:
         "help": "Let model_name_or_path be a Hugging Face Hub id that is downloaded (default: a local checkpoint "
                 "directory only, and a path that does not exist is an error naming it; MMPO_ALLOW_DOWNLOAD=1 "
                 "does the same)."})
+    allow_missing_weights: bool = field(default=False, metadata={
+        "help": "Accept a checkpoint whose weights lack tensors the model of its config.json has (they are "
+                "randomly initialised, and named in a warning), e.g. a new head on purpose. Default: such a "
+                "checkpoint is an error naming the tensors (a config.json with a layer more than the weights "
+                "would otherwise train a random layer)."})
+    allow_unexpected_weights: bool = field(default=False, metadata={
+        "help": "Accept a checkpoint whose weights hold tensors the model of its config.json has no place for "
+                "(they are dropped, and named in a warning), e.g. a head removed on purpose. Default: an error "
+                "naming the tensors."})
 
     def __post_init__(self):
         if not isinstance(self.model_name_or_path, str) or not self.model_name_or_path.strip():
@@ -87,11 +96,13 @@ def load_policy(model_args: ModelArguments, *, device: str | None = None,
         FileNotFoundError: the path is not a directory and downloads are not allowed, before
             anything is loaded (see :func:`model_source`).
         ValueError: ``AutoProcessor`` built no multimodal processor.
-        mmpo.hub.CheckpointLoadError: ``from_pretrained`` failed; the message names the directory,
-            the class its files declare and the likely cause (e.g. no torchvision for a video slot).
+        mmpo.hub.CheckpointLoadError: ``from_pretrained`` failed, or a file of the checkpoint is
+            damaged, or its weights lack tensors of the model or hold others
+            (``model_args.allow_missing_weights`` / ``allow_unexpected_weights`` allow them), or its
+            tokenizer has no pad token; the message names the directory (or file), the class its
+            files declare and the likely cause (e.g. no torchvision for a video slot).
     """
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, ProcessorMixin
-
 
     path = model_args.model_name_or_path
     source = model_source(model_args, what)
@@ -104,11 +115,15 @@ def load_policy(model_args: ModelArguments, *, device: str | None = None,
         raise ValueError(f"{path}: AutoProcessor returned a {type(processor).__name__}, not a multimodal processor; "
                          "if the checkpoint's processor has a video slot (Qwen2/2.5/3-VL, SmolVLM, LLaVA-OneVision) "
                          "install torchvision next to torch")
+    check_pad_token(path, processor, "model" if what is None else what)
     with loading(path, "model"):
         # before from_pretrained, so that under ZeRO-3 no model class is first created inside zero.Init
         config = AutoConfig.from_pretrained(path, **source)
         import_model_modules(config)
-        model = AutoModelForImageTextToText.from_pretrained(path, config=config, dtype=dtype, **source)
+    model = load_model(AutoModelForImageTextToText, path, "model", config=config, dtype=dtype, **source,
+                       allow_missing=model_args.allow_missing_weights,
+                       allow_unexpected=model_args.allow_unexpected_weights,
+                       options=("allow_missing_weights", "allow_unexpected_weights"))
     warn_if_untested(model)
     if device is not None:
         model.to(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)

@@ -4,7 +4,9 @@
 (newer, half-written ones are skipped and named); ``--resume_from_checkpoint PATH`` from that one.
 
 Writes the model, its processor, ``log_history.json`` and a model card, ``README.md``
-(:mod:`mmpo.training.model_card`), to ``output_dir``.
+(:mod:`mmpo.training.model_card`), to ``output_dir``. One run at a time per ``output_dir``: a second
+is refused, naming the first's pid (the lock file ``_mmpo_train.lock`` in ``output_dir``); an
+``output_dir`` that is the model's own directory is refused before anything is loaded.
 """
 
 from __future__ import annotations

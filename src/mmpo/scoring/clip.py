@@ -125,14 +125,13 @@ class CLIPScorer:
                  dtype: torch.dtype | None = None):
         from transformers import AutoProcessor, CLIPModel
 
-        from mmpo.hub import loading, pretrained_kwargs
+        from mmpo.hub import load_model, loading, pretrained_kwargs
 
         self.path = Path(path)
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         kwargs = {"dtype": dtype} if dtype is not None else {}
         local = pretrained_kwargs(self.path, what="CLIP model")  # local directory only, unless MMPO_ALLOW_DOWNLOAD=1
-        with loading(self.path, "CLIP model"):
-            self.model = CLIPModel.from_pretrained(self.path, **kwargs, **local).to(self.device).eval()
+        self.model = load_model(CLIPModel, self.path, "CLIP model", **kwargs, **local).to(self.device).eval()
         with loading(self.path, "CLIP processor"):
             processor = AutoProcessor.from_pretrained(self.path, **local)
         self.image_processor = processor.image_processor

@@ -13,6 +13,7 @@ documented range by the ``__post_init__`` of its dataclass (NaN and inf are neve
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 import functools
@@ -47,11 +48,34 @@ class DataArguments:
                                                            "against (default: the directory of the records file "
                                                            "that holds them)."})
     on_bad_record: str = field(default="raise", metadata={
-        "help": "'raise': stop at the first invalid record, naming its index and field (default: never "
-                "train silently on less data); 'skip': skip invalid records, report each and the count."})
+        "help": "'raise': stop at the first invalid record, naming its index, file, line and field (default: "
+                "never train silently on less data); 'skip': skip invalid records, report each and the count (a "
+                "file whose every record is invalid is still an error)."})
+    train_split: str | None = field(default=None, metadata={
+        "help": "The split of train_file to train on when it holds several: a DatasetDict saved with "
+                "save_to_disk, a directory of split folders (DIR/train/*.parquet) or of shards named by split "
+                "(train-00000-of-00002.parquet). A source of one split needs none."})
+    eval_split: str | None = field(default=None, metadata={
+        "help": "The split of eval_file to evaluate on, as train_split (eval_file may be the same directory "
+                "as train_file, e.g. with train_split: train and eval_split: test)."})
+    max_text_chars: int | None = field(default=200_000, metadata={
+        "help": "The most characters of a prompt (all its text) or a response that are read; longer texts are "
+                "cut before tokenising, each named in a warning. 200,000 characters are more than 32k tokens of "
+                "almost any text, beyond max_length, so the cut changes nothing training sees; null: no limit "
+                "(a 50 MB response then takes gigabytes to tokenise)."})
+    allow_images_outside_root: bool = field(default=False, metadata={
+        "help": "Read record images whose paths lead outside the image root (image_root, else the records "
+                "file's directory) once '..' and symbolic links are resolved. false: such a path is an invalid "
+                "record naming it, so that a records file cannot make mmpo open other files."})
+    allow_absolute_image_paths: bool | None = field(default=None, metadata={
+        "help": "Read absolute image paths wherever they point. Default: yes without image_root (mmpo's own "
+                "writers refer to images outside the written file's directory by absolute path), no with it: "
+                "an image_root is where the images are, and an absolute path must lie inside it too unless "
+                "this is true (or allow_images_outside_root)."})
 
     def __post_init__(self):
         check_choice("on_bad_record", self.on_bad_record, ("raise", "skip"))
+        check_number("max_text_chars", self.max_text_chars, integer=True, low=1, optional=True)
 
 
 @dataclass
@@ -160,6 +184,37 @@ class PreferenceConfig(TrainingArguments):
         check_number("seed", self.seed, integer=True)
         self.resume_from_checkpoint = resume_value(self.resume_from_checkpoint)
         super().__post_init__()
+
+    # Secrets (hub_token, ...) stay in memory, for pushing, and out of every copy written down:
+    # Trainer pickles its arguments into each checkpoint's training_args.bin.
+    def __getstate__(self) -> dict[str, Any]:
+        """The pickled state: every field, with each secret (:func:`is_secret`) set to None."""
+        return {key: None if is_secret(key) and value is not None else value for key, value in vars(self).items()}
+
+    def __copy__(self) -> PreferenceConfig:
+        new = type(self).__new__(type(self))
+        new.__dict__.update(vars(self))
+        return new
+
+    def __deepcopy__(self, memo: dict) -> PreferenceConfig:
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update({key: copy.deepcopy(value, memo) for key, value in vars(self).items()})
+        return new
+
+    def to_dict(self) -> dict[str, Any]:
+        """``TrainingArguments.to_dict`` (what loggers and model cards serialise) with every secret None."""
+        return {key: None if is_secret(key) else value for key, value in super().to_dict().items()}
+
+
+#: Name endings of fields whose values are secrets: never pickled, serialised or shown.
+SECRET_SUFFIXES = ("token", "api_key", "apikey", "password", "secret")
+
+
+def is_secret(name: str) -> bool:
+    """Whether the config field ``name`` holds a secret (``hub_token``, and any ``*_token``, ``*_api_key``,
+    ``*_password`` or ``*_secret`` field)."""
+    return name.lower().endswith(SECRET_SUFFIXES)
 
 
 @dataclass

@@ -30,10 +30,11 @@ import yaml
 from .. import __version__
 from ..io import atomic_write_text
 from ..models import count_parameters
-from .config import METHOD_CONFIGS, RunConfig, flat_key
+from .config import CONFIG_CLASSES, METHOD_CONFIGS, RunConfig, flat_key, is_secret
 
 #: Config keys whose values never appear in a card (nor in its command line): it may be published.
-SECRET_KEYS = frozenset({"hub_token"})
+#: Every field :func:`~mmpo.training.config.is_secret` names (``hub_token``, ...).
+SECRET_KEYS = frozenset(f.name for cls in CONFIG_CLASSES for f in dataclasses.fields(cls) if is_secret(f.name))
 HIDDEN = "<hidden>"
 #: An ``owner/name`` Hub repository id (a local path that exists is never taken for one).
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -136,7 +137,7 @@ def changed_values(config: RunConfig) -> dict[str, tuple[Any, Any]]:
             if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
                 default = f.default_factory()
             defaults[flat_key(type(part), f) if type(part) in METHOD_CONFIGS else f.name] = default
-    return {key: (HIDDEN if key in SECRET_KEYS else value, defaults[key]) for key, value in config.values().items()
+    return {key: (HIDDEN if is_secret(key) else value, defaults[key]) for key, value in config.values().items()
             if defaults[key] is dataclasses.MISSING or not is_default(key, value, defaults[key])}
 
 
@@ -178,7 +179,7 @@ def command_line(argv: Sequence[str]) -> str:
             continue
         option, equals, _ = arg.partition("=")
         name = option[2:] if option.startswith("--") else ""
-        if len(name) > 4 and any(key.startswith(name) for key in SECRET_KEYS):
+        if is_secret(name) or len(name) > 4 and any(key.startswith(name) for key in SECRET_KEYS):
             shown.append(f"{option}={HIDDEN}" if equals else arg)
             hide_next = not equals
             continue

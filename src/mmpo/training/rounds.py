@@ -60,7 +60,7 @@ from ..data.construct.self_pairs import (
     sample_and_judge,
 )
 from ..data.items import Item, check_items
-from ..io import PROGRESS_SUFFIX, atomic_write_json, atomic_write_jsonl, read_jsonl
+from ..io import PROGRESS_SUFFIX, atomic_write_json, atomic_write_jsonl, building_directory, read_jsonl
 from ..types import PreferenceRecord
 from . import distributed
 from .config import DataArguments, Methods, ModelArguments, PreferenceConfig
@@ -549,12 +549,9 @@ def merge_adapters(base: str, adapter_dir: Path, out_dir: Path, dtype: str = "au
 
     model, processor = load_policy(ModelArguments(model_name_or_path=base, dtype=dtype))
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    merged.save_pretrained(str(partial))
-    processor.save_pretrained(str(partial))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    partial.rename(out_dir)
+    with building_directory(out_dir, replace=True) as folder:  # out_dir is never half written
+        merged.save_pretrained(str(folder))
+        processor.save_pretrained(str(folder))
     return out_dir
 
 

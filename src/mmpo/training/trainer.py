@@ -22,15 +22,18 @@ A step whose loss or gradients are NaN/inf stops the run with :class:`NonFiniteL
 The public ``Trainer`` hooks overridden: ``train`` (resume from the newest *complete* checkpoint
 and restore mmpo's state), ``compute_loss``, ``training_step``, ``prediction_step``, ``log`` and
 ``create_model_card`` (mmpo's card, which ``push_to_hub`` then uploads);
-one private one, ``_save_checkpoint``, to write mmpo's state before ``trainer_state.json`` (see
-:mod:`mmpo.training.checkpoints`). DAMA's running mean is updated by a callback, the gradients
-are checked by another.
+private ones: ``_save_checkpoint``, to write mmpo's state before ``trainer_state.json`` (see
+:mod:`mmpo.training.checkpoints`) and to report a full disk, and the loads of a resumed checkpoint's
+files (``_load_from_checkpoint``, ``_load_optimizer_and_scheduler``, ``_load_scaler``,
+``_load_rng_state``), to name the file that is damaged. DAMA's running mean is updated by a
+callback, the gradients are checked by another.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +46,7 @@ from .. import progress
 from ..data.collator import PreferenceCollator, PreferenceDataset, RowEncoder
 from ..data.preflight import bound_max_length, model_max_positions, preflight
 from ..forward import packing_problem, policy_response_logps, prefix_sharing_problem, unwrap
-from ..hub import loading, pretrained_kwargs
+from ..hub import load_model, pretrained_kwargs
 from ..io import atomic_write_json
 from ..methods.aspo import aspo_step
 from ..methods.dama import DamaController, DamaStateMismatch
@@ -53,9 +56,13 @@ from .checkpoints import (
     STATE_FILE,
     TRAINER_STATE_FILE,
     CheckpointError,
+    check_resume_files,
     checkpoint_problem,
+    disk_full,
+    disk_full_error,
     newest_complete_checkpoint,
     read_json,
+    reading_checkpoint,
 )
 from .config import Methods, PreferenceConfig, resume_value
 from .model_card import RunFacts, write_model_card
@@ -72,6 +79,9 @@ from .reference import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: The weights files ``Trainer`` may load from a checkpoint it resumes from.
+RESUMED_WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "adapter_model.bin")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -494,14 +504,29 @@ class PreferenceTrainer(Trainer):
         ``R_bar = 0`` and exit 0), so this private method, which ``Trainer`` calls once per save on
         every process, is wrapped: the folder name is the one ``Trainer._save_checkpoint`` builds.
         Written for every run, not only DAMA's, so every checkpoint has the same files.
+
+        A save that fills the disk deletes the half-written folder and raises
+        :class:`~mmpo.training.checkpoints.DiskFullError` naming ``output_dir`` and the newest
+        complete checkpoint, which is intact.
         """
-        if self.args.should_save:
-            folder = Path(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            folder.mkdir(parents=True, exist_ok=True)
-            # A folder left by an earlier run at this step must not look finished while it is rewritten.
-            (folder / TRAINER_STATE_FILE).unlink(missing_ok=True)
-            atomic_write_json(folder / STATE_FILE, self.mmpo_state())
-        super()._save_checkpoint(model, trial)
+        output_dir = Path(self._get_output_dir(trial=trial))
+        folder = output_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        try:
+            if self.args.should_save:
+                folder.mkdir(parents=True, exist_ok=True)
+                # A folder left by an earlier run at this step must not look finished while it is rewritten.
+                (folder / TRAINER_STATE_FILE).unlink(missing_ok=True)
+                atomic_write_json(folder / STATE_FILE, self.mmpo_state())
+            super()._save_checkpoint(model, trial)
+        except Exception as error:
+            if not disk_full(error, output_dir):
+                raise
+            if self.args.should_save:  # the half-written checkpoint: never resumed from, and its space is wanted
+                shutil.rmtree(folder, ignore_errors=True)
+            newest, _ = newest_complete_checkpoint(output_dir, need_state=self.methods.dama.model)
+            kept = (f"the newest complete checkpoint, {newest}, is intact (resume_from_checkpoint: true continues "
+                    "from it)" if newest is not None else "no earlier checkpoint was written")
+            raise disk_full_error(f"checkpoint {folder.name}", output_dir, kept) from error
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """``Trainer.train``, resuming only from a complete checkpoint and restoring mmpo's state.
@@ -510,6 +535,11 @@ class PreferenceTrainer(Trainer):
         ``output_dir`` (:func:`~mmpo.training.checkpoints.newest_complete_checkpoint`), logging the
         newer ones it skipped and why. A named checkpoint must be complete; for a DAMA model-aware run
         that includes its ``mmpo_state.json`` (``R_bar``).
+
+        The files ``Trainer`` loads from it (``trainer_state.json``, the optimizer, scheduler, scaler
+        and RNG states, the weights) are checked first, and any error while ``Trainer`` loads them
+        names the file (:func:`~mmpo.training.checkpoints.reading_checkpoint`); they are loaded
+        with ``weights_only``, as ``Trainer`` does.
 
         Raises:
             CheckpointError: no complete checkpoint, or the named one is damaged (naming the file).
@@ -523,6 +553,7 @@ class PreferenceTrainer(Trainer):
                 raise CheckpointError(f"cannot resume from {path}: {problem}"
                                       + ("; a DAMA model-aware run needs its running mean R_bar from it"
                                          if STATE_FILE in problem else ""))
+            check_resume_files(path)
             state_file = Path(path, STATE_FILE)
             if state_file.exists():
                 try:
@@ -534,6 +565,23 @@ class PreferenceTrainer(Trainer):
             self._load_renamed_weights(path)
         self._step_records, self._step_skips = [], 0
         return super().train(resume_from_checkpoint=path, **kwargs)
+
+    # Trainer's loads of a checkpoint's files, each naming the file it could not load
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        with reading_checkpoint(resume_from_checkpoint, RESUMED_WEIGHTS):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        with reading_checkpoint(checkpoint, ("optimizer.pt", "scheduler.pt")):
+            return super()._load_optimizer_and_scheduler(checkpoint)
+
+    def _load_scaler(self, checkpoint):
+        with reading_checkpoint(checkpoint, ("scaler.pt",)):
+            return super()._load_scaler(checkpoint)
+
+    def _load_rng_state(self, checkpoint):
+        with reading_checkpoint(checkpoint, (f"rng_state_{self.args.process_index}.pth", "rng_state.pth")):
+            return super()._load_rng_state(checkpoint)
 
     def _newest_complete_checkpoint(self) -> str:
         output_dir = self.args.output_dir
@@ -569,9 +617,8 @@ class PreferenceTrainer(Trainer):
             saved = set(f.keys())
         if saved <= set(model.state_dict()):
             return
-        with loading(checkpoint, "checkpoint"):
-            loaded = type(model).from_pretrained(checkpoint, dtype=next(model.parameters()).dtype,
-                                                 **pretrained_kwargs(checkpoint, "checkpoint", allow_download=False))
+        loaded = load_model(type(model), checkpoint, "checkpoint", dtype=next(model.parameters()).dtype,
+                            **pretrained_kwargs(checkpoint, "checkpoint", allow_download=False))
         missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
         if missing or unexpected:
             raise RuntimeError(f"{checkpoint}: checkpoint weights do not fit the model "

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmpo.hub import loading, pretrained_kwargs
+from mmpo.hub import load_model, loading, pretrained_kwargs
 from mmpo.methods.adavip.vision_steps import Box, Detection, clip_box, non_max_suppression
 
 __all__ = ["GroundingDinoDetector", "OwlV2Detector", "SamSegmenter"]
@@ -59,8 +59,8 @@ class OwlV2Detector:
 
         self.device = _device(device)
         local = pretrained_kwargs(path, what="OWLv2 detector", allow_download=allow_download)
-        with loading(path, "OWLv2 detector"):
-            self.model = Owlv2ForObjectDetection.from_pretrained(path, **local).to(self.device).eval()
+        self.model = load_model(Owlv2ForObjectDetection, path, "OWLv2 detector", **local).to(self.device).eval()
+        with loading(path, "OWLv2 detector processor"):
             self.processor = AutoProcessor.from_pretrained(path, **local)
         self.threshold, self.template = threshold, template
         self.nms_iou, self.max_per_label = nms_iou, max_per_label
@@ -110,8 +110,8 @@ class GroundingDinoDetector:
 
         self.device = _device(device)
         local = pretrained_kwargs(path, what="Grounding DINO detector", allow_download=allow_download)
-        with loading(path, "Grounding DINO detector"):
-            self.model = AutoModelForZeroShotObjectDetection.from_pretrained(path, **local).to(self.device).eval()
+        self.model = load_model(AutoModelForZeroShotObjectDetection, path, "Grounding DINO detector", **local).to(self.device).eval()
+        with loading(path, "Grounding DINO detector processor"):
             self.processor = AutoProcessor.from_pretrained(path, **local)
         self.box_threshold, self.nms_iou, self.max_per_label = box_threshold, nms_iou, max_per_label
         self.tags_per_prompt = max(int(tags_per_prompt), 1)
@@ -171,8 +171,8 @@ class SamSegmenter:
 
         self.device = _device(device)
         local = pretrained_kwargs(path, what="SAM segmenter", allow_download=allow_download)
-        with loading(path, "SAM segmenter"):
-            self.model = SamModel.from_pretrained(path, **local).to(self.device).eval()
+        self.model = load_model(SamModel, path, "SAM segmenter", **local).to(self.device).eval()
+        with loading(path, "SAM segmenter processor"):
             self.processor = AutoProcessor.from_pretrained(path, **local)
         self.multimask = multimask
 
