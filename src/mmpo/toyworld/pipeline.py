@@ -223,9 +223,9 @@ def _run_demo(opts: DemoOptions) -> dict:
     trainer = train(model, processor, model_args, args, methods, records)
     say(f"[5/{steps}] evaluate the trained model")
     after = evaluate(opts, trainer.model, processor, world)
-    with building_directory(out / "model", replace=True) as folder:  # whole or not at all, the old one until then
-        trainer.save_model(str(folder))
-        processor.save_pretrained(str(folder))
+    with building_directory(out / "model", replace=True) as model_dir:  # whole or not at all, the old one until then
+        trainer.save_model(str(model_dir))
+        processor.save_pretrained(str(model_dir))
 
     control = None
     if with_control:

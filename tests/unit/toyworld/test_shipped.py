@@ -84,8 +84,9 @@ def test_a_copy_whose_recipe_is_not_the_one_asked_for_is_not_taken(tmp_path, mon
 
 
 def test_rebuild_replaces_the_shipped_copies(tmp_path, monkeypatch):
-    monkeypatch.setattr(base_model, "build_base_model", lambda recipe, folder: fake_build(folder, recipe))
-    monkeypatch.setattr(clip, "train_tiny_clip", lambda folder, recipe: fake_build(folder, recipe))
+    monkeypatch.setattr(base_model, "build_base_model",
+                        lambda recipe, folder, overwrite: fake_build(folder, recipe))
+    monkeypatch.setattr(clip, "train_tiny_clip", lambda folder, recipe, overwrite: fake_build(folder, recipe))
     (tmp_path / "base-000000000000").mkdir()  # an older recipe's copy
     written = shipped.rebuild_shipped(into=tmp_path)
     assert [p.name for p in written] == [f"base-{BaseModelRecipe().fingerprint()}",
