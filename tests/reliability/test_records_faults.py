@@ -319,3 +319,19 @@ def test_what_save_records_writes_is_read_back_by_default(folder, tmp_path_facto
                                 rejected="Red.", id="b")]
     path = save_records(records, folder / "out" / "records.jsonl")
     assert [r.id for r in load_records(path).records] == ["a", "b"]
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, '{"image_id": 1' + "0" * 5000 + ', "caption": "x"}'],
+                         ids=["deep", "long number"])
+@pytest.mark.parametrize("layout", ["json", "jsonl"])
+def test_benchmark_prediction_files_hold_the_same_json_limits(tmp_path, text, layout):
+    """Answers given to ``mmpo evaluate --predictions`` are read within the same limits: one
+    ValueError naming the file (and the line), not a RecursionError or Python's int-conversion error."""
+    from mmpo.evaluation.common import read_records
+
+    path = tmp_path / f"answers.{layout}"
+    path.write_text(text if layout == "json" else '{"image_id": 1, "caption": "ok"}\n' + text + "\n")
+    expected = ("line 2: " if layout == "jsonl" else "") + r"(nested too deeply|the number at .image_id.)"
+    with pytest.raises(ValueError, match=expected) as caught:
+        read_records(path, "CHAIR predictions")
+    assert str(path) in str(caught.value)

@@ -299,3 +299,21 @@ def test_any_json_anywhere_in_any_run_file_is_read_or_one_value_error(data):
             assert image_uri(secret) not in page
     finally:
         shutil.rmtree(root)
+
+
+@pytest.mark.parametrize("content", [
+    "[1, 2]", '"results"', '{"benchmarks": [1]}', '{"benchmarks": {"chair": 3}}', '{"run": 5, "benchmarks": {}}',
+    "{not json", "[" * 50_000, '{"benchmarks": {"chair": {"chair_i": 1' + "0" * 5000 + "}}}",
+], ids=["list", "string", "benchmarks list", "benchmark number", "run number", "not json", "deep", "long number"])
+def test_evaluate_compare_reads_a_malformed_results_file_as_one_value_error(tmp_path, content):
+    """``mmpo evaluate --compare`` reads other runs' results.json: a malformed one is one ValueError naming it."""
+    from mmpo.evaluation.report import compare_runs
+
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.mkdir()
+    bad.mkdir()
+    (good / "results.json").write_text('{"run": "good", "benchmarks": {"chair": {"chair_i": 0.1}}}')
+    (bad / "results.json").write_text(content)
+    with pytest.raises(ValueError, match=rf"results file {bad / 'results.json'}: "):
+        compare_runs([good, bad])
+    assert "chair_i" in compare_runs([good])

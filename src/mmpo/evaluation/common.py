@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from ..io import JsonLimitError, parse_json
+
 #: How benchmark text is read: ``"reference"`` reproduces each benchmark's published scorer
 #: exactly (the default everywhere); ``"lenient"`` is mmpo's more tolerant reading, a deviation.
 Parsing = Literal["reference", "lenient"]
@@ -47,9 +49,11 @@ def read_records(path: str | Path, what: str | None = None, *, located: bool = F
     except UnicodeDecodeError as error:
         raise ValueError(f"{label}: not UTF-8 text ({error})") from None
     try:
-        data = json.loads(text)
+        data = parse_json(text)
     except json.JSONDecodeError:
         pass
+    except JsonLimitError as error:
+        raise ValueError(f"{label}: {error}") from None
     else:
         if not isinstance(data, list):
             return [("the file", data)] if located else [data]
@@ -59,9 +63,11 @@ def read_records(path: str | Path, what: str | None = None, *, located: bool = F
         if not line.strip():
             continue
         try:
-            records.append((f"line {number}", json.loads(line)))
+            records.append((f"line {number}", parse_json(line)))
         except json.JSONDecodeError as error:
             raise ValueError(f"{label}, line {number}: neither a JSON document nor JSON lines ({error.msg})") from None
+        except JsonLimitError as error:
+            raise ValueError(f"{label}, line {number}: {error}") from None
     return records if located else [record for _, record in records]
 
 

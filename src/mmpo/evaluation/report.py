@@ -10,13 +10,12 @@ the run table and a row of the comparison table.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mmpo.io import atomic_write_json, atomic_write_text
+from mmpo.io import atomic_write_json, atomic_write_text, parse_json
 
 RESULTS_JSON = "results.json"
 RESULTS_MARKDOWN = "results.md"
@@ -87,9 +86,30 @@ def write_run(results: Mapping[str, Any], out_dir: str | Path) -> tuple[Path, Pa
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
-    """A run's results from its directory (or directly from a ``results.json`` path)."""
+    """A run's results from its directory (or directly from a ``results.json`` path).
+
+    Raises:
+        ValueError: naming the file, when it is not JSON (within :func:`mmpo.io.parse_json`'s
+            limits) or not ``{"benchmarks": {name: {metric: value, ...}}, "run": name, ...}``.
+    """
     path = Path(run_dir)
-    return json.loads((path / RESULTS_JSON if path.is_dir() else path).read_text())
+    path = path / RESULTS_JSON if path.is_dir() else path
+    try:
+        results = parse_json(path.read_bytes())
+    except ValueError as error:  # JSONDecodeError, JsonLimitError, bad UTF-8
+        raise ValueError(f"results file {path}: not a results file mmpo can read ({error})") from None
+    problem = None
+    if not isinstance(results, dict):
+        problem = f"a JSON {type(results).__name__}, not an object"
+    elif not isinstance(results.get("benchmarks", {}), dict):
+        problem = "'benchmarks' is not an object of benchmark: results"
+    elif bad := [name for name, result in results.get("benchmarks", {}).items() if not isinstance(result, dict)]:
+        problem = f"the results of benchmark {bad[0]!r} are not an object of metric: value"
+    elif results.get("run") is not None and not isinstance(results["run"], str):
+        problem = "'run' (the run's name) is not a string"
+    if problem:
+        raise ValueError(f"results file {path}: {problem} (written by mmpo evaluate?)")
+    return results
 
 
 def compare_table(runs: Sequence[Mapping[str, Any]], names: Sequence[str] | None = None) -> str:
