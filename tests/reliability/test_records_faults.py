@@ -335,3 +335,24 @@ def test_benchmark_prediction_files_hold_the_same_json_limits(tmp_path, text, la
     with pytest.raises(ValueError, match=expected) as caught:
         read_records(path, "CHAIR predictions")
     assert str(path) in str(caught.value)
+
+
+@pytest.mark.parametrize("argv", [
+    ["score-sentences", "--output", "o.jsonl", "--clip", "toyworld"],
+    ["vision-rejected", "--output", "o.jsonl", "--clip", "toyworld"],
+], ids=["score-sentences", "vision-rejected"])
+def test_the_record_pipelines_read_a_chosen_split_under_an_image_root(monkeypatch, capsys, tmp_path, argv):
+    """``--split`` and ``--image-root`` reach ``load_records`` (a source of several splits could not be read before)."""
+    import mmpo.data.records as records_module
+    from mmpo.cli.main import main
+
+    seen = {}
+
+    def reading(source, **options):
+        seen.update(options, source=source)
+        raise ValueError("read")
+
+    monkeypatch.setattr(records_module, "load_records", reading)
+    code = main([argv[0], "--input", str(tmp_path / "dd"), "--split", "test", "--image-root", str(tmp_path), *argv[1:]])
+    assert code == 2 and "error: read" in capsys.readouterr().err
+    assert seen["split"] == "test" and seen["image_root"] == str(tmp_path)

@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DAMA's dataset mean delta_bar as a number (default: the mean over these records; the "
                         "authors' code uses 0.0482190464911681, their RLAIF-V data's)")
     p.add_argument("--on-bad-record", choices=("raise", "skip"), default="raise")
+    p.add_argument("--split", help="the split of --input to read when it holds several (a saved DatasetDict, "
+                   "split folders, shards named by split)")
+    p.add_argument("--image-root", help="directory relative image paths start from (default: the records file's); "
+                   "record images must lie under it")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--allow-download", action="store_true", help=ALLOW_DOWNLOAD_HELP)
@@ -53,7 +57,7 @@ def main(argv: list[str]) -> int:
         from ..toyworld.clip import ensure_tiny_clip
 
         clip, _ = ensure_tiny_clip(ns.cache_dir)
-    loaded = load_records(ns.input, on_error=ns.on_bad_record)
+    loaded = load_records(ns.input, on_error=ns.on_bad_record, split=ns.split, image_root=ns.image_root)
     if loaded.errors:
         print(loaded.summary())
     with allowing_downloads(ns.allow_download):

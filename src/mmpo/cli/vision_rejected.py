@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contact-sheet-records", type=int, default=4, help="rows of the contact sheet")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--on-bad-record", choices=("raise", "skip"), default="raise")
+    p.add_argument("--split", help="the split of --input to read when it holds several (a saved DatasetDict, "
+                   "split folders, shards named by split)")
+    p.add_argument("--image-root", help="directory relative image paths start from (default: the records file's); "
+                   "record images must lie under it")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     p.add_argument("--allow-download", action="store_true", help=ALLOW_DOWNLOAD_HELP)
     return p
@@ -96,7 +100,7 @@ def main(argv: list[str]) -> int:
     except (OSError, ValueError) as error:
         parser.error(str(error))
 
-    loaded = load_records(ns.input, on_error=ns.on_bad_record)
+    loaded = load_records(ns.input, on_error=ns.on_bad_record, split=ns.split, image_root=ns.image_root)
     if loaded.errors:
         print(loaded.summary())
     records = loaded.records

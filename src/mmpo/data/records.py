@@ -455,7 +455,7 @@ def _open_path(text: str, split: str | None) -> list[_Part]:
 
 #: How to choose a split, in errors that list them.
 _CHOOSE = ("choose one with train_split / eval_split in the training config (--train_split NAME on the command "
-           "line), or split= in load_records")
+           "line), --split NAME for score-sentences and vision-rejected, or split= in load_records")
 #: The shard names ``datasets`` and the Hub use: ``train-00000-of-00003.parquet``.
 _SHARD_NAME = re.compile(r"(?P<split>[\w.]+?)-\d{5}-of-\d{5}(\.\w+)+$")
 _SHARD_NAMES = "shards named like train-00000-of-00002.parquet"
