@@ -25,6 +25,13 @@
   of the same call continues: nothing lost, duplicated or half written.
 * **The cache directory**: :func:`default_cache_dir` (``$MMPO_CACHE``, else ``~/.cache/mmpo``);
   :func:`ensure_directory` builds one entry of it (a trained model) so that a kill leaves none half-written.
+* **Whole directories out**: :func:`building_directory` gives a hidden sibling folder to write a
+  directory into and renames it into place (a second writer of the same target is refused, naming
+  its pid), so a kill leaves the old directory or the complete new one.
+* **Limits on what is read**: :func:`parse_json` refuses JSON nested deeper than
+  :data:`MAX_JSON_DEPTH` or holding numbers longer than :data:`MAX_JSON_NUMBER_CHARS`;
+  :func:`load_image` reads an image over the pixel budget (:func:`max_image_pixels`) downscaled,
+  and :func:`check_image` says so, and names an image of several frames, once per file.
 
 Only PIL, numpy and :mod:`mmpo.types` are imported, so every layer of mmpo can depend on it.
 """
