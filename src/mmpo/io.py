@@ -516,6 +516,18 @@ def image_reference(image: ImageRef, out_dir: Path, image_dir: Path, written: li
         return str(path)
 
 
+def process_gone(pid: int) -> bool:
+    """Whether no process ``pid`` runs on this host (one of another user still runs): how a writer
+    tells a lock or a temporary folder left by a killed process from one in use."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists, under another user
+    return False
+
+
 def ensure_directory(target: str | os.PathLike, build: Callable[[Path], None], complete: str) -> tuple[Path, bool]:
     """The directory ``target``, built by ``build(folder)`` unless it already holds the file
     ``complete`` (which ``build`` writes last); returns ``(target, was_there)``.
@@ -592,13 +604,7 @@ def building_directory(target: str | os.PathLike, *, replace: bool = False,
     def alive(match: re.Match) -> bool:
         if match["host"] != host or os.name == "nt":
             return True  # not ours to judge
-        try:
-            os.kill(int(match["pid"]), 0)
-        except ProcessLookupError:
-            return False
-        except OSError:
-            return True  # it exists, under another user
-        return True
+        return not process_gone(int(match["pid"]))
 
     with _locked(parent):
         # a killed writer's leftovers: its old directory goes back if the new one never came in

@@ -28,6 +28,7 @@ from typing import Any
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..hub import safetensors_problem
+from ..io import process_gone
 
 logger = logging.getLogger(__name__)
 
@@ -455,12 +456,8 @@ def _holder_state(holder: dict) -> str:
     pid = holder["pid"]
     if pid == os.getpid():
         return "dead"  # this process: a lock it left behind, not another run
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if process_gone(pid):
         return "dead"
-    except OSError:
-        return "alive"  # it exists, under another user
     start = holder.get("process_start")
     if start is not None and _process_start(pid) not in (None, start):
         return "dead"  # the pid was reused by another process
