@@ -53,6 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,17 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def against_today(results: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Each result that ran, with today's (full logits) result of its vocabulary, the ratios' base
+    (empty when that one failed); a result that failed is printed as a table row instead."""
+    today = {r["vocab"]: r for r in results if r["chunk"] == 0 and "error" not in r}
+    for r in results:
+        if "error" in r:
+            print(f"| {r['vocab']:>10} | {PATHS[r['chunk']]:<19} | failed: {failed(r)} |")
+            continue
+        yield r, today.get(r["vocab"], {})
+
+
 def step_table(results: list[dict[str, Any]]) -> None:
     print("\n## the whole DPO step (PreferenceTrainer, live frozen-copy reference, AdamW)\n")
     print(f"| {'vocabulary':>10} | {'LM head':<19} | {'rows x width':>12} | {'head positions':>14} | {'s/step':>6} | "
@@ -208,12 +220,7 @@ def step_table(results: list[dict[str, Any]]) -> None:
           f"{'above built MB':>14} | {'peak vs today':>13} |")
     print(f"| {'-' * 9}: | {'-' * 19} | {'-' * 11}: | {'-' * 13}: | {'-' * 5}: | {'-' * 12}: | {'-' * 9}: | "
           f"{'-' * 11}: | {'-' * 10}: | {'-' * 13}: | {'-' * 12}: |")
-    today = {r["vocab"]: r for r in results if r["chunk"] == 0 and "error" not in r}
-    for r in results:
-        if "error" in r:
-            print(f"| {r['vocab']:>10} | {PATHS[r['chunk']]:<19} | failed: {failed(r)} |")
-            continue
-        base = today.get(r["vocab"], {})
+    for r, base in against_today(results):
         positions = r["kept_positions"] if r["chunk"] == 0 else r["response_positions"]
         print(f"| {r['vocab']:>10} | {PATHS[r['chunk']]:<19} | {r['rows']:>4} x {r['width']:<5} | {positions:>14} | "
               f"{r['median_s']:6.2f} | {ratio(r['median_s'], base.get('median_s')):>13} | {r['median_cpu_s']:10.2f} | "
@@ -231,20 +238,16 @@ def head_table(results: list[dict[str, Any]]) -> None:
           f"{'CPU s':>6} | {'CPU vs today':>12} | {'peak increase MB':>16} | {'memory vs today':>15} |")
     print(f"| {'-' * 9}: | {'-' * 19} | {'-' * 14}: | {'-' * 5}: | {'-' * 12}: | {'-' * 5}: | {'-' * 11}: | "
           f"{'-' * 15}: | {'-' * 14}: |")
-    today = {r["vocab"]: r for r in results if r["chunk"] == 0 and "error" not in r}
-    for r in results:
-        if "error" in r:
-            print(f"| {r['vocab']:>10} | {PATHS[r['chunk']]:<19} | failed: {failed(r)} |")
-            continue
-        base = today.get(r["vocab"], {})
+    ran = []  # filled as the rows print, so a failed row keeps its place in the table
+    for r, base in against_today(results):
+        ran.append((r, base))
         shape = " x ".join(str(x) for x in r["hidden_shape"])
         print(f"| {r['vocab']:>10} | {PATHS[r['chunk']]:<19} | {shape:>15} | {r['median_s']:6.2f} | "
               f"{ratio(r['median_s'], base.get('median_s')):>13} | {r['median_cpu_s']:6.2f} | "
               f"{ratio(r['median_cpu_s'], base.get('median_cpu_s')):>12} | {r['increase_mb']:16.0f} | "
               f"{ratio(r['increase_mb'], base.get('increase_mb')):>15} |")
-    for r in results:
-        base = today.get(r["vocab"])
-        if r["chunk"] and base and "error" not in r:
+    for r, base in ran:
+        if r["chunk"] and base:
             memory, seconds = r["increase_mb"] / base["increase_mb"], r["median_s"] / base["median_s"]
             cpu = r["median_cpu_s"] / base["median_cpu_s"]
             print(f"targets at {r['vocab']}: memory chunked/today {memory:.3f} <= 0.125 -> "
